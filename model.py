@@ -1,0 +1,252 @@
+"""
+The multi-token-prediction (MTP) transformer, written out by hand.
+
+Layout (Gloeckle et al. 2024, "Better & Faster Large Language Models via Multi-token
+Prediction", sec. 2): of n_layer Llama blocks, the first n_layer - n_future form a shared
+trunk; each of the n_future heads is one more full block reading the same trunk output;
+one final RMSNorm and one unembedding are shared by all heads. Head k (1-based) at
+position t predicts token t+k. Head 1 is the last entry of `layers` and heads 2..H live in
+`extra_heads`, so with n_future = 1 this is a plain Llama with Llama's parameter names.
+
+Shapes: B batch, T time, H heads (future tokens), V vocab, D model width.
+"""
+import math
+from dataclasses import dataclass
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+
+@dataclass
+class ModelConfig:
+    vocab_size: int = 320       # byte tokenizer: 256 bytes + specials, rounded up to 64
+    n_layer: int = 4            # all blocks: trunk (n_layer - n_future) + one per head
+    n_future: int = 2           # H: head k predicts token t+k
+    n_head: int = 4             # query heads
+    n_kv_head: int = 2          # key/value heads (grouped-query attention)
+    d_model: int = 128          # D
+    d_ff: int = 352             # SwiGLU hidden width
+    max_seq_len: int = 256      # rotary tables are built for this many positions
+    rope_theta: float = 10000.0
+    norm_eps: float = 1e-5
+    tie_embeddings: bool = True
+    dropout: float = 0.0
+    value_head: bool = False    # V(s_t) on the trunk output, used by the critic scheme
+
+    def __post_init__(self):
+        if not 1 <= self.n_future <= self.n_layer:
+            raise ValueError(f"need 1 <= n_future <= n_layer, got n_future={self.n_future}, n_layer={self.n_layer}")
+        if self.d_model % self.n_head or self.n_head % self.n_kv_head:
+            raise ValueError(f"d_model={self.d_model} must divide by n_head={self.n_head}, "
+                             f"and n_head by n_kv_head={self.n_kv_head}")
+        if (self.d_model // self.n_head) % 2:
+            raise ValueError("head dim d_model/n_head must be even for rotary embeddings")
+
+
+class RMSNorm(nn.Module):
+    def __init__(self, dim, eps):
+        super().__init__()
+        self.eps = eps
+        self.weight = nn.Parameter(torch.ones(dim))
+
+    def forward(self, x):
+        # normalise in fp32 even under bf16 autocast, as Llama does
+        xf = x.float()
+        xf = xf * torch.rsqrt(xf.pow(2).mean(-1, keepdim=True) + self.eps)
+        return xf.type_as(x) * self.weight
+
+
+def rotary_tables(head_dim, max_seq_len, theta):
+    """cos/sin of shape (max_seq_len, head_dim/2): Su et al. 2021, eq. 34."""
+    inv_freq = 1.0 / theta ** (torch.arange(0, head_dim, 2).float() / head_dim)
+    angles = torch.outer(torch.arange(max_seq_len).float(), inv_freq)  # (T, hd/2)
+    return angles.cos(), angles.sin()
+
+
+def apply_rotary(x, cos, sin):
+    """Rotate adjacent pairs (x0, x1) of x (B, T, nh, hd), Meta's interleaved layout, so
+    Meta and GGUF Llama weights load without permuting wq/wk."""
+    x = x.float().unflatten(-1, (-1, 2))             # (B, T, nh, hd/2, 2)
+    x0, x1 = x[..., 0], x[..., 1]
+    cos, sin = cos[:, None, :], sin[:, None, :]       # (T, 1, hd/2), broadcast over heads
+    out = torch.stack((x0 * cos - x1 * sin, x0 * sin + x1 * cos), dim=-1)
+    return out.flatten(-2)
+
+
+class Attention(nn.Module):
+    def __init__(self, c: ModelConfig):
+        super().__init__()
+        self.n_head, self.n_kv_head = c.n_head, c.n_kv_head
+        self.head_dim = c.d_model // c.n_head
+        self.wq = nn.Linear(c.d_model, c.n_head * self.head_dim, bias=False)
+        self.wk = nn.Linear(c.d_model, c.n_kv_head * self.head_dim, bias=False)
+        self.wv = nn.Linear(c.d_model, c.n_kv_head * self.head_dim, bias=False)
+        self.wo = nn.Linear(c.n_head * self.head_dim, c.d_model, bias=False)
+        self.dropout = c.dropout
+
+    def forward(self, x, cos, sin):
+        B, T, _ = x.shape
+        q = self.wq(x).view(B, T, self.n_head, self.head_dim)
+        k = self.wk(x).view(B, T, self.n_kv_head, self.head_dim)
+        v = self.wv(x).view(B, T, self.n_kv_head, self.head_dim)
+        q, k = apply_rotary(q, cos, sin).type_as(v), apply_rotary(k, cos, sin).type_as(v)
+        q, k, v = (t.transpose(1, 2) for t in (q, k, v))    # (B, nh, T, hd)
+        y = F.scaled_dot_product_attention(
+            q, k, v, is_causal=True, enable_gqa=self.n_kv_head != self.n_head,
+            dropout_p=self.dropout if self.training else 0.0)
+        return self.wo(y.transpose(1, 2).reshape(B, T, -1))
+
+
+class FeedForward(nn.Module):
+    """SwiGLU (Shazeer 2020): w2(silu(w1 x) * w3 x)."""
+    def __init__(self, c: ModelConfig):
+        super().__init__()
+        self.w1 = nn.Linear(c.d_model, c.d_ff, bias=False)
+        self.w2 = nn.Linear(c.d_ff, c.d_model, bias=False)
+        self.w3 = nn.Linear(c.d_model, c.d_ff, bias=False)
+
+    def forward(self, x):
+        return self.w2(F.silu(self.w1(x)) * self.w3(x))
+
+
+class Block(nn.Module):
+    def __init__(self, c: ModelConfig):
+        super().__init__()
+        self.attention_norm = RMSNorm(c.d_model, c.norm_eps)
+        self.attention = Attention(c)
+        self.ffn_norm = RMSNorm(c.d_model, c.norm_eps)
+        self.feed_forward = FeedForward(c)
+        self.drop = nn.Dropout(c.dropout)
+
+    def forward(self, x, cos, sin):
+        x = x + self.drop(self.attention(self.attention_norm(x), cos, sin))
+        return x + self.drop(self.feed_forward(self.ffn_norm(x)))
+
+
+class ValueHead(nn.Module):
+    """V(s_t) for the Verifiable Critic: a small MLP on the trunk state, computed and
+    returned in fp32 because TD errors are small differences of values."""
+    def __init__(self, c: ModelConfig):
+        super().__init__()
+        self.norm = RMSNorm(c.d_model, c.norm_eps)
+        self.fc = nn.Linear(c.d_model, c.d_model)
+        self.out = nn.Linear(c.d_model, 1)
+
+    def forward(self, h):
+        with torch.autocast(device_type=h.device.type, enabled=False):
+            h = self.norm(h.float())
+            return self.out(F.silu(self.fc(h))).squeeze(-1)   # (B, T)
+
+
+class Transformer(nn.Module):
+    def __init__(self, config: ModelConfig):
+        super().__init__()
+        c = self.config = config
+        self.tok_embeddings = nn.Embedding(c.vocab_size, c.d_model)
+        # trunk blocks followed by head 1; heads 2..H are parallel blocks on the trunk output
+        self.layers = nn.ModuleList(Block(c) for _ in range(c.n_layer - c.n_future + 1))
+        self.extra_heads = nn.ModuleList(Block(c) for _ in range(c.n_future - 1))
+        self.norm = RMSNorm(c.d_model, c.norm_eps)
+        self.output = nn.Linear(c.d_model, c.vocab_size, bias=False)
+        if c.tie_embeddings:
+            self.output.weight = self.tok_embeddings.weight
+        self.value_head = ValueHead(c) if c.value_head else None
+        cos, sin = rotary_tables(c.d_model // c.n_head, c.max_seq_len, c.rope_theta)
+        self.register_buffer("rope_cos", cos, persistent=False)
+        self.register_buffer("rope_sin", sin, persistent=False)
+        self.apply(self._init_weights)
+        # GPT-2 / nanoGPT: shrink residual projections by 1/sqrt(2 * depth) so the
+        # residual stream's variance does not grow with the number of blocks
+        for name, p in self.named_parameters():
+            if name.endswith(("attention.wo.weight", "feed_forward.w2.weight")):
+                nn.init.normal_(p, mean=0.0, std=0.02 / math.sqrt(2 * c.n_layer))
+
+    def _init_weights(self, module):
+        if isinstance(module, nn.Linear):
+            nn.init.normal_(module.weight, mean=0.0, std=0.02)
+            if module.bias is not None:
+                nn.init.zeros_(module.bias)
+        elif isinstance(module, nn.Embedding):
+            nn.init.normal_(module.weight, mean=0.0, std=0.02)
+
+    @property
+    def heads(self):
+        """The H head blocks in order: head k at index k-1."""
+        return [self.layers[-1], *self.extra_heads]
+
+    def forward(self, idx, with_values=False):
+        """idx (B, T) int64 -> logits (B, T, H, V); with_values also returns V(s_t) (B, T)."""
+        B, T = idx.shape
+        if T > self.config.max_seq_len:
+            raise ValueError(f"sequence length {T} exceeds max_seq_len={self.config.max_seq_len}")
+        cos, sin = self.rope_cos[:T], self.rope_sin[:T]
+        x = self.tok_embeddings(idx)                     # (B, T, D)
+        for block in self.layers[:-1]:
+            x = block(x, cos, sin)
+        trunk = x                                        # un-normalised, read by every head
+        h = torch.stack([head(trunk, cos, sin) for head in self.heads], dim=2)  # (B, T, H, D)
+        logits = self.output(self.norm(h))               # (B, T, H, V)
+        if not with_values:
+            return logits
+        if self.value_head is None:
+            raise ValueError("with_values=True needs ModelConfig(value_head=True)")
+        return logits, self.value_head(trunk)
+
+    # ---- bookkeeping -------------------------------------------------------------
+    def num_params(self, non_embedding=True):
+        """Parameter count; the (tied) embedding is left out by default, as nanoGPT does."""
+        n = sum(p.numel() for p in self.parameters())
+        if non_embedding:
+            n -= self.tok_embeddings.weight.numel()
+        return n
+
+    def flops_per_token(self, seq_len):
+        """Training FLOPs per token (PaLM appendix B): 6 per weight it passes through plus
+        attention. Every token passes through all n_layer blocks (trunk + H heads) and the
+        unembedding H times, so the shared unembedding counts once per head."""
+        c = self.config
+        blocks = sum(p.numel() for p in self.layers.parameters()) + \
+            sum(p.numel() for p in self.extra_heads.parameters())
+        unembed = c.n_future * c.vocab_size * c.d_model
+        attention = 12 * c.n_layer * c.d_model * seq_len
+        return 6 * (blocks + unembed) + attention
+
+    def estimate_mfu(self, tokens_per_s, seq_len, peak_flops):
+        """Model FLOPs utilisation: achieved FLOP/s over the device's peak FLOP/s."""
+        return self.flops_per_token(seq_len) * tokens_per_s / peak_flops
+
+    def configure_optimizers(self, weight_decay, learning_rate, betas, device_type):
+        # decay matrices (weights, embeddings); never gains or biases
+        params = [p for p in self.parameters() if p.requires_grad]
+        decay = [p for p in params if p.dim() >= 2]
+        no_decay = [p for p in params if p.dim() < 2]
+        groups = [{"params": decay, "weight_decay": weight_decay},
+                  {"params": no_decay, "weight_decay": 0.0}]
+        return torch.optim.AdamW(groups, lr=learning_rate, betas=betas,
+                                 fused=device_type == "cuda")
+
+
+# ---- targets and per-(t, k) loss --------------------------------------------------
+def mtp_targets(tokens, loss_mask, n_future):
+    """targets[b, t, k-1] = tokens[b, t+k] if t+k < T and loss_mask[b, t+k], else -1.
+
+    loss_mask marks the tokens that may be *predicted* (completion tokens), not the
+    positions that predict: a prompt position t may predict completion token t+k.
+    tokens (B, T) int64, loss_mask (B, T) bool -> (B, T, H) int64.
+    """
+    B, T = tokens.shape
+    targets = torch.full((B, T, n_future), -1, dtype=torch.long, device=tokens.device)
+    for k in range(1, n_future + 1):
+        if k < T:
+            future = tokens[:, k:]                       # token t+k for t in [0, T-k)
+            targets[:, :T - k, k - 1] = torch.where(loss_mask[:, k:].bool(), future, -1)
+    return targets
+
+
+def mtp_cross_entropy(logits, targets):
+    """Per-(t, k) cross-entropy in fp32, 0 where the target is ignored (-1).
+    logits (B, T, H, V), targets (B, T, H) -> (B, T, H)."""
+    ce = F.cross_entropy(logits.float().flatten(0, 2), targets.flatten(),
+                         ignore_index=-1, reduction="none")
+    return ce.view(targets.shape)
