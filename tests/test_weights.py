@@ -1,0 +1,228 @@
+"""
+Weighting schemes against hand-computed and straightforward reference computations.
+
+    python -m pytest tests/test_weights.py -q
+"""
+import math
+from types import SimpleNamespace
+
+import numpy as np
+import pytest
+import torch
+
+import weights
+from model import mtp_targets
+
+
+def cfg(**kw):
+    base = dict(weight_norm="heads", temperature=1.0, min_ce_diff=0.0, rho1_mode="abs",
+                rho1_top_frac=0.6, weight_top_frac=0.0, weight_top_p=1.0, w_min=0.0,
+                w_max=0.0, gamma=0.9, whiten=False)
+    return SimpleNamespace(**{**base, **kw})
+
+
+def random_case(B=3, T=10, H=3, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    tokens = torch.randint(0, 50, (B, T), generator=g)
+    mask = torch.zeros(B, T, dtype=torch.bool)
+    for b in range(B):
+        mask[b, 2 + b: T - b] = True
+    valid = mtp_targets(tokens, mask, H) >= 0
+    ce = torch.rand(B, T, H, generator=g) * 3 * valid
+    return ce, valid, mask
+
+
+def test_future_alignment():
+    x = torch.arange(12.0).view(2, 6)
+    out = weights.future(x, 3)
+    for b in range(2):
+        for t in range(6):
+            for k in range(1, 4):
+                assert out[b, t, k - 1] == (x[b, t + k] if t + k < 6 else 0)
+
+
+def test_normalize_heads_by_hand():
+    valid = torch.tensor([[[True, True], [True, False]]])
+    score = torch.tensor([[[1.0, 2.0], [5.0, 0.0]]])
+    w = weights.normalize(score, valid, "heads", temperature=1.0)
+    e1, e2 = math.exp(1), math.exp(2)
+    torch.testing.assert_close(w[0, 0], torch.tensor([2 * e1 / (e1 + e2), 2 * e2 / (e1 + e2)]))
+    torch.testing.assert_close(w[0, 1], torch.tensor([1.0, 0.0]))   # one valid head: weight 1
+    w = weights.normalize(score, valid, "heads", temperature=None)  # proportional
+    torch.testing.assert_close(w[0, 0], torch.tensor([2 / 3, 4 / 3]))
+
+
+def test_normalize_tokens_mean_one_and_temperature():
+    ce, valid, _ = random_case()
+    score = torch.rand_like(ce)
+    w = weights.normalize(score, valid, "tokens", temperature=0.5)
+    assert w[valid].mean().item() == pytest.approx(1.0, abs=1e-5)
+    assert (w[~valid] == 0).all()
+    hot = weights.normalize(score, valid, "tokens", temperature=100.0)
+    assert hot[valid].std() < w[valid].std()       # high temperature flattens
+
+
+def test_uniform_through_every_scheme_path_is_baseline():
+    ce, valid, mask = random_case()
+    base = weights.uniform(ce, valid)
+    # Rho-1 with a reference that agrees with the model everywhere: excess 0 -> uniform
+    ref_ce = torch.zeros(ce.shape[:2])
+    for b in range(ce.shape[0]):
+        for t in range(ce.shape[1]):
+            for k in range(1, 4):
+                if t + k < ce.shape[1] and valid[b, t, k - 1]:
+                    ref_ce[b, t + k] = ce[b, t, k - 1]
+    ce_same = weights.future(ref_ce, 3) * valid            # model CE == reference CE
+    for norm in ("heads", "tokens"):
+        w = weights.rho1(ce_same, valid, ref_ce=ref_ce, cfg=cfg(weight_norm=norm))
+        torch.testing.assert_close(w, base)
+        # critic with a value head that is exactly right (0 reward, 0 values): delta = 0
+        z = torch.zeros(ce.shape[:2])
+        w = weights.critic(ce, valid, values=z, rewards=z, cfg=cfg(weight_norm=norm))
+        torch.testing.assert_close(w, base)
+
+
+def test_rho1_aligns_reference_token_t_plus_k():
+    """Head k at t must be compared with the reference's CE of token t+k."""
+    B, T, H = 1, 8, 3
+    valid = torch.ones(B, T, H, dtype=torch.bool)
+    for k in range(1, H + 1):
+        valid[:, T - k:, k - 1] = False
+    ref_ce = torch.arange(T, dtype=torch.float).view(1, T) * 0.5      # CE of token j is j/2
+    ce = torch.zeros(B, T, H)
+    w = weights.rho1(ce, valid, ref_ce=ref_ce, cfg=cfg())
+    for t in range(T):
+        ks = [k for k in range(1, H + 1) if t + k < T]
+        if not ks:
+            continue
+        ex = torch.tensor([0.5 * (t + k) for k in ks])
+        expected = len(ks) * ex.exp() / ex.exp().sum()
+        torch.testing.assert_close(w[0, t, :len(ks)], expected)
+
+
+def test_rho1_min_ce_diff_and_modes():
+    ce = torch.tensor([[[1.0, 1.0], [2.0, 0.0], [0.0, 0.0]]])
+    ref_ce = torch.tensor([[0.0, 1.05, 3.0]])
+    valid = torch.tensor([[[True, True], [True, False], [False, False]]])
+    ex = weights.rho1_excess(ce, ref_ce, "abs")
+    torch.testing.assert_close(ex[0, 0], torch.tensor([0.05, 2.0]))
+    signed = weights.rho1_excess(ce, ref_ce, "signed")
+    torch.testing.assert_close(signed[0, 0], torch.tensor([-0.05, -2.0]))
+    # excess 0.05 < min_ce_diff counts as 0: softmax over (0, 2)
+    w = weights.rho1(ce, valid, ref_ce=ref_ce, cfg=cfg(min_ce_diff=0.1))
+    torch.testing.assert_close(w[0, 0], 2 * torch.tensor([1.0, math.exp(2)]) / (1 + math.exp(2)))
+    # binary top-k: the top 50% of the sequence's 3 valid terms by signed excess -> 2 kept
+    w = weights.rho1(ce, valid, ref_ce=ref_ce, cfg=cfg(rho1_mode="topk", rho1_top_frac=0.5,
+                                                      weight_norm="tokens"))
+    assert (w > 0).sum() == 2 and w[valid].sum().item() == pytest.approx(3.0)
+    assert w[0, 0, 1] == 0     # the most negative excess is dropped
+
+
+def td_reference(values, rewards, H, gamma):
+    B, T = values.shape
+    out = torch.zeros(B, T, H)
+    for b in range(B):
+        for t in range(T):
+            for k in range(1, H + 1):
+                r = sum(gamma ** j * rewards[b, t + j] for j in range(k) if t + j < T)
+                v = values[b, t + k] if t + k < T else 0.0
+                out[b, t, k - 1] = r + gamma ** k * v - values[b, t]
+    return out
+
+
+def test_td_errors_equal_loop_reference():
+    g = torch.Generator().manual_seed(1)
+    values, rewards = torch.randn(3, 9, generator=g), torch.randn(3, 9, generator=g)
+    torch.testing.assert_close(weights.td_errors(values, rewards, 4, 0.9),
+                               td_reference(values, rewards, 4, 0.9))
+
+
+def test_gae_equals_loop_reference():
+    g = torch.Generator().manual_seed(2)
+    values, rewards = torch.randn(2, 11, generator=g), torch.randn(2, 11, generator=g)
+    gamma, lam = 0.95, 0.8
+    adv, ret = weights.gae(values, rewards, gamma, lam)
+    ref = torch.zeros(2, 11)
+    for b in range(2):
+        running = 0.0
+        for t in reversed(range(11)):       # the textbook backward recursion
+            v_next = values[b, t + 1] if t + 1 < 11 else 0.0
+            delta = rewards[b, t] + gamma * v_next - values[b, t]
+            running = delta + gamma * lam * running
+            ref[b, t] = running
+    torch.testing.assert_close(adv, ref)
+    torch.testing.assert_close(ret, ref + values)
+
+
+def test_terminal_reward_moves_exactly_the_last_k_positions():
+    T, H, e = 10, 3, 7            # e: index of the sample's last token; states >= e terminal
+    values = torch.rand(1, T)
+    values[:, e:] = 0
+    r0 = torch.zeros(1, T)
+    r1 = r0.clone()
+    r1[0, e - 1] = 1.0            # reward on the last transition (emitting token e)
+    d0 = weights.td_errors(values, r0, H, 0.9)
+    d1 = weights.td_errors(values, r1, H, 0.9)
+    changed = (d1 - d0).abs() > 1e-7
+    for t in range(T):
+        for k in range(1, H + 1):
+            assert changed[0, t, k - 1] == (e - k <= t <= e - 1), (t, k)
+    valid = (mtp_targets(torch.zeros(1, T, dtype=torch.long),
+                         torch.arange(T)[None] <= e, H) >= 0)
+    w0 = weights.critic(torch.zeros(1, T, H), valid, values=values, rewards=r0, cfg=cfg())
+    w1 = weights.critic(torch.zeros(1, T, H), valid, values=values, rewards=r1, cfg=cfg())
+    # at e-2 and e-3 several heads are valid, and the reward moves their shares
+    assert not torch.allclose(w0[0, e - 2], w1[0, e - 2])
+    assert not torch.allclose(w0[0, e - 3], w1[0, e - 3])
+    torch.testing.assert_close(w0[0, :e - 3], w1[0, :e - 3])
+
+
+@pytest.mark.parametrize("scheme", ["uniform", "rho1", "critic"])
+@pytest.mark.parametrize("norm", ["heads", "tokens"])
+def test_weights_are_finite_nonnegative_zero_on_ignored(scheme, norm):
+    ce, valid, _ = random_case(seed=3)
+    kw = dict(ref_ce=torch.rand(ce.shape[:2]) * 4, values=torch.randn(ce.shape[:2]),
+              rewards=torch.rand(ce.shape[:2]), cfg=cfg(weight_norm=norm, w_max=3.0))
+    w = weights.SCHEMES[scheme](ce, valid, **kw)
+    assert w.shape == ce.shape and torch.isfinite(w).all() and (w >= 0).all()
+    assert (w[~valid] == 0).all()
+
+
+def test_clipping_and_sparsity():
+    ce, valid, _ = random_case(seed=4)
+    score = torch.rand_like(ce) * 5
+    c = cfg(weight_norm="tokens", w_min=0.5, w_max=1.5)
+    w = weights.finish(score, valid, c, temperature=1.0)
+    assert w[valid].min() >= 0.5 and w[valid].max() <= 1.5
+    keep = weights.sparsify(score, valid, top_frac=0.25)
+    for b in range(ce.shape[0]):
+        n = valid[b].sum().item()
+        assert keep[b].sum() == math.ceil(0.25 * n)
+        assert score[b][keep[b]].min() >= score[b][valid[b] & ~keep[b]].max()
+    keep = weights.sparsify(score, valid, top_p=0.5)
+    for b in range(ce.shape[0]):
+        s = score[b][valid[b]].sort(descending=True).values
+        need = int((s.cumsum(0) < 0.5 * s.sum()).sum()) + 1   # smallest prefix with mass >= p
+        assert keep[b].sum() == need
+
+
+def test_controls_keep_the_distribution():
+    ce, valid, _ = random_case(seed=5)
+    w = weights.normalize(torch.rand_like(ce), valid, "heads", 1.0)
+    s = weights.shuffled(w, valid)
+    for b in range(w.shape[0]):
+        assert torch.equal(s[b][valid[b]].sort().values, w[b][valid[b]].sort().values)
+    assert not torch.equal(s, w) and (s[~valid] == 0).all()
+    sample = torch.tensor([0.5, 2.0])
+    r = weights.random_matched(valid, sample)
+    assert set(r[valid].unique().tolist()) <= {0.5, 2.0} and (r[~valid] == 0).all()
+
+
+def test_running_moments_equal_numpy():
+    rng = np.random.default_rng(0)
+    batches = [rng.normal(3, 2, size=n) for n in (5, 17, 40)]
+    m = weights.RunningMoments()
+    for x in batches:
+        m.update(len(x), x.sum(), (x ** 2).sum())
+    allx = np.concatenate(batches)
+    assert m.mean == pytest.approx(allx.mean()) and m.var == pytest.approx(allx.var())

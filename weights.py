@@ -1,0 +1,227 @@
+"""
+Weighting schemes: how much each (t, k) cross-entropy term counts.
+
+    L = sum_t sum_k w[t, k] * CE(p_k(. | x_<=t), x_{t+k}) / N
+
+A scheme is a plain function of detached per-(t, k) quantities that returns weights
+w (B, T, H): finite, non-negative, zero where the target is ignored, never carrying
+gradient. Every scheme is called with the same keyword arguments and takes what it needs:
+
+    ce       (B, T, H)  the model's own CE for each (t, k) term, detached
+    valid    (B, T, H)  bool: the target x_{t+k} exists and is a completion token
+    ref_ce   (B, T)     frozen reference's next-token CE of token j, from its logits at j-1
+    values   (B, T)     the critic's V(s_t) on the trunk states, detached
+    rewards  (B, T)     per-token rewards: the sample's reward on its last transition
+    cfg                 the run's config namespace (temperature, clipping, ...)
+
+Weights have mean 1 over the valid terms of each normalisation group (`normalize`), so
+every scheme's loss has the baseline's scale, and all arms share the normaliser N.
+Adding a scheme is one function here plus its name in SCHEMES.
+"""
+import torch
+
+
+# ---- shared pieces ---------------------------------------------------------------------
+def future(x, n_future, fill=0.0):
+    """Per-token x (B, T) -> (B, T, H) with out[:, t, k-1] = x[:, t+k]: the value that
+    belongs to head k's target at position t (the alignment mtp_targets uses)."""
+    B, T = x.shape
+    out = x.new_full((B, T, n_future), fill)
+    for k in range(1, min(n_future, T - 1) + 1):
+        out[:, :T - k, k - 1] = x[:, k:]
+    return out
+
+
+def normalize(score, valid, weight_norm, temperature=None, n_valid_of=None):
+    """Non-negative scores -> weights with mean 1 over the valid terms of each group.
+
+    n_valid_of: the mask that sets each group's total (default `valid`); sparsity passes the
+    mask from before it dropped terms, so kept terms absorb the dropped ones' weight and the
+    loss keeps the baseline's scale.
+
+    temperature=None: proportional, w = n * s / sum(s); otherwise softmax(s / T) * n.
+    Groups, by weight_norm:
+      'heads'  — the H terms of one position t (the method: sum_k w[t, k] = 1, rescaled by
+                 the number of valid heads at t so the mean weight is 1 like the baseline);
+      'tokens' — all valid terms of the micro-batch, so positions compete too.
+    A group whose scores are all zero gets uniform weights."""
+    dims = {"heads": (-1,), "tokens": (0, 1, 2)}[weight_norm]
+    n = (valid if n_valid_of is None else n_valid_of).sum(dim=dims, keepdim=True).float()
+    if temperature is not None:
+        s = (score / temperature).masked_fill(~valid, float("-inf"))
+        s = s - s.amax(dim=dims, keepdim=True).clamp(min=-1e30)     # stable exp
+        e = s.exp().masked_fill(~valid, 0.0)
+    else:
+        e = score.clamp(min=0).masked_fill(~valid, 0.0)
+        total = e.sum(dim=dims, keepdim=True)
+        e = torch.where(total > 0, e, valid.float())                 # all-zero group: uniform
+    total = e.sum(dim=dims, keepdim=True)
+    return torch.where(total > 0, n * e / total.clamp(min=1e-30), torch.zeros_like(e))
+
+
+def sparsify(score, valid, top_frac=0.0, top_p=1.0):
+    """Keep only the highest-scoring terms of each sequence: the top `top_frac` of its
+    valid terms (0 = off) and/or the smallest set holding `top_p` of its score mass.
+    Returns the reduced validity mask; dropped terms get weight 0 (they still count in N)."""
+    keep = valid.clone()
+    B = score.shape[0]
+    flat_s = score.masked_fill(~valid, float("-inf")).reshape(B, -1)
+    order = flat_s.argsort(dim=1, descending=True)
+    rank = torch.empty_like(order)
+    rank.scatter_(1, order, torch.arange(order.shape[1], device=score.device).expand_as(order))
+    n_valid = valid.reshape(B, -1).sum(1, keepdim=True)
+    if top_frac > 0:
+        n_keep = (n_valid.float() * top_frac).ceil().long().clamp(min=1)
+        keep &= (rank < n_keep).view_as(valid)
+    if top_p < 1.0:
+        mass = flat_s.clamp(min=0).nan_to_num(neginf=0.0).gather(1, order)   # sorted desc
+        before = mass.cumsum(1) - mass                    # mass strictly above each term
+        total = mass.sum(1, keepdim=True).clamp(min=1e-30)
+        inside_sorted = before < top_p * total            # the first term is always kept
+        inside = torch.zeros_like(inside_sorted).scatter(1, order, inside_sorted)
+        keep &= inside.view_as(valid)
+    return keep
+
+
+def finish(score, valid, cfg, temperature=None):
+    """The common tail of every weighted scheme: sparsity, normalisation, clipping."""
+    keep = sparsify(score, valid, cfg.weight_top_frac, cfg.weight_top_p)
+    w = normalize(score, keep, cfg.weight_norm, temperature, n_valid_of=valid)
+    if cfg.w_max > 0 or cfg.w_min > 0:
+        w = torch.where(keep, w.clamp(min=cfg.w_min, max=cfg.w_max if cfg.w_max > 0 else None), w)
+    return w
+
+
+# ---- the schemes -------------------------------------------------------------------------
+def uniform(ce, valid, **_):
+    """Baseline MTP: every valid (t, k) term counts once."""
+    return valid.float()
+
+
+def rho1_excess(ce, ref_ce, mode):
+    """Rho-1 (Lin et al. 2024, sec. 2.2) excess loss per (t, k). ref_ce is per token: the
+    reference's CE of token j from full context, so head k at t is compared with the
+    reference on the same token t+k."""
+    ref = future(ref_ce, ce.shape[-1])                  # (B, T, H): ref CE of x_{t+k}
+    if mode == "abs":        # the method: any disagreement with the reference matters
+        return (ref - ce).abs()
+    return ce - ref          # 'signed' / 'topk': tokens the model finds harder than the reference
+
+
+def rho1(ce, valid, ref_ce=None, cfg=None, **_):
+    """w = softmax(excess / T) over the weight_norm group; excess below min_ce_diff is 0.
+    rho1_mode 'topk' is Rho-1's binary selection: the top rho1_top_frac of tokens by
+    excess, weighted equally."""
+    if ref_ce is None:
+        raise ValueError("weighting='rho1' needs reference CE (ref_init_from / ref_ce_cache)")
+    excess = rho1_excess(ce, ref_ce, cfg.rho1_mode)
+    excess = torch.where(excess.abs() < cfg.min_ce_diff, torch.zeros_like(excess), excess)
+    if cfg.rho1_mode == "topk":
+        keep = sparsify(excess, valid, top_frac=cfg.rho1_top_frac)
+        return normalize(torch.ones_like(excess), keep, cfg.weight_norm, n_valid_of=valid)
+    return finish(excess, valid, cfg, temperature=cfg.temperature)
+
+
+def td_errors(values, rewards, n_future, gamma):
+    """k-step TD errors, (B, T) values and rewards -> (B, T, H):
+        delta[t, k] = sum_{j<k} gamma^j r_{t+j} + gamma^k V(s_{t+k}) - V(s_t)
+    values must already be 0 at and past each sample's terminal state, so a reward on the
+    last transition is never lost. For k = 1 this is the method's r_t + gamma V(s_{t+1}) - V(s_t)."""
+    B, T = values.shape
+    delta = torch.zeros(B, T, n_future, dtype=values.dtype, device=values.device)
+    ret = torch.zeros_like(values)                      # sum_{j<k} gamma^j r_{t+j}
+    for k in range(1, n_future + 1):
+        ret = ret + gamma ** (k - 1) * torch.cat([rewards[:, k - 1:], rewards.new_zeros(B, k - 1)], 1)
+        v_next = torch.cat([values[:, k:], values.new_zeros(B, min(k, T))], 1)[:, :T]
+        delta[:, :, k - 1] = ret + gamma ** k * v_next - values
+    return delta
+
+
+def gae(values, rewards, gamma, lam):
+    """GAE (Schulman et al. 2016, eq. 16) on the 1-step errors, vectorised with a
+    triangular matrix instead of a loop over positions: (B, T) -> advantages, returns.
+    A_t = sum_l (gamma lam)^l delta_{t+l};  value targets R_t = A_t + V_t."""
+    B, T = values.shape
+    v_next = torch.cat([values[:, 1:], values.new_zeros(B, 1)], 1)
+    delta = rewards + gamma * v_next - values           # (B, T)
+    idx = torch.arange(T, device=values.device)
+    power = (idx[None, :] - idx[:, None]).to(values.dtype)        # [t, j] = j - t
+    discount = torch.where(power >= 0, (gamma * lam) ** power.clamp(min=0), torch.zeros_like(power))
+    adv = delta @ discount.T                            # adv[b, t] = sum_j delta[b, j] d[t, j]
+    return adv, adv + values
+
+
+class RunningMoments:
+    """Running mean/variance of TD errors (Chan et al. parallel update) for whitening.
+    Synchronised across ranks by the caller's all-reduce of (count, sum, sum of squares);
+    saved in checkpoints through state_dict."""
+
+    def __init__(self):
+        self.count, self.mean, self.var = 0.0, 0.0, 1.0
+
+    def update(self, count, total, total_sq):
+        if count == 0:
+            return
+        b_mean = total / count
+        b_var = max(total_sq / count - b_mean ** 2, 0.0)
+        n = self.count + count
+        d = b_mean - self.mean
+        self.mean += d * count / n
+        self.var = (self.var * self.count + b_var * count + d * d * self.count * count / n) / n
+        self.count = n
+
+    def whiten(self, x):
+        return (x - self.mean) / (self.var ** 0.5 + 1e-8)
+
+    def state_dict(self):
+        return {"count": self.count, "mean": self.mean, "var": self.var}
+
+    def load_state_dict(self, s):
+        self.count, self.mean, self.var = s["count"], s["mean"], s["var"]
+
+
+def critic(ce, valid, values=None, rewards=None, moments=None, cfg=None, **_):
+    """Verifiable Critic: w[t, k] proportional to |whitened delta[t, k]|, the k-step TD error
+    of the value head trained on correctness labels, normalised per weight_norm."""
+    if values is None or rewards is None:
+        raise ValueError("weighting='critic' needs values and rewards (model value_head)")
+    delta = td_errors(values, rewards, ce.shape[-1], cfg.gamma)
+    if moments is not None and cfg.whiten:
+        delta = moments.whiten(delta)
+    return finish(delta.abs(), valid, cfg, temperature=None)
+
+
+SCHEMES = {
+    "uniform": uniform,
+    "rho1": rho1,
+    "critic": critic,
+}
+
+
+# ---- controls --------------------------------------------------------------------------
+def shuffled(w, valid):
+    """Control: a scheme's own weights permuted among the valid terms of each sequence,
+    which keeps their distribution and breaks their link to the tokens."""
+    out = torch.zeros_like(w)
+    for b in range(w.shape[0]):
+        v = w[b][valid[b]]
+        out[b][valid[b]] = v[torch.randperm(v.numel(), device=w.device)]
+    return out
+
+
+def random_matched(valid, sample):
+    """Control: i.i.d. draws from another run's logged weight values (`sample`, 1-D),
+    so the weights have that run's distribution but no information."""
+    idx = torch.randint(0, sample.numel(), valid.shape, device=valid.device)
+    return sample.to(valid.device)[idx] * valid
+
+
+def weighted_loss(ce, w, n_valid):
+    """sum(w * ce) / N, where N is the number of valid (t, k) terms in the whole optimizer
+    step (all micro-batches, all ranks), counted before the forward pass.
+
+    Dividing each micro-batch by its own count (nanoGPT's loss / grad_accum) is wrong as
+    soon as micro-batches hold different numbers of valid terms; with a global N, gradient
+    accumulation and DDP (which averages over ranks, hence the caller multiplies by the
+    world size) give the gradient of one big batch (torchtitan's global_valid_tokens)."""
+    return (w.detach() * ce).sum() / n_valid
