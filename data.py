@@ -1,0 +1,367 @@
+"""
+Samples, tokenizers, prepared datasets and the training loader.
+
+Every source becomes samples of one schema:
+    {problem_id, prompt, completion, is_correct, source}
+A sample is tokenized as prompt + completion + <eot>. Prompt tokens are never predicted
+(loss_mask 0); completion tokens and the closing <eot> are (loss_mask 1), so the model
+learns where a solution ends.
+
+Prepare once, then train from memmaps:
+    python data.py                        # tinycode with the byte tokenizer
+    python data.py --tokenizer=cl100k_base --data_dir=data_cache/tinycode-cl100k
+Layout of a prepared split, data_dir/{train,val,test}/:
+    tokens.bin      all samples' tokens, concatenated (uint16, or uint32 for big vocabs)
+    loss_mask.bin   uint8, 1 where the token may be predicted
+    index.npy       int64 (n_samples, 4): start, length, prompt_len, is_correct
+    samples.jsonl   problem_id, source, is_correct per sample (same order as index.npy)
+    problems.jsonl  the split's problems with their tests (pass@k needs them)
+    meta.json       tokenizer identity, counts, a hash of the data
+"""
+import gzip
+import hashlib
+import json
+import os
+import shutil
+import sys
+import tempfile
+
+import numpy as np
+import tiktoken
+import torch
+
+# ---- tokenizers -------------------------------------------------------------------
+# tiktoken downloads these on first use and caches them under $TIKTOKEN_CACHE_DIR
+_BLOB = "https://openaipublic.blob.core.windows.net"
+TIKTOKEN_URLS = {
+    "gpt2": [f"{_BLOB}/gpt-2/encodings/main/vocab.bpe", f"{_BLOB}/gpt-2/encodings/main/encoder.json"],
+    "cl100k_base": [f"{_BLOB}/encodings/cl100k_base.tiktoken"],
+    "o200k_base": [f"{_BLOB}/encodings/o200k_base.tiktoken"],
+}
+# the pre-tokenizer regex of cl100k_base and Llama 3, used for BPE files given by path
+CL100K_PAT = (r"""(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1,3}|"""
+              r""" ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+""")
+EOT_NAMES = ("<|endoftext|>", "<|end_of_text|>")
+
+
+def byte_tokenizer():
+    """256 byte tokens + <|endoftext|>: no merges, no download."""
+    return tiktoken.Encoding(
+        name="bytes",
+        pat_str=r"""[\s\S]""",  # any single character; its UTF-8 bytes are the tokens
+        mergeable_ranks={bytes([i]): i for i in range(256)},
+        special_tokens={"<|endoftext|>": 256},
+    )
+
+
+def get_tokenizer(name):
+    """'bytes', a tiktoken name ('gpt2', 'cl100k_base', 'o200k_base', ...) or the path of
+    a tiktoken BPE file (Llama 3's tokenizer.model is one)."""
+    if name == "bytes":
+        return byte_tokenizer()
+    if name in TIKTOKEN_URLS:
+        try:
+            return tiktoken.get_encoding(name)
+        except Exception as e:  # tiktoken raises requests/urllib errors when offline
+            raise RuntimeError(
+                f"could not load tokenizer {name!r}: tiktoken downloads it on first use and "
+                f"that failed ({type(e).__name__}: {e}). Offline, put the BPE files into "
+                f"tiktoken's cache once with `python data.py --cache_tokenizer={name} "
+                f"--cache_files=<file>[,<file>]` (gpt2 needs vocab.bpe,encoder.json) or pass "
+                f"the path of a .tiktoken file as the tokenizer") from None
+    if os.path.isfile(name):
+        from tiktoken.load import load_tiktoken_bpe
+        ranks = load_tiktoken_bpe(name)
+        n = len(ranks)
+        if n == 128000:  # Llama 3: 256 reserved special tokens after the merges
+            names = ["<|begin_of_text|>", "<|end_of_text|>", "<|reserved_special_token_0|>",
+                     "<|reserved_special_token_1|>", "<|finetune_right_pad_id|>",
+                     "<|step_id|>", "<|start_header_id|>", "<|end_header_id|>",
+                     "<|eom_id|>", "<|eot_id|>", "<|python_tag|>"]
+            names += [f"<|reserved_special_token_{i}|>" for i in range(2, 256 - len(names) + 2)]
+            specials = {s: n + i for i, s in enumerate(names)}
+        else:
+            specials = {"<|endoftext|>": n}
+        return tiktoken.Encoding(name=os.path.basename(name), pat_str=CL100K_PAT,
+                                 mergeable_ranks=ranks, special_tokens=specials)
+    raise ValueError(f"unknown tokenizer {name!r}: use 'bytes', one of {list(TIKTOKEN_URLS)}, "
+                     f"or the path of a tiktoken BPE file")
+
+
+def cache_tokenizer_files(name, files, cache_dir=None):
+    """Copy local BPE files into tiktoken's cache under the keys tiktoken looks them up by
+    (sha1 of the download URL), so get_tokenizer(name) then works offline through
+    tiktoken's own loading code, which also checks each file's sha256."""
+    if name not in TIKTOKEN_URLS:
+        raise ValueError(f"unknown tiktoken name {name!r}; known: {list(TIKTOKEN_URLS)}")
+    urls = TIKTOKEN_URLS[name]
+    if len(files) != len(urls):
+        raise ValueError(f"{name} needs {len(urls)} file(s), "
+                         f"{[u.rsplit('/', 1)[1] for u in urls]} in that order; got {files}")
+    cache_dir = cache_dir or os.environ.get("TIKTOKEN_CACHE_DIR") or \
+        os.path.join(tempfile.gettempdir(), "data-gym-cache")  # tiktoken's default
+    os.makedirs(cache_dir, exist_ok=True)
+    for url, path in zip(urls, files):
+        with (gzip.open if path.endswith(".gz") else open)(path, "rb") as f:
+            blob = f.read()
+        key = os.path.join(cache_dir, hashlib.sha1(url.encode()).hexdigest())
+        with open(key + ".tmp", "wb") as f:
+            f.write(blob)
+        os.replace(key + ".tmp", key)
+    return cache_dir
+
+
+def eot_token(enc):
+    for s in EOT_NAMES:
+        if s in enc.special_tokens_set:
+            return enc.encode_single_token(s)
+    raise ValueError(f"tokenizer {enc.name!r} has none of the end-of-text tokens {EOT_NAMES}")
+
+
+def tokenizer_identity(enc):
+    """Name + a hash of everything that decides token ids: ranks, specials, regex.
+    Stored with prepared data and checkpoints; two tokenizers with the same hash encode
+    every text identically."""
+    h = hashlib.sha256()
+    for token, rank in sorted(enc._mergeable_ranks.items(), key=lambda kv: kv[1]):
+        h.update(rank.to_bytes(4, "little") + len(token).to_bytes(2, "little") + token)
+    for s, rank in sorted(enc._special_tokens.items()):
+        h.update(s.encode() + rank.to_bytes(4, "little"))
+    h.update(enc._pat_str.encode())
+    return {"name": enc.name, "n_vocab": enc.n_vocab, "sha256": h.hexdigest()[:16]}
+
+
+def check_tokenizer(expected, actual, what):
+    """Stop with a clear error when two tokenizer identities differ."""
+    if expected["sha256"] != actual["sha256"]:
+        raise ValueError(
+            f"tokenizer mismatch for {what}: it was made with {expected['name']!r} "
+            f"(hash {expected['sha256']}, {expected['n_vocab']} tokens), but this run uses "
+            f"{actual['name']!r} (hash {actual['sha256']}, {actual['n_vocab']} tokens). "
+            f"Use the same tokenizer, or re-prepare the data / retrain the model with it.")
+
+
+# ---- preparing a dataset ------------------------------------------------------------
+def encode_sample(enc, sample):
+    """-> (tokens, loss_mask) for prompt + completion + <eot>."""
+    prompt = enc.encode_ordinary(sample["prompt"])
+    completion = enc.encode_ordinary(sample["completion"]) + [eot_token(enc)]
+    return prompt + completion, [0] * len(prompt) + [1] * len(completion)
+
+
+def write_split(path, enc, samples, problems, source_info):
+    """Tokenize samples and write one prepared split to `path` (atomically: a temp dir
+    renamed into place, so a killed prepare never leaves half a dataset)."""
+    from tqdm import tqdm
+    tmp = path + ".tmp"
+    shutil.rmtree(tmp, ignore_errors=True)
+    os.makedirs(tmp)
+    dtype = np.uint16 if enc.n_vocab <= 2**16 else np.uint32
+    toks, masks, index = [], [], []
+    start = 0
+    for s in tqdm(samples, desc=f"tokenize {os.path.basename(path)}", leave=False):
+        t, m = encode_sample(enc, s)
+        toks.append(np.asarray(t, dtype=dtype))
+        masks.append(np.asarray(m, dtype=np.uint8))
+        index.append((start, len(t), m.index(1), int(bool(s["is_correct"]))))
+        start += len(t)
+    tokens = np.concatenate(toks) if toks else np.zeros(0, dtype)
+    tokens.tofile(os.path.join(tmp, "tokens.bin"))
+    (np.concatenate(masks) if masks else np.zeros(0, np.uint8)).tofile(os.path.join(tmp, "loss_mask.bin"))
+    index = np.asarray(index, dtype=np.int64).reshape(-1, 4)
+    np.save(os.path.join(tmp, "index.npy"), index)
+    with open(os.path.join(tmp, "samples.jsonl"), "w") as f:
+        for s in samples:
+            f.write(json.dumps({k: s[k] for k in ("problem_id", "source", "is_correct")}) + "\n")
+    with open(os.path.join(tmp, "problems.jsonl"), "w") as f:
+        for p in problems:
+            f.write(json.dumps(p) + "\n")
+    lengths = index[:, 1]
+    meta = {
+        "tokenizer": tokenizer_identity(enc),
+        "dtype": np.dtype(dtype).name,
+        "n_samples": int(len(index)),
+        "n_correct": int(index[:, 3].sum()) if len(index) else 0,
+        "n_problems": len(problems),
+        "n_tokens": int(lengths.sum()),
+        "max_len": int(lengths.max()) if len(index) else 0,
+        "mean_len": float(lengths.mean()) if len(index) else 0.0,
+        # identity of the token data: a reference-CE cache is valid only for this hash
+        "hash": hashlib.sha256(tokens.tobytes() + index.tobytes()).hexdigest()[:16],
+        **source_info,
+    }
+    with open(os.path.join(tmp, "meta.json"), "w") as f:
+        json.dump(meta, f, indent=1)
+    shutil.rmtree(path, ignore_errors=True)
+    os.replace(tmp, path)
+    return meta
+
+
+def prepare_tinycode(data_dir, tokenizer="bytes", n_train=3000, n_val=200, n_test=200,
+                     n_incorrect=2, seed=0, workers=None):
+    """Generate tinycode problems, label every solution variant by execution, and write
+    the train/val/test splits. Returns {split: meta}."""
+    import tinycode
+    enc = get_tokenizer(tokenizer)
+    splits = tinycode.make_splits(n_train, n_val, n_test, seed=seed)
+    metas = {}
+    for split, problems in splits.items():
+        samples = tinycode.make_samples(problems, n_incorrect=n_incorrect, seed=seed,
+                                        workers=workers)
+        info = {"source": "tinycode", "split": split, "seed": seed, "n_incorrect": n_incorrect}
+        metas[split] = write_split(os.path.join(data_dir, split), enc, samples, problems, info)
+        m = metas[split]
+        print(f"{split}: {m['n_problems']} problems, {m['n_samples']} samples "
+              f"({m['n_correct']} correct), {m['n_tokens']:,} tokens, "
+              f"mean/max length {m['mean_len']:.0f}/{m['max_len']}")
+    return metas
+
+
+# ---- reading a prepared dataset -------------------------------------------------------
+class PreparedSplit:
+    """Memory-mapped view of one prepared split."""
+
+    def __init__(self, path):
+        meta_path = os.path.join(path, "meta.json")
+        if not os.path.exists(meta_path):
+            raise FileNotFoundError(f"no prepared data at {path}: run `python data.py` "
+                                    f"(or point data_dir at a prepared dataset)")
+        with open(meta_path) as f:
+            self.meta = json.load(f)
+        self.path = path
+        self.index = np.load(os.path.join(path, "index.npy"))
+        self.tokens = np.memmap(os.path.join(path, "tokens.bin"), dtype=self.meta["dtype"], mode="r")
+        self.loss_mask = np.memmap(os.path.join(path, "loss_mask.bin"), dtype=np.uint8, mode="r")
+        n_tok = int(self.index[:, 1].sum()) if len(self.index) else 0
+        if len(self.tokens) != n_tok or len(self.loss_mask) != n_tok:
+            raise ValueError(f"{path} is inconsistent: index.npy covers {n_tok} tokens but "
+                             f"tokens.bin has {len(self.tokens)} and loss_mask.bin "
+                             f"{len(self.loss_mask)}; re-run `python data.py`")
+
+    def __len__(self):
+        return len(self.index)
+
+    def sample(self, i):
+        start, length, _, _ = self.index[i]
+        return self.tokens[start:start + length], self.loss_mask[start:start + length]
+
+    def problems(self):
+        with open(os.path.join(self.path, "problems.jsonl")) as f:
+            return [json.loads(line) for line in f]
+
+
+class Loader:
+    """Deterministic, resumable batches of whole samples, one sample per row.
+
+    Rows are padded (with <eot>, loss_mask 0) to the longest sample of the micro-batch,
+    so no sample is cut and none attends to another; padding waste is measured by
+    `padding_waste`. Sample order is a fresh permutation per epoch, seeded by
+    (seed, epoch); the only state is `cursor`, the number of rows the whole job has
+    consumed, so resuming is exact.
+
+    One optimizer step consumes rows_per_step = batch_size * grad_accum * world_size
+    consecutive rows; micro-step m of rank r takes the slice starting at
+    (m * world_size + r) * batch_size. Hence 1 process with grad_accum = 8 and 8 processes
+    with grad_accum = 1 see exactly the same rows in every step.
+    """
+
+    def __init__(self, split: PreparedSplit, batch_size, block_size, seed, correct_only,
+                 rank=0, world_size=1, pad_id=0):
+        self.split, self.batch_size, self.block_size = split, batch_size, block_size
+        self.seed, self.rank, self.world_size, self.pad_id = seed, rank, world_size, pad_id
+        idx = split.index
+        keep = idx[:, 1] <= block_size
+        if correct_only:
+            keep &= idx[:, 3] == 1
+        n_long = int((idx[:, 1] > block_size).sum())
+        if n_long and rank == 0:
+            print(f"warning: {n_long} of {len(idx)} samples in {split.path} are longer than "
+                  f"block_size={block_size} and are skipped; raise block_size to keep them",
+                  file=sys.stderr)
+        self.ids = np.nonzero(keep)[0]
+        if len(self.ids) == 0:
+            raise ValueError(f"no usable samples in {split.path} (correct_only={correct_only}, "
+                             f"block_size={block_size})")
+        self.cursor = 0
+
+    def _sample_id(self, row):
+        epoch, pos = divmod(row, len(self.ids))
+        perm = np.random.default_rng([self.seed, epoch]).permutation(len(self.ids))
+        return self.ids[perm[pos]]
+
+    def epoch(self):
+        return self.cursor / len(self.ids)
+
+    def next_step(self, grad_accum):
+        """The micro-batches this rank trains on in the next optimizer step."""
+        B, W = self.batch_size, self.world_size
+        micro = []
+        for m in range(grad_accum):
+            first = self.cursor + (m * W + self.rank) * B
+            micro.append(self.collate([self._sample_id(first + i) for i in range(B)]))
+        self.cursor += B * grad_accum * W
+        return micro
+
+    def collate(self, sample_ids):
+        """-> dict of tokens (B, T) int64, loss_mask (B, T) bool, is_correct (B,) float,
+        lengths (B,) int64, sample_ids (B,) int64; T = longest sample in the batch."""
+        pairs = [self.split.sample(i) for i in sample_ids]
+        T = max(len(t) for t, _ in pairs)
+        tokens = np.full((len(pairs), T), self.pad_id, dtype=np.int64)
+        mask = np.zeros((len(pairs), T), dtype=bool)
+        for b, (t, m) in enumerate(pairs):
+            tokens[b, :len(t)] = t
+            mask[b, :len(m)] = m
+        return {
+            "tokens": torch.from_numpy(tokens),
+            "loss_mask": torch.from_numpy(mask),
+            "is_correct": torch.tensor([float(self.split.index[i, 3]) for i in sample_ids]),
+            "lengths": torch.tensor([len(t) for t, _ in pairs]),
+            "sample_ids": torch.as_tensor(np.asarray(sample_ids, dtype=np.int64)),
+        }
+
+    def padding_waste(self, n_batches=50):
+        """Fraction of token slots that are padding, over the next n_batches batches
+        (read without moving the cursor)."""
+        real = total = 0
+        for j in range(n_batches):
+            ids = [self._sample_id(self.cursor + j * self.batch_size + i) for i in range(self.batch_size)]
+            lengths = self.split.index[ids, 1]
+            real += lengths.sum()
+            total += lengths.max() * len(ids)
+        return 1 - real / total
+
+    def state_dict(self):
+        return {"cursor": self.cursor, "seed": self.seed, "n_ids": len(self.ids)}
+
+    def load_state_dict(self, state):
+        if state["n_ids"] != len(self.ids):
+            raise ValueError(f"the loader was saved over {state['n_ids']} samples but the data "
+                             f"now has {len(self.ids)}: the dataset or the filter changed")
+        self.cursor, self.seed = state["cursor"], state["seed"]
+
+
+# -----------------------------------------------------------------------------
+# python data.py [--key=value ...]
+defaults = dict(
+    dataset="tinycode",             # the only source so far
+    data_dir="data_cache/tinycode",  # where the prepared splits go
+    tokenizer="bytes",              # 'bytes', a tiktoken name, or a BPE file path
+    n_train=3000, n_val=200, n_test=200,  # problems per split
+    n_incorrect=2,                  # mutated (labelled) variants per problem
+    seed=0,
+    cache_tokenizer="",             # set to a tiktoken name to cache local BPE files ...
+    cache_files="",                 # ... given here, comma-separated, then exit
+)
+
+if __name__ == "__main__":
+    import configurator
+    cfg = configurator.configure(defaults, sys.argv[1:])
+    if cfg["cache_tokenizer"]:
+        where = cache_tokenizer_files(cfg["cache_tokenizer"], cfg["cache_files"].split(","))
+        print(f"cached {cfg['cache_tokenizer']} in {where}; set TIKTOKEN_CACHE_DIR={where} if that is not the default")
+        sys.exit(0)
+    if cfg["dataset"] != "tinycode":
+        sys.exit(f"unknown dataset {cfg['dataset']!r}; available: tinycode")
+    prepare_tinycode(cfg["data_dir"], cfg["tokenizer"], cfg["n_train"], cfg["n_val"],
+                     cfg["n_test"], cfg["n_incorrect"], cfg["seed"])
