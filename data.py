@@ -250,6 +250,51 @@ class PreparedSplit:
             return [json.loads(line) for line in f]
 
 
+def check_roundtrip(split, enc, n=16):
+    """Decode a few stored samples with `enc` and re-encode them: the ids must come back.
+    Catches data tokenized with another tokenizer even where metadata says otherwise."""
+    eot = eot_token(enc)
+    for i in np.linspace(0, len(split) - 1, min(n, len(split))).astype(int):
+        tokens, _ = split.sample(i)
+        prompt_len = int(split.index[i, 2])
+        for part in (tokens[:prompt_len], tokens[prompt_len:-1]):
+            ids = [int(x) for x in part]
+            if enc.encode_ordinary(enc.decode(ids)) != ids:
+                raise ValueError(f"sample {i} of {split.path} does not re-encode to the same "
+                                 f"token ids with tokenizer {enc.name!r}: the data was prepared "
+                                 f"with another tokenizer; re-run `python data.py`")
+        if int(tokens[-1]) != eot:
+            raise ValueError(f"sample {i} of {split.path} does not end with <eot> ({eot}) of "
+                             f"{enc.name!r}: misaligned or foreign data")
+
+
+@torch.no_grad()
+def score_reference(model, split, device="cpu", batch_size=16, out_path=None):
+    """Per-token CE of a frozen reference on every token of a split, with full context:
+    ref_ce[j] = CE(ref(x_<j), x_j) from head 1's logits at j-1; the first token of each
+    sample gets 0 (nothing predicts it). Aligned with tokens.bin, float32. Written
+    atomically with a .json identity when out_path is given."""
+    from tqdm import tqdm
+    import torch.nn.functional as F
+    ref = np.zeros(len(split.tokens), dtype=np.float32)
+    loader = Loader(split, batch_size, block_size=10**9, seed=0, correct_only=False)
+    ids = np.arange(len(split))
+    model.eval()
+    for i in tqdm(range(0, len(ids), batch_size), desc="score reference", leave=False):
+        batch = loader.collate(ids[i:i + batch_size])
+        tokens = batch["tokens"].to(device)
+        logits = model(tokens)[:, :-1, 0].float()                  # (B, T-1, V) head 1
+        ce = F.cross_entropy(logits.flatten(0, 1), tokens[:, 1:].flatten(),
+                             reduction="none").view(tokens.shape[0], -1).cpu().numpy()
+        for b, sid in enumerate(ids[i:i + batch_size]):
+            start, length = split.index[sid, :2]
+            ref[start + 1:start + length] = ce[b, :length - 1]   # token j <- logits at j-1
+    if out_path:
+        ref.tofile(out_path + ".tmp")
+        os.replace(out_path + ".tmp", out_path)
+    return ref
+
+
 class Loader:
     """Deterministic, resumable batches of whole samples, one sample per row.
 
@@ -266,8 +311,9 @@ class Loader:
     """
 
     def __init__(self, split: PreparedSplit, batch_size, block_size, seed, correct_only,
-                 rank=0, world_size=1, pad_id=0):
+                 rank=0, world_size=1, pad_id=0, ref_ce=None):
         self.split, self.batch_size, self.block_size = split, batch_size, block_size
+        self.ref_ce = ref_ce   # optional per-token reference CE, aligned with split.tokens
         self.seed, self.rank, self.world_size, self.pad_id = seed, rank, world_size, pad_id
         idx = split.index
         keep = idx[:, 1] <= block_size
@@ -304,7 +350,8 @@ class Loader:
 
     def collate(self, sample_ids):
         """-> dict of tokens (B, T) int64, loss_mask (B, T) bool, is_correct (B,) float,
-        lengths (B,) int64, sample_ids (B,) int64; T = longest sample in the batch."""
+        lengths (B,) int64, sample_ids (B,) int64, and ref_ce (B, T) float32 when the
+        loader has a reference cache; T = longest sample in the batch."""
         pairs = [self.split.sample(i) for i in sample_ids]
         T = max(len(t) for t, _ in pairs)
         tokens = np.full((len(pairs), T), self.pad_id, dtype=np.int64)
@@ -312,7 +359,14 @@ class Loader:
         for b, (t, m) in enumerate(pairs):
             tokens[b, :len(t)] = t
             mask[b, :len(m)] = m
-        return {
+        extra = {}
+        if self.ref_ce is not None:
+            ref = np.zeros((len(pairs), T), dtype=np.float32)
+            for b, i in enumerate(sample_ids):
+                start, length = self.split.index[i, :2]
+                ref[b, :length] = self.ref_ce[start:start + length]
+            extra["ref_ce"] = torch.from_numpy(ref)
+        return {**extra,
             "tokens": torch.from_numpy(tokens),
             "loss_mask": torch.from_numpy(mask),
             "is_correct": torch.tensor([float(self.split.index[i, 3]) for i in sample_ids]),

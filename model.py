@@ -151,7 +151,6 @@ class Transformer(nn.Module):
         self.output = nn.Linear(c.d_model, c.vocab_size, bias=False)
         if c.tie_embeddings:
             self.output.weight = self.tok_embeddings.weight
-        self.value_head = ValueHead(c) if c.value_head else None
         cos, sin = rotary_tables(c.d_model // c.n_head, c.max_seq_len, c.rope_theta)
         self.register_buffer("rope_cos", cos, persistent=False)
         self.register_buffer("rope_sin", sin, persistent=False)
@@ -161,6 +160,11 @@ class Transformer(nn.Module):
         for name, p in self.named_parameters():
             if name.endswith(("attention.wo.weight", "feed_forward.w2.weight")):
                 nn.init.normal_(p, mean=0.0, std=0.02 / math.sqrt(2 * c.n_layer))
+        # built last, so a model with a value head starts from the same LM weights as one
+        # without (same seed): the critic arm and the baseline share their initialisation
+        self.value_head = ValueHead(c) if c.value_head else None
+        if self.value_head is not None:
+            self.value_head.apply(self._init_weights)
 
     def _init_weights(self, module):
         if isinstance(module, nn.Linear):

@@ -52,8 +52,32 @@ d_ff = 352
 rope_theta = 10000.0
 tie_embeddings = True
 dropout = 0.0
-# weighting (weights.py)
-weighting = "uniform"           # name of a scheme in weights.SCHEMES
+# weighting (weights.py): the only thing that differs between arms
+weighting = "uniform"           # 'uniform', 'rho1', 'critic', or a control: 'shuffled', 'random_matched'
+control_of = "rho1"             # 'shuffled': the scheme whose own weights are permuted
+control_weights = ""            # 'random_matched': the run dir whose weights_sample.npy is drawn from
+weight_norm = "heads"           # 'heads': sum_k w[t, k] = 1 (times #heads); 'tokens': over the micro-batch
+temperature = 1.0               # T of Rho-1's softmax(excess / T)
+w_min = 0.0                     # clip weights to [w_min, w_max]; 0 = no bound
+w_max = 0.0
+weight_top_frac = 0.0           # keep only this top fraction of each sequence's terms; 0 = all
+weight_top_p = 1.0              # keep the smallest set of terms holding this share of weight mass
+# Rho-1
+ref_init_from = ""              # reference run dir (its ckpt.pt): same tokenizer, kept frozen
+ref_ce_mode = "cache"           # 'cache': score the data once, read memmaps; 'online': every step
+ref_ce_cache = ""               # explicit cache file; default data_dir/train/ref_ce-<ref hash>.bin
+min_ce_diff = 0.0               # |excess| below this counts as 0
+rho1_mode = "abs"               # 'abs' |CE_ref - CE|, 'signed' CE - CE_ref, 'topk' binary selection
+rho1_top_frac = 0.6             # share of tokens 'topk' keeps (Rho-1 kept 60%)
+# Verifiable Critic
+gamma = 1.0                     # discount of the TD errors and GAE
+lam = 0.95                      # GAE lambda, for the value targets
+reward = "binary"               # r = is_correct ('binary'), +-1 ('pm1'), or standardised ('zscore')
+whiten = True                   # whiten TD errors with running (cross-rank) statistics
+value_coef = 0.5                # weight of the value loss next to the LM loss
+value_clip = 0.2                # trust region around the sample's previous values; 0 = off
+critic_pretrain_epochs = 0.5    # value-only stage before main training, in epochs of its data
+incorrect_mode = "weighted"     # incorrect solutions in the LM loss: 'weighted', 'value_only', 'signed'
 # optimizer: AdamW, cosine schedule with linear warmup
 batch_size = 16                 # rows (samples) per micro-batch per process
 gradient_accumulation_steps = 2  # micro-batches per step, over all processes together
@@ -190,6 +214,141 @@ def evaluate(model, split, c, ctx, device, ddp, rank, world_size, pad_id):
     return (sums / counts.clamp(min=1)).tolist()
 
 
+# ---- scheme plumbing ----------------------------------------------------------------------
+def load_reference(path, device, tok_id):
+    """The frozen Rho-1 reference: any checkpoint this codebase wrote, same tokenizer."""
+    ckpt_path = path if path.endswith(".pt") else os.path.join(path, "ckpt.pt")
+    ckpt = load_checkpoint(ckpt_path, map_location=device)
+    data.check_tokenizer(ckpt["tokenizer"], tok_id, f"reference {ckpt_path}")
+    ref = Transformer(ModelConfig(**{**ckpt["model_args"], "value_head": False}))
+    ref.load_state_dict({k: v for k, v in ckpt["model"].items() if not k.startswith("value_head.")})
+    ref.to(device).eval().requires_grad_(False)
+    h = __import__("hashlib").sha256()
+    for k, v in sorted(ref.state_dict().items()):
+        h.update(k.encode() + v.detach().cpu().float().numpy().tobytes())
+    return ref, h.hexdigest()[:16]
+
+
+def reference_cache(c, split, ref, ref_hash, device, master, ddp):
+    """Per-token reference CE for the training split as a memmap, scored once by rank 0.
+    A cache carries the identity of the data and of the reference it was made for; a
+    mismatch is refused rather than silently misaligning every weight."""
+    path = c.ref_ce_cache or os.path.join(split.path, f"ref_ce-{ref_hash}.bin")
+    ident = {"data_hash": split.meta["hash"], "ref_hash": ref_hash, "n_tokens": len(split.tokens)}
+    if not os.path.exists(path) and master:
+        print(f"scoring the reference on {split.path} -> {path}")
+        data.score_reference(ref, split, device, batch_size=c.batch_size, out_path=path)
+        with open(path + ".json", "w") as f:
+            json.dump(ident, f)
+    if ddp:
+        dist.barrier()
+    with open(path + ".json") as f:
+        found = json.load(f)
+    if found != ident:
+        raise ValueError(f"reference CE cache {path} was made for {found}, but this run has "
+                         f"{ident}: other data or another reference; delete it or point "
+                         f"ref_ce_cache elsewhere")
+    return np.memmap(path, dtype=np.float32, mode="r")
+
+
+def online_ref_ce(ref, tokens, ctx):
+    """Reference CE per token, as the cache holds it: ref_ce[:, j] from logits at j-1."""
+    with torch.no_grad(), ctx:
+        logits = ref(tokens)[:, :-1, 0].float()                     # (B, T-1, V) head 1
+    ce = torch.nn.functional.cross_entropy(logits.flatten(0, 1), tokens[:, 1:].flatten(),
+                                           reduction="none").view(tokens.shape[0], -1)
+    return torch.cat([ce.new_zeros(tokens.shape[0], 1), ce], dim=1)  # (B, T)
+
+
+def critic_inputs(mb, c, reward_stats):
+    """Rewards and terminal structure of a batch. Sample b ends at e = lengths - 1 (its
+    <eot>); the reward for the whole solution arrives on the last transition, at state
+    e-1, and every state from e on is terminal with V = 0 (weights.td_errors)."""
+    B, T = mb["tokens"].shape
+    e = mb["lengths"].to(mb["tokens"].device) - 1
+    pos = torch.arange(T, device=e.device)
+    states = pos[None, :] < e[:, None]                               # (B, T) non-terminal states
+    r = mb["is_correct"].to(e.device)
+    if c.reward == "pm1":
+        r = 2 * r - 1
+    elif c.reward == "zscore":
+        mean, std = reward_stats
+        r = (r - mean) / std
+    rewards = torch.zeros(B, T, device=e.device)
+    rewards[torch.arange(B, device=e.device), e - 1] = r
+    return states, rewards
+
+
+def value_auc(scores, labels):
+    """Area under the ROC curve by the rank statistic (Mann-Whitney U), ties averaged."""
+    scores, labels = np.asarray(scores, float), np.asarray(labels, bool)
+    n_pos, n_neg = labels.sum(), (~labels).sum()
+    if n_pos == 0 or n_neg == 0:
+        return float("nan")
+    order = scores.argsort()
+    ranks = np.empty(len(scores))
+    ranks[order] = np.arange(1, len(scores) + 1)
+    for v in np.unique(scores):                                     # average tied ranks
+        tie = scores == v
+        ranks[tie] = ranks[tie].mean()
+    return float((ranks[labels].sum() - n_pos * (n_pos + 1) / 2) / (n_pos * n_neg))
+
+
+@torch.no_grad()
+def probe_values(model, split, ids, c, ctx, device, pad_id):
+    """V(s_{e-1}) (the critic's belief just before the last token) for the given val
+    samples, with their labels: for the value AUC and the drift probe."""
+    loader = data.Loader(split, c.batch_size, c.block_size, seed=0, correct_only=False, pad_id=pad_id)
+    scores, labels, full = [], [], []
+    model.eval()
+    for i in range(0, len(ids), c.batch_size):
+        mb = loader.collate(ids[i:i + c.batch_size])
+        with ctx:
+            _, v = model(mb["tokens"].to(device), with_values=True)
+        e = mb["lengths"] - 1
+        scores += v[torch.arange(len(e)), (e - 1).to(device)].float().cpu().tolist()
+        labels += mb["is_correct"].bool().tolist()
+        full += [v[b, :e[b]].float().cpu() for b in range(len(e))]
+    model.train()
+    return scores, labels, full
+
+
+class WeightLog:
+    """Weight diagnostics: per-log statistics, per-head histograms and a sample of weight
+    values (what the 'random_matched' control of this run draws from)."""
+    BINS = np.linspace(0, 8, 65)
+
+    def __init__(self, n_future, seed, cap=200_000):
+        self.hist = np.zeros((n_future, len(self.BINS) - 1), dtype=np.int64)
+        self.sample, self.cap = [], cap
+        self.rng = np.random.default_rng(seed)
+
+    def record(self, w, valid):
+        """Statistics of one micro-batch's weights over its valid terms."""
+        v = w[valid]
+        if v.numel() == 0:
+            return {}
+        wn = w / w.sum(-1, keepdim=True).clamp(min=1e-12)                # share per head at t
+        multi = valid.sum(-1) > 1
+        ent = -(wn * wn.clamp(min=1e-12).log()).sum(-1)[multi]           # entropy over heads
+        mass = w.sum(dim=(0, 1))
+        for k in range(w.shape[-1]):
+            self.hist[k] += np.histogram(w[..., k][valid[..., k]].float().cpu().numpy(),
+                                         self.BINS)[0]
+        if sum(len(s) for s in self.sample) < self.cap:
+            vals = v.float().cpu().numpy()
+            self.sample.append(self.rng.choice(vals, size=min(len(vals), 2000), replace=False))
+        return {"w_mean": v.mean().item(), "w_std": v.std().item() if v.numel() > 1 else 0.0,
+                "w_min": v.min().item(), "w_max": v.max().item(),
+                "w_entropy": ent.mean().item() if ent.numel() else 0.0,
+                "w_head_mass": (mass / mass.sum().clamp(min=1e-12)).tolist()}
+
+    def save(self, out_dir):
+        np.savez(os.path.join(out_dir, "weight_hist.npz"), bins=self.BINS, counts=self.hist)
+        if self.sample:
+            np.save(os.path.join(out_dir, "weights_sample.npy"), np.concatenate(self.sample))
+
+
 # ---- training -----------------------------------------------------------------------
 def train(cfg):
     """Run one training job from a config dict (see DEFAULTS); returns a summary dict."""
@@ -201,10 +360,21 @@ def train(cfg):
         raise ValueError(f"gradient_accumulation_steps={c.gradient_accumulation_steps} must be "
                          f"divisible by the number of processes ({world_size})")
     grad_accum = c.gradient_accumulation_steps // world_size   # per process
-    if c.weighting not in weights.SCHEMES:
-        raise ValueError(f"unknown weighting {c.weighting!r}; available: {sorted(weights.SCHEMES)}")
-    if c.train_on not in ("correct", "all"):
-        raise ValueError(f"train_on must be 'correct' or 'all', got {c.train_on!r}")
+    controls = ("shuffled", "random_matched")
+    if c.weighting not in (*weights.SCHEMES, *controls):
+        raise ValueError(f"unknown weighting {c.weighting!r}; available: "
+                         f"{sorted(weights.SCHEMES) + list(controls)}")
+    # the scheme whose inputs this run needs ('shuffled' permutes control_of's weights)
+    family = {"shuffled": c.control_of, "random_matched": "uniform"}.get(c.weighting, c.weighting)
+    if family not in weights.SCHEMES:
+        raise ValueError(f"control_of={c.control_of!r} is not a scheme: {sorted(weights.SCHEMES)}")
+    use_critic, use_ref = family == "critic", family == "rho1"
+    for key, allowed in (("train_on", ("correct", "all")), ("weight_norm", ("heads", "tokens")),
+                         ("rho1_mode", ("abs", "signed", "topk")), ("reward", ("binary", "pm1", "zscore")),
+                         ("incorrect_mode", ("weighted", "value_only", "signed")),
+                         ("ref_ce_mode", ("cache", "online"))):
+        if getattr(c, key) not in allowed:
+            raise ValueError(f"{key} must be one of {allowed}, got {getattr(c, key)!r}")
     device_type = "cuda" if device.startswith("cuda") else "cpu"
     if c.dtype == "auto":
         c.dtype = "bfloat16" if device_type == "cuda" and torch.cuda.is_bf16_supported() else "float32"
@@ -229,16 +399,38 @@ def train(cfg):
     tok_id = data.tokenizer_identity(enc)
     for split in (train_split, val_split):
         data.check_tokenizer(split.meta["tokenizer"], tok_id, f"the data in {split.path}")
+        data.check_roundtrip(split, enc)
     pad_id = data.eot_token(enc)
+
+    # Rho-1's frozen reference, scored once into a cache unless asked to run online
+    ref, ref_cache = None, None
+    if use_ref:
+        if not c.ref_init_from:
+            raise ValueError("weighting='rho1' needs ref_init_from: a reference run dir "
+                             "(train one with `python train.py config/tiny_ref.py`)")
+        ref, ref_hash = load_reference(c.ref_init_from, device, tok_id)
+        if c.ref_ce_mode == "cache":
+            ref_cache = reference_cache(c, train_split, ref, ref_hash, device, master, ddp)
+            ref = None                                    # not needed in memory any more
     loader = data.Loader(train_split, c.batch_size, c.block_size, seed=c.seed,
                          correct_only=c.train_on == "correct", rank=rank,
-                         world_size=world_size, pad_id=pad_id)
+                         world_size=world_size, pad_id=pad_id, ref_ce=ref_cache)
+    rows_per_step = c.batch_size * c.gradient_accumulation_steps
+    # the critic's value pre-training, then max_iters of main training like every arm
+    pretrain_iters = math.ceil(c.critic_pretrain_epochs * len(loader.ids) / rows_per_step) if use_critic else 0
+    total_iters = pretrain_iters + c.max_iters
+    labels = train_split.index[loader.ids, 3].astype(float)
+    reward_stats = (labels.mean(), max(labels.std(), 1e-6))       # for reward='zscore'
 
     # model, optimizer, and the state to resume from
     model_args = {k: getattr(c, k) for k in MODEL_KEYS}
     model_args.update(vocab_size=64 * math.ceil(enc.n_vocab / 64),  # multiple of 64: faster matmuls
-                      max_seq_len=c.block_size)
+                      max_seq_len=c.block_size, value_head=use_critic)
     iter_num, best_val, tokens_seen = 0, float("inf"), 0
+    moments = weights.RunningMoments()
+    # the critic's values for each training token at its sample's previous visit (NaN =
+    # not seen yet): the centre of the value-clipping trust region
+    value_memory = np.full(len(train_split.tokens), np.nan, dtype=np.float32) if use_critic else None
     ckpt = None
     if c.init_from == "resume":
         ckpt = load_checkpoint(ckpt_path, map_location=device)
@@ -246,12 +438,15 @@ def train(cfg):
         if ckpt["data_hash"] != train_split.meta["hash"]:
             raise ValueError(f"checkpoint {ckpt_path} was trained on other data (hash "
                              f"{ckpt['data_hash']}) than {train_split.path} ({train_split.meta['hash']})")
-        changed = {k: (ckpt["model_args"][k], v) for k, v in model_args.items()
+        changed = {k: (ckpt["model_args"].get(k), v) for k, v in model_args.items()
                    if ckpt["model_args"].get(k) != v}
         if changed:
             raise ValueError(f"model config differs from the checkpoint's (checkpoint, now): {changed}")
         iter_num, best_val, tokens_seen = ckpt["iter_num"], ckpt["best_val_loss"], ckpt["tokens_seen"]
         loader.load_state_dict(ckpt["loader"])
+        moments.load_state_dict(ckpt["moments"])
+        if use_critic:
+            value_memory = np.load(os.path.join(c.out_dir, "value_memory.npy"))
     elif c.init_from != "scratch":
         raise ValueError(f"init_from must be 'scratch' or 'resume', got {c.init_from!r}")
     torch.manual_seed(c.seed)   # same initial weights on every rank
@@ -263,19 +458,41 @@ def train(cfg):
     if ckpt:
         optimizer.load_state_dict(ckpt["optimizer"])
     ckpt = None  # free memory
+    # parameters only the LM loss trains: frozen (no update, no weight decay) while the
+    # critic pre-trains its value head
+    lm_only = [p for m in (*raw_model.heads, raw_model.norm) for p in m.parameters()]
+    if not c.tie_embeddings:
+        lm_only.append(raw_model.output.weight)
     model = torch.compile(raw_model) if c.compile else raw_model
     if ddp:
         model = DDP(model, device_ids=[local_rank] if device_type == "cuda" else None)
     scaler = torch.amp.GradScaler(device_type, enabled=ptdtype == torch.float16)
-    scheme = weights.SCHEMES[c.weighting]
+    scheme = weights.SCHEMES[family]
+    matched = None
+    if c.weighting == "random_matched":
+        src = os.path.join(c.control_weights, "weights_sample.npy")
+        if not os.path.exists(src):
+            raise FileNotFoundError(f"weighting='random_matched' draws from {src}: set "
+                                    f"control_weights to a finished weighted run's out_dir")
+        matched = torch.from_numpy(np.load(src))
     peak = c.peak_flops or guess_peak_flops(device)
+    wlog = WeightLog(c.n_future, c.seed)
+    probe_ids, probe_start = (list(range(min(64, len(val_split)))), None) if use_critic else (None, None)
 
     def checkpoint_state(loader_state):
         return {"model": raw_model.state_dict(), "optimizer": optimizer.state_dict(),
                 "model_args": model_args, "iter_num": iter_num, "best_val_loss": best_val,
-                "tokens_seen": tokens_seen,
+                "tokens_seen": tokens_seen, "moments": moments.state_dict(),
                 "config": cfg, "loader": loader_state, "tokenizer": tok_id,
                 "data_hash": train_split.meta["hash"], "git": git_hash()}
+
+    def save_all(loader_state):
+        if use_critic:   # beside the checkpoint; written first so a checkpoint never lacks it
+            tmp = os.path.join(c.out_dir, "value_memory.tmp.npy")
+            np.save(tmp, value_memory)
+            os.replace(tmp, os.path.join(c.out_dir, "value_memory.npy"))
+        save_checkpoint(ckpt_path, checkpoint_state(loader_state))
+        wlog.save(c.out_dir)
 
     # say exactly what runs: forks are reproducible only if the log does
     if master:
@@ -287,7 +504,8 @@ def train(cfg):
         say(f"model: {raw_model.num_params() / 1e6:.2f}M parameters (non-embedding), "
             f"{raw_model.num_params(False) / 1e6:.2f}M in all, {c.n_future} heads")
         say(f"data: {len(loader.ids)} training samples ({c.train_on}), padding waste "
-            f"{loader.padding_waste():.1%}, epoch = {len(loader.ids) / (c.batch_size * c.gradient_accumulation_steps):.0f} iterations")
+            f"{loader.padding_waste():.1%}, epoch = {len(loader.ids) / rows_per_step:.0f} iterations"
+            + (f"; value pre-training {pretrain_iters} iterations" if use_critic else ""))
     log_file = open(os.path.join(c.out_dir, "log.jsonl"), "a") if master else None
     if master and c.wandb_log:
         import wandb
@@ -307,97 +525,163 @@ def train(cfg):
                 wandb.log(row, step=row["iter"])
 
     from tqdm import tqdm
-    bar = tqdm(total=c.max_iters, initial=iter_num, disable=not master, desc="train",
+    bar = tqdm(total=total_iters, initial=iter_num, disable=not master, desc="train",
                dynamic_ncols=True)
     history, last_val = [], None
     t_last, tokens_since = time.time(), 0
+    eval_model = lambda: model.module if ddp else model  # DDP's forward would sync buffers
     while True:
         # -- evaluate and checkpoint
-        if iter_num % c.eval_interval == 0 or iter_num == c.max_iters:
-            # the unwrapped module: DDP's forward would sync buffers, and ranks may run
-            # different numbers of evaluation batches
-            last_val = evaluate(model.module if ddp else model, val_split, c, ctx, device,
-                                ddp, rank, world_size, pad_id)
+        if iter_num % c.eval_interval == 0 or iter_num == total_iters:
+            last_val = evaluate(eval_model(), val_split, c, ctx, device, ddp, rank, world_size, pad_id)
             val_loss = sum(last_val) / len(last_val)
             best_val = min(best_val, val_loss)
-            log({"iter": iter_num, "val_loss": val_loss, "val_ce_head": last_val})
-            bar.write(f"iter {iter_num}: val loss {val_loss:.4f}, per head "
-                      + " ".join(f"{v:.3f}" for v in last_val)) if master else None
+            row = {"iter": iter_num, "val_loss": val_loss, "val_ce_head": last_val}
+            if use_critic and master:
+                scores, labels, _ = probe_values(eval_model(), val_split, list(range(len(val_split))),
+                                                 c, ctx, device, pad_id)
+                row["val_value_auc"] = value_auc(scores, labels)
+            log(row)
+            if master:
+                bar.write(f"iter {iter_num}: val loss {val_loss:.4f}, per head "
+                          + " ".join(f"{v:.3f}" for v in last_val)
+                          + (f", value AUC {row['val_value_auc']:.3f}" if "val_value_auc" in row else ""))
             if master and iter_num > 0:
-                save_checkpoint(ckpt_path, checkpoint_state(loader.state_dict()))
-        if iter_num >= c.max_iters:
+                save_all(loader.state_dict())
+        if iter_num >= total_iters:
             break
         flag = all_reduce_sum(torch.tensor([float(stop["sigterm"])], device=device), ddp)
         if flag.item() > 0:
             if master:
-                save_checkpoint(ckpt_path, checkpoint_state(loader.state_dict()))
+                save_all(loader.state_dict())
             say(f"SIGTERM: saved {ckpt_path} at iter {iter_num}; resume with --init_from=resume")
             break
 
         # -- one optimizer step
-        lr = get_lr(iter_num, c)
+        pretraining = iter_num < pretrain_iters        # the critic's value-only stage
+        if use_critic and iter_num == pretrain_iters and master:
+            probe_start = probe_values(eval_model(), val_split, probe_ids, c, ctx, device, pad_id)[2]
+        lr = get_lr(min(iter_num, c.warmup_iters) if pretraining else iter_num - pretrain_iters, c)
         for group in optimizer.param_groups:
             group["lr"] = lr
-        # dropout randomness is a function of (seed, iteration, rank): nothing to save, and
-        # a resumed run draws the same masks as an uninterrupted one
+        # dropout and the controls' randomness are a function of (seed, iteration, rank):
+        # nothing to save, and a resumed run draws what an uninterrupted one would
         torch.manual_seed(c.seed + 1_000_003 * iter_num + rank)
         loader_state = loader.state_dict()
         micro = loader.next_step(grad_accum)
         for mb in micro:
             mb["tokens"] = mb["tokens"].to(device)
             mb["targets"] = mtp_targets(mb["tokens"], mb["loss_mask"].to(device), c.n_future)
-        # N = valid (t, k) terms in the whole step over all ranks, counted before the forward
+            if use_critic:
+                if c.incorrect_mode == "value_only":   # incorrect solutions train only the critic
+                    mb["targets"][mb["is_correct"].to(device) == 0] = -1
+                mb["states"], mb["rewards"] = critic_inputs(mb, c, reward_stats)
+        # N = valid (t, k) terms in the whole step over all ranks, counted before the
+        # forward pass; the same for every scheme, so all arms share the loss scale
         n_valid = all_reduce_sum(sum((mb["targets"] >= 0).sum() for mb in micro).float(), ddp)
-        stats = torch.zeros(2 + 2 * c.n_future, dtype=torch.float64, device=device)
+        n_states = all_reduce_sum(sum(mb["states"].sum() for mb in micro).float(), ddp) if use_critic else None
+        H = c.n_future
+        stats = torch.zeros(3 + 2 * H, dtype=torch.float64, device=device)  # loss, tokens, value loss, CE/head, count/head
+        delta_stats = torch.zeros(3, dtype=torch.float64, device=device)   # count, sum, sum of squares
+        seen, bad_weights = [], False
         for i, mb in enumerate(micro):
             last = i == len(micro) - 1
             # DDP: all-reduce gradients only once, on the last micro-step
             with model.no_sync() if ddp and not last else nullcontext():
                 with ctx:
-                    logits = model(mb["tokens"])                     # (B, T, H, V)
-                ce = mtp_cross_entropy(logits, mb["targets"])        # (B, T, H) fp32
+                    out = model(mb["tokens"], with_values=use_critic)
+                logits, values = out if use_critic else (out, None)   # (B, T, H, V), (B, T)
+                ce = mtp_cross_entropy(logits, mb["targets"])          # (B, T, H) fp32
                 valid = mb["targets"] >= 0
+                kw = {}
                 with torch.no_grad():
-                    w = scheme(ce.detach(), valid, cfg=c)            # (B, T, H)
-                loss = weights.weighted_loss(ce, w, n_valid)
+                    if use_ref:
+                        kw["ref_ce"] = online_ref_ce(ref, mb["tokens"], ctx) if ref is not None \
+                            else mb["ref_ce"].to(device)
+                    if use_critic:
+                        v = values.detach() * mb["states"]            # V = 0 at terminal states
+                        kw.update(values=v, rewards=mb["rewards"], moments=moments)
+                        delta = weights.td_errors(v, mb["rewards"], H, c.gamma)[valid]
+                        delta_stats += torch.stack([torch.tensor(delta.numel(), device=device),
+                                                    delta.sum(), delta.pow(2).sum()]).double()
+                    if c.weighting == "random_matched":
+                        w = weights.random_matched(valid, matched)
+                    else:
+                        w = scheme(ce.detach(), valid, cfg=c, **kw)
+                        if c.weighting == "shuffled":
+                            w = weights.shuffled(w, valid)
+                    if pretraining:
+                        w = torch.zeros_like(w)                       # LM loss off
+                    bad_weights = bad_weights or not bool(torch.isfinite(w).all())
+                lm_ce = ce
+                if use_critic and c.incorrect_mode == "signed":
+                    # advantage sign kept: where the TD error of an incorrect solution is
+                    # negative, push the token's probability down with the unlikelihood
+                    # loss -log(1 - p) (Welleck et al. 2020) instead of pulling it up
+                    neg = (weights.td_errors(v, mb["rewards"], H, c.gamma) < 0) & \
+                        (mb["is_correct"].to(device) == 0)[:, None, None]
+                    unlikely = -torch.log(-torch.expm1(-ce.clamp(min=1e-6)))
+                    lm_ce = torch.where(neg, unlikely, ce)
+                loss = weights.weighted_loss(lm_ce, w, n_valid)
+                if use_critic:
+                    value_loss = critic_value_loss(values, v, mb, value_memory, train_split, c, n_states)
+                    loss = loss + c.value_coef * value_loss
+                    seen.append((mb["sample_ids"], mb["lengths"], values.detach().float().cpu()))
+                    stats[2] += value_loss.detach().double()
                 # DDP averages gradients over ranks; the loss is already a global mean
                 scaler.scale(loss * world_size).backward()
             with torch.no_grad():
                 stats[0] += loss.double()
                 stats[1] += mb["lengths"].sum()
-                stats[2:2 + c.n_future] += ce.sum(dim=(0, 1)).double()
-                stats[2 + c.n_future:] += valid.sum(dim=(0, 1)).double()
+                stats[3:3 + H] += ce.sum(dim=(0, 1)).double()
+                stats[3 + H:] += valid.sum(dim=(0, 1)).double()
         all_reduce_sum(stats, ddp)
         step_loss = stats[0].item()
+        if pretraining:
+            for p in lm_only:     # no update, no weight decay, Adam state untouched
+                p.grad = None
         scaler.unscale_(optimizer)
-        grad_norm = torch.nn.utils.clip_grad_norm_(raw_model.parameters(),
-                                                   c.grad_clip if c.grad_clip > 0 else float("inf"))
+        grad_norm = torch.nn.utils.clip_grad_norm_(
+            [p for p in raw_model.parameters() if p.grad is not None],
+            c.grad_clip if c.grad_clip > 0 else float("inf"))
         if not (math.isfinite(step_loss) and torch.isfinite(grad_norm)):
             # the parameters are still those of the last good step: keep them
             if master:
-                save_checkpoint(ckpt_path, checkpoint_state(loader_state))
+                save_all(loader_state)
             raise FloatingPointError(
                 f"non-finite training loss ({step_loss}) or gradient norm ({grad_norm.item()}) at "
-                f"iter {iter_num}; the last good state is saved in {ckpt_path}. Lower "
-                f"learning_rate, check the data, or try dtype='float32'.")
+                f"iter {iter_num}" + (f" (scheme {c.weighting!r} returned non-finite weights)"
+                                      if bad_weights else "") +
+                f"; the last good state is saved in {ckpt_path}. Lower learning_rate, check "
+                f"the data, or try dtype='float32'.")
         scaler.step(optimizer)
         scaler.update()
         optimizer.zero_grad(set_to_none=True)
+        if use_critic:
+            moments.update(*all_reduce_sum(delta_stats, ddp).tolist())
+            remember_values(value_memory, seen, train_split, ddp, world_size)
         iter_num += 1
         tokens_since += int(stats[1].item())
         tokens_seen += int(stats[1].item())   # real (non-padding) tokens, all ranks
         bar.update(1)
         history.append(step_loss)
 
-        if iter_num % c.log_interval == 0 or iter_num == c.max_iters:
+        if iter_num % c.log_interval == 0 or iter_num == total_iters:
             dt = time.time() - t_last
             tok_s = tokens_since / dt
-            ce_head = (stats[2:2 + c.n_future] / stats[2 + c.n_future:].clamp(min=1)).tolist()
+            ce_head = (stats[3:3 + H] / stats[3 + H:].clamp(min=1)).tolist()
             mfu = raw_model.estimate_mfu(tok_s, c.block_size, peak) if peak else None
             row = {"iter": iter_num, "loss": step_loss, "ce_head": ce_head, "lr": lr,
                    "grad_norm": grad_norm.item(), "tokens_per_s": tok_s, "mfu": mfu,
                    "epoch": loader.epoch(), "tokens_seen": tokens_seen,
-                   **weight_stats(w, valid)}
+                   "stage": "value_pretrain" if pretraining else "main"}
+            if not pretraining:
+                row.update(wlog.record(w, valid))
+            if use_critic:
+                row["value_loss"] = stats[2].item()
+                if probe_start is not None:
+                    now = probe_values(eval_model(), val_split, probe_ids, c, ctx, device, pad_id)[2]
+                    row["value_drift"] = float(torch.cat([(a - b).abs() for a, b in zip(now, probe_start)]).mean())
             log(row)
             bar.set_postfix(loss=f"{step_loss:.4f}", tok_s=f"{tok_s:,.0f}",
                             **({"mfu": f"{mfu:.1%}"} if mfu else {}))
@@ -410,17 +694,39 @@ def train(cfg):
     if ddp:
         dist.destroy_process_group()
     return {"iter_num": iter_num, "val_ce_head": last_val, "best_val_loss": best_val,
-            "tokens_seen": tokens_seen,
-            "train_losses": history, "out_dir": c.out_dir}
+            "tokens_seen": tokens_seen, "train_losses": history, "out_dir": c.out_dir,
+            "pretrain_iters": pretrain_iters}
 
 
-def weight_stats(w, valid):
-    """Summary of the last micro-batch's weights over valid terms, for the log."""
-    v = w[valid]
-    if v.numel() == 0:
-        return {}
-    return {"w_mean": v.mean().item(), "w_std": v.std().item() if v.numel() > 1 else 0.0,
-            "w_min": v.min().item(), "w_max": v.max().item()}
+def critic_value_loss(values, v_detached, mb, memory, split, c, n_states):
+    """Squared error to the GAE value targets over non-terminal states, divided by the
+    step's global state count. With value_clip > 0, PPO's clipped value loss around the
+    values this sample got at its previous visit (a trust region against drift)."""
+    _, returns = weights.gae(v_detached, mb["rewards"], c.gamma, c.lam)  # targets, no gradient
+    err = (values - returns).pow(2)
+    if c.value_clip > 0:
+        old = torch.full_like(v_detached, float("nan"))
+        for b, (sid, length) in enumerate(zip(mb["sample_ids"].tolist(), mb["lengths"].tolist())):
+            start = split.index[sid, 0]
+            old[b, :length] = torch.from_numpy(memory[start:start + length])
+        old = torch.where(torch.isnan(old), v_detached, old.to(values.device))
+        clipped = old + (values - old).clamp(-c.value_clip, c.value_clip)
+        err = torch.maximum(err, (clipped - returns).pow(2))
+    return (err * mb["states"]).sum() / n_states
+
+
+def remember_values(memory, seen, split, ddp, world_size):
+    """Store this step's values per training token, gathered from every rank so that all
+    ranks (and the checkpoint) hold the same memory."""
+    if ddp:
+        gathered = [None] * world_size
+        dist.all_gather_object(gathered, seen)
+        seen = [item for part in gathered for item in part]
+    for sample_ids, lengths, values in seen:
+        for b, (sid, length) in enumerate(zip(sample_ids.tolist(), lengths.tolist())):
+            start = split.index[sid, 0]
+            memory[start:start + length] = values[b, :length].numpy()
+
 
 
 def main(argv=None):

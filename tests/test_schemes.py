@@ -1,0 +1,206 @@
+"""
+Rho-1, the Verifiable Critic and the controls through the real training loop: reference
+alignment and caching, tokenizer checks, identical plumbing for every arm, the critic's
+two stages.
+
+    python -m pytest tests/test_schemes.py -q
+"""
+import json
+import os
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+
+import data
+import train
+import weights
+from model import ModelConfig, Transformer
+from test_train import make_toy_data, read_log, tiny_cfg, train_rows
+
+
+@pytest.fixture(scope="module")
+def toy(tmp_path_factory):
+    root = tmp_path_factory.mktemp("schemes")
+    toy_data = make_toy_data(str(root / "data"))
+    ref_dir = root / "ref"   # a reference trained on correct solutions, as the method says
+    train.train(tiny_cfg(toy_data, ref_dir, max_iters=30, eval_interval=30, n_future=1,
+                         n_layer=2))
+    return toy_data, str(ref_dir)
+
+
+def same_losses(a, b, rel=0.0):
+    ra, rb = train_rows(a), train_rows(b)
+    assert sorted(ra) == sorted(rb)
+    for it in ra:
+        assert ra[it][0] == pytest.approx(rb[it][0], rel=rel, abs=0), it
+
+
+def test_uniform_weights_through_every_path_reproduce_the_baseline(toy, tmp_path, monkeypatch):
+    toy_data, ref_dir = toy
+    train.train(tiny_cfg(toy_data, tmp_path / "base"))
+    flat = lambda ce, valid, **kw: valid.float()
+    monkeypatch.setitem(weights.SCHEMES, "rho1", flat)
+    monkeypatch.setitem(weights.SCHEMES, "critic", flat)
+    train.train(tiny_cfg(toy_data, tmp_path / "rho1", weighting="rho1", ref_init_from=ref_dir))
+    same_losses(tmp_path / "base", tmp_path / "rho1")
+    # the critic's extra value loss switched off and no pre-training: the same numbers, up
+    # to float rounding (the value head's zero gradients join the clipping norm's sum)
+    train.train(tiny_cfg(toy_data, tmp_path / "critic", weighting="critic", value_coef=0.0,
+                         critic_pretrain_epochs=0.0))
+    same_losses(tmp_path / "base", tmp_path / "critic", rel=1e-6)
+
+
+def bigram_reference(path, enc, V=320, seed=0):
+    """A reference whose CE is known per token: every block is switched off (zero output
+    projections), so its logits at j depend on x_j alone through a table we choose."""
+    torch.manual_seed(seed)
+    cfg = ModelConfig(vocab_size=V, n_layer=1, n_future=1, n_head=2, n_kv_head=1, d_model=32,
+                      d_ff=32, max_seq_len=64, tie_embeddings=False)
+    m = Transformer(cfg)
+    with torch.no_grad():
+        for blk in m.layers:
+            blk.attention.wo.weight.zero_()
+            blk.feed_forward.w2.weight.zero_()
+        m.output.weight.normal_(0, 1.0)
+    table = m.output(m.norm(m.tok_embeddings.weight))                # (V, V): logits given x_j
+    os.makedirs(path, exist_ok=True)
+    train.save_checkpoint(os.path.join(path, "ckpt.pt"), {
+        "model": m.state_dict(), "model_args": cfg.__dict__, "iter_num": 0,
+        "tokenizer": data.tokenizer_identity(enc)})
+    return table.detach()
+
+
+def test_reference_cache_alignment_is_exact(toy, tmp_path):
+    toy_data, _ = toy
+    enc = data.get_tokenizer("bytes")
+    table = bigram_reference(str(tmp_path / "ref"), enc)
+    split = data.PreparedSplit(os.path.join(toy_data, "train"))
+    ref, ref_hash = train.load_reference(str(tmp_path / "ref"), "cpu", data.tokenizer_identity(enc))
+    ce = data.score_reference(ref, split, batch_size=7)
+    for i in range(0, len(split), 37):
+        tokens, _ = split.sample(i)
+        start = split.index[i, 0]
+        t = torch.as_tensor(tokens.astype(np.int64))
+        # CE of token j is the table's row for x_{j-1}; the first token has none
+        expected = F.cross_entropy(table[t[:-1]], t[1:], reduction="none")
+        got = torch.from_numpy(np.array(ce[start:start + len(t)]))
+        assert got[0] == 0
+        torch.testing.assert_close(got[1:], expected, rtol=1e-4, atol=1e-4)
+    # the online path computes the same numbers from a padded batch
+    loader = data.Loader(split, 5, 64, seed=0, correct_only=False, pad_id=256, ref_ce=ce)
+    mb = loader.collate(list(range(5)))
+    online = train.online_ref_ce(ref, mb["tokens"], torch.autocast("cpu", enabled=False))
+    for b in range(5):
+        L = mb["lengths"][b]
+        torch.testing.assert_close(online[b, :L], mb["ref_ce"][b, :L], rtol=1e-4, atol=1e-4)
+
+
+def test_rho1_cache_and_online_train_identically(toy, tmp_path):
+    toy_data, ref_dir = toy
+    cached = tiny_cfg(toy_data, tmp_path / "cache", weighting="rho1", ref_init_from=ref_dir,
+                      ref_ce_cache=str(tmp_path / "ref_ce.bin"))
+    train.train(cached)
+    assert os.path.exists(tmp_path / "ref_ce.bin.json")
+    train.train(dict(cached, out_dir=str(tmp_path / "online"), ref_ce_mode="online"))
+    same_losses(tmp_path / "cache", tmp_path / "online", rel=1e-5)
+    rows = [r for r in read_log(tmp_path / "cache") if "w_mean" in r]
+    assert rows and all(r["w_mean"] == pytest.approx(1.0, abs=1e-4) for r in rows)
+    assert any(r["w_std"] > 0.01 for r in rows)          # the weights are not uniform
+    assert os.path.exists(tmp_path / "cache" / "weight_hist.npz")
+
+
+def test_reference_cache_for_other_data_is_refused(toy, tmp_path):
+    toy_data, ref_dir = toy
+    cfg = tiny_cfg(toy_data, tmp_path / "a", weighting="rho1", ref_init_from=ref_dir,
+                   ref_ce_cache=str(tmp_path / "ref_ce.bin"), max_iters=2)
+    train.train(cfg)
+    meta = json.load(open(tmp_path / "ref_ce.bin.json"))
+    json.dump({**meta, "data_hash": "0123456789abcdef"}, open(tmp_path / "ref_ce.bin.json", "w"))
+    with pytest.raises(ValueError, match="other data or another reference"):
+        train.train(dict(cfg, out_dir=str(tmp_path / "b")))
+
+
+def test_reference_with_another_tokenizer_is_refused(toy, tmp_path):
+    toy_data, ref_dir = toy
+    ckpt = torch.load(os.path.join(ref_dir, "ckpt.pt"), weights_only=False)
+    ckpt["tokenizer"] = {"name": "gpt2", "n_vocab": 50257, "sha256": "fa8a46d958916501"}
+    os.makedirs(tmp_path / "ref")
+    torch.save(ckpt, tmp_path / "ref" / "ckpt.pt")
+    with pytest.raises(ValueError, match="tokenizer mismatch for reference"):
+        train.train(tiny_cfg(toy_data, tmp_path / "out", weighting="rho1",
+                             ref_init_from=str(tmp_path / "ref")))
+
+
+def test_critic_two_stages(toy, tmp_path):
+    toy_data, _ = toy
+    cfg = tiny_cfg(toy_data, tmp_path / "critic", weighting="critic", train_on="all",
+                   critic_pretrain_epochs=0.1, max_iters=8)
+    out = train.train(cfg)
+    n_all = data.PreparedSplit(os.path.join(toy_data, "train")).meta["n_samples"]
+    assert out["pretrain_iters"] == int(np.ceil(0.1 * n_all / 8))
+    rows = [r for r in read_log(tmp_path / "critic") if "loss" in r]
+    stages = [r["stage"] for r in rows]
+    assert stages == ["value_pretrain"] * out["pretrain_iters"] + ["main"] * 8
+    assert all("value_loss" in r for r in rows) and any("value_drift" in r for r in rows)
+    assert any("val_value_auc" in r for r in read_log(tmp_path / "critic"))
+    ckpt = torch.load(tmp_path / "critic" / "ckpt.pt", weights_only=False)
+    assert ckpt["moments"]["count"] > 0                    # whitening statistics saved
+
+
+def test_value_pretraining_leaves_the_lm_heads_alone(toy, tmp_path):
+    toy_data, _ = toy
+    cfg = tiny_cfg(toy_data, tmp_path, weighting="critic", train_on="all", n_layer=3,
+                   critic_pretrain_epochs=0.05, max_iters=0, eval_interval=1000)
+    out = train.train(cfg)
+    assert out["pretrain_iters"] > 0
+    trained = torch.load(tmp_path / "ckpt.pt", weights_only=False)["model"]
+    torch.manual_seed(cfg["seed"])
+    fresh = Transformer(ModelConfig(**torch.load(tmp_path / "ckpt.pt", weights_only=False)["model_args"])).state_dict()
+    for k in fresh:
+        moved = not torch.equal(fresh[k], trained[k])
+        if k.startswith(("layers.1.", "extra_heads.", "norm.")):   # heads 1, 2: untouched
+            assert not moved, k
+    assert not torch.equal(fresh["value_head.out.weight"], trained["value_head.out.weight"])
+    # the trunk (layers.0) learns from the value loss
+    assert not torch.equal(fresh["layers.0.attention.wq.weight"], trained["layers.0.attention.wq.weight"])
+
+
+@pytest.mark.parametrize("mode", ["value_only", "signed"])
+def test_incorrect_modes_run(toy, tmp_path, mode):
+    toy_data, _ = toy
+    out = train.train(tiny_cfg(toy_data, tmp_path, weighting="critic", train_on="all",
+                               incorrect_mode=mode, critic_pretrain_epochs=0.02, max_iters=4,
+                               reward="pm1"))
+    assert all(np.isfinite(out["train_losses"]))
+
+
+def test_critic_resume_is_exact(toy, tmp_path):
+    toy_data, _ = toy
+    cfg = tiny_cfg(toy_data, tmp_path / "full", weighting="critic", train_on="all",
+                   critic_pretrain_epochs=0.05, max_iters=6, eval_interval=4)
+    train.train(cfg)
+    part = dict(cfg, out_dir=str(tmp_path / "part"))
+    train.train(dict(part, max_iters=2))                  # stops (and saves) at iter 4
+    train.train(dict(part, init_from="resume"))
+    same_losses(tmp_path / "full", tmp_path / "part")
+
+
+def test_controls(toy, tmp_path):
+    toy_data, ref_dir = toy
+    rho = tiny_cfg(toy_data, tmp_path / "rho1", weighting="rho1", ref_init_from=ref_dir,
+                   ref_ce_cache=str(tmp_path / "ref_ce.bin"))
+    train.train(rho)
+    sample = np.load(tmp_path / "rho1" / "weights_sample.npy")
+    assert sample.mean() == pytest.approx(1.0, abs=0.05)
+    train.train(dict(rho, out_dir=str(tmp_path / "shuf"), weighting="shuffled", control_of="rho1"))
+    train.train(dict(rho, out_dir=str(tmp_path / "rand"), weighting="random_matched",
+                     control_weights=str(tmp_path / "rho1")))
+    for run in ("shuf", "rand"):
+        rows = [r for r in read_log(tmp_path / run) if "w_mean" in r]
+        assert rows and all(np.isfinite(r["loss"]) for r in rows)
+    # random_matched draws only values that the source run logged
+    with pytest.raises(FileNotFoundError, match="control_weights"):
+        train.train(dict(rho, out_dir=str(tmp_path / "x"), weighting="random_matched",
+                         control_weights=str(tmp_path / "nowhere")))
