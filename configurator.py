@@ -5,7 +5,7 @@ Config as plain Python (nanoGPT's configurator, as a function, with its known fl
 
 Arguments are applied in order, later ones win: a path ending in .py is exec'd in a fresh
 namespace holding a copy of the config so far; --key=value is parsed with ast.literal_eval
-(a bare word is kept as a string only for a string key). Every key must already have a
+(for a string key the text itself is the value). Every key must already have a
 default, and every value must have the default's type: an int is accepted for a float, a
 list for a tuple and vice versa, a bool is not a number, and a None default takes anything.
 Any refusal is a ValueError that says which key, which types, and where the value came from.
@@ -79,6 +79,8 @@ def configure(defaults, argv, log=print):
                 raise ValueError(f"config key {key!r} (on the command line) expects {want}, "
                                  f"got {text!r}, which is not a Python literal") from None
             value = text
+        if isinstance(defaults[key], str) and not isinstance(value, str):
+            value = text                     # --wandb_run_name=2024 means the string '2024'
         cfg[key] = _check(key, value, defaults, "on the command line")
         log(f"Overriding: {key} = {cfg[key]!r}")
     return cfg

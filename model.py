@@ -85,17 +85,45 @@ class Attention(nn.Module):
         self.wo = nn.Linear(c.n_head * self.head_dim, c.d_model, bias=False)
         self.dropout = c.dropout
 
-    def forward(self, x, cos, sin):
+    def forward(self, x, cos, sin, cache=None):
         B, T, _ = x.shape
         q = self.wq(x).view(B, T, self.n_head, self.head_dim)
         k = self.wk(x).view(B, T, self.n_kv_head, self.head_dim)
         v = self.wv(x).view(B, T, self.n_kv_head, self.head_dim)
         q, k = apply_rotary(q, cos, sin).type_as(v), apply_rotary(k, cos, sin).type_as(v)
         q, k, v = (t.transpose(1, 2) for t in (q, k, v))    # (B, nh, T, hd)
+        mask, causal = None, True
+        if cache is not None:   # generation: attend to everything cached before these T tokens
+            k, v = cache.update(k, v)                         # (B, nkv, pos + T, hd)
+            if k.shape[2] > T:  # T new queries after P cached keys: query i sees keys <= P + i
+                P = k.shape[2] - T
+                mask = torch.ones(T, P + T, dtype=torch.bool, device=x.device).tril(diagonal=P)
+                causal = False
         y = F.scaled_dot_product_attention(
-            q, k, v, is_causal=True, enable_gqa=self.n_kv_head != self.n_head,
+            q, k, v, attn_mask=mask, is_causal=causal and T > 1,
+            enable_gqa=self.n_kv_head != self.n_head,
             dropout_p=self.dropout if self.training else 0.0)
         return self.wo(y.transpose(1, 2).reshape(B, T, -1))
+
+
+class KVCache:
+    """Keys and values of one block for generation, preallocated to max_seq_len.
+    `pos` is how many positions are filled; setting it back rolls the cache back (what
+    speculative decoding does after a rejected draft)."""
+
+    def __init__(self, B, n_kv_head, max_seq_len, head_dim, device, dtype):
+        self.k = torch.zeros(B, n_kv_head, max_seq_len, head_dim, device=device, dtype=dtype)
+        self.v = torch.zeros_like(self.k)
+        self.pos = 0
+
+    def update(self, k, v):
+        T = k.shape[2]
+        if self.pos + T > self.k.shape[2]:
+            raise ValueError(f"generation exceeds max_seq_len={self.k.shape[2]}")
+        self.k[:, :, self.pos:self.pos + T] = k
+        self.v[:, :, self.pos:self.pos + T] = v
+        self.pos += T
+        return self.k[:, :, :self.pos], self.v[:, :, :self.pos]
 
 
 class FeedForward(nn.Module):
@@ -119,8 +147,8 @@ class Block(nn.Module):
         self.feed_forward = FeedForward(c)
         self.drop = nn.Dropout(c.dropout)
 
-    def forward(self, x, cos, sin):
-        x = x + self.drop(self.attention(self.attention_norm(x), cos, sin))
+    def forward(self, x, cos, sin, cache=None):
+        x = x + self.drop(self.attention(self.attention_norm(x), cos, sin, cache))
         return x + self.drop(self.feed_forward(self.ffn_norm(x)))
 
 
@@ -179,23 +207,99 @@ class Transformer(nn.Module):
         """The H head blocks in order: head k at index k-1."""
         return [self.layers[-1], *self.extra_heads]
 
-    def forward(self, idx, with_values=False):
-        """idx (B, T) int64 -> logits (B, T, H, V); with_values also returns V(s_t) (B, T)."""
+    def forward(self, idx, with_values=False, caches=None):
+        """idx (B, T) int64 -> logits (B, T, H, V); with_values also returns V(s_t) (B, T).
+        caches (from new_caches) makes this a generation step: idx are the next T tokens
+        after the caches' filled positions."""
         B, T = idx.shape
-        if T > self.config.max_seq_len:
-            raise ValueError(f"sequence length {T} exceeds max_seq_len={self.config.max_seq_len}")
-        cos, sin = self.rope_cos[:T], self.rope_sin[:T]
+        start = caches[0].pos if caches else 0   # positions already in the caches
+        if start + T > self.config.max_seq_len:
+            raise ValueError(f"sequence length {start + T} exceeds max_seq_len={self.config.max_seq_len}")
+        cos, sin = self.rope_cos[start:start + T], self.rope_sin[start:start + T]
+        n_trunk = len(self.layers) - 1
+        caches = caches or [None] * self.config.n_layer  # trunk blocks first, then heads 1..H
         x = self.tok_embeddings(idx)                     # (B, T, D)
-        for block in self.layers[:-1]:
-            x = block(x, cos, sin)
+        for block, cache in zip(self.layers[:-1], caches):
+            x = block(x, cos, sin, cache)
         trunk = x                                        # un-normalised, read by every head
-        h = torch.stack([head(trunk, cos, sin) for head in self.heads], dim=2)  # (B, T, H, D)
+        h = torch.stack([head(trunk, cos, sin, cache)
+                         for head, cache in zip(self.heads, caches[n_trunk:])], dim=2)  # (B, T, H, D)
         logits = self.output(self.norm(h))               # (B, T, H, V)
         if not with_values:
             return logits
         if self.value_head is None:
             raise ValueError("with_values=True needs ModelConfig(value_head=True)")
         return logits, self.value_head(trunk)
+
+    # ---- generation ----------------------------------------------------------------
+    def new_caches(self, B):
+        """One KV cache per block (trunk blocks, then heads 1..H), as forward expects."""
+        c, p = self.config, self.tok_embeddings.weight
+        return [KVCache(B, c.n_kv_head, c.max_seq_len, c.d_model // c.n_head, p.device, p.dtype)
+                for _ in range(c.n_layer)]
+
+    @torch.no_grad()
+    def generate(self, prompt, max_new_tokens, n=1, temperature=0.0, top_p=1.0, eos_id=None,
+                 stop=None, generator=None):
+        """Sample n continuations of one prompt (a list of token ids) from head 1, batched,
+        with a KV cache. temperature 0 is greedy. stop(row_tokens) -> bool may end a row
+        early (stop sequences); rows end at eos_id too. Returns n lists of new token ids."""
+        caches = self.new_caches(n)
+        max_new_tokens = min(max_new_tokens, self.config.max_seq_len - len(prompt))
+        idx = torch.tensor([prompt] * n, device=self.tok_embeddings.weight.device)  # (n, T)
+        logits = self(idx, caches=caches)[:, -1, 0]                        # (n, V)
+        out, done = [[] for _ in range(n)], [False] * n
+        for _ in range(max_new_tokens):
+            nxt = sample_next(logits.float(), temperature, top_p, generator)      # (n,)
+            for b in range(n):
+                if not done[b]:
+                    out[b].append(int(nxt[b]))
+                    done[b] = (eos_id is not None and out[b][-1] == eos_id) or \
+                        bool(stop and stop(out[b]))
+            if all(done):
+                break
+            logits = self(nxt[:, None], caches=caches)[:, -1, 0]
+        return [o[:-1] if eos_id is not None and o and o[-1] == eos_id else o for o in out]
+
+    @torch.no_grad()
+    def generate_speculative(self, prompt, max_new_tokens, eos_id=None, stop=None):
+        """Greedy decoding accelerated by the MTP heads (blockwise parallel decoding, Stern
+        et al. 2018; Gloeckle et al. 2024, sec. 3.2). Heads 2..H draft the tokens after head
+        1's next token; one forward over the draft lets head 1 verify them; the longest
+        agreeing prefix is kept and the KV caches are rolled back past the rest. Output is
+        token for token plain greedy decoding's. Returns (tokens, accepted drafts per head)."""
+        H = self.config.n_future
+        caches = self.new_caches(1)
+        max_new_tokens = min(max_new_tokens, self.config.max_seq_len - len(prompt))
+        dev = self.tok_embeddings.weight.device
+        logits = self(torch.tensor([prompt], device=dev), caches=caches)[0, -1]   # (H, V)
+        out, accepted = [], [0] * H           # accepted[k-1]: drafts of head k kept
+        proposed = [0] * H
+        while len(out) < max_new_tokens:
+            draft = logits.argmax(-1).tolist()   # head 1's token is greedy's; 2..H guess beyond
+            draft = draft[:max_new_tokens - len(out)]
+            pos = caches[0].pos
+            block = self(torch.tensor([draft], device=dev), caches=caches)[0]     # (len, H, V)
+            verified = block[:, 0].argmax(-1).tolist()   # head 1's choice after each draft token
+            n_ok = 1                                     # draft[0] is head 1's own greedy token
+            while n_ok < len(draft) and draft[n_ok] == verified[n_ok - 1]:
+                n_ok += 1
+            for k in range(1, len(draft)):
+                proposed[k] += 1
+                accepted[k] += k < n_ok
+            new = draft[:n_ok]
+            for c in caches:                     # roll back past the rejected drafts
+                c.pos = pos + n_ok
+            logits = block[n_ok - 1]
+            for tok in new:
+                out.append(tok)
+                if (eos_id is not None and tok == eos_id) or (stop and stop(out)):
+                    return (out[:-1] if tok == eos_id else out), self._rates(accepted, proposed)
+        return out, self._rates(accepted, proposed)
+
+    @staticmethod
+    def _rates(accepted, proposed):
+        return [a / p if p else None for a, p in zip(accepted, proposed)]
 
     # ---- bookkeeping -------------------------------------------------------------
     def num_params(self, non_embedding=True):
@@ -229,6 +333,20 @@ class Transformer(nn.Module):
                   {"params": no_decay, "weight_decay": 0.0}]
         return torch.optim.AdamW(groups, lr=learning_rate, betas=betas,
                                  fused=device_type == "cuda")
+
+
+def sample_next(logits, temperature, top_p, generator=None):
+    """logits (B, V) -> next tokens (B,): greedy at temperature 0, else nucleus sampling
+    (Holtzman et al. 2020) over the smallest set of tokens with probability >= top_p."""
+    if temperature == 0:
+        return logits.argmax(-1)
+    probs = torch.softmax(logits / temperature, dim=-1)
+    if top_p < 1.0:
+        sorted_p, order = probs.sort(dim=-1, descending=True)
+        outside = sorted_p.cumsum(-1) - sorted_p >= top_p      # mass before it already >= p
+        sorted_p = sorted_p.masked_fill(outside, 0.0)
+        probs = torch.zeros_like(probs).scatter(-1, order, sorted_p)
+    return torch.multinomial(probs, 1, generator=generator).squeeze(-1)
 
 
 # ---- targets and per-(t, k) loss --------------------------------------------------

@@ -137,3 +137,8 @@ def test_log_lines(tmp_path):
 def test_format_config_sorted_one_per_line():
     text = format_config({"b": 2, "a": "x"})
     assert text == "a = 'x'\nb = 2"
+
+
+def test_string_key_takes_the_text_even_when_it_parses():
+    cfg = configure({"wandb_run_name": "", "n": 1}, ["--wandb_run_name=2024"], log=quiet)
+    assert cfg["wandb_run_name"] == "2024"

@@ -1,0 +1,106 @@
+"""
+Generation: the KV cache, sampling, and self-speculative decoding with the MTP heads.
+
+    python -m pytest tests/test_generate.py -q
+"""
+import pytest
+import torch
+
+import train
+from model import ModelConfig, Transformer, sample_next
+from test_train import make_toy_data, tiny_cfg
+
+
+def random_model(seed, n_future=3, scale=1.0):
+    torch.manual_seed(seed)
+    m = Transformer(ModelConfig(vocab_size=64, n_layer=4, n_future=n_future, n_head=4,
+                                n_kv_head=2, d_model=32, d_ff=48, max_seq_len=96))
+    with torch.no_grad():   # larger weights: peaked, varied predictions, not one repeated token
+        for p in m.parameters():
+            if p.dim() >= 2:
+                p.mul_(scale)
+    return m.eval()
+
+
+def greedy_without_cache(m, prompt, n):
+    seq = list(prompt)
+    for _ in range(n):
+        seq.append(int(m(torch.tensor([seq]))[0, -1, 0].argmax()))
+    return seq[len(prompt):]
+
+
+def test_cached_chunks_equal_full_forward():
+    m = random_model(0)
+    idx = torch.randint(0, 64, (2, 30))
+    caches = m.new_caches(2)
+    parts = [m(idx[:, a:b], caches=caches) for a, b in ((0, 9), (9, 10), (10, 22), (22, 30))]
+    torch.testing.assert_close(torch.cat(parts, 1), m(idx), rtol=1e-5, atol=1e-5)
+    for c in caches:                       # roll back and redo: the same numbers
+        c.pos = 9
+    torch.testing.assert_close(m(idx[:, 9:22], caches=caches), m(idx)[:, 9:22], rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_greedy_with_cache_equals_recomputation(seed):
+    m = random_model(seed, scale=4.0)
+    prompt = torch.randint(0, 64, (7,), generator=torch.Generator().manual_seed(seed)).tolist()
+    assert m.generate(prompt, 40)[0] == greedy_without_cache(m, prompt, 40)
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2, 3])
+def test_speculative_equals_greedy_on_random_models(seed):
+    m = random_model(seed, n_future=4, scale=4.0)
+    prompt = torch.randint(0, 64, (5,), generator=torch.Generator().manual_seed(seed)).tolist()
+    greedy = m.generate(prompt, 60)[0]
+    spec, rates = m.generate_speculative(prompt, 60)
+    assert spec == greedy
+    assert len(rates) == 4 and rates[0] is None
+
+
+def test_speculative_equals_greedy_on_a_trained_model(tmp_path):
+    toy = make_toy_data(str(tmp_path / "data"))
+    train.train(tiny_cfg(toy, tmp_path / "run", max_iters=80, n_future=3, n_layer=4,
+                         eval_interval=80, block_size=24))
+    ckpt = torch.load(tmp_path / "run" / "ckpt.pt", weights_only=False)
+    m = Transformer(ModelConfig(**ckpt["model_args"]))
+    m.load_state_dict(ckpt["model"])
+    m.eval()
+    accepted = []
+    for prompt in ("12+30=", "7+7=", "49+1="):
+        p = list(prompt.encode())
+        greedy = m.generate(p, 10, eos_id=256)[0]
+        spec, rates = m.generate_speculative(p, 10, eos_id=256)
+        assert spec == greedy, prompt
+        accepted += [r for r in rates if r is not None]
+    assert accepted     # the trained heads proposed drafts
+
+
+def test_eos_and_stop_end_rows():
+    m = random_model(5, scale=4.0)
+    prompt = [1, 2, 3]
+    free = m.generate(prompt, 30)[0]
+    eos = free[4]
+    cut = m.generate(prompt, 30, eos_id=eos)[0]
+    assert cut == free[:free.index(eos)]
+    stopped = m.generate(prompt, 30, stop=lambda row: len(row) >= 6)[0]
+    assert stopped == free[:6]
+
+
+def test_sampling_top_p_and_temperature():
+    logits = torch.tensor([[2.0, 1.0, 0.0, -1.0]]).repeat(4000, 1)
+    g = torch.Generator().manual_seed(0)
+    # top_p = 0.5: the first token alone holds 64% of the mass, so it is the only one kept
+    assert (sample_next(logits, 1.0, 0.5, g) == 0).all()
+    counts = torch.bincount(sample_next(logits, 1.0, 1.0, g), minlength=4).float() / 4000
+    torch.testing.assert_close(counts, torch.softmax(logits[0], -1), atol=0.03, rtol=0)
+    # top_p = 0.8 keeps tokens 0 and 1 (64% + 24%), renormalised
+    kept = sample_next(logits, 1.0, 0.8, g)
+    assert set(kept.tolist()) == {0, 1}
+    assert (kept == 0).float().mean().item() == pytest.approx(0.64 / 0.88, abs=0.03)
+
+
+def test_n_samples_batched_and_seeded():
+    m = random_model(6)
+    a = m.generate([1, 2], 20, n=4, temperature=1.0, generator=torch.Generator().manual_seed(1))
+    b = m.generate([1, 2], 20, n=4, temperature=1.0, generator=torch.Generator().manual_seed(1))
+    assert a == b and len(a) == 4 and len({tuple(r) for r in a}) > 1
