@@ -528,7 +528,7 @@ def train(cfg):
     bar = tqdm(total=total_iters, initial=iter_num, disable=not master, desc="train",
                dynamic_ncols=True)
     history, last_val = [], None
-    t_last, tokens_since = time.time(), 0
+    t_last, tokens_since, iters_since = time.time(), 0, 0
     eval_model = lambda: model.module if ddp else model  # DDP's forward would sync buffers
     while True:
         # -- evaluate and checkpoint
@@ -662,6 +662,7 @@ def train(cfg):
             remember_values(value_memory, seen, train_split, ddp, world_size)
         iter_num += 1
         tokens_since += int(stats[1].item())
+        iters_since += 1
         tokens_seen += int(stats[1].item())   # real (non-padding) tokens, all ranks
         bar.update(1)
         history.append(step_loss)
@@ -673,6 +674,7 @@ def train(cfg):
             mfu = raw_model.estimate_mfu(tok_s, c.block_size, peak) if peak else None
             row = {"iter": iter_num, "loss": step_loss, "ce_head": ce_head, "lr": lr,
                    "grad_norm": grad_norm.item(), "tokens_per_s": tok_s, "mfu": mfu,
+                   "step_ms": 1000 * dt / iters_since,
                    "epoch": loader.epoch(), "tokens_seen": tokens_seen,
                    "stage": "value_pretrain" if pretraining else "main"}
             if not pretraining:
@@ -685,7 +687,7 @@ def train(cfg):
             log(row)
             bar.set_postfix(loss=f"{step_loss:.4f}", tok_s=f"{tok_s:,.0f}",
                             **({"mfu": f"{mfu:.1%}"} if mfu else {}))
-            t_last, tokens_since = time.time(), 0
+            t_last, tokens_since, iters_since = time.time(), 0, 0
 
     bar.close()
     signal.signal(signal.SIGTERM, old_handler)

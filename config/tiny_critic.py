@@ -1,0 +1,13 @@
+# Verifiable Critic weighted MTP on tinycode: a value head learns is_correct from correct
+# and incorrect solutions; w[t,k] ∝ |whitened k-step TD error|.
+#   python train.py config/tiny_critic.py
+# Value pre-training for 0.5 epoch of the critic's data (LM loss off), then the same
+# 600 main steps of 32 samples as tiny_baseline, with value_coef * value loss added.
+out_dir = "out/tiny_critic"
+weighting = "critic"
+train_on = "all"
+critic_pretrain_epochs = 0.5
+gamma = 1.0
+lam = 0.95
+value_coef = 0.5
+incorrect_mode = "weighted"
