@@ -76,6 +76,7 @@ reward = "binary"               # r = is_correct ('binary'), +-1 ('pm1'), or sta
 whiten = True                   # whiten TD errors with running (cross-rank) statistics
 value_coef = 0.5                # weight of the value loss next to the LM loss
 value_clip = 0.2                # trust region around the sample's previous values; 0 = off
+value_anchor_coef = 0.0         # pull V towards its values at the start of main training; 0 = off
 critic_pretrain_epochs = 0.5    # value-only stage before main training, in epochs of its data
 incorrect_mode = "weighted"     # incorrect solutions in the LM loss: 'weighted', 'value_only', 'signed'
 # optimizer: AdamW, cosine schedule with linear warmup
@@ -428,9 +429,10 @@ def train(cfg):
                       max_seq_len=c.block_size, value_head=use_critic)
     iter_num, best_val, tokens_seen = 0, float("inf"), 0
     moments = weights.RunningMoments()
-    # the critic's values for each training token at its sample's previous visit (NaN =
-    # not seen yet): the centre of the value-clipping trust region
-    value_memory = np.full(len(train_split.tokens), np.nan, dtype=np.float32) if use_critic else None
+    # the critic's values for each training token (NaN = not seen yet): row 0 at its
+    # sample's previous visit (the centre of the clipping trust region), row 1 frozen when
+    # main training starts (the anchor)
+    value_memory = np.full((2, len(train_split.tokens)), np.nan, dtype=np.float32) if use_critic else None
     ckpt = None
     if c.init_from == "resume":
         ckpt = load_checkpoint(ckpt_path, map_location=device)
@@ -559,8 +561,10 @@ def train(cfg):
 
         # -- one optimizer step
         pretraining = iter_num < pretrain_iters        # the critic's value-only stage
-        if use_critic and iter_num == pretrain_iters and master:
-            probe_start = probe_values(eval_model(), val_split, probe_ids, c, ctx, device, pad_id)[2]
+        if use_critic and iter_num == pretrain_iters:
+            value_memory[1] = value_memory[0]             # the anchor: values at main start
+            if master:
+                probe_start = probe_values(eval_model(), val_split, probe_ids, c, ctx, device, pad_id)[2]
         lr = get_lr(min(iter_num, c.warmup_iters) if pretraining else iter_num - pretrain_iters, c)
         for group in optimizer.param_groups:
             group["lr"] = lr
@@ -702,19 +706,27 @@ def train(cfg):
 
 def critic_value_loss(values, v_detached, mb, memory, split, c, n_states):
     """Squared error to the GAE value targets over non-terminal states, divided by the
-    step's global state count. With value_clip > 0, PPO's clipped value loss around the
-    values this sample got at its previous visit (a trust region against drift)."""
+    step's global state count. value_clip > 0: PPO's clipped value loss around the values
+    this sample got at its previous visit (a trust region against drift);
+    value_anchor_coef > 0: plus a pull towards the values at the start of main training."""
     _, returns = weights.gae(v_detached, mb["rewards"], c.gamma, c.lam)  # targets, no gradient
     err = (values - returns).pow(2)
     if c.value_clip > 0:
-        old = torch.full_like(v_detached, float("nan"))
-        for b, (sid, length) in enumerate(zip(mb["sample_ids"].tolist(), mb["lengths"].tolist())):
-            start = split.index[sid, 0]
-            old[b, :length] = torch.from_numpy(memory[start:start + length])
-        old = torch.where(torch.isnan(old), v_detached, old.to(values.device))
+        old = remembered(memory[0], mb, split, v_detached)
         clipped = old + (values - old).clamp(-c.value_clip, c.value_clip)
         err = torch.maximum(err, (clipped - returns).pow(2))
+    if c.value_anchor_coef > 0:
+        err = err + c.value_anchor_coef * (values - remembered(memory[1], mb, split, v_detached)).pow(2)
     return (err * mb["states"]).sum() / n_states
+
+
+def remembered(memory, mb, split, fallback):
+    """Per-token values from a memory row, as (B, T); `fallback` where none is stored."""
+    out = torch.full_like(fallback, float("nan"))
+    for b, (sid, length) in enumerate(zip(mb["sample_ids"].tolist(), mb["lengths"].tolist())):
+        start = split.index[sid, 0]
+        out[b, :length] = torch.from_numpy(memory[start:start + length])
+    return torch.where(torch.isnan(out), fallback, out)
 
 
 def remember_values(memory, seen, split, ddp, world_size):
@@ -727,8 +739,7 @@ def remember_values(memory, seen, split, ddp, world_size):
     for sample_ids, lengths, values in seen:
         for b, (sid, length) in enumerate(zip(sample_ids.tolist(), lengths.tolist())):
             start = split.index[sid, 0]
-            memory[start:start + length] = values[b, :length].numpy()
-
+            memory[0, start:start + length] = values[b, :length].numpy()
 
 
 def main(argv=None):
