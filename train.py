@@ -12,6 +12,7 @@ w[t, k] differ (weights.py).
 import json
 import math
 import os
+import resource
 import signal
 import subprocess
 import sys
@@ -353,6 +354,7 @@ class WeightLog:
 # ---- training -----------------------------------------------------------------------
 def train(cfg):
     """Run one training job from a config dict (see DEFAULTS); returns a summary dict."""
+    t_start = time.time()
     c = SimpleNamespace(**cfg)
     ddp, rank, local_rank, world_size, device = setup_distributed(c.device)
     master = rank == 0
@@ -445,6 +447,7 @@ def train(cfg):
         if changed:
             raise ValueError(f"model config differs from the checkpoint's (checkpoint, now): {changed}")
         iter_num, best_val, tokens_seen = ckpt["iter_num"], ckpt["best_val_loss"], ckpt["tokens_seen"]
+        t_start -= ckpt["wall_s"]           # wall time counts the whole run, across resumes
         loader.load_state_dict(ckpt["loader"])
         moments.load_state_dict(ckpt["moments"])
         if use_critic:
@@ -485,6 +488,7 @@ def train(cfg):
         return {"model": raw_model.state_dict(), "optimizer": optimizer.state_dict(),
                 "model_args": model_args, "iter_num": iter_num, "best_val_loss": best_val,
                 "tokens_seen": tokens_seen, "moments": moments.state_dict(),
+                "wall_s": time.time() - t_start,
                 "config": cfg, "loader": loader_state, "tokenizer": tok_id,
                 "data_hash": train_split.meta["hash"], "git": git_hash()}
 
@@ -695,13 +699,20 @@ def train(cfg):
 
     bar.close()
     signal.signal(signal.SIGTERM, old_handler)
-    if log_file:
+    summary = {"iter_num": iter_num, "total_iters": total_iters, "pretrain_iters": pretrain_iters,
+               "finished": iter_num >= total_iters, "val_ce_head": last_val,
+               "best_val_loss": best_val, "tokens_seen": tokens_seen,
+               "wall_s": time.time() - t_start, "weighting": c.weighting, "seed": c.seed,
+               # peak resident memory of this process (Linux reports KiB), and of the GPU
+               "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+               "peak_gpu_mb": torch.cuda.max_memory_allocated(device) / 2**20 if device_type == "cuda" else None}
+    if master:
         log_file.close()
+        with open(os.path.join(c.out_dir, "summary.json"), "w") as f:
+            json.dump(summary, f, indent=1)
     if ddp:
         dist.destroy_process_group()
-    return {"iter_num": iter_num, "val_ce_head": last_val, "best_val_loss": best_val,
-            "tokens_seen": tokens_seen, "train_losses": history, "out_dir": c.out_dir,
-            "pretrain_iters": pretrain_iters}
+    return {**summary, "train_losses": history, "out_dir": c.out_dir}
 
 
 def critic_value_loss(values, v_detached, mb, memory, split, c, n_states):
