@@ -431,6 +431,7 @@ def train(cfg):
                       max_seq_len=c.block_size, value_head=use_critic)
     iter_num, best_val, tokens_seen = 0, float("inf"), 0
     moments = weights.RunningMoments()
+    probe_start = None    # the critic's values on the probe batch when main training starts
     # the critic's values for each training token (NaN = not seen yet): row 0 at its
     # sample's previous visit (the centre of the clipping trust region), row 1 frozen when
     # main training starts (the anchor)
@@ -450,6 +451,7 @@ def train(cfg):
         t_start -= ckpt["wall_s"]           # wall time counts the whole run, across resumes
         loader.load_state_dict(ckpt["loader"])
         moments.load_state_dict(ckpt["moments"])
+        probe_start = ckpt["probe_start"]
         if use_critic:
             value_memory = np.load(os.path.join(c.out_dir, "value_memory.npy"))
     elif c.init_from != "scratch":
@@ -482,13 +484,13 @@ def train(cfg):
         matched = torch.from_numpy(np.load(src))
     peak = c.peak_flops or guess_peak_flops(device)
     wlog = WeightLog(c.n_future, c.seed)
-    probe_ids, probe_start = (list(range(min(64, len(val_split)))), None) if use_critic else (None, None)
+    probe_ids = list(range(min(64, len(val_split)))) if use_critic else None
 
     def checkpoint_state(loader_state):
         return {"model": raw_model.state_dict(), "optimizer": optimizer.state_dict(),
                 "model_args": model_args, "iter_num": iter_num, "best_val_loss": best_val,
                 "tokens_seen": tokens_seen, "moments": moments.state_dict(),
-                "wall_s": time.time() - t_start,
+                "wall_s": time.time() - t_start, "probe_start": probe_start,
                 "config": cfg, "loader": loader_state, "tokenizer": tok_id,
                 "data_hash": train_split.meta["hash"], "git": git_hash()}
 

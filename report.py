@@ -1,0 +1,212 @@
+"""
+The experiment's report: one table and five pictures, written next to each other.
+
+    python report.py out/experiment           # rebuild report.md from finished runs
+
+report.md links training loss per scheme (mean and band over seeds), per-head validation
+CE, weight distributions (per scheme and head), the critic's value drift, and pass@k with
+95% CIs. The table's CIs are percentile bootstraps over test problems of the per-problem
+pass@k averaged over seeds; Δ vs baseline pairs the schemes by problem (Wilcoxon
+signed-rank), as eval.py compare does.
+"""
+import json
+import os
+import sys
+from datetime import date
+
+import numpy as np
+
+
+def read_jsonl(path):
+    with open(path) as f:
+        return [json.loads(line) for line in f if line.strip()]
+
+
+def load(run):
+    """Training log, training summary, eval summary and per-problem (n, c) of one run."""
+    import eval as ev
+    log = read_jsonl(os.path.join(run, "log.jsonl"))
+    train_summary = json.load(open(os.path.join(run, "summary.json")))
+    eval_summary = json.load(open(os.path.join(run, "eval", "summary.json")))
+    rows = ev.read_results(os.path.join(run, "eval", "results.jsonl"))
+    return {"log": log, "train": train_summary, "eval": eval_summary,
+            "nc": {pid: (r["n"], r["c"]) for pid, r in rows.items()}}
+
+
+def per_problem(runs, k):
+    """Seed-averaged pass@k per problem, over the problems every run has: (problem ids, values)."""
+    import eval as ev
+    pids = sorted(set.intersection(*(set(r["nc"]) for r in runs)))
+    vals = np.array([[ev.pass_at_k(*r["nc"][p], k) for p in pids] for r in runs])  # (seeds, problems)
+    return pids, vals.mean(0)
+
+
+def table(by_scheme, ks, baseline="baseline"):
+    import eval as ev
+    head = ["scheme", "seeds"] + [f"pass@{k} [95% CI]" for k in ks] + \
+        [f"Δ pass@{ks[0]} vs {baseline} [95% CI]", "Wilcoxon p", "tokens seen", "wall / run", "peak mem"]
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    base = per_problem(by_scheme[baseline], ks[0])[1] if baseline in by_scheme else None
+    for scheme, runs in by_scheme.items():
+        cells = [scheme, str(len(runs))]
+        for k in ks:
+            mean, lo, hi = ev.bootstrap_ci(per_problem(runs, k)[1])
+            cells.append(f"{100 * mean:.1f}% [{100 * lo:.1f}, {100 * hi:.1f}]")
+        if base is not None and scheme != baseline:
+            t = ev.paired_test(base, per_problem(runs, ks[0])[1])
+            cells += [f"{100 * t['delta']:+.1f} pts [{100 * t['lo']:+.1f}, {100 * t['hi']:+.1f}]", f"{t['p']:.3g}"]
+        else:
+            cells += ["—", "—"]
+        tokens = np.mean([r["train"]["tokens_seen"] for r in runs])
+        wall = np.mean([r["train"]["wall_s"] for r in runs])
+        mem = max(r["train"]["peak_rss_mb"] for r in runs)
+        cells += [f"{tokens / 1e6:.2f}M", f"{wall / 60:.1f} min", f"{mem:.0f} MB"]
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+# ---- pictures --------------------------------------------------------------------------------
+def plots(by_scheme, exp_dir, ks):
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    import eval as ev
+    colors = dict(zip(by_scheme, plt.rcParams["axes.prop_cycle"].by_key()["color"] * 3))
+    files = {}
+
+    # training loss: mean and min-max band over seeds, main stage, by step
+    fig, ax = plt.subplots(figsize=(7, 4))
+    for s, runs in by_scheme.items():
+        xs, ys = [], []
+        for r in runs:   # main stage only, its steps counted from 0 (the critic pre-trains first)
+            rows = [x for x in r["log"] if "loss" in x and x.get("stage", "main") == "main"]
+            xs.append([x["iter"] - r["train"]["pretrain_iters"] for x in rows])
+            ys.append([x["loss"] for x in rows])
+        n = min(len(y) for y in ys)
+        y = np.array([y[:n] for y in ys])
+        ax.plot(xs[0][:n], y.mean(0), label=s, color=colors[s])
+        ax.fill_between(xs[0][:n], y.min(0), y.max(0), alpha=0.2, color=colors[s])
+    ax.set(xlabel="step of main training", ylabel="training loss (weighted)", yscale="log",
+           title="Training loss: mean and range over seeds")
+    ax.legend()
+    files["loss"] = save(fig, exp_dir, "loss.png")
+
+    # per-head validation CE at the end of training, one bar group per head
+    fig, ax = plt.subplots(figsize=(7, 4))
+    H = len(next(iter(by_scheme.values()))[0]["train"]["val_ce_head"])
+    width = 0.8 / len(by_scheme)
+    for i, (s, runs) in enumerate(by_scheme.items()):
+        v = np.array([r["train"]["val_ce_head"] for r in runs])          # (seeds, H)
+        ax.bar(np.arange(H) + i * width, v.mean(0), width, yerr=v.std(0), label=s, color=colors[s])
+    ax.set(xticks=np.arange(H) + width * (len(by_scheme) - 1) / 2,
+           xticklabels=[f"head {k + 1} (x_t+{k + 1})" for k in range(H)],
+           ylabel="validation CE (nats/token)", title="Per-head validation CE (mean ± sd over seeds)")
+    ax.legend()
+    files["val_ce"] = save(fig, exp_dir, "val_ce_heads.png")
+
+    # weight distributions: histogram per scheme (rows) and head (columns), all seeds pooled
+    fig, axes = plt.subplots(len(by_scheme), H, figsize=(3.2 * H, 2.2 * len(by_scheme)), squeeze=False)
+    for i, (s, runs) in enumerate(by_scheme.items()):
+        counts = None
+        for r in runs:
+            path = os.path.join(r["train"]["out_dir"], "weight_hist.npz") if "out_dir" in r["train"] else None
+            if path and os.path.exists(path):
+                h = np.load(path)
+                counts = h["counts"] if counts is None else counts + h["counts"]
+                bins = h["bins"]
+        for k in range(H):
+            ax = axes[i, k]
+            if counts is not None and counts[k].sum() > 0:
+                ax.bar(bins[:-1], counts[k] / counts[k].sum(), width=np.diff(bins), align="edge",
+                       color=colors[s])
+            ax.set_title(f"{s}, head {k + 1}", fontsize=9)
+            ax.set_xlim(0, 4)
+    fig.suptitle("Weight distributions (share of terms per weight bin)")
+    fig.tight_layout()
+    files["weights"] = save(fig, exp_dir, "weights.png")
+
+    # the critic's value drift, and its validation AUC
+    critic = {s: runs for s, runs in by_scheme.items() if any("value_drift" in x for x in runs[0]["log"])}
+    if critic:
+        fig, (a1, a2) = plt.subplots(1, 2, figsize=(10, 3.6))
+        for s, runs in critic.items():
+            for j, r in enumerate(runs):
+                d = [(x["iter"], x["value_drift"]) for x in r["log"] if "value_drift" in x]
+                auc = [(x["iter"], x["val_value_auc"]) for x in r["log"] if "val_value_auc" in x]
+                a1.plot(*zip(*d), color=colors[s], alpha=0.7, label=s if j == 0 else None)
+                a2.plot(*zip(*auc), color=colors[s], alpha=0.7, marker="o", label=s if j == 0 else None)
+        a1.set(xlabel="step", ylabel="mean |V - V at main start|", title="Value drift (probe batch)")
+        a2.set(xlabel="step", ylabel="AUC", title="Value head: correct vs incorrect (val)", ylim=(0.3, 1.0))
+        a2.axhline(0.5, color="grey", lw=0.8, ls="--")
+        a1.legend(), a2.legend()
+        fig.tight_layout()
+        files["drift"] = save(fig, exp_dir, "value_drift.png")
+
+    # pass@k with 95% CIs
+    fig, ax = plt.subplots(figsize=(7, 4))
+    width = 0.8 / len(ks)
+    names = list(by_scheme)
+    for j, k in enumerate(ks):
+        stats = [ev.bootstrap_ci(per_problem(by_scheme[s], k)[1]) for s in names]
+        mean = np.array([m for m, _, _ in stats])
+        err = np.array([[m - lo, hi - m] for m, lo, hi in stats]).T
+        ax.bar(np.arange(len(names)) + j * width, 100 * mean, width, yerr=100 * err, capsize=4,
+               label=f"pass@{k}")
+    ax.set(xticks=np.arange(len(names)) + width * (len(ks) - 1) / 2, xticklabels=names,
+           ylabel="% of test problems", title="pass@k on tinycode test (95% bootstrap CI)")
+    ax.legend()
+    files["passk"] = save(fig, exp_dir, "passk.png")
+    return files
+
+
+def save(fig, exp_dir, name):
+    import matplotlib.pyplot as plt
+    fig.savefig(os.path.join(exp_dir, name), dpi=110)
+    plt.close(fig)
+    return name
+
+
+def write(cfg, arms, seeds, runs, ref_dir, wall_s=None):
+    """Write exp_dir/report.md and its pictures; return the table (markdown)."""
+    by_scheme = {}
+    for name, seed, d in runs:
+        r = load(d)
+        r["train"]["out_dir"] = d
+        by_scheme.setdefault(name, []).append(r)
+    ks = [int(k) for k in str(cfg["ks"]).split(",")]
+    tab = table(by_scheme, ks)
+    files = plots(by_scheme, cfg["exp_dir"], ks)
+    args = " ".join(f"--{k}={v}" for k, v in cfg.items() if k != "exp_dir") if cfg else ""
+    md = [f"# Experiment report — {cfg.get('setting', '?')} setting, {date.today().isoformat()}", "",
+          f"Command: `python experiment.py {args}`", "",
+          f"{len(seeds)} seeds per arm; every arm has the same optimizer, schedule, clipping, "
+          f"steps of main training and loss normaliser; the critic adds value pre-training and "
+          f"its value loss. pass@k from {cfg.get('n_samples')} samples per problem at "
+          f"temperature {cfg.get('temperature')}.", ""]
+    if wall_s is not None:
+        md += [f"Wall time of this invocation: {wall_s / 60:.1f} min.", ""]
+    md += [tab, "", "## Pictures", ""]
+    captions = {"passk": "pass@k with 95% CIs", "loss": "Training loss over seeds",
+                "val_ce": "Per-head validation CE", "weights": "Weight distributions per scheme and head",
+                "drift": "Critic: value drift and AUC"}
+    for key in ("passk", "loss", "val_ce", "weights", "drift"):
+        if key in files:
+            md += [f"### {captions[key]}", "", f"![{captions[key]}]({files[key]})", ""]
+    with open(os.path.join(cfg["exp_dir"], "report.md"), "w") as f:
+        f.write("\n".join(md))
+    return tab
+
+
+if __name__ == "__main__":
+    exp_dir = sys.argv[1]
+    runs_dir = os.path.join(exp_dir, "runs")
+    runs = []
+    for d in sorted(os.listdir(runs_dir)):
+        if d == "reference" or not os.path.exists(os.path.join(runs_dir, d, "eval", "summary.json")):
+            continue
+        name, seed = d.rsplit("-s", 1)
+        runs.append((name, int(seed), os.path.join(runs_dir, d)))
+    cfg = json.load(open(os.path.join(exp_dir, "experiment.json"))) if \
+        os.path.exists(os.path.join(exp_dir, "experiment.json")) else {"exp_dir": exp_dir, "ks": "1"}
+    cfg["exp_dir"] = exp_dir
+    print(write(cfg, {n for n, _, _ in runs}, sorted({s for _, s, _ in runs}), runs, None))
