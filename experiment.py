@@ -136,19 +136,11 @@ def progress(out_dir):
 def evaluate_run(cfg, out_dir, scheme, seed, problems):
     """pass@k of one trained run on the test problems, resumable (eval.py)."""
     import eval as ev
+    import sample
     import torch
-    from model import ModelConfig, Transformer
-    import data
-    import train
-    device = train.setup_distributed(cfg["device"])[4] if cfg["nproc_per_node"] == 1 else \
-        ("cuda" if torch.cuda.is_available() else "cpu")
-    ckpt = train.load_checkpoint(os.path.join(out_dir, "ckpt.pt"), map_location=device)
-    model = Transformer(ModelConfig(**ckpt["model_args"]))
-    model.load_state_dict(ckpt["model"])
-    model.to(device).eval()
-    enc = data.get_tokenizer(ckpt["config"]["tokenizer"])
-    data.check_tokenizer(ckpt["tokenizer"], data.tokenizer_identity(enc), f"checkpoint in {out_dir}")
-    generate = ev.model_generate(model, enc, seed=seed)
+    device = cfg["device"] if cfg["device"] != "auto" else ("cuda" if torch.cuda.is_available() else "cpu")
+    model, enc, _ = sample.load_model(out_dir, device)
+    generate = sample.make_generate(model, enc, seed=seed)
     ks = [int(k) for k in cfg["ks"].split(",")]
     return ev.evaluate_task("tinycode", problems, generate, n_samples=cfg["n_samples"], ks=ks,
                             temperature=cfg["temperature"], top_p=cfg["top_p"],
