@@ -240,14 +240,16 @@ class Transformer(nn.Module):
 
     @torch.no_grad()
     def generate(self, prompt, max_new_tokens, n=1, temperature=0.0, top_p=1.0, eos_id=None,
-                 stop=None, generator=None):
+                 stop=None, generator=None, n_vocab=None):
         """Sample n continuations of one prompt (a list of token ids) from head 1, batched,
         with a KV cache. temperature 0 is greedy. stop(row_tokens) -> bool may end a row
-        early (stop sequences); rows end at eos_id too. Returns n lists of new token ids."""
+        early (stop sequences); rows end at eos_id too. Ids >= n_vocab (the embedding's
+        padding beyond the tokenizer) are never produced. Returns n lists of new token ids."""
         caches = self.new_caches(n)
         max_new_tokens = min(max_new_tokens, self.config.max_seq_len - len(prompt))
         idx = torch.tensor([prompt] * n, device=self.tok_embeddings.weight.device)  # (n, T)
-        logits = self(idx, caches=caches)[:, -1, 0]                        # (n, V)
+        step = lambda x: self(x, caches=caches)[:, -1, 0, :n_vocab]       # (n, V)
+        logits = step(idx)
         out, done = [[] for _ in range(n)], [False] * n
         for _ in range(max_new_tokens):
             nxt = sample_next(logits.float(), temperature, top_p, generator)      # (n,)
@@ -258,11 +260,11 @@ class Transformer(nn.Module):
                         bool(stop and stop(out[b]))
             if all(done):
                 break
-            logits = self(nxt[:, None], caches=caches)[:, -1, 0]
+            logits = step(nxt[:, None])
         return [o[:-1] if eos_id is not None and o and o[-1] == eos_id else o for o in out]
 
     @torch.no_grad()
-    def generate_speculative(self, prompt, max_new_tokens, eos_id=None, stop=None):
+    def generate_speculative(self, prompt, max_new_tokens, eos_id=None, stop=None, n_vocab=None):
         """Greedy decoding accelerated by the MTP heads (blockwise parallel decoding, Stern
         et al. 2018; Gloeckle et al. 2024, sec. 3.2). Heads 2..H draft the tokens after head
         1's next token; one forward over the draft lets head 1 verify them; the longest
@@ -272,14 +274,14 @@ class Transformer(nn.Module):
         caches = self.new_caches(1)
         max_new_tokens = min(max_new_tokens, self.config.max_seq_len - len(prompt))
         dev = self.tok_embeddings.weight.device
-        logits = self(torch.tensor([prompt], device=dev), caches=caches)[0, -1]   # (H, V)
+        logits = self(torch.tensor([prompt], device=dev), caches=caches)[0, -1, :, :n_vocab]  # (H, V)
         out, accepted = [], [0] * H           # accepted[k-1]: drafts of head k kept
         proposed = [0] * H
         while len(out) < max_new_tokens:
             draft = logits.argmax(-1).tolist()   # head 1's token is greedy's; 2..H guess beyond
             draft = draft[:max_new_tokens - len(out)]
             pos = caches[0].pos
-            block = self(torch.tensor([draft], device=dev), caches=caches)[0]     # (len, H, V)
+            block = self(torch.tensor([draft], device=dev), caches=caches)[0, :, :, :n_vocab]  # (len, H, V)
             verified = block[:, 0].argmax(-1).tolist()   # head 1's choice after each draft token
             n_ok = 1                                     # draft[0] is head 1's own greedy token
             while n_ok < len(draft) and draft[n_ok] == verified[n_ok - 1]:

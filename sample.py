@@ -54,14 +54,17 @@ def make_generate(model, enc, seed=0, speculative=True):
             ids = enc.encode_ordinary(prompt)
             if temperature == 0:   # greedy: one decode serves all n samples
                 if speculative and model.config.n_future > 1:
-                    rows = [model.generate_speculative(ids, max_new_tokens, eos_id=eot, stop=stopped)[0]] * n
+                    rows = [model.generate_speculative(ids, max_new_tokens, eos_id=eot, stop=stopped,
+                                                       n_vocab=enc.n_vocab)[0]] * n
                 else:
-                    rows = model.generate(ids, max_new_tokens, eos_id=eot, stop=stopped) * n
+                    rows = model.generate(ids, max_new_tokens, eos_id=eot, stop=stopped,
+                                          n_vocab=enc.n_vocab) * n
             else:
                 g = torch.Generator(device=model.tok_embeddings.weight.device)
                 g.manual_seed(seed * 1_000_003 + zlib.crc32(prompt.encode()))
                 rows = model.generate(ids, max_new_tokens, n=n, temperature=temperature,
-                                      top_p=top_p, eos_id=eot, stop=stopped, generator=g)
+                                      top_p=top_p, eos_id=eot, stop=stopped, generator=g,
+                                      n_vocab=enc.n_vocab)
             out.append([cut(enc.decode(r), stop) for r in rows])
         return out
 
@@ -80,10 +83,10 @@ def bench_speculative(model, enc, prompts, max_new_tokens):
     eot = data.eot_token(enc)
     ids = [enc.encode_ordinary(p) for p in prompts]
     t0 = time.time()
-    plain = [model.generate(x, max_new_tokens, eos_id=eot)[0] for x in ids]
+    plain = [model.generate(x, max_new_tokens, eos_id=eot, n_vocab=enc.n_vocab)[0] for x in ids]
     t_plain = time.time() - t0
     t0 = time.time()
-    spec = [model.generate_speculative(x, max_new_tokens, eos_id=eot) for x in ids]
+    spec = [model.generate_speculative(x, max_new_tokens, eos_id=eot, n_vocab=enc.n_vocab) for x in ids]
     t_spec = time.time() - t0
     n_tok = sum(map(len, plain))
     rates = [[r[1][k] for r in spec if r[1][k] is not None] for k in range(model.config.n_future)]

@@ -104,3 +104,23 @@ def test_n_samples_batched_and_seeded():
     a = m.generate([1, 2], 20, n=4, temperature=1.0, generator=torch.Generator().manual_seed(1))
     b = m.generate([1, 2], 20, n=4, temperature=1.0, generator=torch.Generator().manual_seed(1))
     assert a == b and len(a) == 4 and len({tuple(r) for r in a}) > 1
+
+
+def test_make_generate_for_eval(tmp_path):
+    """The callable eval.py scores: n completions per prompt, cut at stop strings, seeded
+    per prompt (so the order of prompts does not change anything)."""
+    import sample
+    toy = make_toy_data(str(tmp_path / "data"))
+    train.train(tiny_cfg(toy, tmp_path / "run", max_iters=40, eval_interval=40))
+    model, enc, _ = sample.load_model(str(tmp_path / "run"))
+    gen = sample.make_generate(model, enc, seed=3)
+    kw = dict(temperature=1.0, top_p=1.0, max_new_tokens=12, stop=["9"])
+    a = gen(["12+30=", "7+7="], n=4, **kw)
+    b = gen(["7+7=", "12+30="], n=4, **kw)
+    assert a == b[::-1] and len(a) == 2 and all(len(x) == 4 for x in a)
+    assert all("9" not in c for x in a for c in x)
+    greedy = gen(["12+30="], n=3, temperature=0.0, top_p=1.0, max_new_tokens=12, stop=[])
+    assert len(set(greedy[0])) == 1
+    ids = enc.encode_ordinary("12+30=")
+    expect = enc.decode(model.generate(ids, 12, eos_id=256, n_vocab=257)[0])
+    assert greedy[0][0] == expect
