@@ -226,3 +226,30 @@ def test_value_loss_clip_and_anchor_by_hand():
     plain = ((torch.tensor([0.9, 0.1]) - ret) ** 2).sum()
     anchor = 0.5 * ((0.9 - 0.2) ** 2 + (0.1 - 0.2) ** 2)
     assert loss.item() == pytest.approx((plain.item() + anchor) / 2, rel=1e-5)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("arm", ["rho1", "critic", "shuffled"])
+def test_torchrun_two_processes_match_one(toy, tmp_path, arm):
+    """Every scheme under 2-process torchrun (gloo) gives the single process's losses:
+    weights, whitening statistics and the value memory are synchronised across ranks."""
+    from test_train import overrides, run_train
+    toy_data, ref_dir = toy
+    keys = {"rho1": dict(weighting="rho1", ref_init_from=ref_dir),
+            "critic": dict(weighting="critic", train_on="all", critic_pretrain_epochs=0.05,
+                           value_anchor_coef=0.1),
+            "shuffled": dict(weighting="shuffled", control_of="critic", train_on="all",
+                             critic_pretrain_epochs=0.0)}[arm]
+    one = tiny_cfg(toy_data, tmp_path / "one", max_iters=6, eval_interval=100,
+                   ref_ce_cache=str(tmp_path / "ref_ce.bin"), **keys)
+    train.train(one)
+    p = run_train(["-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
+                   "train.py", *overrides(dict(one, out_dir=str(tmp_path / "two")))])
+    out, _ = p.communicate(timeout=300)
+    assert p.returncode == 0, out
+    if arm == "shuffled":   # permutations are drawn per rank: same scale, other numbers
+        rows = train_rows(tmp_path / "two")
+        assert len(rows) == len(train_rows(tmp_path / "one"))
+        assert all(np.isfinite(v[0]) for v in rows.values())
+    else:
+        same_losses(tmp_path / "one", tmp_path / "two", rel=1e-4)
