@@ -24,7 +24,6 @@ import argparse
 import gzip
 import hashlib
 import json
-import math
 import os
 import re
 import sys
@@ -622,6 +621,8 @@ def evaluate_task(task, problems, generate, *, n_samples, ks=(1,), temperature, 
     ks = sorted(set(ks))
     if ks[-1] > n_samples:
         raise ValueError(f"pass@{ks[-1]} needs n_samples >= {ks[-1]}, got {n_samples}")
+    if not problems:
+        raise ValueError(f"evaluate_task({task!r}) was given no problems")
     if any(p["task"] != task for p in problems):
         raise ValueError(f"evaluate_task({task!r}) was given problems of another task")
     os.makedirs(out_dir, exist_ok=True)

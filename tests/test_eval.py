@@ -7,6 +7,7 @@ normalisation, resumable evaluation, the compare table. No sandbox, no downloads
 import io
 import json
 import math
+import sys
 from fractions import Fraction
 
 import numpy as np
@@ -307,3 +308,20 @@ def test_offline_hub_loading_names_the_local_alternative(monkeypatch):
         E.load_task("gsm8k")
     with pytest.raises(ValueError, match="unknown task"):
         E.load_task("gsm9k")
+
+
+def test_without_scipy_says_so(gsm8k_problems, tmp_path, monkeypatch):
+    dirs = []
+    for scheme in ("uniform", "rho1"):
+        E.evaluate_task("gsm8k", gsm8k_problems, fake_generate([]), n_samples=2, temperature=0.8,
+                        top_p=0.95, max_new_tokens=64, out_dir=str(tmp_path / scheme),
+                        meta={"scheme": scheme, "seed": 0})
+        dirs.append(str(tmp_path / scheme))
+    monkeypatch.setitem(sys.modules, "scipy", None)          # import scipy -> ImportError
+    monkeypatch.setitem(sys.modules, "scipy.stats", None)
+    with pytest.raises(ImportError, match="pip install scipy"):
+        E.paired_test([0.0, 1.0], [1.0, 1.0])
+    buf = io.StringIO()
+    rows = E.compare(dirs, file=buf)["gsm8k"][1]
+    assert "scipy is not installed" in buf.getvalue() and "n/a" in buf.getvalue()
+    assert "p_problems" not in rows[1] and rows[1]["delta"] == 0.0

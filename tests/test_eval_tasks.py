@@ -29,6 +29,27 @@ def scores(task, pairs):
     return [r["correct"] for r in E.score_batch(task, pairs, workers=WORKERS)]
 
 
+# ---- tinycode: a prepared split, as train.py's data_dir holds it -----------------------------
+def test_tinycode_prepared_split(tmp_path):
+    import data
+    import tinycode
+    problems = tinycode.make_splits(0, 0, 30, seed=0)["test"]
+    samples = [dict(problem_id=p["problem_id"], prompt=p["prompt"], completion=p["canonical"],
+                    is_correct=True, source="tinycode") for p in problems]
+    data.write_split(str(tmp_path / "test"), data.get_tokenizer("bytes"), samples, problems,
+                     {"source": "tinycode"})
+    loaded = E.load_task("tinycode", str(tmp_path / "test"), limit=20)
+    assert [p["problem_id"] for p in loaded] == [p["problem_id"] for p in problems[:20]]
+    assert all(p["task"] == "tinycode" and p["prompt"].startswith("# ") for p in loaded)
+    stop = E.TASKS["tinycode"]["stop"]
+    # the stops never cut a canonical body, and cut what a model appends after one
+    assert all(E.truncate(p["reference"], stop) == p["reference"] for p in loaded)
+    assert E.truncate(loaded[0]["reference"] + "\n# Return x.\ndef f(x):\n", stop) == loaded[0]["reference"]
+    res = scores("tinycode", [(p, p["reference"]) for p in loaded] +
+                 [(p, "    raise ValueError\n") for p in loaded])
+    assert res == [True] * 20 + [False] * 20
+
+
 # ---- HumanEval --------------------------------------------------------------------------------
 @pytest.mark.slow
 def test_humaneval_canonical_solutions_all_pass():
