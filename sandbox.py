@@ -333,17 +333,19 @@ def _probe(mode):
 
 
 # ---- many programs, and the pass/fail check ------------------------------------------------
-def run_many(sources: list[str], *, workers: int | None = None, progress: bool = False,
+def run_many(sources: list[str], *, workers: int | None = None, progress: bool | str = False,
              **kw) -> list[ExecResult]:
     """run_program over `sources` in parallel; results in the order of `sources`. Threads
-    only wait on child processes, so one program's crash, hang or flood touches no other."""
+    only wait on child processes, so one program's crash, hang or flood touches no other.
+    progress: a tqdm bar (True, or the bar's description)."""
     s = setup()  # probe before starting threads
     workers = workers or os.cpu_count() or 1
     results = [None] * len(sources)
     bar = None
     if progress:
         from tqdm import tqdm
-        bar = tqdm(total=len(sources), desc=f"sandbox ({s.isolation})", unit="prog")
+        desc = progress if isinstance(progress, str) else f"sandbox ({s.isolation})"
+        bar = tqdm(total=len(sources), desc=desc, unit="run")
     with ThreadPoolExecutor(workers) as pool:
         futures = {pool.submit(run_program, src, **kw): i for i, src in enumerate(sources)}
         for fut in as_completed(futures):
@@ -451,7 +453,8 @@ def _check_batched(programs, batch, timeout, workers, progress, kw):
     harnesses = [_HARNESS.format(programs=c, timeout=timeout, sweep=sweep) for c in chunks]
     # wall time for a whole batch; each program's own CPU limit still follows from it
     results = run_many(harnesses, timeout=timeout * batch + 10, workers=workers,
-                       progress=progress, **kw)
+                       progress=progress and f"sandbox ({s.isolation}, {batch} programs a run)",
+                       **kw)
     passed, redo = [], []
     for chunk, r in zip(chunks, results):
         try:
