@@ -533,7 +533,8 @@ def train(cfg):
                 wandb.log(row, step=row["iter"])
 
     from tqdm import tqdm
-    bar = tqdm(total=total_iters, initial=iter_num, disable=not master, desc="train",
+    # disable=None: no bar when stderr is not a terminal (log files stay readable)
+    bar = tqdm(total=total_iters, initial=iter_num, disable=None if master else True, desc="train",
                dynamic_ncols=True)
     history, last_val = [], None
     t_last, tokens_since, iters_since = time.time(), 0, 0
