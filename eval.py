@@ -807,6 +807,42 @@ def selfcheck(task, path=None, limit=None, workers=None):
     return len(problems) - len(bad), len(problems)
 
 
+# ---- analysis: what each head gets right ------------------------------------------------
+def head_accuracy(model, split, freq_split, device="cpu", batch_size=32, n_buckets=4, limit=2000):
+    """How often head k's argmax equals x_{t+k} on held-out completions (correct solutions),
+    overall and by token difficulty: the target token's frequency in `freq_split` (the
+    training data), in n_buckets quantile buckets from most frequent to rarest."""
+    import torch
+    import data
+    from model import mtp_targets
+    H = model.config.n_future
+    freq = np.bincount(np.asarray(freq_split.tokens), minlength=model.config.vocab_size)
+    ids = [i for i in range(len(split)) if split.index[i, 3] == 1][:limit]
+    loader = data.Loader(split, batch_size, 10**9, seed=0, correct_only=True)
+    hits, tfreq = [[] for _ in range(H)], [[] for _ in range(H)]
+    model.eval()
+    with torch.no_grad():
+        for i in range(0, len(ids), batch_size):
+            mb = loader.collate(ids[i:i + batch_size])
+            tokens = mb["tokens"].to(device)
+            targets = mtp_targets(tokens, mb["loss_mask"].to(device), H)          # (B, T, H)
+            pred = model(tokens).argmax(-1)                                      # (B, T, H)
+            for k in range(H):
+                valid = targets[..., k] >= 0
+                hits[k] += (pred[..., k] == targets[..., k])[valid].tolist()
+                tfreq[k] += freq[targets[..., k][valid].cpu().numpy()].tolist()
+    edges = np.quantile(np.asarray(tfreq[0]), np.linspace(0, 1, n_buckets + 1))
+    out = {"n_tokens": len(hits[0]), "bucket_edges_count": edges.tolist(), "heads": []}
+    for k in range(H):
+        h, f = np.asarray(hits[k], float), np.asarray(tfreq[k])
+        b = np.clip(np.searchsorted(edges, f, side="right") - 1, 0, n_buckets - 1)
+        out["heads"].append({"head": k + 1, "accuracy": float(h.mean()),
+                             # bucket 0 = rarest targets, the last = most frequent
+                             "error_by_bucket": [float(1 - h[b == j].mean()) if (b == j).any() else None
+                                                 for j in range(n_buckets)]})
+    return out
+
+
 def main(argv=None):
     parser = argparse.ArgumentParser(description="wmtp evaluation: compare evaluated runs, "
                                      "check a task's references")
@@ -820,8 +856,43 @@ def main(argv=None):
     s.add_argument("--path", help="local data instead of the hub")
     s.add_argument("--limit", type=int)
     s.add_argument("--workers", type=int)
-    # sampling a checkpoint (model.py's sampler -> evaluate_task) is one more subparser here
+    r = sub.add_parser("run", help="sample a checkpoint on a task and score it (resumable)")
+    r.add_argument("ckpt", help="a run dir (its ckpt.pt) or a checkpoint file")
+    r.add_argument("--task", default="tinycode", choices=sorted(LOADERS))
+    r.add_argument("--path", help="local data; tinycode: a prepared split dir (default: the "
+                   "run's data_dir/test)")
+    r.add_argument("--limit", type=int)
+    r.add_argument("--n_samples", type=int, default=10)
+    r.add_argument("--k", type=int, nargs="+", default=[1, 5])
+    r.add_argument("--temperature", type=float, default=0.8)
+    r.add_argument("--top_p", type=float, default=0.95)
+    r.add_argument("--max_new_tokens", type=int, default=96)
+    r.add_argument("--seed", type=int, default=0)
+    r.add_argument("--device", default="cpu")
+    r.add_argument("--out_dir", help="default: <run dir>/eval-<task>")
+    r.add_argument("--heads", action="store_true", help="also per-head accuracy on the run's "
+                   "validation split, by token-frequency bucket")
     args = parser.parse_args(argv)
+    if args.command == "run":
+        import sample
+        model, enc, ckpt = sample.load_model(args.ckpt, args.device)
+        run_dir = args.ckpt if not args.ckpt.endswith(".pt") else os.path.dirname(args.ckpt)
+        path = args.path or (os.path.join(ckpt["config"]["data_dir"], "test")
+                             if args.task == "tinycode" else None)
+        problems = load_task(args.task, path, args.limit)
+        evaluate_task(args.task, problems, sample.make_generate(model, enc, seed=args.seed),
+                      n_samples=args.n_samples, ks=args.k, temperature=args.temperature,
+                      top_p=args.top_p, max_new_tokens=args.max_new_tokens,
+                      out_dir=args.out_dir or os.path.join(run_dir, f"eval-{args.task}"),
+                      meta={"scheme": ckpt["config"]["weighting"], "seed": ckpt["config"]["seed"],
+                            "run": run_dir})
+        if args.heads:
+            import data
+            split = data.PreparedSplit(os.path.join(ckpt["config"]["data_dir"], "val"))
+            train_split = data.PreparedSplit(os.path.join(ckpt["config"]["data_dir"], "train"))
+            acc = head_accuracy(model, split, train_split, device=args.device)
+            print(json.dumps(acc, indent=1))
+        return 0
     if args.command == "compare":
         compare(args.run_dirs, baseline=args.baseline, ks=args.k)
     elif args.command == "selfcheck":
