@@ -301,8 +301,11 @@ class Loader:
     Rows are padded (with <eot>, loss_mask 0) to the longest sample of the micro-batch,
     so no sample is cut and none attends to another; padding waste is measured by
     `padding_waste`. Sample order is a fresh permutation per epoch, seeded by
-    (seed, epoch); the only state is `cursor`, the number of rows the whole job has
-    consumed, so resuming is exact.
+    (seed, epoch); with group_by_length, each run of 32 batches of it is sorted by length
+    and cut into batches, whose order is then shuffled again, so a batch holds samples of
+    similar length (far less padding) while the batches still come in random order. The
+    only state is `cursor`, the number of rows the whole job has consumed, so resuming is
+    exact.
 
     One optimizer step consumes rows_per_step = batch_size * grad_accum * world_size
     consecutive rows; micro-step m of rank r takes the slice starting at
@@ -311,8 +314,9 @@ class Loader:
     """
 
     def __init__(self, split: PreparedSplit, batch_size, block_size, seed, correct_only,
-                 rank=0, world_size=1, pad_id=0, ref_ce=None):
+                 rank=0, world_size=1, pad_id=0, ref_ce=None, group_by_length=True):
         self.split, self.batch_size, self.block_size = split, batch_size, block_size
+        self.group_by_length = group_by_length
         self.ref_ce = ref_ce   # optional per-token reference CE, aligned with split.tokens
         self.seed, self.rank, self.world_size, self.pad_id = seed, rank, world_size, pad_id
         idx = split.index
@@ -329,11 +333,28 @@ class Loader:
             raise ValueError(f"no usable samples in {split.path} (correct_only={correct_only}, "
                              f"block_size={block_size})")
         self.cursor = 0
+        self._cached = (None, None)   # (epoch, its sample order)
+
+    def order(self, epoch):
+        """The sample ids of one epoch, in training order."""
+        if self._cached[0] != epoch:
+            rng = np.random.default_rng([self.seed, epoch])
+            order = self.ids[rng.permutation(len(self.ids))]
+            if self.group_by_length:
+                B, group = self.batch_size, 32 * self.batch_size
+                for s in range(0, len(order), group):
+                    chunk = order[s:s + group]
+                    chunk = chunk[np.argsort(self.split.index[chunk, 1], kind="stable")]
+                    batches = [chunk[i:i + B] for i in range(0, len(chunk), B)]
+                    full = len(chunk) // B          # a short last batch stays last, so
+                    shuffled = [batches[j] for j in rng.permutation(full)] + batches[full:]
+                    order[s:s + len(chunk)] = np.concatenate(shuffled)   # batches stay whole
+            self._cached = (epoch, order)
+        return self._cached[1]
 
     def _sample_id(self, row):
         epoch, pos = divmod(row, len(self.ids))
-        perm = np.random.default_rng([self.seed, epoch]).permutation(len(self.ids))
-        return self.ids[perm[pos]]
+        return self.order(epoch)[pos]
 
     def epoch(self):
         return self.cursor / len(self.ids)
@@ -393,6 +414,7 @@ class Loader:
             raise ValueError(f"the loader was saved over {state['n_ids']} samples but the data "
                              f"now has {len(self.ids)}: the dataset or the filter changed")
         self.cursor, self.seed = state["cursor"], state["seed"]
+        self._cached = (None, None)
 
 
 # -----------------------------------------------------------------------------

@@ -47,9 +47,9 @@ ABLATION = {   # --ablation=True: normalise over the micro-batch instead of over
 # settings: training config shared by every arm, and how the reference is trained
 SETTINGS = {
     "tiny": dict(
-        train=dict(data_dir="data_cache/tinycode", tokenizer="bytes", max_iters=400,
-                   lr_decay_iters=400, eval_interval=100, log_interval=10),
-        ref=dict(n_future=1, max_iters=400, lr_decay_iters=400),
+        train=dict(data_dir="data_cache/tinycode", tokenizer="bytes", max_iters=600,
+                   lr_decay_iters=600, eval_interval=200, log_interval=10),
+        ref=dict(n_future=1),
     ),
 }
 

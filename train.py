@@ -43,6 +43,7 @@ data_dir = "data_cache/tinycode"  # prepared by `python data.py` (done here if m
 tokenizer = "bytes"             # must equal the tokenizer the data was prepared with
 train_on = "correct"            # 'correct' solutions only, or 'all' (the critic's data)
 block_size = 192                # longest sample (tokens) a row may hold; longer ones are skipped
+group_by_length = True          # batch samples of similar length together: less padding
 # model (ModelConfig)
 n_layer = 4                     # trunk blocks + one block per head
 n_future = 2                    # H: heads predict tokens t+1 .. t+H
@@ -82,9 +83,9 @@ critic_pretrain_epochs = 0.5    # value-only stage before main training, in epoc
 incorrect_mode = "weighted"     # incorrect solutions in the LM loss: 'weighted', 'value_only', 'signed'
 # optimizer: AdamW, cosine schedule with linear warmup
 batch_size = 16                 # rows (samples) per micro-batch per process
-gradient_accumulation_steps = 2  # micro-batches per step, over all processes together
+gradient_accumulation_steps = 1  # micro-batches per step, over all processes together
 max_iters = 600
-learning_rate = 3e-3
+learning_rate = 4e-3
 min_lr = 3e-4
 warmup_iters = 30
 lr_decay_iters = 600            # cosine reaches min_lr here; ~max_iters
@@ -417,7 +418,8 @@ def train(cfg):
             ref = None                                    # not needed in memory any more
     loader = data.Loader(train_split, c.batch_size, c.block_size, seed=c.seed,
                          correct_only=c.train_on == "correct", rank=rank,
-                         world_size=world_size, pad_id=pad_id, ref_ce=ref_cache)
+                         world_size=world_size, pad_id=pad_id, ref_ce=ref_cache,
+                         group_by_length=c.group_by_length)
     rows_per_step = c.batch_size * c.gradient_accumulation_steps
     # the critic's value pre-training, then max_iters of main training like every arm
     pretrain_iters = math.ceil(c.critic_pretrain_epochs * len(loader.ids) / rows_per_step) if use_critic else 0

@@ -2,7 +2,7 @@
 # model, 2 heads, CPU. Identical to `python train.py` with no arguments.
 #   python train.py config/tiny_baseline.py
 # Expected: see README "Measured" (val loss per head, wall time on 2 CPU cores).
-# 16 rows * 2 micro-batches = 32 samples (~2,900 tokens) per step.
+# 16 rows * 1 micro-batch = 16 samples (~1,500 tokens) per step, 600 steps.
 out_dir = "out/tiny_baseline"
 weighting = "uniform"
 train_on = "correct"

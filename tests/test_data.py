@@ -187,3 +187,12 @@ def test_long_samples_skipped_loudly(split, capsys):
     ld = data.Loader(split, 2, 30, seed=0, correct_only=False)
     assert (split.index[ld.ids, 1] <= 30).all()
     assert "longer than block_size=30" in capsys.readouterr().err
+
+
+def test_group_by_length_cuts_padding_and_keeps_epochs(split):
+    plain = data.Loader(split, 4, 64, seed=0, correct_only=False, group_by_length=False)
+    grouped = data.Loader(split, 4, 64, seed=0, correct_only=False)
+    assert grouped.padding_waste(10) < plain.padding_waste(10) / 2
+    epoch = [int(i) for i in grouped.order(0)]
+    assert sorted(epoch) == list(range(len(split)))            # still each sample once
+    assert epoch != [int(i) for i in grouped.order(1)]          # and a new order per epoch
