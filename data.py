@@ -289,9 +289,10 @@ def score_reference(model, split, device="cpu", batch_size=16, out_path=None):
         for b, sid in enumerate(ids[i:i + batch_size]):
             start, length = split.index[sid, :2]
             ref[start + 1:start + length] = ce[b, :length - 1]   # token j <- logits at j-1
-    if out_path:
-        ref.tofile(out_path + ".tmp")
-        os.replace(out_path + ".tmp", out_path)
+    if out_path:   # a temp file per process: parallel runs may score the same cache
+        tmp = f"{out_path}.tmp{os.getpid()}"
+        ref.tofile(tmp)
+        os.replace(tmp, out_path)
     return ref
 
 

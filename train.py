@@ -241,8 +241,9 @@ def reference_cache(c, split, ref, ref_hash, device, master, ddp):
     if not os.path.exists(path) and master:
         print(f"scoring the reference on {split.path} -> {path}")
         data.score_reference(ref, split, device, batch_size=c.batch_size, out_path=path)
-        with open(path + ".json", "w") as f:
+        with open(f"{path}.json.tmp{os.getpid()}", "w") as f:
             json.dump(ident, f)
+        os.replace(f"{path}.json.tmp{os.getpid()}", path + ".json")
     if ddp:
         dist.barrier()
     with open(path + ".json") as f:
