@@ -238,7 +238,7 @@ def reference_cache(c, split, ref, ref_hash, device, master, ddp):
     mismatch is refused rather than silently misaligning every weight."""
     path = c.ref_ce_cache or os.path.join(split.path, f"ref_ce-{ref_hash}.bin")
     ident = {"data_hash": split.meta["hash"], "ref_hash": ref_hash, "n_tokens": len(split.tokens)}
-    if not os.path.exists(path) and master:
+    if not os.path.exists(path + ".json") and master:   # the identity is written last
         print(f"scoring the reference on {split.path} -> {path}")
         data.score_reference(ref, split, device, batch_size=c.batch_size, out_path=path)
         with open(f"{path}.json.tmp{os.getpid()}", "w") as f:
