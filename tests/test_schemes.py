@@ -253,3 +253,28 @@ def test_torchrun_two_processes_match_one(toy, tmp_path, arm):
         assert all(np.isfinite(v[0]) for v in rows.values())
     else:
         same_losses(tmp_path / "one", tmp_path / "two", rel=1e-4)
+
+
+@pytest.mark.slow
+def test_value_head_learns_visible_correctness(tmp_path):
+    """When correctness is visible in the text (a marker at the end of the solution), the
+    critic's value head must learn to separate correct from incorrect solutions: the
+    plumbing from is_correct to rewards, GAE targets and V(s_{e-1}) works."""
+    import random
+    enc = data.get_tokenizer("bytes")
+    rng = random.Random(0)
+    def samples(n):
+        out = []
+        for i in range(n):
+            ok = rng.random() < 0.5
+            a = rng.randint(0, 99)
+            out.append({"problem_id": f"v{i}", "prompt": f"{a}:", "source": "toy",
+                        "completion": f"{a}{'!' if ok else '?'}", "is_correct": ok})
+        return out
+    for split, n in (("train", 600), ("val", 200)):
+        data.write_split(str(tmp_path / "d" / split), enc, samples(n), [], {"source": "toy"})
+    out = train.train(tiny_cfg(str(tmp_path / "d"), tmp_path / "run", weighting="critic",
+                               train_on="all", critic_pretrain_epochs=1.0, max_iters=40,
+                               eval_interval=1000, block_size=16, learning_rate=3e-3))
+    auc = [r["val_value_auc"] for r in read_log(tmp_path / "run") if "val_value_auc" in r]
+    assert auc[0] < 0.7 < 0.95 < auc[-1], auc
