@@ -197,18 +197,30 @@ def write_split(path, enc, samples, problems, source_info):
     return meta
 
 
+# The embedded default's tinycode: two of the five families, single-digit constants. The
+# full task (families="all", max_const=0) needs more than the quick run's CPU budget for
+# a tiny model to learn to copy constants (dev/LOG.md).
+TINYCODE_FAMILIES = ("arithmetic", "strings")
+TINYCODE_MAX_CONST = 9
+
+
 def prepare_tinycode(data_dir, tokenizer="bytes", n_train=3000, n_val=200, n_test=200,
-                     n_incorrect=2, seed=0, workers=None):
+                     n_incorrect=2, seed=0, workers=None, families=TINYCODE_FAMILIES,
+                     max_const=TINYCODE_MAX_CONST):
     """Generate tinycode problems, label every solution variant by execution, and write
     the train/val/test splits. Returns {split: meta}."""
     import tinycode
     enc = get_tokenizer(tokenizer)
-    splits = tinycode.make_splits(n_train, n_val, n_test, seed=seed)
+    if isinstance(families, str):
+        families = tinycode.FAMILIES if families == "all" else tuple(families.split(","))
+    splits = tinycode.make_splits(n_train, n_val, n_test, seed=seed, families=families,
+                                  max_const=max_const)
     metas = {}
     for split, problems in splits.items():
         samples = tinycode.make_samples(problems, n_incorrect=n_incorrect, seed=seed,
                                         workers=workers)
-        info = {"source": "tinycode", "split": split, "seed": seed, "n_incorrect": n_incorrect}
+        info = {"source": "tinycode", "split": split, "seed": seed, "n_incorrect": n_incorrect,
+                "families": list(families), "max_const": max_const}
         metas[split] = write_split(os.path.join(data_dir, split), enc, samples, problems, info)
         m = metas[split]
         print(f"{split}: {m['n_problems']} problems, {m['n_samples']} samples "

@@ -373,13 +373,35 @@ def _instantiate(t, r):
                 prompt=prompt, canonical=canonical, entry_point=entry, tests=tests)
 
 
-def generate_problems(n: int, seed: int) -> list[dict]:
-    """n problems with distinct descriptions, the families in turn. The sequence
-    for a seed is fixed: generate_problems(n, s) is a prefix of generate_problems(n + m, s)."""
+def templates(families=FAMILIES, max_const=0):
+    """The templates of the given families; with max_const > 0, every integer constant
+    range is cut to at most max_const (single digits for 9: one token to copy instead of
+    two), ranges that start above it kept as they are. Easier settings for smaller budgets."""
+    unknown = set(families) - set(FAMILIES)
+    if unknown or not families:
+        raise ValueError(f"tinycode families must be a non-empty subset of {FAMILIES}, got {families}")
+    chosen = []
+    for t in TEMPLATES:
+        if t["family"] not in families:
+            continue
+        if max_const > 0:
+            t = dict(t, consts={k: (v[0], min(v[1], max_const))
+                                if isinstance(v, tuple) and v[0] < max_const else v
+                                for k, v in t["consts"].items()})
+        chosen.append(t)
+    return chosen
+
+
+def generate_problems(n: int, seed: int, families=FAMILIES, max_const=0) -> list[dict]:
+    """n problems with distinct descriptions, the families in turn (see templates() for
+    families and max_const). The sequence for a seed is fixed: generate_problems(n, s) is a
+    prefix of generate_problems(n + m, s)."""
     r = random.Random(seed)
-    by_family = {f: [t for t in TEMPLATES if t["family"] == f] for f in FAMILIES}
+    families = [f for f in FAMILIES if f in families]   # a fixed order, whatever was passed
+    chosen = templates(families, max_const)
+    by_family = {f: [t for t in chosen if t["family"] == f] for f in families}
     problems, seen = [], set()
-    active, misses, turn = list(FAMILIES), dict.fromkeys(FAMILIES, 0), 0
+    active, misses, turn = list(families), dict.fromkeys(families, 0), 0
     while len(problems) < n:
         if not active:
             raise RuntimeError(f"only {len(problems)} distinct problems exist, {n} asked")
@@ -404,10 +426,11 @@ def generate_problems(n: int, seed: int) -> list[dict]:
     return problems
 
 
-def make_splits(n_train: int, n_val: int, n_test: int, seed: int = 0) -> dict[str, list[dict]]:
+def make_splits(n_train: int, n_val: int, n_test: int, seed: int = 0, **kw) -> dict[str, list[dict]]:
     """Disjoint train/val/test problems (no description in two splits). test and val
-    come first in the sequence, so they do not change when n_train does."""
-    problems = generate_problems(n_test + n_val + n_train, seed)
+    come first in the sequence, so they do not change when n_train does. kw: families,
+    max_const (generate_problems)."""
+    problems = generate_problems(n_test + n_val + n_train, seed, **kw)
     return {"train": problems[n_test + n_val:], "val": problems[n_test:n_test + n_val],
             "test": problems[:n_test]}
 
