@@ -35,7 +35,7 @@ from model import ModelConfig, Transformer, mtp_cross_entropy, mtp_targets
 # I/O
 out_dir = "out/tiny_baseline"   # checkpoints, log.jsonl, config.json
 init_from = "scratch"           # 'scratch' or 'resume' (from out_dir/ckpt.pt)
-eval_interval = 100             # iterations between validation + checkpoint
+eval_interval = 200             # iterations between validation + checkpoint
 eval_iters = 10                 # validation batches per evaluation
 log_interval = 10               # iterations between log lines
 # data
@@ -45,10 +45,10 @@ train_on = "correct"            # 'correct' solutions only, or 'all' (the critic
 block_size = 192                # longest sample (tokens) a row may hold; longer ones are skipped
 group_by_length = True          # batch samples of similar length together: less padding
 # model (ModelConfig)
-n_layer = 4                     # trunk blocks + one block per head
+n_layer = 3                     # trunk blocks + one block per head
 n_future = 2                    # H: heads predict tokens t+1 .. t+H
-n_head = 4
-n_kv_head = 2
+n_head = 8
+n_kv_head = 4
 d_model = 128
 d_ff = 352
 rope_theta = 10000.0
@@ -82,13 +82,13 @@ value_anchor_coef = 0.0         # pull V towards its values at the start of main
 critic_pretrain_epochs = 0.5    # value-only stage before main training, in epochs of its data
 incorrect_mode = "weighted"     # incorrect solutions in the LM loss: 'weighted', 'value_only', 'signed'
 # optimizer: AdamW, cosine schedule with linear warmup
-batch_size = 16                 # rows (samples) per micro-batch per process
+batch_size = 8                  # rows (samples) per micro-batch per process
 gradient_accumulation_steps = 1  # micro-batches per step, over all processes together
-max_iters = 600
+max_iters = 1200
 learning_rate = 4e-3
 min_lr = 3e-4
 warmup_iters = 30
-lr_decay_iters = 600            # cosine reaches min_lr here; ~max_iters
+lr_decay_iters = 1200           # cosine reaches min_lr here; ~max_iters
 decay_lr = True
 weight_decay = 0.1
 beta1 = 0.9

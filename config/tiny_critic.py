@@ -2,7 +2,7 @@
 # and incorrect solutions; w[t,k] ∝ |whitened k-step TD error|.
 #   python train.py config/tiny_critic.py
 # Value pre-training for 0.5 epoch of the critic's data (LM loss off), then the same
-# 600 main steps of 16 samples as tiny_baseline, with value_coef * value loss added.
+# 1200 main steps of 8 samples as tiny_baseline, with value_coef * value loss added.
 out_dir = "out/tiny_critic"
 weighting = "critic"
 train_on = "all"

@@ -3,7 +3,7 @@
 #   python train.py config/tiny_ref.py
 #   python train.py config/tiny_rho1.py
 # The reference's per-token CE is scored once into data_cache/tinycode/train/ref_ce-*.bin.
-# Same budget as tiny_baseline: 600 steps of 16 correct solutions.
+# Same budget as tiny_baseline: 1200 steps of 8 correct solutions.
 out_dir = "out/tiny_rho1"
 weighting = "rho1"
 ref_init_from = "out/tiny_ref"
