@@ -559,6 +559,30 @@ def bootstrap_ci(values, n_boot=10000, seed=0):
     return float(x.mean()), float(lo), float(hi)
 
 
+def bootstrap_ci_seeds(mat, base=None, n_boot=10000, seed=0):
+    """(mean, lo, hi) of pass@k over seeds and problems: mat is (seeds, problems). Each
+    bootstrap draw resamples the seeds and the problems, so the interval holds the
+    seed-to-seed spread of training as well as the sampling of problems (a CI over
+    problems alone hides it). With base (seeds', problems), the same for the difference
+    mean(mat) - mean(base): problems drawn once for both (paired), seeds for each."""
+    mat = np.asarray(mat, dtype=np.float64)
+    rng = np.random.default_rng(seed)
+    S, P = mat.shape
+
+    def draw(m, pj):
+        si = rng.integers(0, m.shape[0], size=(len(pj), m.shape[0]))          # (b, S)
+        return m[si[:, :, None], pj[:, None, :]].mean(axis=(1, 2))            # (b,)
+
+    means, step = np.empty(n_boot), max(1, 2_000_000 // (S * P))
+    for i in range(0, n_boot, step):
+        pj = rng.integers(0, P, size=(min(step, n_boot - i), P))                # (b, P)
+        means[i:i + len(pj)] = draw(mat, pj) - (draw(np.asarray(base, dtype=np.float64), pj)
+                                                if base is not None else 0.0)
+    lo, hi = np.percentile(means, [2.5, 97.5])
+    point = mat.mean() - (np.mean(base) if base is not None else 0.0)
+    return float(point), float(lo), float(hi)
+
+
 def paired_test(a, b, n_boot=10000, seed=0):
     """b against a on paired values (same problems, or same seeds, in the same order):
     delta = mean(b - a) with a bootstrap 95% CI, and the two-sided Wilcoxon signed-rank p.
@@ -868,6 +892,7 @@ def main(argv=None):
     r.add_argument("--top_p", type=float, default=0.95)
     r.add_argument("--max_new_tokens", type=int, default=96)
     r.add_argument("--seed", type=int, default=0)
+    r.add_argument("--scheme", help="name for compare/report (default: the run's weighting)")
     r.add_argument("--device", default="cpu")
     r.add_argument("--out_dir", help="default: <run dir>/eval-<task>")
     r.add_argument("--heads", action="store_true", help="also per-head accuracy on the run's "
@@ -884,7 +909,8 @@ def main(argv=None):
                       n_samples=args.n_samples, ks=args.k, temperature=args.temperature,
                       top_p=args.top_p, max_new_tokens=args.max_new_tokens,
                       out_dir=args.out_dir or os.path.join(run_dir, f"eval-{args.task}"),
-                      meta={"scheme": ckpt["config"]["weighting"], "seed": ckpt["config"]["seed"],
+                      meta={"scheme": args.scheme or ckpt["config"]["weighting"],
+                            "seed": ckpt["config"]["seed"],
                             "run": run_dir})
         if args.heads:
             import data

@@ -47,8 +47,8 @@ ABLATION = {   # --ablation=True: normalise over the micro-batch instead of over
 # settings: training config shared by every arm, and how the reference is trained
 SETTINGS = {
     "tiny": dict(
-        train=dict(data_dir="data_cache/tinycode", tokenizer="bytes", max_iters=600,
-                   lr_decay_iters=600, eval_interval=200, log_interval=10),
+        # train.py's defaults are the tiny setting (config/tiny_baseline.py)
+        train=dict(data_dir="data_cache/tinycode", tokenizer="bytes", log_interval=20),
         ref=dict(n_future=1),
     ),
 }
@@ -59,7 +59,7 @@ defaults = dict(
     seeds=3,                    # seeds per arm; the method asks for >= 5 before any claim
     controls=False,             # add the shuffled and random-matched control arms
     ablation=False,             # add the weight_norm='tokens' arms
-    n_samples=10,               # completions per test problem
+    n_samples=5,                # completions per test problem
     ks="1,5",                   # pass@k reported
     temperature=0.8,            # sampling for pass@k (pass@1 from the same samples)
     top_p=0.95,
@@ -68,8 +68,19 @@ defaults = dict(
     device="auto",
     nproc_per_node=1,           # > 1: every run under torchrun
     jobs=0,                     # runs side by side; 0 = as many as CPU cores on CPU, 1 on GPU
-    overrides="",               # extra train.py --key=value for every run, comma-separated
+    overrides="",               # train.py keys for every run, reference included: "key=value,..."
 )
+
+
+def parse_overrides(text):
+    """'key=value,key=value' (leading -- optional) -> {key: value}; train.py checks them."""
+    out = {}
+    for item in filter(None, (a.strip() for a in text.split(","))):
+        key, eq, value = item.lstrip("-").partition("=")
+        if not eq:
+            raise ValueError(f"overrides: {item!r} is not key=value")
+        out[key] = value
+    return out
 
 
 def run_dir(cfg, name, seed):
@@ -85,7 +96,6 @@ def train_command(cfg, out_dir, keys):
     """The command line of one training run: the setting, then the arm's keys."""
     args = [f"--{k}={v}" for k, v in keys.items() if not k.startswith("_")]
     args += [f"--out_dir={out_dir}", f"--device={cfg['device']}"]
-    args += [a for a in cfg["overrides"].split(",") if a]
     if os.path.exists(os.path.join(out_dir, "ckpt.pt")):
         args.append("--init_from=resume")          # a killed run continues where it was
     launcher = [sys.executable]
@@ -95,58 +105,85 @@ def train_command(cfg, out_dir, keys):
     return launcher + [os.path.join(HERE, "train.py"), *args]
 
 
+def eval_command(cfg, out_dir, name, seed):
+    """The command line that evaluates one trained run: pass@k on the test split (eval.py run)."""
+    ks = [k for k in str(cfg["ks"]).split(",") if k]
+    args = [out_dir, "--task=tinycode", f"--out_dir={os.path.join(out_dir, 'eval')}",
+            f"--n_samples={cfg['n_samples']}", "--k", *ks, f"--temperature={cfg['temperature']}",
+            f"--top_p={cfg['top_p']}", f"--max_new_tokens={cfg['max_new_tokens']}",
+            f"--seed={seed}", f"--scheme={name}", f"--device={device_of(cfg)}"]
+    if cfg["eval_limit"]:
+        args.append(f"--limit={cfg['eval_limit']}")
+    return [sys.executable, os.path.join(HERE, "eval.py"), "run", *args]
+
+
+def device_of(cfg):
+    if cfg["device"] != "auto":
+        return cfg["device"]
+    import torch
+    return "cuda" if torch.cuda.is_available() else "cpu"
+
+
+def evaluated(out_dir):
+    return os.path.exists(os.path.join(out_dir, "eval", "summary.json"))
+
+
 def run_all(cfg, jobs, bar):
-    """Run (out_dir, keys) jobs, `jobs` at a time; each run's output goes to its train.log."""
-    from collections import deque
-    queue, running = deque(jobs), []
+    """Run jobs, `jobs` of them at a time. A job is (out_dir, steps, needs): its commands in
+    order, each (command, done) skipped when done(out_dir) already holds, started once every
+    run dir in `needs` has finished training; output goes to out_dir/train.log. A run's
+    evaluation follows its training in the same slot, so the CPU stays busy. The bar counts
+    finished jobs."""
+    queue, running = list(jobs), []
     threads = max(1, (os.cpu_count() or 1) // max(1, cfg["jobs"]))
     env = {**os.environ, "OMP_NUM_THREADS": str(threads), "PYTHONUNBUFFERED": "1"}
+
+    def start(out_dir, steps):
+        """Start the job's first step not done yet; False if none is left."""
+        steps = [(cmd, done) for cmd, done in steps if not done(out_dir)]
+        if not steps:
+            return False
+        (cmd, done), rest = steps[0], steps[1:]
+        os.makedirs(out_dir, exist_ok=True)
+        log = open(os.path.join(out_dir, "train.log"), "a")
+        p = subprocess.Popen(cmd(), stdout=log, stderr=subprocess.STDOUT, env=env, cwd=HERE)
+        running.append((p, out_dir, log, done, rest))
+        return True
+
     while queue or running:
         while queue and len(running) < cfg["jobs"]:
-            out_dir, keys = queue.popleft()
-            os.makedirs(out_dir, exist_ok=True)
-            log = open(os.path.join(out_dir, "train.log"), "a")
-            p = subprocess.Popen(train_command(cfg, out_dir, keys), stdout=log,
-                                 stderr=subprocess.STDOUT, env=env, cwd=HERE)
-            running.append((p, out_dir, log))
+            ready = [j for j in queue if all(finished(d) for d in j[2])]
+            if not ready:
+                if not running:
+                    raise RuntimeError(f"jobs wait on runs that no job makes: {[j[2] for j in queue]}")
+                break
+            queue.remove(ready[0])
+            start(*ready[0][:2])
         time.sleep(1.0)
-        for p, out_dir, log in list(running):
+        for job in list(running):
+            p, out_dir, log, done, rest = job
             if p.poll() is None:
                 continue
-            running.remove((p, out_dir, log))
+            running.remove(job)
             log.close()
-            if p.returncode != 0 or not finished(out_dir):
+            if p.returncode != 0 or not done(out_dir):
                 tail = open(os.path.join(out_dir, "train.log")).read()[-3000:]
-                raise RuntimeError(f"run {out_dir} failed (exit {p.returncode}):\n{tail}")
-            bar.update(1)
-        bar.set_postfix_str(", ".join(f"{os.path.basename(d)} {progress(d)}" for _, d, _ in running))
+                raise RuntimeError(f"{out_dir} failed (exit {p.returncode}):\n{tail}")
+            if not start(out_dir, rest):              # its next step, or it is finished
+                bar.update(1)
+        bar.set_postfix_str(", ".join(f"{os.path.basename(j[1])} {progress(j[1])}" for j in running))
 
 
 def progress(out_dir):
     """'iter/total' of a running run, from its log."""
+    if finished(out_dir):
+        return "eval"
     try:
         with open(os.path.join(out_dir, "log.jsonl")) as f:
             rows = [json.loads(line) for line in f]
         return str(max(r["iter"] for r in rows))
     except (OSError, ValueError):
         return "starting"
-
-
-# ---- evaluation -------------------------------------------------------------------------
-def evaluate_run(cfg, out_dir, scheme, seed, problems):
-    """pass@k of one trained run on the test problems, resumable (eval.py)."""
-    import eval as ev
-    import sample
-    import torch
-    device = cfg["device"] if cfg["device"] != "auto" else ("cuda" if torch.cuda.is_available() else "cpu")
-    model, enc, _ = sample.load_model(out_dir, device)
-    generate = sample.make_generate(model, enc, seed=seed)
-    ks = [int(k) for k in cfg["ks"].split(",")]
-    return ev.evaluate_task("tinycode", problems, generate, n_samples=cfg["n_samples"], ks=ks,
-                            temperature=cfg["temperature"], top_p=cfg["top_p"],
-                            max_new_tokens=cfg["max_new_tokens"],
-                            out_dir=os.path.join(out_dir, "eval"),
-                            meta={"scheme": scheme, "seed": seed, "run": out_dir})
 
 
 def main(argv):
@@ -159,43 +196,42 @@ def main(argv):
     with open(os.path.join(cfg["exp_dir"], "experiment.json"), "w") as f:
         json.dump(cfg, f, indent=1)                # report.py rebuilds the report from it
     t0 = time.time()
-    base = dict(setting["train"])
+    base = dict(setting["train"], **parse_overrides(cfg["overrides"]))
     # 1. data, once
     import data
     if not os.path.exists(os.path.join(base["data_dir"], "test", "meta.json")):
         data.prepare_tinycode(base["data_dir"], base["tokenizer"])
-    # 2.-3. the reference, then every arm and seed
+    # 2.-4. the reference, then every arm and seed, each run evaluated once trained
     arms = dict(ARMS, **(CONTROLS if cfg["controls"] else {}), **(ABLATION if cfg["ablation"] else {}))
     ref_dir = os.path.join(cfg["exp_dir"], "runs", "reference")
     seeds = list(range(cfg["seeds"]))
-    plan = [(ref_dir, dict(base, **setting["ref"], train_on="correct", seed=0))]
-    later = []    # random-matched controls need their source run's weights first
+
+    def train(out_dir, keys):
+        return (lambda: train_command(cfg, out_dir, keys)), finished
+
+    jobs = [(ref_dir, [train(ref_dir, dict(base, **setting["ref"], train_on="correct", seed=0))], [])]
+    runs = []
     for name, keys in arms.items():
         for seed in seeds:
-            keys_s = dict(base, **keys, seed=1337 + seed)
+            d = run_dir(cfg, name, seed)
+            keys_s, needs = dict(base, **keys, seed=1337 + seed), []
             if keys["weighting"] in ("rho1", "shuffled") and keys.get("control_of", "rho1") == "rho1":
                 keys_s["ref_init_from"] = ref_dir
-            if "_matched" in keys:
+                needs.append(ref_dir)
+            if "_matched" in keys:   # random-matched controls draw from their source run's weights
                 keys_s["control_weights"] = run_dir(cfg, keys["_matched"], seed)
-                later.append((run_dir(cfg, name, seed), keys_s))
-            else:
-                plan.append((run_dir(cfg, name, seed), keys_s))
-    todo = [(d, k) for d, k in plan + later if not finished(d)]
-    bar = tqdm(total=len(plan) + len(later), initial=len(plan) + len(later) - len(todo),
-               desc="experiment: training runs", dynamic_ncols=True)
-    first = [(d, k) for d, k in todo if d == ref_dir]
-    run_all(cfg, first, bar)                       # everything else waits for the reference
-    rest = [(d, k) for d, k in todo if d != ref_dir]
-    run_all(cfg, [j for j in rest if j not in later], bar)
-    run_all(cfg, [j for j in rest if j in later], bar)
+                needs.append(keys_s["control_weights"])
+            steps = [train(d, keys_s),
+                     ((lambda d=d, name=name, seed=seed: eval_command(cfg, d, name, seed)), evaluated)]
+            jobs.append((d, steps, needs))
+            runs.append((name, seed, d))
+    # runs that wait on nothing first, so that they train while the reference does
+    jobs = jobs[:1] + sorted(jobs[1:], key=lambda j: len(j[2]))
+    todo = sum(1 for d, steps, _ in jobs if not all(done(d) for _, done in steps))
+    bar = tqdm(total=len(jobs), initial=len(jobs) - todo, desc="experiment: runs (train + eval)",
+               dynamic_ncols=True)
+    run_all(cfg, jobs, bar)
     bar.close()
-    # 4. evaluation
-    import eval as ev
-    problems = ev.load_task("tinycode", path=os.path.join(base["data_dir"], "test"),
-                            limit=cfg["eval_limit"] or None)
-    runs = [(name, seed, run_dir(cfg, name, seed)) for name in arms for seed in seeds]
-    for name, seed, d in tqdm(runs, desc="experiment: evaluation", dynamic_ncols=True):
-        evaluate_run(cfg, d, name, seed, problems)
     # 5. the report
     import report
     table = report.write(cfg, arms, seeds, runs, ref_dir, wall_s=time.time() - t0)
