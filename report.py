@@ -5,9 +5,11 @@ The experiment's report: one table and five pictures, written next to each other
 
 report.md links training loss per scheme (mean and band over seeds), per-head validation
 CE, weight distributions (per scheme and head), the critic's value drift, and pass@k with
-95% CIs. The table's CIs are percentile bootstraps over test problems of the per-problem
-pass@k averaged over seeds; Δ vs baseline pairs the schemes by problem (Wilcoxon
-signed-rank), as eval.py compare does.
+95% CIs. The table lists each seed's pass@1; its CIs are percentile bootstraps that
+resample both the training seeds and the test problems (eval.bootstrap_ci_seeds), so they
+hold the seed-to-seed spread; Δ vs baseline has a Wilcoxon signed-rank p paired by seed
+(the test that can support a claim; with 3 seeds it cannot go below 0.25) and one paired
+by problem on seed-averaged pass@1 (which ignores the seed spread).
 """
 import json
 import os
@@ -33,30 +35,37 @@ def load(run):
             "nc": {pid: (r["n"], r["c"]) for pid, r in rows.items()}}
 
 
-def per_problem(runs, k):
-    """Seed-averaged pass@k per problem, over the problems every run has: (problem ids, values)."""
+def matrix(runs, k, pids):
+    """(seeds, problems) pass@k of each run on the given problems."""
     import eval as ev
-    pids = sorted(set.intersection(*(set(r["nc"]) for r in runs)))
-    vals = np.array([[ev.pass_at_k(*r["nc"][p], k) for p in pids] for r in runs])  # (seeds, problems)
-    return pids, vals.mean(0)
+    return np.array([[ev.pass_at_k(*r["nc"][p], k) for p in pids] for r in runs])
 
 
 def table(by_scheme, ks, baseline="baseline"):
+    """Markdown table. CIs resample seeds and problems (eval.bootstrap_ci_seeds), so they
+    hold the spread between training seeds; p(seeds) pairs the runs by seed, p(problems)
+    pairs seed-averaged pass@1 by problem (Wilcoxon signed-rank, two-sided)."""
     import eval as ev
-    head = ["scheme", "seeds"] + [f"pass@{k} [95% CI]" for k in ks] + \
-        [f"Δ pass@{ks[0]} vs {baseline} [95% CI]", "Wilcoxon p", "tokens seen", "wall / run", "peak mem"]
+    pids = sorted(set.intersection(*(set(r["nc"]) for runs in by_scheme.values() for r in runs)))
+    head = ["scheme", "seeds", f"pass@{ks[0]} per seed"] + [f"pass@{k} [95% CI]" for k in ks] + \
+        [f"Δ pass@{ks[0]} vs {baseline} [95% CI]", "p (seeds)", "p (problems)", "tokens seen",
+         "wall / run", "peak mem"]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
-    base = per_problem(by_scheme[baseline], ks[0])[1] if baseline in by_scheme else None
+    base = matrix(by_scheme[baseline], ks[0], pids) if baseline in by_scheme else None
     for scheme, runs in by_scheme.items():
-        cells = [scheme, str(len(runs))]
+        m = matrix(runs, ks[0], pids)
+        cells = [scheme, str(len(runs)), " / ".join(f"{100 * v:.1f}" for v in m.mean(1))]
         for k in ks:
-            mean, lo, hi = ev.bootstrap_ci(per_problem(runs, k)[1])
+            mean, lo, hi = ev.bootstrap_ci_seeds(matrix(runs, k, pids))
             cells.append(f"{100 * mean:.1f}% [{100 * lo:.1f}, {100 * hi:.1f}]")
         if base is not None and scheme != baseline:
-            t = ev.paired_test(base, per_problem(runs, ks[0])[1])
-            cells += [f"{100 * t['delta']:+.1f} pts [{100 * t['lo']:+.1f}, {100 * t['hi']:+.1f}]", f"{t['p']:.3g}"]
+            d, lo, hi = ev.bootstrap_ci_seeds(m, base=base)
+            cells.append(f"{100 * d:+.1f} pts [{100 * lo:+.1f}, {100 * hi:+.1f}]")
+            n = min(len(m), len(base))    # seeds both ran, paired in order
+            cells.append(f"{ev.paired_test(base.mean(1)[:n], m.mean(1)[:n])['p']:.3g}" if n > 1 else "—")
+            cells.append(f"{ev.paired_test(base.mean(0), m.mean(0))['p']:.3g}")
         else:
-            cells += ["—", "—"]
+            cells += ["—", "—", "—"]
         tokens = np.mean([r["train"]["tokens_seen"] for r in runs])
         wall = np.mean([r["train"]["wall_s"] for r in runs])
         mem = max(r["train"]["peak_rss_mb"] for r in runs)
@@ -146,14 +155,19 @@ def plots(by_scheme, exp_dir, ks):
     fig, ax = plt.subplots(figsize=(7, 4))
     width = 0.8 / len(ks)
     names = list(by_scheme)
+    pids = sorted(set.intersection(*(set(r["nc"]) for runs in by_scheme.values() for r in runs)))
     for j, k in enumerate(ks):
-        stats = [ev.bootstrap_ci(per_problem(by_scheme[s], k)[1]) for s in names]
+        mats = [matrix(by_scheme[s], k, pids) for s in names]
+        stats = [ev.bootstrap_ci_seeds(m) for m in mats]
         mean = np.array([m for m, _, _ in stats])
         err = np.array([[m - lo, hi - m] for m, lo, hi in stats]).T
-        ax.bar(np.arange(len(names)) + j * width, 100 * mean, width, yerr=100 * err, capsize=4,
-               label=f"pass@{k}")
+        x = np.arange(len(names)) + j * width
+        ax.bar(x, 100 * mean, width, yerr=100 * err, capsize=4, label=f"pass@{k}", alpha=0.8)
+        for xi, m in zip(x, mats):    # one dot per seed: the spread the CI has to hold
+            ax.scatter(np.full(len(m), xi), 100 * m.mean(1), color="black", s=12, zorder=3)
     ax.set(xticks=np.arange(len(names)) + width * (len(ks) - 1) / 2, xticklabels=names,
-           ylabel="% of test problems", title="pass@k on tinycode test (95% bootstrap CI)")
+           ylabel="% of test problems",
+           title="pass@k on tinycode test: mean, 95% CI over seeds and problems, dots = seeds")
     ax.legend()
     files["passk"] = save(fig, exp_dir, "passk.png")
     return files

@@ -325,3 +325,25 @@ def test_without_scipy_says_so(gsm8k_problems, tmp_path, monkeypatch):
     rows = E.compare(dirs, file=buf)["gsm8k"][1]
     assert "scipy is not installed" in buf.getvalue() and "n/a" in buf.getvalue()
     assert "p_problems" not in rows[1] and rows[1]["delta"] == 0.0
+
+
+def test_bootstrap_ci_seeds_holds_the_spread_between_seeds():
+    # two seeds that solve every problem at 10% and 50%: no spread over problems at all, so
+    # only resampling the seeds can widen the interval, and it must reach both seeds
+    mat = np.array([[0.1] * 50, [0.5] * 50])
+    mean, lo, hi = E.bootstrap_ci_seeds(mat, n_boot=4000)
+    assert mean == pytest.approx(0.3)
+    assert lo == pytest.approx(0.1) and hi == pytest.approx(0.5)
+    assert E.bootstrap_ci(mat.mean(0))[1:] == pytest.approx((0.3, 0.3))   # blind to seeds
+    # one seed: the interval over problems alone, up to bootstrap noise
+    rng = np.random.default_rng(0)
+    one = rng.random((1, 300))
+    m1, lo1, hi1 = E.bootstrap_ci_seeds(one, n_boot=4000)
+    m2, lo2, hi2 = E.bootstrap_ci(one[0], n_boot=4000)
+    assert m1 == pytest.approx(m2) and lo1 == pytest.approx(lo2, abs=0.01) and hi1 == pytest.approx(hi2, abs=0.01)
+    # a difference: problems paired, so a constant gain per problem has a tight interval
+    base = rng.random((3, 200)) * 0.5
+    d, dlo, dhi = E.bootstrap_ci_seeds(base + 0.2, base=base, n_boot=2000)
+    assert d == pytest.approx(0.2) and dlo < 0.2 < dhi and dhi - dlo < 0.1
+    d0, lo0, hi0 = E.bootstrap_ci_seeds(base, base=base, n_boot=2000)
+    assert d0 == pytest.approx(0.0) and lo0 < 0 < hi0
