@@ -438,6 +438,8 @@ defaults = dict(
     tokenizer="bytes",              # 'bytes', a tiktoken name, or a BPE file path
     n_train=3000, n_val=200, n_test=200,  # problems per split
     n_incorrect=2,                  # mutated (labelled) variants per problem
+    families=",".join(TINYCODE_FAMILIES),  # tinycode families, comma-separated, or 'all'
+    max_const=TINYCODE_MAX_CONST,   # largest integer constant (0: the templates' own ranges)
     seed=0,
     cache_tokenizer="",             # set to a tiktoken name to cache local BPE files ...
     cache_files="",                 # ... given here, comma-separated, then exit
@@ -453,4 +455,5 @@ if __name__ == "__main__":
     if cfg["dataset"] != "tinycode":
         sys.exit(f"unknown dataset {cfg['dataset']!r}; available: tinycode")
     prepare_tinycode(cfg["data_dir"], cfg["tokenizer"], cfg["n_train"], cfg["n_val"],
-                     cfg["n_test"], cfg["n_incorrect"], cfg["seed"])
+                     cfg["n_test"], cfg["n_incorrect"], cfg["seed"], families=cfg["families"],
+                     max_const=cfg["max_const"])

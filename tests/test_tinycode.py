@@ -13,6 +13,8 @@ import re
 import subprocess
 import sys
 
+import pytest
+
 import sandbox
 import tinycode
 
@@ -139,3 +141,18 @@ def test_make_samples():
     programs = [tinycode.program(next(p for p in problems if p["problem_id"] == s["problem_id"]),
                                  s["completion"]) for s in samples]
     assert sandbox.check_many(programs, timeout=5.0) == [s["is_correct"] for s in samples]
+
+
+def test_families_and_max_const_narrow_the_task():
+    problems = tinycode.generate_problems(200, seed=0, families=("strings", "arithmetic"), max_const=9)
+    assert [p["family"] for p in problems[:4]] == ["arithmetic", "strings"] * 2   # fixed order
+    assert {p["family"] for p in problems} == {"arithmetic", "strings"}
+    # every integer literal of an arithmetic body is a single digit
+    ints = [int(v) for p in problems if p["family"] == "arithmetic"
+            for v in re.findall(r"\d+", p["canonical"])]
+    assert ints and max(ints) <= 9
+    wide = tinycode.generate_problems(200, seed=0, families=("arithmetic",))
+    assert max(int(v) for p in wide for v in re.findall(r"\d+", p["canonical"])) > 9
+    assert tinycode.generate_problems(50, seed=0) == tinycode.generate_problems(50, seed=0, families=tinycode.FAMILIES)
+    with pytest.raises(ValueError, match="subset"):
+        tinycode.generate_problems(5, seed=0, families=("graphs",))
