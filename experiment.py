@@ -63,8 +63,8 @@ defaults = dict(
     ks="1,5",                   # pass@k reported
     temperature=0.8,            # sampling for pass@k (pass@1 from the same samples)
     top_p=0.95,
-    max_new_tokens=96,
-    eval_limit=0,               # evaluate only the first N test problems; 0 = all
+    max_new_tokens=64,          # tinycode bodies are < 50 bytes; a rambling sample stops here
+    eval_limit=100,             # evaluate the first N test problems (both families, in turn); 0 = all
     device="auto",
     nproc_per_node=1,           # > 1: every run under torchrun
     jobs=0,                     # runs side by side; 0 = as many as CPU cores on CPU, 1 on GPU
