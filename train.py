@@ -593,6 +593,7 @@ def train(cfg):
         # N = valid (t, k) terms in the whole step over all ranks, counted before the
         # forward pass; the same for every scheme, so all arms share the loss scale
         n_valid = all_reduce_sum(sum((mb["targets"] >= 0).sum() for mb in micro).float(), ddp)
+        n_valid = n_valid.clamp(min=1)   # a step with no LM term (critic, 'value_only'): loss 0, not 0/0
         n_states = all_reduce_sum(sum(mb["states"].sum() for mb in micro).float(), ddp) if use_critic else None
         H = c.n_future
         stats = torch.zeros(3 + 2 * H, dtype=torch.float64, device=device)  # loss, tokens, value loss, CE/head, count/head

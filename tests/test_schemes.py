@@ -278,3 +278,13 @@ def test_value_head_learns_visible_correctness(tmp_path):
                                eval_interval=1000, block_size=16, learning_rate=3e-3))
     auc = [r["val_value_auc"] for r in read_log(tmp_path / "run") if "val_value_auc" in r]
     assert auc[0] < 0.7 < 0.95 < auc[-1], auc
+
+
+def test_value_only_step_without_correct_samples(toy, tmp_path):
+    # one sample per step: steps whose only sample is incorrect have no LM term at all
+    # under 'value_only' (N = 0); they must train the critic, not divide by zero
+    toy_data, _ = toy
+    out = train.train(tiny_cfg(toy_data, tmp_path, weighting="critic", train_on="all",
+                               incorrect_mode="value_only", critic_pretrain_epochs=0.0,
+                               batch_size=1, max_iters=12, log_interval=1))
+    assert all(np.isfinite(out["train_losses"]))
