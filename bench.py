@@ -7,8 +7,10 @@ one machine, plus the one-off cost of scoring the Rho-1 reference.
 
 Each arm trains max_iters steps from the same initialisation on the same data settings;
 the step time is the median over logged windows after the first (which holds compilation,
-warm-up and the first evaluation). Ratios are the numbers to quote: absolute times depend
-on the machine and on whatever else it is doing.
+warm-up and the first evaluation). The baseline runs first and again last, and the ratios
+are against the mean of the two: if the two differ much, the machine's speed drifted during
+the benchmark and the ratios are that uncertain. Ratios are the numbers to quote: absolute
+times depend on the machine and on whatever else it is doing.
 """
 import json
 import os
@@ -60,7 +62,11 @@ def main(argv):
             out = os.path.join(root, name.split()[0] + str(len(results)))
             train.train(dict(cfg, out_dir=out, **extra))
             results[name] = median_step_ms(out)
-        base_ms = results["uniform"]
+            if name == list(arms)[-1]:   # the baseline again, last: drift over the run shows
+                out = os.path.join(root, "uniform_again")
+                train.train(dict(cfg, out_dir=out))
+                results["uniform (again)"] = median_step_ms(out)
+        base_ms = (results["uniform"] + results["uniform (again)"]) / 2
         print(f"\nstep time, {cfg['max_iters']} steps each, batch {cfg['batch_size']} x "
               f"{cfg['gradient_accumulation_steps']} rows, device {cfg['device']}")
         print(f"{'scheme':<18}{'ms/step':>10}{'vs uniform':>12}")

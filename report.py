@@ -197,8 +197,10 @@ def write(cfg, arms, seeds, runs, ref_dir, wall_s=None):
           f"steps of main training and loss normaliser; the critic adds value pre-training and "
           f"its value loss. pass@k from {cfg.get('n_samples')} samples per problem at "
           f"temperature {cfg.get('temperature')}.", ""]
-    if wall_s is not None:
-        md += [f"Wall time of this invocation: {wall_s / 60:.1f} min.", ""]
+    train_min = sum(r["train"]["wall_s"] for rs in by_scheme.values() for r in rs) / 60
+    if wall_s is not None:   # a rerun that reuses finished runs is quick: say both
+        md += [f"Wall time of this invocation: {wall_s / 60:.1f} min; training time summed over "
+               f"the {sum(map(len, by_scheme.values()))} runs (not the reference): {train_min:.0f} min.", ""]
     md += [tab, "", "## Pictures", ""]
     captions = {"passk": "pass@k with 95% CIs", "loss": "Training loss over seeds",
                 "val_ce": "Per-head validation CE", "weights": "Weight distributions per scheme and head",
