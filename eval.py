@@ -893,13 +893,15 @@ def main(argv=None):
     r.add_argument("--max_new_tokens", type=int, default=96)
     r.add_argument("--seed", type=int, default=0)
     r.add_argument("--scheme", help="name for compare/report (default: the run's weighting)")
-    r.add_argument("--device", default="cpu")
+    r.add_argument("--device", default="cpu", help="'cpu', 'cuda', ... or 'auto'")
     r.add_argument("--out_dir", help="default: <run dir>/eval-<task>")
     r.add_argument("--heads", action="store_true", help="also per-head accuracy on the run's "
                    "validation split, by token-frequency bucket")
     args = parser.parse_args(argv)
     if args.command == "run":
         import sample
+        import train
+        args.device = train.resolve_device(args.device)
         model, enc, ckpt = sample.load_model(args.ckpt, args.device)
         run_dir = args.ckpt if not args.ckpt.endswith(".pt") else os.path.dirname(args.ckpt)
         path = args.path or (os.path.join(ckpt["config"]["data_dir"], "test")

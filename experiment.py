@@ -111,17 +111,10 @@ def eval_command(cfg, out_dir, name, seed):
     args = [out_dir, "--task=tinycode", f"--out_dir={os.path.join(out_dir, 'eval')}",
             f"--n_samples={cfg['n_samples']}", "--k", *ks, f"--temperature={cfg['temperature']}",
             f"--top_p={cfg['top_p']}", f"--max_new_tokens={cfg['max_new_tokens']}",
-            f"--seed={seed}", f"--scheme={name}", f"--device={device_of(cfg)}"]
+            f"--seed={seed}", f"--scheme={name}", f"--device={cfg['device']}"]
     if cfg["eval_limit"]:
         args.append(f"--limit={cfg['eval_limit']}")
     return [sys.executable, os.path.join(HERE, "eval.py"), "run", *args]
-
-
-def device_of(cfg):
-    if cfg["device"] != "auto":
-        return cfg["device"]
-    import torch
-    return "cuda" if torch.cuda.is_available() else "cpu"
 
 
 def evaluated(out_dir):

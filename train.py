@@ -111,11 +111,15 @@ MODEL_KEYS = ("n_layer", "n_future", "n_head", "n_kv_head", "d_model", "d_ff",
 
 
 # ---- distributed setup ------------------------------------------------------------
+def resolve_device(device):
+    """'auto' -> 'cuda' where a GPU is visible, else 'cpu'; anything else as given."""
+    return ("cuda" if torch.cuda.is_available() else "cpu") if device == "auto" else device
+
+
 def setup_distributed(device):
     """-> (ddp, rank, local_rank, world_size, device). torchrun sets RANK; nccl on CUDA,
     gloo on CPU, so a 2-process CPU run works the same as 8 GPUs."""
-    if device == "auto":
-        device = "cuda" if torch.cuda.is_available() else "cpu"
+    device = resolve_device(device)
     if int(os.environ.get("RANK", -1)) == -1:
         return False, 0, 0, 1, device
     rank, local_rank = int(os.environ["RANK"]), int(os.environ["LOCAL_RANK"])
