@@ -10,7 +10,8 @@ learns where a solution ends.
 Prepare once, then train from memmaps:
     python data.py                        # tinycode with the byte tokenizer
     python data.py --tokenizer=cl100k_base --data_dir=data_cache/tinycode-cl100k
-Layout of a prepared split, data_dir/{train,val,test}/:
+Layout of a prepared split, data_dir/{train,val,test,pretrain}/ ('pretrain': the base
+model's canonical solutions, tinycode only):
     tokens.bin      all samples' tokens, concatenated (uint16, or uint32 for big vocabs)
     loss_mask.bin   uint8, 1 where the token may be predicted
     index.npy       int64 (n_samples, 4): start, length, prompt_len, is_correct
@@ -197,30 +198,41 @@ def write_split(path, enc, samples, problems, source_info):
     return meta
 
 
-# The embedded default's tinycode: two of the five families, single-digit constants. The
-# full task (families="all", max_const=0) needs more than the quick run's CPU budget for
-# a tiny model to learn to copy constants (dev/LOG.md).
-TINYCODE_FAMILIES = ("arithmetic", "strings")
+# The embedded default's tinycode: all five families with single-digit constants to
+# fine-tune on, and a 'pretrain' split of canonical solutions from two families (arithmetic,
+# strings) for the base model every arm starts from. A tiny model trained from scratch
+# learns to copy constants from the description at a seed-dependent step, or not at all
+# within a CPU budget on the full task (dev/LOG.md); a base that has learned it once
+# makes the arms' seeds comparable, as fine-tuning a pretrained model does at scale.
+TINYCODE_FAMILIES = "all"
 TINYCODE_MAX_CONST = 9
+TINYCODE_PRETRAIN = 4000
+TINYCODE_PRETRAIN_FAMILIES = ("arithmetic", "strings")
 
 
 def prepare_tinycode(data_dir, tokenizer="bytes", n_train=3000, n_val=200, n_test=200,
                      n_incorrect=2, seed=0, workers=None, families=TINYCODE_FAMILIES,
-                     max_const=TINYCODE_MAX_CONST):
+                     max_const=TINYCODE_MAX_CONST, n_pretrain=TINYCODE_PRETRAIN,
+                     pretrain_families=TINYCODE_PRETRAIN_FAMILIES):
     """Generate tinycode problems, label every solution variant by execution, and write
-    the train/val/test splits. Returns {split: meta}."""
+    the train/val/test splits, and with n_pretrain > 0 a 'pretrain' split of canonical
+    solutions only, from pretrain_families, disjoint from the others. Returns {split: meta}."""
     import tinycode
+
+    def family_list(f):
+        return tinycode.FAMILIES if f == "all" else tuple(f.split(",")) if isinstance(f, str) else tuple(f)
     enc = get_tokenizer(tokenizer)
-    if isinstance(families, str):
-        families = tinycode.FAMILIES if families == "all" else tuple(families.split(","))
+    families, pretrain_families = family_list(families), family_list(pretrain_families)
     splits = tinycode.make_splits(n_train, n_val, n_test, seed=seed, families=families,
-                                  max_const=max_const)
+                                  max_const=max_const, n_pretrain=n_pretrain,
+                                  pretrain_families=pretrain_families)
     metas = {}
     for split, problems in splits.items():
-        samples = tinycode.make_samples(problems, n_incorrect=n_incorrect, seed=seed,
-                                        workers=workers)
-        info = {"source": "tinycode", "split": split, "seed": seed, "n_incorrect": n_incorrect,
-                "families": list(families), "max_const": max_const}
+        k = 0 if split == "pretrain" else n_incorrect
+        samples = tinycode.make_samples(problems, n_incorrect=k, seed=seed, workers=workers)
+        info = {"source": "tinycode", "split": split, "seed": seed, "n_incorrect": k,
+                "families": list(pretrain_families if split == "pretrain" else families),
+                "max_const": max_const}
         metas[split] = write_split(os.path.join(data_dir, split), enc, samples, problems, info)
         m = metas[split]
         print(f"{split}: {m['n_problems']} problems, {m['n_samples']} samples "
@@ -438,8 +450,10 @@ defaults = dict(
     tokenizer="bytes",              # 'bytes', a tiktoken name, or a BPE file path
     n_train=3000, n_val=200, n_test=200,  # problems per split
     n_incorrect=2,                  # mutated (labelled) variants per problem
-    families=",".join(TINYCODE_FAMILIES),  # tinycode families, comma-separated, or 'all'
+    families=TINYCODE_FAMILIES,     # tinycode families, comma-separated, or 'all'
     max_const=TINYCODE_MAX_CONST,   # largest integer constant (0: the templates' own ranges)
+    n_pretrain=TINYCODE_PRETRAIN,   # problems in the base model's 'pretrain' split; 0 = none
+    pretrain_families=",".join(TINYCODE_PRETRAIN_FAMILIES),
     seed=0,
     cache_tokenizer="",             # set to a tiktoken name to cache local BPE files ...
     cache_files="",                 # ... given here, comma-separated, then exit
@@ -456,4 +470,5 @@ if __name__ == "__main__":
         sys.exit(f"unknown dataset {cfg['dataset']!r}; available: tinycode")
     prepare_tinycode(cfg["data_dir"], cfg["tokenizer"], cfg["n_train"], cfg["n_val"],
                      cfg["n_test"], cfg["n_incorrect"], cfg["seed"], families=cfg["families"],
-                     max_const=cfg["max_const"])
+                     max_const=cfg["max_const"], n_pretrain=cfg["n_pretrain"],
+                     pretrain_families=cfg["pretrain_families"])

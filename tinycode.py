@@ -392,15 +392,20 @@ def templates(families=FAMILIES, max_const=0):
     return chosen
 
 
-def generate_problems(n: int, seed: int, families=FAMILIES, max_const=0) -> list[dict]:
+def description(problem: dict) -> str:
+    """The description line: what makes a problem the problem (the function's name does not)."""
+    return problem["prompt"].split("\n", 1)[0]
+
+
+def generate_problems(n: int, seed: int, families=FAMILIES, max_const=0, exclude=()) -> list[dict]:
     """n problems with distinct descriptions, the families in turn (see templates() for
-    families and max_const). The sequence for a seed is fixed: generate_problems(n, s) is a
-    prefix of generate_problems(n + m, s)."""
+    families and max_const), none whose description is in `exclude`. The sequence for a
+    seed is fixed: generate_problems(n, s) is a prefix of generate_problems(n + m, s)."""
     r = random.Random(seed)
     families = [f for f in FAMILIES if f in families]   # a fixed order, whatever was passed
     chosen = templates(families, max_const)
     by_family = {f: [t for t in chosen if t["family"] == f] for f in families}
-    problems, seen = [], set()
+    problems, seen = [], set(exclude)
     active, misses, turn = list(families), dict.fromkeys(families, 0), 0
     while len(problems) < n:
         if not active:
@@ -413,7 +418,7 @@ def generate_problems(n: int, seed: int, families=FAMILIES, max_const=0) -> list
             p = _instantiate(r.choice(by_family[family]), r)
             # the description line is the instance: two problems that differ only in the
             # function's name are the same task and must not land in different splits
-            key = p and p["prompt"].split("\n", 1)[0]
+            key = p and description(p)
             if p and key not in seen:
                 seen.add(key)
                 problems.append(p)
@@ -426,13 +431,19 @@ def generate_problems(n: int, seed: int, families=FAMILIES, max_const=0) -> list
     return problems
 
 
-def make_splits(n_train: int, n_val: int, n_test: int, seed: int = 0, **kw) -> dict[str, list[dict]]:
+def make_splits(n_train: int, n_val: int, n_test: int, seed: int = 0, n_pretrain: int = 0,
+                pretrain_families=None, **kw) -> dict[str, list[dict]]:
     """Disjoint train/val/test problems (no description in two splits). test and val
     come first in the sequence, so they do not change when n_train does. kw: families,
-    max_const (generate_problems)."""
+    max_const (generate_problems). n_pretrain > 0 adds a 'pretrain' split of that many
+    problems from pretrain_families (default: the same), disjoint from the other three."""
     problems = generate_problems(n_test + n_val + n_train, seed, **kw)
-    return {"train": problems[n_test + n_val:], "val": problems[n_test:n_test + n_val],
-            "test": problems[:n_test]}
+    splits = {"train": problems[n_test + n_val:], "val": problems[n_test:n_test + n_val],
+              "test": problems[:n_test]}
+    if n_pretrain:
+        kw = dict(kw, families=pretrain_families or kw.get("families", FAMILIES))
+        splits["pretrain"] = generate_problems(n_pretrain, seed + 1, exclude={description(p) for p in problems}, **kw)
+    return splits
 
 
 def program(problem: dict, completion: str) -> str:
