@@ -13,6 +13,7 @@ gradient. Every scheme is called with the same keyword arguments and takes what 
     values   (B, T)     the critic's V(s_t) on the trunk states, detached
     rewards  (B, T)     per-token rewards: the sample's reward on its last transition
     cfg                 the run's config namespace (temperature, clipping, ...)
+    norm_stats          a dict for normalize's step statistics (weight_norm='tokens'), or None
 
 Weights have mean 1 over the valid terms of each normalisation group (`normalize`), so
 every scheme's loss has the baseline's scale, and all arms share the normaliser N.
@@ -32,7 +33,7 @@ def future(x, n_future, fill=0.0):
     return out
 
 
-def normalize(score, valid, weight_norm, temperature=None, n_valid_of=None):
+def normalize(score, valid, weight_norm, temperature=None, n_valid_of=None, stats=None):
     """Non-negative scores -> weights with mean 1 over the valid terms of each group.
 
     n_valid_of: the mask that sets each group's total (default `valid`); sparsity passes the
@@ -43,20 +44,38 @@ def normalize(score, valid, weight_norm, temperature=None, n_valid_of=None):
     Groups, by weight_norm:
       'heads'  — the H terms of one position t (the method: sum_k w[t, k] = 1, rescaled by
                  the number of valid heads at t so the mean weight is 1 like the baseline);
-      'tokens' — all valid terms of the micro-batch, so positions compete too.
-    A group whose scores are all zero gets uniform weights."""
+      'tokens' — all valid terms of the batch, so positions compete too (over a whole
+                 optimizer step with step_scale below).
+    A group whose scores are all zero gets uniform weights.
+
+    stats: a dict that receives, for 'tokens', the batch's n (valid terms) and log_mass
+    (log of the sum of exp(s / T), or of s): what step_scale needs."""
     dims = {"heads": (-1,), "tokens": (0, 1, 2)}[weight_norm]
     n = (valid if n_valid_of is None else n_valid_of).sum(dim=dims, keepdim=True).float()
+    shift = torch.zeros(())
     if temperature is not None:
         s = (score / temperature).masked_fill(~valid, float("-inf"))
-        s = s - s.amax(dim=dims, keepdim=True).clamp(min=-1e30)     # stable exp
-        e = s.exp().masked_fill(~valid, 0.0)
+        shift = s.amax(dim=dims, keepdim=True).clamp(min=-1e30)
+        e = (s - shift).exp().masked_fill(~valid, 0.0)               # stable exp
     else:
         e = score.clamp(min=0).masked_fill(~valid, 0.0)
         total = e.sum(dim=dims, keepdim=True)
         e = torch.where(total > 0, e, valid.float())                 # all-zero group: uniform
     total = e.sum(dim=dims, keepdim=True)
+    if stats is not None and weight_norm == "tokens":
+        stats.update(n=n.reshape(()), log_mass=(total.log() + shift).reshape(()))
     return torch.where(total > 0, n * e / total.clamp(min=1e-30), torch.zeros_like(e))
+
+
+def step_scale(stats, n_step, log_mass_max, mass_step):
+    """weight_norm='tokens' over a whole optimizer step of several micro-batches (and
+    ranks): a micro-batch normalised on its own (mean 1 over its n terms) is rescaled by
+    its share of the step's mass, so the step's weights are what one batch would get,
+    mean 1 over all n_step terms. n_step, log_mass_max and mass_step (the sum over the
+    step of exp(log_mass - log_mass_max)) come from a pass over every micro-batch first."""
+    if "n" not in stats or stats["n"] == 0:
+        return 1.0
+    return float(n_step / stats["n"] * torch.exp(stats["log_mass"] - log_mass_max) / mass_step)
 
 
 def sparsify(score, valid, top_frac=0.0, top_p=1.0):
@@ -83,10 +102,10 @@ def sparsify(score, valid, top_frac=0.0, top_p=1.0):
     return keep
 
 
-def finish(score, valid, cfg, temperature=None):
+def finish(score, valid, cfg, temperature=None, stats=None):
     """The common tail of every weighted scheme: sparsity, normalisation, clipping."""
     keep = sparsify(score, valid, cfg.weight_top_frac, cfg.weight_top_p)
-    w = normalize(score, keep, cfg.weight_norm, temperature, n_valid_of=valid)
+    w = normalize(score, keep, cfg.weight_norm, temperature, n_valid_of=valid, stats=stats)
     if cfg.w_max > 0 or cfg.w_min > 0:
         w = torch.where(keep, w.clamp(min=cfg.w_min, max=cfg.w_max if cfg.w_max > 0 else None), w)
     return w
@@ -108,7 +127,7 @@ def rho1_excess(ce, ref_ce, mode):
     return ce - ref          # 'signed' / 'topk': tokens the model finds harder than the reference
 
 
-def rho1(ce, valid, ref_ce=None, cfg=None, **_):
+def rho1(ce, valid, ref_ce=None, cfg=None, norm_stats=None, **_):
     """w = softmax(excess / T) over the weight_norm group; excess below min_ce_diff is 0.
     rho1_mode 'topk' is Rho-1's binary selection: the top rho1_top_frac of tokens by
     excess, weighted equally."""
@@ -118,8 +137,9 @@ def rho1(ce, valid, ref_ce=None, cfg=None, **_):
     excess = torch.where(excess.abs() < cfg.min_ce_diff, torch.zeros_like(excess), excess)
     if cfg.rho1_mode == "topk":
         keep = sparsify(excess, valid, top_frac=cfg.rho1_top_frac)
-        return normalize(torch.ones_like(excess), keep, cfg.weight_norm, n_valid_of=valid)
-    return finish(excess, valid, cfg, temperature=cfg.temperature)
+        return normalize(torch.ones_like(excess), keep, cfg.weight_norm, n_valid_of=valid,
+                         stats=norm_stats)
+    return finish(excess, valid, cfg, temperature=cfg.temperature, stats=norm_stats)
 
 
 def td_errors(values, rewards, n_future, gamma):
@@ -180,7 +200,7 @@ class RunningMoments:
         self.count, self.mean, self.var = s["count"], s["mean"], s["var"]
 
 
-def critic(ce, valid, values=None, rewards=None, moments=None, cfg=None, **_):
+def critic(ce, valid, values=None, rewards=None, moments=None, cfg=None, norm_stats=None, **_):
     """Verifiable Critic: w[t, k] proportional to |whitened delta[t, k]|, the k-step TD error
     of the value head trained on correctness labels, normalised per weight_norm."""
     if values is None or rewards is None:
@@ -188,7 +208,7 @@ def critic(ce, valid, values=None, rewards=None, moments=None, cfg=None, **_):
     delta = td_errors(values, rewards, ce.shape[-1], cfg.gamma)
     if moments is not None and cfg.whiten:
         delta = moments.whiten(delta)
-    return finish(delta.abs(), valid, cfg, temperature=None)
+    return finish(delta.abs(), valid, cfg, temperature=None, stats=norm_stats)
 
 
 SCHEMES = {

@@ -62,6 +62,26 @@ def test_normalize_tokens_mean_one_and_temperature():
     assert hot[valid].std() < w[valid].std()       # high temperature flattens
 
 
+@pytest.mark.parametrize("temperature,top_frac", [(0.7, 0.0), (None, 0.0), (None, 0.5)])
+def test_step_scale_makes_micro_batches_one_batch(temperature, top_frac):
+    """weight_norm='tokens' over a step of micro-batches: each normalised on its own, then
+    rescaled by step_scale, equals normalising the whole batch at once (the scores are
+    per-micro-batch-scaled so that the micro-batches' masses differ a lot)."""
+    ce, valid, _ = random_case(B=5, T=12, H=2, seed=3)
+    score = torch.rand_like(ce) * torch.tensor([1.0, 4.0, 0.2, 3.0, 1.0])[:, None, None]
+    c = cfg(weight_norm="tokens", weight_top_frac=top_frac)
+    whole = weights.finish(score, valid, c, temperature)
+    parts = [slice(0, 2), slice(2, 5)]
+    stats = [{} for _ in parts]
+    ws = [weights.finish(score[p], valid[p], c, temperature, stats=st) for p, st in zip(parts, stats)]
+    n_step = sum(st["n"] for st in stats)
+    L = torch.stack([st["log_mass"] for st in stats]).max()
+    mass = sum(torch.exp(st["log_mass"] - L) for st in stats)
+    scaled = torch.cat([w * weights.step_scale(st, n_step, L, mass) for w, st in zip(ws, stats)])
+    torch.testing.assert_close(scaled, whole, rtol=1e-5, atol=1e-6)
+    assert not torch.allclose(torch.cat(ws), whole, rtol=1e-3)   # without it: another weighting
+
+
 def test_uniform_through_every_scheme_path_is_baseline():
     ce, valid, mask = random_case()
     base = weights.uniform(ce, valid)
