@@ -8,10 +8,12 @@ schemes under one training budget, over seeds, with statistics and pictures.
 
 Steps, each skipped when its output is already there (a killed experiment continues):
   1. prepare the data (data.py)
-  2. train the Rho-1 reference on correct solutions (its CE is scored on first use)
-  3. train every arm for every seed: same config except the arm's keys (ARMS)
-  4. evaluate every run: pass@k on the test split with n samples per problem (eval.py)
-  5. write exp_dir/report.md with the table and pictures, and print the table
+  2. pretrain the base model every run starts from, where the setting has one (the tiny
+     setting: canonical solutions of two tinycode families, once, one seed)
+  3. train the Rho-1 reference on correct solutions (its CE is scored on first use)
+  4. train every arm for every seed: same config except the arm's keys (ARMS)
+  5. evaluate every run: pass@k on the test split with n samples per problem (eval.py)
+  6. write exp_dir/report.md with the table and pictures, and print the table
 Runs are subprocesses (`python train.py ...`, or torchrun with nproc_per_node > 1);
 on CPU `jobs` of them run side by side, each with cores/jobs threads.
 """
@@ -39,17 +41,21 @@ CONTROLS = {   # --controls=True: without them no gain can be attributed to the 
     "critic_shuffled": dict(weighting="shuffled", control_of="critic", train_on="all"),
     "critic_random": dict(weighting="random_matched", train_on="all", _matched="critic"),
 }
-ABLATION = {   # --ablation=True: normalise over the micro-batch instead of over heads
+ABLATION = {   # --ablation=True: normalise over all terms of the step instead of over heads
     "rho1_tokens": dict(weighting="rho1", train_on="correct", weight_norm="tokens"),
     "critic_tokens": dict(weighting="critic", train_on="all", weight_norm="tokens"),
 }
 
-# settings: training config shared by every arm, and how the reference is trained
+# settings: the training config shared by every arm and the reference, and the base
+# model they all start from (None: from scratch). Fine-tuning a base that already copies
+# constants from the description is what makes the tiny setting's seeds comparable: from
+# scratch, a tiny model learns it at a seed-dependent step (dev/LOG.md).
 SETTINGS = {
-    "tiny": dict(
-        # train.py's defaults are the tiny setting (config/tiny_baseline.py)
-        train=dict(data_dir="data_cache/tinycode", tokenizer="bytes", log_interval=20),
-        ref=dict(n_future=1),
+    "tiny": dict(     # config/tiny_base.py, then config/tiny_{ref,baseline,critic,rho1}.py
+        train=dict(data_dir="data_cache/tinycode", tokenizer="bytes", log_interval=20,
+                   max_iters=600, lr_decay_iters=600, learning_rate=2e-3, min_lr=2e-4),
+        base=dict(train_split="pretrain", train_on="correct", batch_size=16, max_iters=1200,
+                  lr_decay_iters=1200, learning_rate=4e-3, min_lr=3e-4, seed=1337),
     ),
 }
 
@@ -61,7 +67,7 @@ defaults = dict(
     ablation=False,             # add the weight_norm='tokens' arms
     n_samples=5,                # completions per test problem
     ks="1,5",                   # pass@k reported
-    temperature=0.8,            # sampling for pass@k (pass@1 from the same samples)
+    temperature=0.2,            # sampling for pass@k (pass@1 from the same samples); Chen et al. 2021 found 0.2 best for pass@1
     top_p=0.95,
     max_new_tokens=64,          # tinycode bodies are < 50 bytes; a rambling sample stops here
     eval_limit=100,             # evaluate the first N test problems (both families, in turn); 0 = all
@@ -189,12 +195,14 @@ def main(argv):
     with open(os.path.join(cfg["exp_dir"], "experiment.json"), "w") as f:
         json.dump(cfg, f, indent=1)                # report.py rebuilds the report from it
     t0 = time.time()
-    base = dict(setting["train"], **parse_overrides(cfg["overrides"]))
+    overrides = parse_overrides(cfg["overrides"])
+    base = dict(setting["train"], **overrides)
     # 1. data, once
     import data
-    if not os.path.exists(os.path.join(base["data_dir"], "test", "meta.json")):
+    splits = ("train", "val", "test") + (("pretrain",) if setting["base"] else ())
+    if not all(os.path.exists(os.path.join(base["data_dir"], s, "meta.json")) for s in splits):
         data.prepare_tinycode(base["data_dir"], base["tokenizer"])
-    # 2.-4. the reference, then every arm and seed, each run evaluated once trained
+    # 2.-5. the base, the reference, then every arm and seed, each run evaluated once trained
     arms = dict(ARMS, **(CONTROLS if cfg["controls"] else {}), **(ABLATION if cfg["ablation"] else {}))
     ref_dir = os.path.join(cfg["exp_dir"], "runs", "reference")
     seeds = list(range(cfg["seeds"]))
@@ -202,12 +210,18 @@ def main(argv):
     def train(out_dir, keys):
         return (lambda: train_command(cfg, out_dir, keys)), finished
 
-    jobs = [(ref_dir, [train(ref_dir, dict(base, **setting["ref"], train_on="correct", seed=0))], [])]
+    jobs, start = [], []
+    if setting["base"]:
+        base_dir = os.path.join(cfg["exp_dir"], "runs", "base")
+        jobs.append((base_dir, [train(base_dir, {**base, **setting["base"], **overrides})], []))
+        base, start = dict(base, init_from=base_dir), [base_dir]
+    # the reference: a model trained on correct solutions, like the baseline arm (seed 0)
+    jobs.append((ref_dir, [train(ref_dir, dict(base, weighting="uniform", train_on="correct", seed=0))], start))
     runs = []
     for name, keys in arms.items():
         for seed in seeds:
             d = run_dir(cfg, name, seed)
-            keys_s, needs = dict(base, **keys, seed=1337 + seed), []
+            keys_s, needs = dict(base, **keys, seed=1337 + seed), list(start)
             if keys["weighting"] in ("rho1", "shuffled") and keys.get("control_of", "rho1") == "rho1":
                 keys_s["ref_init_from"] = ref_dir
                 needs.append(ref_dir)
@@ -218,8 +232,10 @@ def main(argv):
                      ((lambda d=d, name=name, seed=seed: eval_command(cfg, d, name, seed)), evaluated)]
             jobs.append((d, steps, needs))
             runs.append((name, seed, d))
-    # runs that wait on nothing first, so that they train while the reference does
-    jobs = jobs[:1] + sorted(jobs[1:], key=lambda j: len(j[2]))
+    # the base and the reference first, then runs that wait on nothing else, so that they
+    # train while the reference does
+    n_first = 2 if setting["base"] else 1
+    jobs = jobs[:n_first] + sorted(jobs[n_first:], key=lambda j: len(j[2]))
     todo = sum(1 for d, steps, _ in jobs if not all(done(d) for _, done in steps))
     bar = tqdm(total=len(jobs), initial=len(jobs) - todo, desc="experiment: runs (train + eval)",
                dynamic_ncols=True)

@@ -33,6 +33,8 @@ class ModelConfig:
     tie_embeddings: bool = True
     dropout: float = 0.0
     value_head: bool = False    # V(s_t) on the trunk output, used by the critic scheme
+    value_detach: bool = True   # the value loss trains the value head only, never the LM's trunk
+    value_surprise: bool = True  # V also reads the LM's surprise at the solution so far (below)
 
     def __post_init__(self):
         if not 1 <= self.n_future <= self.n_layer:
@@ -154,17 +156,39 @@ class Block(nn.Module):
 
 class ValueHead(nn.Module):
     """V(s_t) for the Verifiable Critic: a small MLP on the trunk state, computed and
-    returned in fp32 because TD errors are small differences of values."""
+    returned in fp32 because TD errors are small differences of values. With
+    value_surprise it also reads surprise_features(): a large pretrained LM's state tells
+    good code from bad, a tiny model's does not, but its own surprise at a token does."""
+    N_SURPRISE = 3
+
     def __init__(self, c: ModelConfig):
         super().__init__()
         self.norm = RMSNorm(c.d_model, c.norm_eps)
-        self.fc = nn.Linear(c.d_model, c.d_model)
+        self.fc = nn.Linear(c.d_model + (self.N_SURPRISE if c.value_surprise else 0), c.d_model)
         self.out = nn.Linear(c.d_model, 1)
 
-    def forward(self, h):
+    def forward(self, h, extra=None):
         with torch.autocast(device_type=h.device.type, enabled=False):
             h = self.norm(h.float())
+            if extra is not None:
+                h = torch.cat([h, extra.float()], dim=-1)
             return self.out(F.silu(self.fc(h))).squeeze(-1)   # (B, T)
+
+
+def surprise_features(logits1, idx, mask=None):
+    """(B, T, 3) features of state s_t from head 1's logits (B, T, V) and the tokens: the
+    surprise -log p(x_t | x_<t) of the latest token, and its running max and mean over the
+    solution so far (tokens where mask is 1; all but the first if mask is None). A function
+    of the prefix only, so V stays a function of the state; computed without gradient."""
+    with torch.no_grad():
+        lp = torch.log_softmax(logits1[:, :-1].float(), dim=-1).gather(-1, idx[:, 1:, None]).squeeze(-1)
+        s = F.pad(-lp, (1, 0))                                        # s[:, t]: surprise of x_t
+        m = torch.ones_like(s) if mask is None else mask.float()
+        m[:, 0] = 0                                                   # x_0 is never predicted
+        s = s * m
+        run_max = torch.cummax(s, dim=1).values
+        run_mean = s.cumsum(dim=1) / m.cumsum(dim=1).clamp(min=1)
+        return torch.stack([s, run_max, run_mean], dim=-1)
 
 
 class Transformer(nn.Module):
@@ -207,8 +231,9 @@ class Transformer(nn.Module):
         """The H head blocks in order: head k at index k-1."""
         return [self.layers[-1], *self.extra_heads]
 
-    def forward(self, idx, with_values=False, caches=None):
-        """idx (B, T) int64 -> logits (B, T, H, V); with_values also returns V(s_t) (B, T).
+    def forward(self, idx, with_values=False, caches=None, value_mask=None):
+        """idx (B, T) int64 -> logits (B, T, H, V); with_values also returns V(s_t) (B, T),
+        value_mask (B, T) marking the solution's tokens for its surprise features.
         caches (from new_caches) makes this a generation step: idx are the next T tokens
         after the caches' filled positions."""
         B, T = idx.shape
@@ -229,7 +254,9 @@ class Transformer(nn.Module):
             return logits
         if self.value_head is None:
             raise ValueError("with_values=True needs ModelConfig(value_head=True)")
-        return logits, self.value_head(trunk)
+        c = self.config
+        extra = surprise_features(logits[:, :, 0], idx, value_mask) if c.value_surprise else None
+        return logits, self.value_head(trunk.detach() if c.value_detach else trunk, extra)
 
     # ---- generation ----------------------------------------------------------------
     def new_caches(self, B):

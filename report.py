@@ -197,10 +197,16 @@ def write(cfg, arms, seeds, runs, ref_dir, wall_s=None):
           f"steps of main training and loss normaliser; the critic adds value pre-training and "
           f"its value loss. pass@k from {cfg.get('n_samples')} samples per problem at "
           f"temperature {cfg.get('temperature')}.", ""]
+    base_dir = os.path.join(cfg["exp_dir"], "runs", "base")
+    if os.path.exists(os.path.join(base_dir, "summary.json")):
+        b = json.load(open(os.path.join(base_dir, "summary.json")))
+        md += [f"Every run, the reference included, fine-tunes the same base model (runs/base: "
+               f"{b['iter_num']} steps on the 'pretrain' split, {b['wall_s'] / 60:.1f} min), so the "
+               f"seeds vary the fine-tuning only.", ""]
     train_min = sum(r["train"]["wall_s"] for rs in by_scheme.values() for r in rs) / 60
     if wall_s is not None:   # a rerun that reuses finished runs is quick: say both
         md += [f"Wall time of this invocation: {wall_s / 60:.1f} min; training time summed over "
-               f"the {sum(map(len, by_scheme.values()))} runs (not the reference): {train_min:.0f} min.", ""]
+               f"the {sum(map(len, by_scheme.values()))} runs (not the base or the reference): {train_min:.0f} min.", ""]
     md += [tab, "", "## Pictures", ""]
     captions = {"passk": "pass@k with 95% CIs", "loss": "Training loss over seeds",
                 "val_ce": "Per-head validation CE", "weights": "Weight distributions per scheme and head",
@@ -218,7 +224,7 @@ if __name__ == "__main__":
     runs_dir = os.path.join(exp_dir, "runs")
     runs = []
     for d in sorted(os.listdir(runs_dir)):
-        if d == "reference" or not os.path.exists(os.path.join(runs_dir, d, "eval", "summary.json")):
+        if d in ("base", "reference") or not os.path.exists(os.path.join(runs_dir, d, "eval", "summary.json")):
             continue
         name, seed = d.rsplit("-s", 1)
         runs.append((name, int(seed), os.path.join(runs_dir, d)))

@@ -34,13 +34,14 @@ from model import ModelConfig, Transformer, mtp_cross_entropy, mtp_targets
 # default config: the tiny tinycode baseline, a few minutes on 2 CPU cores
 # I/O
 out_dir = "out/tiny_baseline"   # checkpoints, log.jsonl, config.json
-init_from = "scratch"           # 'scratch' or 'resume' (from out_dir/ckpt.pt)
+init_from = "scratch"           # 'scratch', 'resume' (out_dir/ckpt.pt), or a run dir / .pt to start from
 eval_interval = 200             # iterations between validation + checkpoint
 eval_iters = 10                 # validation batches per evaluation
 log_interval = 10               # iterations between log lines
 # data
 data_dir = "data_cache/tinycode"  # prepared by `python data.py` (done here if missing)
 tokenizer = "bytes"             # must equal the tokenizer the data was prepared with
+train_split = "train"           # the split trained on: 'train', or 'pretrain' (the tiny base model)
 train_on = "correct"            # 'correct' solutions only, or 'all' (the critic's data)
 block_size = 192                # longest sample (tokens) a row may hold; longer ones are skipped
 group_by_length = True          # batch samples of similar length together: less padding
@@ -58,7 +59,7 @@ dropout = 0.0
 weighting = "uniform"           # 'uniform', 'rho1', 'critic', or a control: 'shuffled', 'random_matched'
 control_of = "rho1"             # 'shuffled': the scheme whose own weights are permuted
 control_weights = ""            # 'random_matched': the run dir whose weights_sample.npy is drawn from
-weight_norm = "heads"           # 'heads': sum_k w[t, k] = 1 (times #heads); 'tokens': over the micro-batch
+weight_norm = "heads"           # 'heads': sum_k w[t, k] = 1 (times #heads); 'tokens': over the whole step
 temperature = 1.0               # T of Rho-1's softmax(excess / T)
 w_min = 0.0                     # clip weights to [w_min, w_max]; 0 = no bound
 w_max = 0.0
@@ -79,6 +80,8 @@ whiten = True                   # whiten TD errors with running (cross-rank) sta
 value_coef = 0.5                # weight of the value loss next to the LM loss
 value_clip = 0.2                # trust region around the sample's previous values; 0 = off
 value_anchor_coef = 0.0         # pull V towards its values at the start of main training; 0 = off
+value_detach = True             # the value loss trains the value head only, not the LM's trunk
+value_surprise = True           # the value head also reads the LM's surprise at the solution so far
 critic_pretrain_epochs = 0.5    # value-only stage before main training, in epochs of its data
 incorrect_mode = "weighted"     # incorrect solutions in the LM loss: 'weighted', 'value_only', 'signed'
 # optimizer: AdamW, cosine schedule with linear warmup
@@ -107,7 +110,7 @@ wandb_run_name = ""
 DEFAULTS = {k: v for k, v in globals().items()
             if not k.startswith("_") and isinstance(v, (int, float, bool, str))}
 MODEL_KEYS = ("n_layer", "n_future", "n_head", "n_kv_head", "d_model", "d_ff",
-              "rope_theta", "tie_embeddings", "dropout")
+              "rope_theta", "tie_embeddings", "dropout", "value_detach", "value_surprise")
 
 
 # ---- distributed setup ------------------------------------------------------------
@@ -163,7 +166,7 @@ def save_checkpoint(path, state):
 
 def load_checkpoint(path, map_location="cpu"):
     if not os.path.exists(path):
-        raise FileNotFoundError(f"init_from='resume' but there is no checkpoint at {path}")
+        raise FileNotFoundError(f"no checkpoint at {path} (init_from or ref_init_from names a run without one)")
     try:
         ckpt = torch.load(path, map_location=map_location, weights_only=False)
     except Exception as e:
@@ -312,7 +315,7 @@ def probe_values(model, split, ids, c, ctx, device, pad_id):
     for i in range(0, len(ids), c.batch_size):
         mb = loader.collate(ids[i:i + c.batch_size])
         with ctx:
-            _, v = model(mb["tokens"].to(device), with_values=True)
+            _, v = model(mb["tokens"].to(device), with_values=True, value_mask=mb["loss_mask"].to(device))
         e = mb["lengths"] - 1
         scores += v[torch.arange(len(e)), (e - 1).to(device)].float().cpu().tolist()
         labels += mb["is_correct"].bool().tolist()
@@ -397,13 +400,13 @@ def train(cfg):
 
     # data: prepare tinycode on first use so the quick start is one command
     enc = data.get_tokenizer(c.tokenizer)
-    if not os.path.exists(os.path.join(c.data_dir, "train", "meta.json")):
+    if not os.path.exists(os.path.join(c.data_dir, c.train_split, "meta.json")):
         if master:
             say(f"no prepared data in {c.data_dir}: preparing tinycode ({c.tokenizer} tokenizer)")
             data.prepare_tinycode(c.data_dir, c.tokenizer)
         if ddp:
             dist.barrier()
-    train_split = data.PreparedSplit(os.path.join(c.data_dir, "train"))
+    train_split = data.PreparedSplit(os.path.join(c.data_dir, c.train_split))
     val_split = data.PreparedSplit(os.path.join(c.data_dir, "val"))
     tok_id = data.tokenizer_identity(enc)
     for split in (train_split, val_split):
@@ -461,12 +464,25 @@ def train(cfg):
         probe_start = ckpt["probe_start"]
         if use_critic:
             value_memory = np.load(os.path.join(c.out_dir, "value_memory.npy"))
-    elif c.init_from != "scratch":
-        raise ValueError(f"init_from must be 'scratch' or 'resume', got {c.init_from!r}")
+    elif c.init_from != "scratch":   # fine-tune: another run's weights, a fresh optimizer and step 0
+        init = load_checkpoint(c.init_from if c.init_from.endswith(".pt")
+                               else os.path.join(c.init_from, "ckpt.pt"), map_location=device)
+        data.check_tokenizer(init["tokenizer"], tok_id, f"init_from checkpoint {c.init_from}")
+        changed = {k: (init["model_args"].get(k), v) for k, v in model_args.items()
+                   if not k.startswith("value_") and init["model_args"].get(k) != v}
+        if changed:
+            raise ValueError(f"init_from={c.init_from!r}: model config differs from that "
+                             f"checkpoint's (checkpoint, now): {changed}")
+        init_weights = {k: v for k, v in init["model"].items() if not k.startswith("value_head.")}
+        init = None
     torch.manual_seed(c.seed)   # same initial weights on every rank
     raw_model = Transformer(ModelConfig(**model_args)).to(device)
     if ckpt:
         raw_model.load_state_dict(ckpt["model"])
+    elif c.init_from != "scratch":   # a value head is new here: it keeps its fresh init
+        missing, unexpected = raw_model.load_state_dict(init_weights, strict=False)
+        assert not unexpected and all(k.startswith("value_head.") for k in missing), (missing, unexpected)
+        init_weights = None
     optimizer = raw_model.configure_optimizers(c.weight_decay, c.learning_rate,
                                                (c.beta1, c.beta2), device_type)
     if ckpt:
@@ -477,6 +493,8 @@ def train(cfg):
     lm_only = [p for m in (*raw_model.heads, raw_model.norm) for p in m.parameters()]
     if not c.tie_embeddings:
         lm_only.append(raw_model.output.weight)
+    if c.value_detach:   # the value loss does not reach the trunk: the whole LM waits
+        lm_only = [p for n, p in raw_model.named_parameters() if not n.startswith("value_head.")]
     model = torch.compile(raw_model) if c.compile else raw_model
     if ddp:
         model = DDP(model, device_ids=[local_rank] if device_type == "cuda" else None)
@@ -546,6 +564,30 @@ def train(cfg):
     history, last_val = [], None
     t_last, tokens_since, iters_since = time.time(), 0, 0
     eval_model = lambda: model.module if ddp else model  # DDP's forward would sync buffers
+
+    def forward(m, mb):
+        """The CE of every (t, k) term (B, T, H) and, for the critic, V(s_t) (B, T)."""
+        with ctx:
+            out = m(mb["tokens"], with_values=use_critic,
+                    value_mask=mb["loss_mask"].to(device) if use_critic else None)
+        logits, values = out if use_critic else (out, None)       # (B, T, H, V), (B, T)
+        return mtp_cross_entropy(logits, mb["targets"]), values    # (B, T, H) fp32
+
+    @torch.no_grad()
+    def scheme_weights(mb, ce, values, norm_stats=None):
+        """w (B, T, H) of one micro-batch, and the critic's values (V = 0 at terminal states)."""
+        valid, kw, v = mb["targets"] >= 0, {}, None
+        if use_ref:
+            kw["ref_ce"] = online_ref_ce(ref, mb["tokens"], ctx) if ref is not None \
+                else mb["ref_ce"].to(device)
+        if use_critic:
+            v = values.detach() * mb["states"]
+            kw.update(values=v, rewards=mb["rewards"], moments=moments)
+        if c.weighting == "random_matched":
+            return weights.random_matched(valid, matched), v
+        w = scheme(ce.detach(), valid, cfg=c, norm_stats=norm_stats, **kw)
+        return (weights.shuffled(w, valid) if c.weighting == "shuffled" else w), v
+
     while True:
         # -- evaluate and checkpoint
         if iter_num % c.eval_interval == 0 or iter_num == total_iters:
@@ -603,32 +645,41 @@ def train(cfg):
         stats = torch.zeros(3 + 2 * H, dtype=torch.float64, device=device)  # loss, tokens, value loss, CE/head, count/head
         delta_stats = torch.zeros(3, dtype=torch.float64, device=device)   # count, sum, sum of squares
         seen, bad_weights = [], False
+
+        # weight_norm='tokens' normalises over the whole step: a pass over every
+        # micro-batch first gives each one's share of the step's weight mass (an extra
+        # forward pass, only with accumulation or several processes)
+        step_norm = None
+        if c.weight_norm == "tokens" and (len(micro) > 1 or ddp) and not pretraining \
+                and c.weighting not in ("uniform", "random_matched"):
+            parts = [{} for _ in micro]
+            with torch.no_grad():
+                for mb, part in zip(micro, parts):
+                    scheme_weights(mb, *forward(raw_model, mb), norm_stats=part)
+            parts = [p for p in parts if p.get("n", 0) > 0]
+            zero = torch.zeros((), device=device)
+            n_step = all_reduce_sum(sum((p["n"] for p in parts), zero), ddp)
+            top = max((p["log_mass"] for p in parts), default=zero - math.inf).clone()
+            if ddp:
+                dist.all_reduce(top, op=dist.ReduceOp.MAX)
+            mass = all_reduce_sum(sum((torch.exp(p["log_mass"] - top) for p in parts), zero), ddp)
+            step_norm = (n_step, top, mass) if n_step > 0 else None
+
         for i, mb in enumerate(micro):
             last = i == len(micro) - 1
             # DDP: all-reduce gradients only once, on the last micro-step
             with model.no_sync() if ddp and not last else nullcontext():
-                with ctx:
-                    out = model(mb["tokens"], with_values=use_critic)
-                logits, values = out if use_critic else (out, None)   # (B, T, H, V), (B, T)
-                ce = mtp_cross_entropy(logits, mb["targets"])          # (B, T, H) fp32
+                ce, values = forward(model, mb)
                 valid = mb["targets"] >= 0
-                kw = {}
                 with torch.no_grad():
-                    if use_ref:
-                        kw["ref_ce"] = online_ref_ce(ref, mb["tokens"], ctx) if ref is not None \
-                            else mb["ref_ce"].to(device)
+                    norm_stats = {} if step_norm else None
+                    w, v = scheme_weights(mb, ce, values, norm_stats)
+                    if step_norm:
+                        w = w * weights.step_scale(norm_stats, *step_norm)
                     if use_critic:
-                        v = values.detach() * mb["states"]            # V = 0 at terminal states
-                        kw.update(values=v, rewards=mb["rewards"], moments=moments)
                         delta = weights.td_errors(v, mb["rewards"], H, c.gamma)[valid]
                         delta_stats += torch.stack([torch.tensor(delta.numel(), device=device),
                                                     delta.sum(), delta.pow(2).sum()]).double()
-                    if c.weighting == "random_matched":
-                        w = weights.random_matched(valid, matched)
-                    else:
-                        w = scheme(ce.detach(), valid, cfg=c, **kw)
-                        if c.weighting == "shuffled":
-                            w = weights.shuffled(w, valid)
                     if pretraining:
                         w = torch.zeros_like(w)                       # LM loss off
                     bad_weights = bad_weights or not bool(torch.isfinite(w).all())
@@ -641,7 +692,10 @@ def train(cfg):
                         (mb["is_correct"].to(device) == 0)[:, None, None]
                     unlikely = -torch.log(-torch.expm1(-ce.clamp(min=1e-6)))
                     lm_ce = torch.where(neg, unlikely, ce)
-                loss = weights.weighted_loss(lm_ce, w, n_valid)
+                if pretraining and c.value_detach and not ddp:
+                    loss = ce.new_zeros(())   # w = 0 and the LM waits: skip its backward pass
+                else:                         # (DDP needs every parameter in the graph)
+                    loss = weights.weighted_loss(lm_ce, w, n_valid)
                 if use_critic:
                     value_loss = critic_value_loss(values, v, mb, value_memory, train_split, c, n_states)
                     loss = loss + c.value_coef * value_loss

@@ -16,7 +16,7 @@ import experiment
 @pytest.fixture(scope="module")
 def small_tinycode(tmp_path_factory):
     d = str(tmp_path_factory.mktemp("tinycode"))
-    data.prepare_tinycode(d, "bytes", n_train=120, n_val=20, n_test=10, n_incorrect=1)
+    data.prepare_tinycode(d, "bytes", n_train=120, n_val=20, n_test=10, n_incorrect=1, n_pretrain=60)
     return d
 
 
@@ -44,19 +44,26 @@ def test_experiment_end_to_end_and_resume(small_tinycode, tmp_path, capsys):
     out = capsys.readouterr().out
     runs = os.path.join(exp_dir, "runs")
     names = sorted(os.listdir(runs))
-    assert names == sorted(["reference"] + [f"{a}-s{s}" for a in ("baseline", "critic", "rho1")
-                                            for s in (0, 1)])
+    assert names == sorted(["base", "reference"] + [f"{a}-s{s}" for a in ("baseline", "critic", "rho1")
+                                                    for s in (0, 1)])
     for name in names:
         summary = json.load(open(os.path.join(runs, name, "summary.json")))
         assert summary["finished"] and summary["iter_num"] == summary["total_iters"]
-        if name != "reference":   # every arm evaluated on the same 4 problems, 2 samples each
+        if name not in ("base", "reference"):   # every arm evaluated on the same 4 problems, 2 samples each
             ev = json.load(open(os.path.join(runs, name, "eval", "summary.json")))
             assert ev["n_problems"] == 4 and ev["n_completions"] == 8
     # identical budgets: the same main-stage steps and samples in every arm
     main_iters = {n: json.load(open(os.path.join(runs, n, "summary.json")))["total_iters"]
                   - json.load(open(os.path.join(runs, n, "summary.json")))["pretrain_iters"]
-                  for n in names if n != "reference"}
+                  for n in names if n not in ("base", "reference")}
     assert len(set(main_iters.values())) == 1, main_iters
+    # every run but the base fine-tunes the base, which trained on the 'pretrain' split
+    base_cfg = json.load(open(os.path.join(runs, "base", "config.json")))
+    assert base_cfg["train_split"] == "pretrain" and base_cfg["init_from"] == "scratch"
+    for n in names:
+        if n != "base":
+            assert os.path.samefile(json.load(open(os.path.join(runs, n, "config.json")))["init_from"],
+                                    os.path.join(runs, "base"))
     # the rho1 arms read the experiment's own reference
     cfg = json.load(open(os.path.join(runs, "rho1-s0", "config.json")))
     assert os.path.samefile(cfg["ref_init_from"], os.path.join(runs, "reference"))

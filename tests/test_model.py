@@ -157,6 +157,32 @@ def test_value_head_fp32_and_optimizer_groups():
     assert n_opt == sum(p.numel() for p in m.parameters())
 
 
+def test_surprise_features_by_hand():
+    from model import surprise_features
+    g = torch.Generator().manual_seed(1)
+    logits, idx = torch.randn(2, 6, 11, generator=g), torch.randint(0, 11, (2, 6), generator=g)
+    mask = torch.tensor([[0, 0, 1, 1, 1, 1], [0, 1, 1, 1, 0, 0]], dtype=torch.bool)
+    f = surprise_features(logits, idx, mask)
+    for b in range(2):
+        seen = []
+        for t in range(6):
+            s = -torch.log_softmax(logits[b, t - 1], -1)[idx[b, t]].item() if t > 0 and mask[b, t] else 0.0
+            seen += [s] if mask[b, t] and t > 0 else []
+            assert f[b, t, 0].item() == pytest.approx(s, abs=1e-5)
+            assert f[b, t, 1].item() == pytest.approx(max(seen, default=0.0), abs=1e-5)
+            assert f[b, t, 2].item() == pytest.approx(sum(seen) / max(len(seen), 1), abs=1e-5)
+
+
+@pytest.mark.parametrize("detach", [True, False])
+def test_value_detach_keeps_the_value_loss_off_the_trunk(detach):
+    m = tiny_model(n_future=2, value_head=True, value_detach=detach)
+    _, values = m(torch.randint(0, 64, (2, 7)), with_values=True)
+    values.sum().backward()
+    trunk_grad = m.layers[0].attention.wq.weight.grad
+    assert m.value_head.fc.weight.grad.abs().sum() > 0
+    assert (trunk_grad is None) == detach
+
+
 def test_flops_count_all_heads():
     c = ModelConfig(**{**TINY, "n_future": 2})
     m = Transformer(c)

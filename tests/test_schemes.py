@@ -52,6 +52,25 @@ def test_uniform_weights_through_every_path_reproduce_the_baseline(toy, tmp_path
     same_losses(tmp_path / "base", tmp_path / "critic", rel=1e-6)
 
 
+@pytest.mark.parametrize("arm", ["rho1", "critic"])
+def test_tokens_norm_over_the_whole_step(toy, tmp_path, monkeypatch, arm):
+    """weight_norm='tokens' normalises over the optimizer step: 2 micro-batches of 4 train
+    exactly like one batch of 8 (same samples: no length grouping)."""
+    toy_data, ref_dir = toy
+    keys = dict(weight_norm="tokens", group_by_length=False, max_iters=6, eval_interval=100,
+                ref_ce_cache=str(tmp_path / "ref_ce.bin"),
+                **(dict(weighting="rho1", ref_init_from=ref_dir) if arm == "rho1" else
+                   dict(weighting="critic", train_on="all", critic_pretrain_epochs=0.0)))
+    train.train(tiny_cfg(toy_data, tmp_path / "one", batch_size=8, gradient_accumulation_steps=1, **keys))
+    train.train(tiny_cfg(toy_data, tmp_path / "acc", batch_size=4, gradient_accumulation_steps=2, **keys))
+    same_losses(tmp_path / "one", tmp_path / "acc", rel=1e-5)
+    # without the step-wide rescale each micro-batch has its own mean 1: other losses
+    monkeypatch.setattr(weights, "step_scale", lambda *a: 1.0)
+    train.train(tiny_cfg(toy_data, tmp_path / "micro", batch_size=4, gradient_accumulation_steps=2, **keys))
+    with pytest.raises(AssertionError):
+        same_losses(tmp_path / "one", tmp_path / "micro", rel=1e-5)
+
+
 def bigram_reference(path, enc, V=320, seed=0):
     """A reference whose CE is known per token: every block is switched off (zero output
     projections), so its logits at j depend on x_j alone through a table we choose."""
@@ -149,10 +168,13 @@ def test_critic_two_stages(toy, tmp_path):
     assert ckpt["moments"]["count"] > 0                    # whitening statistics saved
 
 
-def test_value_pretraining_leaves_the_lm_heads_alone(toy, tmp_path):
+@pytest.mark.parametrize("detach", [True, False])
+def test_value_pretraining_leaves_the_lm_alone(toy, tmp_path, detach):
+    """Value pre-training trains the value head; the LM heads never move, and the trunk
+    moves only when the value loss may reach it (value_detach=False)."""
     toy_data, _ = toy
     cfg = tiny_cfg(toy_data, tmp_path, weighting="critic", train_on="all", n_layer=3,
-                   critic_pretrain_epochs=0.05, max_iters=0, eval_interval=1000)
+                   critic_pretrain_epochs=0.05, max_iters=0, eval_interval=1000, value_detach=detach)
     out = train.train(cfg)
     assert out["pretrain_iters"] > 0
     trained = torch.load(tmp_path / "ckpt.pt", weights_only=False)["model"]
@@ -162,9 +184,11 @@ def test_value_pretraining_leaves_the_lm_heads_alone(toy, tmp_path):
         moved = not torch.equal(fresh[k], trained[k])
         if k.startswith(("layers.1.", "extra_heads.", "norm.")):   # heads 1, 2: untouched
             assert not moved, k
+        if detach and not k.startswith("value_head."):             # nor anything of the LM
+            assert not moved, k
     assert not torch.equal(fresh["value_head.out.weight"], trained["value_head.out.weight"])
-    # the trunk (layers.0) learns from the value loss
-    assert not torch.equal(fresh["layers.0.attention.wq.weight"], trained["layers.0.attention.wq.weight"])
+    trunk_moved = not torch.equal(fresh["layers.0.attention.wq.weight"], trained["layers.0.attention.wq.weight"])
+    assert trunk_moved == (not detach)
 
 
 @pytest.mark.parametrize("mode", ["value_only", "signed"])
@@ -229,13 +253,14 @@ def test_value_loss_clip_and_anchor_by_hand():
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("arm", ["rho1", "critic", "shuffled"])
+@pytest.mark.parametrize("arm", ["rho1", "critic", "shuffled", "rho1_tokens"])
 def test_torchrun_two_processes_match_one(toy, tmp_path, arm):
     """Every scheme under 2-process torchrun (gloo) gives the single process's losses:
     weights, whitening statistics and the value memory are synchronised across ranks."""
     from test_train import overrides, run_train
     toy_data, ref_dir = toy
     keys = {"rho1": dict(weighting="rho1", ref_init_from=ref_dir),
+            "rho1_tokens": dict(weighting="rho1", ref_init_from=ref_dir, weight_norm="tokens"),
             "critic": dict(weighting="critic", train_on="all", critic_pretrain_epochs=0.05,
                            value_anchor_coef=0.1),
             "shuffled": dict(weighting="shuffled", control_of="critic", train_on="all",
@@ -275,7 +300,8 @@ def test_value_head_learns_visible_correctness(tmp_path):
         data.write_split(str(tmp_path / "d" / split), enc, samples(n), [], {"source": "toy"})
     out = train.train(tiny_cfg(str(tmp_path / "d"), tmp_path / "run", weighting="critic",
                                train_on="all", critic_pretrain_epochs=1.0, max_iters=40,
-                               eval_interval=1000, block_size=16, learning_rate=3e-3))
+                               eval_interval=1000, block_size=16, learning_rate=3e-3,
+                               value_surprise=False))   # the LM's surprise alone would tell them apart
     auc = [r["val_value_auc"] for r in read_log(tmp_path / "run") if "val_value_auc" in r]
     assert auc[0] < 0.7 < 0.95 < auc[-1], auc
 
