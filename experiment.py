@@ -53,7 +53,7 @@ ABLATION = {   # --ablation=True: normalise over all terms of the step instead o
 SETTINGS = {
     "tiny": dict(     # config/tiny_base.py, then config/tiny_{ref,baseline,critic,rho1}.py
         train=dict(data_dir="data_cache/tinycode", tokenizer="bytes", log_interval=20,
-                   max_iters=600, lr_decay_iters=600, learning_rate=2e-3, min_lr=2e-4),
+                   max_iters=500, lr_decay_iters=500, learning_rate=2e-3, min_lr=2e-4),
         base=dict(train_split="pretrain", train_on="correct", batch_size=16, max_iters=1200,
                   lr_decay_iters=1200, learning_rate=4e-3, min_lr=3e-4, seed=1337),
     ),
@@ -134,15 +134,18 @@ def run_all(cfg, jobs, bar):
     evaluation follows its training in the same slot, so the CPU stays busy. The bar counts
     finished jobs."""
     queue, running = list(jobs), []
-    threads = max(1, (os.cpu_count() or 1) // max(1, cfg["jobs"]))
-    env = {**os.environ, "OMP_NUM_THREADS": str(threads), "PYTHONUNBUFFERED": "1"}
+    cores = os.cpu_count() or 1
 
     def start(out_dir, steps):
-        """Start the job's first step not done yet; False if none is left."""
+        """Start the job's first step not done yet; False if none is left. A job that runs
+        alone (nothing else running or ready: the base) gets every core's thread."""
         steps = [(cmd, done) for cmd, done in steps if not done(out_dir)]
         if not steps:
             return False
         (cmd, done), rest = steps[0], steps[1:]
+        alone = not running and not any(all(finished(d) for d in j[2]) for j in queue)
+        threads = cores if alone else max(1, cores // max(1, cfg["jobs"]))
+        env = {**os.environ, "OMP_NUM_THREADS": str(threads), "PYTHONUNBUFFERED": "1"}
         os.makedirs(out_dir, exist_ok=True)
         log = open(os.path.join(out_dir, "train.log"), "a")
         p = subprocess.Popen(cmd(), stdout=log, stderr=subprocess.STDOUT, env=env, cwd=HERE)

@@ -231,11 +231,12 @@ class Transformer(nn.Module):
         """The H head blocks in order: head k at index k-1."""
         return [self.layers[-1], *self.extra_heads]
 
-    def forward(self, idx, with_values=False, caches=None, value_mask=None):
+    def forward(self, idx, with_values=False, caches=None, value_mask=None, n_heads=None):
         """idx (B, T) int64 -> logits (B, T, H, V); with_values also returns V(s_t) (B, T),
         value_mask (B, T) marking the solution's tokens for its surprise features.
         caches (from new_caches) makes this a generation step: idx are the next T tokens
-        after the caches' filled positions."""
+        after the caches' filled positions. n_heads computes only the first n heads (plain
+        sampling needs head 1 alone; the other heads' caches are then left behind)."""
         B, T = idx.shape
         start = caches[0].pos if caches else 0   # positions already in the caches
         if start + T > self.config.max_seq_len:
@@ -247,8 +248,9 @@ class Transformer(nn.Module):
         for block, cache in zip(self.layers[:-1], caches):
             x = block(x, cos, sin, cache)
         trunk = x                                        # un-normalised, read by every head
+        heads = self.heads[:n_heads] if n_heads else self.heads
         h = torch.stack([head(trunk, cos, sin, cache)
-                         for head, cache in zip(self.heads, caches[n_trunk:])], dim=2)  # (B, T, H, D)
+                         for head, cache in zip(heads, caches[n_trunk:])], dim=2)  # (B, T, H, D)
         logits = self.output(self.norm(h))               # (B, T, H, V)
         if not with_values:
             return logits
@@ -275,7 +277,7 @@ class Transformer(nn.Module):
         caches = self.new_caches(n)
         max_new_tokens = min(max_new_tokens, self.config.max_seq_len - len(prompt))
         idx = torch.tensor([prompt] * n, device=self.tok_embeddings.weight.device)  # (n, T)
-        step = lambda x: self(x, caches=caches)[:, -1, 0, :n_vocab]       # (n, V)
+        step = lambda x: self(x, caches=caches, n_heads=1)[:, -1, 0, :n_vocab]   # (n, V)
         logits = step(idx)
         out, done = [[] for _ in range(n)], [False] * n
         for _ in range(max_new_tokens):

@@ -207,7 +207,14 @@ def write(cfg, arms, seeds, runs, ref_dir, wall_s=None):
     if wall_s is not None:   # a rerun that reuses finished runs is quick: say both
         md += [f"Wall time of this invocation: {wall_s / 60:.1f} min; training time summed over "
                f"the {sum(map(len, by_scheme.values()))} runs (not the base or the reference): {train_min:.0f} min.", ""]
-    md += [tab, "", "## Pictures", ""]
+    md += [tab, ""]
+    for name, rs in by_scheme.items():   # how well each critic's value head tells correct from incorrect
+        auc = [[row["val_value_auc"] for row in r["log"] if "val_value_auc" in row] for r in rs]
+        if all(auc):
+            md += [f"{name}: value-head AUC on the validation solutions (V just before the last "
+                   f"token), per seed, first / best / last evaluation: " +
+                   "; ".join(f"{a[0]:.2f} / {max(a):.2f} / {a[-1]:.2f}" for a in auc), ""]
+    md += ["## Pictures", ""]
     captions = {"passk": "pass@k with 95% CIs", "loss": "Training loss over seeds",
                 "val_ce": "Per-head validation CE", "weights": "Weight distributions per scheme and head",
                 "drift": "Critic: value drift and AUC"}

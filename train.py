@@ -596,7 +596,7 @@ def train(cfg):
             best_val = min(best_val, val_loss)
             row = {"iter": iter_num, "val_loss": val_loss, "val_ce_head": last_val}
             if use_critic and master:
-                scores, labels, _ = probe_values(eval_model(), val_split, list(range(len(val_split))),
+                scores, labels, _ = probe_values(eval_model(), val_split, list(range(min(256, len(val_split)))),
                                                  c, ctx, device, pad_id)
                 row["val_value_auc"] = value_auc(scores, labels)
             log(row)
