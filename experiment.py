@@ -47,7 +47,7 @@ ABLATION = {   # --ablation=True: normalise over all terms of the step instead o
 }
 
 # settings: the training config shared by every arm and the reference, and the base
-# model they all start from (None: from scratch). Fine-tuning a base that already copies
+# model they all start from (no 'base': from scratch). Fine-tuning a base that already copies
 # constants from the description is what makes the tiny setting's seeds comparable: from
 # scratch, a tiny model learns it at a seed-dependent step (dev/LOG.md).
 SETTINGS = {
@@ -70,7 +70,7 @@ defaults = dict(
     temperature=0.2,            # sampling for pass@k (pass@1 from the same samples); Chen et al. 2021 found 0.2 best for pass@1
     top_p=0.95,
     max_new_tokens=64,          # tinycode bodies are < 50 bytes; a rambling sample stops here
-    eval_limit=100,             # evaluate the first N test problems (both families, in turn); 0 = all
+    eval_limit=100,             # evaluate the first N test problems (the families in turn); 0 = all
     device="auto",
     nproc_per_node=1,           # > 1: every run under torchrun
     jobs=0,                     # runs side by side; 0 = as many as CPU cores on CPU, 1 on GPU
@@ -202,7 +202,7 @@ def main(argv):
     base = dict(setting["train"], **overrides)
     # 1. data, once
     import data
-    splits = ("train", "val", "test") + (("pretrain",) if setting["base"] else ())
+    splits = ("train", "val", "test") + (("pretrain",) if setting.get("base") else ())
     if not all(os.path.exists(os.path.join(base["data_dir"], s, "meta.json")) for s in splits):
         data.prepare_tinycode(base["data_dir"], base["tokenizer"])
     # 2.-5. the base, the reference, then every arm and seed, each run evaluated once trained
@@ -214,7 +214,7 @@ def main(argv):
         return (lambda: train_command(cfg, out_dir, keys)), finished
 
     jobs, start = [], []
-    if setting["base"]:
+    if setting.get("base"):
         base_dir = os.path.join(cfg["exp_dir"], "runs", "base")
         jobs.append((base_dir, [train(base_dir, {**base, **setting["base"], **overrides})], []))
         base, start = dict(base, init_from=base_dir), [base_dir]
@@ -237,7 +237,7 @@ def main(argv):
             runs.append((name, seed, d))
     # the base and the reference first, then runs that wait on nothing else, so that they
     # train while the reference does
-    n_first = 2 if setting["base"] else 1
+    n_first = 2 if setting.get("base") else 1
     jobs = jobs[:n_first] + sorted(jobs[n_first:], key=lambda j: len(j[2]))
     todo = sum(1 for d, steps, _ in jobs if not all(done(d) for _, done in steps))
     bar = tqdm(total=len(jobs), initial=len(jobs) - todo, desc="experiment: runs (train + eval)",

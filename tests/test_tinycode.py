@@ -156,3 +156,23 @@ def test_families_and_max_const_narrow_the_task():
     assert tinycode.generate_problems(50, seed=0) == tinycode.generate_problems(50, seed=0, families=tinycode.FAMILIES)
     with pytest.raises(ValueError, match="subset"):
         tinycode.generate_problems(5, seed=0, families=("graphs",))
+
+
+def test_pretrain_split_is_disjoint_and_canonical(tmp_path):
+    """The base model's 'pretrain' split: its own families, no description shared with
+    train/val/test (so the base never saw a test problem), canonical solutions only."""
+    splits = tinycode.make_splits(300, 40, 40, seed=0, families=tinycode.FAMILIES, max_const=9,
+                                  n_pretrain=500, pretrain_families=("arithmetic", "strings"))
+    pre = {tinycode.description(p) for p in splits["pretrain"]}
+    others = {tinycode.description(p) for s in ("train", "val", "test") for p in splits[s]}
+    assert len(pre) == 500 and not pre & others
+    assert {p["family"] for p in splits["pretrain"]} == {"arithmetic", "strings"}
+    # a colliding description really is skipped: the plain sequence for that seed has some
+    plain = {tinycode.description(p) for p in tinycode.generate_problems(
+        500, 1, families=("arithmetic", "strings"), max_const=9)}
+    assert plain & others
+    import data
+    metas = data.prepare_tinycode(str(tmp_path), "bytes", n_train=30, n_val=10, n_test=10,
+                                  n_pretrain=40)
+    assert metas["pretrain"]["n_samples"] == metas["pretrain"]["n_correct"] == 40
+    assert metas["train"]["n_samples"] > metas["train"]["n_correct"]   # mutants there

@@ -136,6 +136,30 @@ def test_resume_refuses_changed_model(toy_data, tmp_path):
         train.train(tiny_cfg(toy_data, tmp_path, max_iters=12, init_from="resume", d_model=48))
 
 
+def test_init_from_another_run_fine_tunes_it(toy_data, tmp_path):
+    """init_from=RUN_DIR starts from that run's weights at step 0 with a fresh optimizer; a
+    critic gets a fresh value head on top; another model shape is refused."""
+    train.train(tiny_cfg(toy_data, tmp_path / "base", max_iters=6))
+    base = torch.load(tmp_path / "base" / "ckpt.pt", weights_only=False)
+    # one step at learning rate 0: the weights are the base's, the optimizer's state is new
+    train.train(tiny_cfg(toy_data, tmp_path / "same", max_iters=1, eval_interval=1, learning_rate=0.0,
+                         min_lr=0.0, init_from=str(tmp_path / "base")))
+    same = torch.load(tmp_path / "same" / "ckpt.pt", weights_only=False)
+    assert same["iter_num"] == 1 and base["iter_num"] == 6
+    assert float(same["optimizer"]["state"][0]["step"]) == 1.0
+    for k, v in base["model"].items():
+        assert torch.equal(v, same["model"][k]), k
+    out = train.train(tiny_cfg(toy_data, tmp_path / "ft", max_iters=3,
+                               init_from=str(tmp_path / "base" / "ckpt.pt"),
+                               weighting="critic", train_on="all", critic_pretrain_epochs=0.0))
+    assert out["iter_num"] == 3
+    ft = torch.load(tmp_path / "ft" / "ckpt.pt", weights_only=False)["model"]
+    assert any(k.startswith("value_head.") for k in ft)
+    assert not torch.equal(ft["tok_embeddings.weight"], base["model"]["tok_embeddings.weight"])  # it trained
+    with pytest.raises(ValueError, match="d_model"):
+        train.train(tiny_cfg(toy_data, tmp_path / "other", init_from=str(tmp_path / "base"), d_model=48))
+
+
 def test_corrupt_checkpoint_is_a_clear_error(toy_data, tmp_path):
     train.train(tiny_cfg(toy_data, tmp_path, max_iters=6))
     path = tmp_path / "ckpt.pt"
