@@ -168,6 +168,8 @@ def plots(by_scheme, exp_dir, ks):
     ax.set(xticks=np.arange(len(names)) + width * (len(ks) - 1) / 2, xticklabels=names,
            ylabel="% of test problems",
            title="pass@k on tinycode test: mean, 95% CI over seeds and problems, dots = seeds")
+    if len(names) > 4:   # controls and ablations: long names side by side would overlap
+        plt.setp(ax.get_xticklabels(), rotation=30, ha="right")
     ax.legend()
     files["passk"] = save(fig, exp_dir, "passk.png")
     return files
@@ -175,7 +177,7 @@ def plots(by_scheme, exp_dir, ks):
 
 def save(fig, exp_dir, name):
     import matplotlib.pyplot as plt
-    fig.savefig(os.path.join(exp_dir, name), dpi=110)
+    fig.savefig(os.path.join(exp_dir, name), dpi=110, bbox_inches="tight")   # rotated labels stay in
     plt.close(fig)
     return name
 
