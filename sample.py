@@ -26,8 +26,7 @@ def load_model(path, device="cpu"):
     The tokenizer is rebuilt from the run's config and checked against the identity saved
     with the weights."""
     import train
-    ckpt = train.load_checkpoint(path if path.endswith(".pt") else os.path.join(path, "ckpt.pt"),
-                                 map_location=device)
+    ckpt = train.load_checkpoint(path, map_location=device)
     model = Transformer(ModelConfig(**ckpt["model_args"]))
     model.load_state_dict(ckpt["model"])
     model.to(device).eval()

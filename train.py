@@ -165,6 +165,9 @@ def save_checkpoint(path, state):
 
 
 def load_checkpoint(path, map_location="cpu"):
+    """A checkpoint file, or a run dir's ckpt.pt."""
+    if not path.endswith(".pt"):
+        path = os.path.join(path, "ckpt.pt")
     if not os.path.exists(path):
         raise FileNotFoundError(f"no checkpoint at {path} (init_from or ref_init_from names a run without one)")
     try:
@@ -176,6 +179,12 @@ def load_checkpoint(path, map_location="cpu"):
     if missing:
         raise RuntimeError(f"checkpoint {path} lacks {sorted(missing)}: not a wmtp checkpoint")
     return ckpt
+
+
+def model_args_changed(saved, now, ignore=()):
+    """{key: (saved, now)} for the model arguments a checkpoint and this run disagree on."""
+    return {k: (saved.get(k), v) for k, v in now.items()
+            if not k.startswith(ignore) and saved.get(k) != v}
 
 
 def git_hash():
@@ -225,11 +234,24 @@ def evaluate(model, split, c, ctx, device, ddp, rank, world_size, pad_id):
 
 
 # ---- scheme plumbing ----------------------------------------------------------------------
+def step_mass(parts, device, ddp):
+    """The step's totals for weight_norm='tokens' from each micro-batch's normalize stats
+    (all ranks): (n_step, the largest log mass, the sum of exp(log mass - largest)), the
+    arguments of weights.step_scale; None for a step without valid terms."""
+    parts = [p for p in parts if p.get("n", 0) > 0]
+    zero = torch.zeros((), device=device)
+    n_step = all_reduce_sum(sum((p["n"] for p in parts), zero), ddp)
+    top = max((p["log_mass"] for p in parts), default=zero - math.inf).clone()
+    if ddp:
+        dist.all_reduce(top, op=dist.ReduceOp.MAX)
+    mass = all_reduce_sum(sum((torch.exp(p["log_mass"] - top) for p in parts), zero), ddp)
+    return (n_step, top, mass) if n_step > 0 else None
+
+
 def load_reference(path, device, tok_id):
     """The frozen Rho-1 reference: any checkpoint this codebase wrote, same tokenizer."""
-    ckpt_path = path if path.endswith(".pt") else os.path.join(path, "ckpt.pt")
-    ckpt = load_checkpoint(ckpt_path, map_location=device)
-    data.check_tokenizer(ckpt["tokenizer"], tok_id, f"reference {ckpt_path}")
+    ckpt = load_checkpoint(path, map_location=device)
+    data.check_tokenizer(ckpt["tokenizer"], tok_id, f"reference {path}")
     ref = Transformer(ModelConfig(**{**ckpt["model_args"], "value_head": False}))
     ref.load_state_dict({k: v for k, v in ckpt["model"].items() if not k.startswith("value_head.")})
     ref.to(device).eval().requires_grad_(False)
@@ -453,8 +475,7 @@ def train(cfg):
         if ckpt["data_hash"] != train_split.meta["hash"]:
             raise ValueError(f"checkpoint {ckpt_path} was trained on other data (hash "
                              f"{ckpt['data_hash']}) than {train_split.path} ({train_split.meta['hash']})")
-        changed = {k: (ckpt["model_args"].get(k), v) for k, v in model_args.items()
-                   if ckpt["model_args"].get(k) != v}
+        changed = model_args_changed(ckpt["model_args"], model_args)
         if changed:
             raise ValueError(f"model config differs from the checkpoint's (checkpoint, now): {changed}")
         iter_num, best_val, tokens_seen = ckpt["iter_num"], ckpt["best_val_loss"], ckpt["tokens_seen"]
@@ -465,11 +486,9 @@ def train(cfg):
         if use_critic:
             value_memory = np.load(os.path.join(c.out_dir, "value_memory.npy"))
     elif c.init_from != "scratch":   # fine-tune: another run's weights, a fresh optimizer and step 0
-        init = load_checkpoint(c.init_from if c.init_from.endswith(".pt")
-                               else os.path.join(c.init_from, "ckpt.pt"), map_location=device)
+        init = load_checkpoint(c.init_from, map_location=device)
         data.check_tokenizer(init["tokenizer"], tok_id, f"init_from checkpoint {c.init_from}")
-        changed = {k: (init["model_args"].get(k), v) for k, v in model_args.items()
-                   if not k.startswith("value_") and init["model_args"].get(k) != v}
+        changed = model_args_changed(init["model_args"], model_args, ignore="value_")  # a value head may be new
         if changed:
             raise ValueError(f"init_from={c.init_from!r}: model config differs from that "
                              f"checkpoint's (checkpoint, now): {changed}")
@@ -490,11 +509,12 @@ def train(cfg):
     ckpt = None  # free memory
     # parameters only the LM loss trains: frozen (no update, no weight decay) while the
     # critic pre-trains its value head
-    lm_only = [p for m in (*raw_model.heads, raw_model.norm) for p in m.parameters()]
-    if not c.tie_embeddings:
-        lm_only.append(raw_model.output.weight)
     if c.value_detach:   # the value loss does not reach the trunk: the whole LM waits
         lm_only = [p for n, p in raw_model.named_parameters() if not n.startswith("value_head.")]
+    else:                # the trunk learns from the value loss; the heads wait
+        lm_only = [p for m in (*raw_model.heads, raw_model.norm) for p in m.parameters()]
+        if not c.tie_embeddings:
+            lm_only.append(raw_model.output.weight)
     model = torch.compile(raw_model) if c.compile else raw_model
     if ddp:
         model = DDP(model, device_ids=[local_rank] if device_type == "cuda" else None)
@@ -656,14 +676,7 @@ def train(cfg):
             with torch.no_grad():
                 for mb, part in zip(micro, parts):
                     scheme_weights(mb, *forward(raw_model, mb), norm_stats=part)
-            parts = [p for p in parts if p.get("n", 0) > 0]
-            zero = torch.zeros((), device=device)
-            n_step = all_reduce_sum(sum((p["n"] for p in parts), zero), ddp)
-            top = max((p["log_mass"] for p in parts), default=zero - math.inf).clone()
-            if ddp:
-                dist.all_reduce(top, op=dist.ReduceOp.MAX)
-            mass = all_reduce_sum(sum((torch.exp(p["log_mass"] - top) for p in parts), zero), ddp)
-            step_norm = (n_step, top, mass) if n_step > 0 else None
+            step_norm = step_mass(parts, device, ddp)
 
         for i, mb in enumerate(micro):
             last = i == len(micro) - 1

@@ -52,7 +52,7 @@ def normalize(score, valid, weight_norm, temperature=None, n_valid_of=None, stat
     (log of the sum of exp(s / T), or of s): what step_scale needs."""
     dims = {"heads": (-1,), "tokens": (0, 1, 2)}[weight_norm]
     n = (valid if n_valid_of is None else n_valid_of).sum(dim=dims, keepdim=True).float()
-    shift = torch.zeros(())
+    shift = 0.0
     if temperature is not None:
         s = (score / temperature).masked_fill(~valid, float("-inf"))
         shift = s.amax(dim=dims, keepdim=True).clamp(min=-1e30)
