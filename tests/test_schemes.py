@@ -253,7 +253,7 @@ def test_value_loss_clip_and_anchor_by_hand():
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("arm", ["rho1", "critic", "shuffled", "rho1_tokens"])
+@pytest.mark.parametrize("arm", ["rho1", "critic", "shuffled", "random_matched", "rho1_tokens"])
 def test_torchrun_two_processes_match_one(toy, tmp_path, arm):
     """Every scheme under 2-process torchrun (gloo) gives the single process's losses:
     weights, whitening statistics and the value memory are synchronised across ranks."""
@@ -261,10 +261,14 @@ def test_torchrun_two_processes_match_one(toy, tmp_path, arm):
     toy_data, ref_dir = toy
     keys = {"rho1": dict(weighting="rho1", ref_init_from=ref_dir),
             "rho1_tokens": dict(weighting="rho1", ref_init_from=ref_dir, weight_norm="tokens"),
+            "random_matched": dict(weighting="random_matched", control_weights=str(tmp_path / "src")),
             "critic": dict(weighting="critic", train_on="all", critic_pretrain_epochs=0.05,
                            value_anchor_coef=0.1),
             "shuffled": dict(weighting="shuffled", control_of="critic", train_on="all",
                              critic_pretrain_epochs=0.0)}[arm]
+    if arm == "random_matched":   # the control draws from a finished weighted run's weights
+        train.train(tiny_cfg(toy_data, tmp_path / "src", max_iters=6, eval_interval=100,
+                             weighting="rho1", ref_init_from=ref_dir))
     one = tiny_cfg(toy_data, tmp_path / "one", max_iters=6, eval_interval=100,
                    ref_ce_cache=str(tmp_path / "ref_ce.bin"), **keys)
     train.train(one)
@@ -272,7 +276,7 @@ def test_torchrun_two_processes_match_one(toy, tmp_path, arm):
                    "train.py", *overrides(dict(one, out_dir=str(tmp_path / "two")))])
     out, _ = p.communicate(timeout=300)
     assert p.returncode == 0, out
-    if arm == "shuffled":   # permutations are drawn per rank: same scale, other numbers
+    if arm in ("shuffled", "random_matched"):   # drawn per rank: same scale, other numbers
         rows = train_rows(tmp_path / "two")
         assert len(rows) == len(train_rows(tmp_path / "one"))
         assert all(np.isfinite(v[0]) for v in rows.values())
@@ -311,8 +315,10 @@ def test_value_head_separates_tinycode_solutions(tmp_path):
     """On real tinycode (arithmetic; incorrect solutions are one-site mutants labelled by
     execution), a critic on an LM trained on the correct solutions tells correct from
     incorrect validation solutions after value pre-training: AUC > 0.65 (0.74 / 0.75 for
-    seeds 1337 / 1338 when written). Most of the signal is the LM's surprise at the mutated
-    token (value_surprise); the LM is not changed by the critic (value_detach)."""
+    seeds 1337 / 1338 when written). The signal is the LM's surprise at the mutated token
+    (value_surprise): a fresh value head on this LM already reads 0.71-0.75, so this checks
+    the path from init_from, surprise features and labels to the AUC, not that training
+    raises it (the toy test above checks learning)."""
     d = str(tmp_path / "d")
     data.prepare_tinycode(d, "bytes", n_train=600, n_val=100, n_test=10, families="arithmetic",
                           n_pretrain=0)
