@@ -19,6 +19,8 @@ Weights have mean 1 over the valid terms of each normalisation group (`normalize
 every scheme's loss has the baseline's scale, and all arms share the normaliser N.
 Adding a scheme is one function here plus its name in SCHEMES.
 """
+from fractions import Fraction
+
 import torch
 
 
@@ -78,10 +80,20 @@ def step_scale(stats, n_step, log_mass_max, mass_step):
     return float(n_step / stats["n"] * torch.exp(stats["log_mass"] - log_mass_max) / mass_step)
 
 
+def n_top(n, frac):
+    """ceil(n * frac) in exact integer arithmetic, at least 1 where n > 0: the number of
+    terms a top fraction keeps. frac is read as the decimal it was written as (0.6 = 3/5),
+    so 25 terms at 0.6 keep 15, not the 16 that ceil(float32(25) * 0.6) gives."""
+    f = Fraction(repr(float(frac)))
+    n = torch.as_tensor(n, dtype=torch.long)
+    return ((n * f.numerator + f.denominator - 1) // f.denominator).clamp(min=1)
+
+
 def sparsify(score, valid, top_frac=0.0, top_p=1.0):
     """Keep only the highest-scoring terms of each sequence: the top `top_frac` of its
     valid terms (0 = off) and/or the smallest set holding `top_p` of its score mass.
-    Returns the reduced validity mask; dropped terms get weight 0 (they still count in N)."""
+    Returns the reduced validity mask; dropped terms get weight 0 (they still count in N,
+    and their weight goes to the kept terms of the same sequence: keep_mass)."""
     keep = valid.clone()
     B = score.shape[0]
     flat_s = score.masked_fill(~valid, float("-inf")).reshape(B, -1)
@@ -90,7 +102,7 @@ def sparsify(score, valid, top_frac=0.0, top_p=1.0):
     rank.scatter_(1, order, torch.arange(order.shape[1], device=score.device).expand_as(order))
     n_valid = valid.reshape(B, -1).sum(1, keepdim=True)
     if top_frac > 0:
-        n_keep = (n_valid.float() * top_frac).ceil().long().clamp(min=1)
+        n_keep = n_top(n_valid, top_frac)
         keep &= (rank < n_keep).view_as(valid)
     if top_p < 1.0:
         mass = flat_s.clamp(min=0).nan_to_num(neginf=0.0).gather(1, order)   # sorted desc
@@ -102,10 +114,25 @@ def sparsify(score, valid, top_frac=0.0, top_p=1.0):
     return keep
 
 
+def keep_mass(w, valid, weight_norm):
+    """After sparsity under weight_norm='heads': a position whose every head was dropped
+    has nothing to pass its weight to, so each sequence's weights are rescaled to total its
+    number of valid terms (sparsity selects per sequence, so its mass moves per sequence).
+    Positions that kept terms keep their proportions; the mean weight stays 1. 'tokens'
+    needs nothing: normalize already spreads the whole group's count over the kept terms."""
+    if weight_norm != "heads":
+        return w
+    n = valid.sum(dim=(1, 2), keepdim=True).float()                  # (B, 1, 1)
+    total = w.sum(dim=(1, 2), keepdim=True)
+    return torch.where(total > 0, w * n / total.clamp(min=1e-30), w)
+
+
 def finish(score, valid, cfg, temperature=None, stats=None):
     """The common tail of every weighted scheme: sparsity, normalisation, clipping."""
     keep = sparsify(score, valid, cfg.weight_top_frac, cfg.weight_top_p)
     w = normalize(score, keep, cfg.weight_norm, temperature, n_valid_of=valid, stats=stats)
+    if cfg.weight_top_frac > 0 or cfg.weight_top_p < 1.0:
+        w = keep_mass(w, valid, cfg.weight_norm)
     if cfg.w_max > 0 or cfg.w_min > 0:
         w = torch.where(keep, w.clamp(min=cfg.w_min, max=cfg.w_max if cfg.w_max > 0 else None), w)
     return w
@@ -137,8 +164,9 @@ def rho1(ce, valid, ref_ce=None, cfg=None, norm_stats=None, **_):
     excess = torch.where(excess.abs() < cfg.min_ce_diff, torch.zeros_like(excess), excess)
     if cfg.rho1_mode == "topk":
         keep = sparsify(excess, valid, top_frac=cfg.rho1_top_frac)
-        return normalize(torch.ones_like(excess), keep, cfg.weight_norm, n_valid_of=valid,
-                         stats=norm_stats)
+        w = normalize(torch.ones_like(excess), keep, cfg.weight_norm, n_valid_of=valid,
+                      stats=norm_stats)
+        return keep_mass(w, valid, cfg.weight_norm)
     return finish(excess, valid, cfg, temperature=cfg.temperature, stats=norm_stats)
 
 
@@ -151,7 +179,8 @@ def td_errors(values, rewards, n_future, gamma):
     delta = torch.zeros(B, T, n_future, dtype=values.dtype, device=values.device)
     ret = torch.zeros_like(values)                      # sum_{j<k} gamma^j r_{t+j}
     for k in range(1, n_future + 1):
-        ret = ret + gamma ** (k - 1) * torch.cat([rewards[:, k - 1:], rewards.new_zeros(B, k - 1)], 1)
+        r_k = torch.cat([rewards[:, k - 1:], rewards.new_zeros(B, k - 1)], 1)[:, :T]   # r_{t+k-1}
+        ret = ret + gamma ** (k - 1) * r_k
         v_next = torch.cat([values[:, k:], values.new_zeros(B, min(k, T))], 1)[:, :T]
         delta[:, :, k - 1] = ret + gamma ** k * v_next - values
     return delta

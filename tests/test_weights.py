@@ -157,6 +157,14 @@ def test_td_errors_equal_loop_reference():
                                td_reference(values, rewards, 4, 0.9))
 
 
+@pytest.mark.parametrize("T,H", [(3, 5), (1, 4), (2, 2), (4, 4)])
+def test_td_errors_on_sequences_shorter_than_the_heads(T, H):
+    g = torch.Generator().manual_seed(T * 10 + H)
+    values, rewards = torch.randn(2, T, generator=g), torch.randn(2, T, generator=g)
+    torch.testing.assert_close(weights.td_errors(values, rewards, H, 0.9),
+                               td_reference(values, rewards, H, 0.9))
+
+
 def test_gae_equals_loop_reference():
     g = torch.Generator().manual_seed(2)
     values, rewards = torch.randn(2, 11, generator=g), torch.randn(2, 11, generator=g)
@@ -224,6 +232,41 @@ def test_clipping_and_sparsity():
         s = score[b][valid[b]].sort(descending=True).values
         need = int((s.cumsum(0) < 0.5 * s.sum()).sum()) + 1   # smallest prefix with mass >= p
         assert keep[b].sum() == need
+
+
+def test_top_fraction_counts_are_exact():
+    """n_top is ceil(n * frac) for frac read as the decimal it was written as: 25 terms
+    at 0.6 keep 15 (float32 maths kept 16), 100 keep 60 (it kept 61)."""
+    from fractions import Fraction
+    for frac in (0.1, 0.25, 0.3, 0.6, 0.7, 0.9, 1.0):
+        n = torch.arange(1, 400)
+        want = [max(1, math.ceil(Fraction(int(i)) * Fraction(str(frac)))) for i in n]
+        assert weights.n_top(n, frac).tolist() == want, frac
+    valid = torch.ones(1, 25, 1, dtype=torch.bool)
+    assert weights.sparsify(torch.rand(1, 25, 1), valid, top_frac=0.6).sum() == 15
+
+
+@pytest.mark.parametrize("sparsity", [dict(rho1_mode="topk", rho1_top_frac=0.5),
+                                      dict(weight_top_frac=0.5), dict(weight_top_p=0.5),
+                                      dict(weight_top_frac=0.3, rho1_mode="signed")])
+@pytest.mark.parametrize("norm", ["heads", "tokens"])
+def test_sparsity_keeps_the_loss_scale(sparsity, norm):
+    """Dropped terms' weight goes to the kept ones: sum(w) = N, whether or not a position
+    lost every head. The issue's case: T=6, H=2 (N=9 valid terms), top-k 0.5 summed to 6."""
+    T, H = 6, 2
+    mask = torch.tensor([[False, True, True, True, True, True]])
+    valid = mtp_targets(torch.zeros(1, T, dtype=torch.long), mask, H) >= 0
+    assert valid.sum() == 9
+    ce, ref = torch.rand(1, T, H), torch.rand(1, T) * 3
+    w = weights.rho1(ce * valid, valid, ref_ce=ref, cfg=cfg(weight_norm=norm, **sparsity))
+    assert w.sum().item() == pytest.approx(valid.sum().item(), rel=1e-6)
+    assert (w[~valid] == 0).all() and (w > 0).sum() < valid.sum()   # something was dropped
+    for seed in range(5):     # bigger random batches: 'heads' keeps each sequence's mass
+        ce, valid, _ = random_case(B=4, T=12, H=3, seed=seed)
+        w = weights.rho1(ce, valid, ref_ce=torch.rand(4, 12) * 3, cfg=cfg(weight_norm=norm, **sparsity))
+        assert w.sum().item() == pytest.approx(valid.sum().item(), rel=1e-5)
+        for b in range(4 if norm == "heads" else 0):
+            assert w[b].sum().item() == pytest.approx(valid[b].sum().item(), rel=1e-5)
 
 
 def test_controls_keep_the_distribution():
