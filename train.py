@@ -36,7 +36,7 @@ from model import ModelConfig, Transformer, mtp_cross_entropy, mtp_targets
 out_dir = "out/tiny_baseline"   # checkpoints, log.jsonl, config.json
 init_from = "scratch"           # 'scratch', 'resume' (out_dir/ckpt.pt), or a run dir / .pt to start from
 eval_interval = 200             # iterations between validation + checkpoint
-eval_iters = 10                 # validation batches per evaluation
+eval_samples = 80               # validation samples per evaluation: a fixed set per dataset
 log_interval = 10               # iterations between log lines
 # data
 data_dir = "data_cache/tinycode"  # prepared by `python data.py` (done here if missing)
@@ -196,6 +196,22 @@ def git_hash():
         return "unknown"
 
 
+def environment(device):
+    """What a bit-for-bit rerun must match besides the config and the code: the same torch
+    build, thread count and processor (float sums are ordered by the kernels these pick;
+    README, Reproducibility)."""
+    import platform
+    cpu = platform.processor()
+    try:
+        with open("/proc/cpuinfo") as f:
+            cpu = next((line.split(":", 1)[1].strip() for line in f if line.startswith("model name")), cpu)
+    except OSError:
+        pass
+    return {"torch": torch.__version__, "threads": torch.get_num_threads(), "cpu": cpu,
+            "gpu": torch.cuda.get_device_name(device) if device.startswith("cuda") else None,
+            "python": platform.python_version(), "numpy": np.__version__}
+
+
 def guess_peak_flops(device):
     """Dense bf16 peak of common GPUs, for MFU; None where unknown (CPUs)."""
     if not device.startswith("cuda"):
@@ -209,13 +225,22 @@ def guess_peak_flops(device):
 
 
 # ---- evaluation -----------------------------------------------------------------------
+def validation_ids(split, n, block_size):
+    """The validation set: the first n correct samples (that fit block_size) of one fixed
+    permutation of the split, sorted by length (less padding). It depends on the data alone,
+    so runs that differ in batch size, accumulation or processes report comparable numbers."""
+    idx = split.index
+    ok = np.nonzero((idx[:, 3] == 1) & (idx[:, 1] <= block_size))[0]
+    ids = ok[np.random.default_rng(0).permutation(len(ok))[:n]]
+    return ids[np.argsort(idx[ids, 1], kind="stable")]
+
+
 @torch.no_grad()
 def evaluate(model, split, c, ctx, device, ddp, rank, world_size, pad_id):
-    """Mean CE per head over the same eval_iters * batch_size validation samples every
-    time, whatever the number of processes (each rank takes every world_size-th one)."""
+    """Mean CE per head over the same eval_samples validation samples every time, whatever
+    the batch size or number of processes (each rank takes every world_size-th one)."""
     loader = data.Loader(split, c.batch_size, c.block_size, seed=0, correct_only=True, pad_id=pad_id)
-    ids = [loader._sample_id(i) for i in range(min(c.eval_iters * c.batch_size, len(loader.ids)))]
-    mine = ids[rank::world_size]
+    mine = validation_ids(split, c.eval_samples, c.block_size)[rank::world_size]
     sums = torch.zeros(c.n_future, dtype=torch.float64, device=device)
     counts = torch.zeros(c.n_future, dtype=torch.float64, device=device)
     model.eval()
@@ -246,6 +271,20 @@ def step_mass(parts, device, ddp):
         dist.all_reduce(top, op=dist.ReduceOp.MAX)
     mass = all_reduce_sum(sum((torch.exp(p["log_mass"] - top) for p in parts), zero), ddp)
     return (n_step, top, mass) if n_step > 0 else None
+
+
+def clip_gradients(model, max_norm):
+    """Clip the LM's and the value head's gradients each to max_norm, separately: one joint
+    norm would let the critic's value gradients shrink its LM step below the baseline's at
+    the same LM gradient, a confound between arms that must share their clipping.
+    -> (LM gradient norm, value head gradient norm or None), before clipping."""
+    lm, value = [], []
+    for name, p in model.named_parameters():
+        if p.grad is not None:
+            (value if name.startswith("value_head.") else lm).append(p)
+    max_norm = max_norm if max_norm > 0 else float("inf")
+    lm_norm = torch.nn.utils.clip_grad_norm_(lm, max_norm)
+    return lm_norm, (torch.nn.utils.clip_grad_norm_(value, max_norm) if value else None)
 
 
 def load_reference(path, device, tok_id):
@@ -375,6 +414,17 @@ class WeightLog:
                 "w_min": v.min().item(), "w_max": v.max().item(),
                 "w_entropy": ent.mean().item() if ent.numel() else 0.0,
                 "w_head_mass": (mass / mass.sum().clamp(min=1e-12)).tolist()}
+
+    def state_dict(self):
+        """Saved in checkpoints, so that a resumed run's histograms and sample (what the
+        random-matched control draws from) cover the whole run, not only what followed."""
+        return {"hist": self.hist.copy(), "sample": [s.copy() for s in self.sample],
+                "rng": self.rng.bit_generator.state}
+
+    def load_state_dict(self, state):
+        self.hist = state["hist"].copy()
+        self.sample = [s.copy() for s in state["sample"]]
+        self.rng.bit_generator.state = state["rng"]
 
     def save(self, out_dir):
         np.savez(os.path.join(out_dir, "weight_hist.npz"), bins=self.BINS, counts=self.hist)
@@ -506,6 +556,7 @@ def train(cfg):
                                                (c.beta1, c.beta2), device_type)
     if ckpt:
         optimizer.load_state_dict(ckpt["optimizer"])
+    resumed = {k: ckpt[k] for k in ("weight_log", "scaler") if k in ckpt} if ckpt else {}
     ckpt = None  # free memory
     # parameters only the LM loss trains: frozen (no update, no weight decay) while the
     # critic pre-trains its value head
@@ -519,6 +570,8 @@ def train(cfg):
     if ddp:
         model = DDP(model, device_ids=[local_rank] if device_type == "cuda" else None)
     scaler = torch.amp.GradScaler(device_type, enabled=ptdtype == torch.float16)
+    if "scaler" in resumed:   # fp16's loss scale continues where it was
+        scaler.load_state_dict(resumed["scaler"])
     scheme = weights.SCHEMES[family]
     matched = None
     if c.weighting == "random_matched":
@@ -529,6 +582,8 @@ def train(cfg):
         matched = torch.from_numpy(np.load(src))
     peak = c.peak_flops or guess_peak_flops(device)
     wlog = WeightLog(c.n_future, c.seed)
+    if "weight_log" in resumed:
+        wlog.load_state_dict(resumed["weight_log"])
     probe_ids = list(range(min(64, len(val_split)))) if use_critic else None
 
     def checkpoint_state(loader_state):
@@ -537,6 +592,7 @@ def train(cfg):
                 "tokens_seen": tokens_seen, "moments": moments.state_dict(),
                 "wall_s": time.time() - t_start, "probe_start": probe_start,
                 "config": cfg, "loader": loader_state, "tokenizer": tok_id,
+                "weight_log": wlog.state_dict(), "scaler": scaler.state_dict(),
                 "data_hash": train_split.meta["hash"], "git": git_hash()}
 
     def save_all(loader_state):
@@ -550,7 +606,8 @@ def train(cfg):
     # say exactly what runs: forks are reproducible only if the log does
     if master:
         with open(os.path.join(c.out_dir, "config.json"), "w") as f:
-            json.dump({**cfg, "git": git_hash(), "world_size": world_size}, f, indent=1)
+            json.dump({**cfg, "git": git_hash(), "world_size": world_size,
+                       "environment": environment(device)}, f, indent=1)
         say(configurator.format_config(cfg))
         say(f"git {git_hash()}, device {device}, dtype {c.dtype}, {world_size} process(es), "
             f"grad_accum {grad_accum} per process")
@@ -644,9 +701,10 @@ def train(cfg):
         lr = get_lr(min(iter_num, c.warmup_iters) if pretraining else iter_num - pretrain_iters, c)
         for group in optimizer.param_groups:
             group["lr"] = lr
-        # dropout and the controls' randomness are a function of (seed, iteration, rank):
-        # nothing to save, and a resumed run draws what an uninterrupted one would
-        torch.manual_seed(c.seed + 1_000_003 * iter_num + rank)
+        # dropout and the controls' randomness are a function of (seed, iteration, rank,
+        # micro-batch): nothing to save, a resumed run draws what an uninterrupted one
+        # would, and the 'tokens' pre-pass below draws the main pass's dropout masks
+        seed_of = lambda i: c.seed + 1_000_003 * iter_num + 7_919 * i + rank
         loader_state = loader.state_dict()
         micro = loader.next_step(grad_accum)
         for mb in micro:
@@ -662,7 +720,8 @@ def train(cfg):
         n_valid = n_valid.clamp(min=1)   # a step with no LM term (critic, 'value_only'): loss 0, not 0/0
         n_states = all_reduce_sum(sum(mb["states"].sum() for mb in micro).float(), ddp) if use_critic else None
         H = c.n_future
-        stats = torch.zeros(3 + 2 * H, dtype=torch.float64, device=device)  # loss, tokens, value loss, CE/head, count/head
+        # loss, tokens, value loss, CE per head, count per head, sum of the step's weights
+        stats = torch.zeros(4 + 2 * H, dtype=torch.float64, device=device)
         delta_stats = torch.zeros(3, dtype=torch.float64, device=device)   # count, sum, sum of squares
         seen, bad_weights = [], False
 
@@ -674,7 +733,8 @@ def train(cfg):
                 and c.weighting not in ("uniform", "random_matched"):
             parts = [{} for _ in micro]
             with torch.no_grad():
-                for mb, part in zip(micro, parts):
+                for i, (mb, part) in enumerate(zip(micro, parts)):
+                    torch.manual_seed(seed_of(i))          # the main pass's dropout masks
                     scheme_weights(mb, *forward(raw_model, mb), norm_stats=part)
             step_norm = step_mass(parts, device, ddp)
 
@@ -682,6 +742,7 @@ def train(cfg):
             last = i == len(micro) - 1
             # DDP: all-reduce gradients only once, on the last micro-step
             with model.no_sync() if ddp and not last else nullcontext():
+                torch.manual_seed(seed_of(i))
                 ce, values = forward(model, mb)
                 valid = mb["targets"] >= 0
                 with torch.no_grad():
@@ -720,16 +781,15 @@ def train(cfg):
                 stats[0] += loss.double()
                 stats[1] += mb["lengths"].sum()
                 stats[3:3 + H] += ce.sum(dim=(0, 1)).double()
-                stats[3 + H:] += valid.sum(dim=(0, 1)).double()
+                stats[3 + H:3 + 2 * H] += valid.sum(dim=(0, 1)).double()
+                stats[-1] += w.sum().double()
         all_reduce_sum(stats, ddp)
         step_loss = stats[0].item()
         if pretraining:
             for p in lm_only:     # no update, no weight decay, Adam state untouched
                 p.grad = None
         scaler.unscale_(optimizer)
-        grad_norm = torch.nn.utils.clip_grad_norm_(
-            [p for p in raw_model.parameters() if p.grad is not None],
-            c.grad_clip if c.grad_clip > 0 else float("inf"))
+        grad_norm, value_grad_norm = clip_gradients(raw_model, c.grad_clip)
         if not (math.isfinite(step_loss) and torch.isfinite(grad_norm)):
             # the parameters are still those of the last good step: keep them
             if master:
@@ -756,7 +816,7 @@ def train(cfg):
         if iter_num % c.log_interval == 0 or iter_num == total_iters:
             dt = time.time() - t_last
             tok_s = tokens_since / dt
-            ce_head = (stats[3:3 + H] / stats[3 + H:].clamp(min=1)).tolist()
+            ce_head = (stats[3:3 + H] / stats[3 + H:3 + 2 * H].clamp(min=1)).tolist()
             mfu = raw_model.estimate_mfu(tok_s, c.block_size, peak) if peak else None
             row = {"iter": iter_num, "loss": step_loss, "ce_head": ce_head, "lr": lr,
                    "grad_norm": grad_norm.item(), "tokens_per_s": tok_s, "mfu": mfu,
@@ -765,8 +825,13 @@ def train(cfg):
                    "stage": "value_pretrain" if pretraining else "main"}
             if not pretraining:
                 row.update(wlog.record(w, valid))
+                # the step's mean weight over its N terms: 1 for every scheme unless clipping
+                # moved it (README, stabilisers)
+                row["w_step_mean"] = (stats[-1] / n_valid).item()
             if use_critic:
                 row["value_loss"] = stats[2].item()
+                if value_grad_norm is not None:
+                    row["value_grad_norm"] = value_grad_norm.item()
                 if probe_start is not None:
                     now = probe_values(eval_model(), val_split, probe_ids, c, ctx, device, pad_id)[2]
                     row["value_drift"] = float(torch.cat([(a - b).abs() for a, b in zip(now, probe_start)]).mean())

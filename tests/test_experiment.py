@@ -22,7 +22,7 @@ def small_tinycode(tmp_path_factory):
 
 def argv(exp_dir, data_dir, **kw):
     train = dict(data_dir=data_dir, max_iters=8, lr_decay_iters=8, warmup_iters=2,
-                 eval_interval=4, eval_iters=1, log_interval=2, batch_size=4,
+                 eval_interval=4, eval_samples=4, log_interval=2, batch_size=4,
                  critic_pretrain_epochs=0.05)
     cfg = dict(exp_dir=exp_dir, seeds=2, n_samples=2, ks="1,2", eval_limit=4,
                max_new_tokens=12, device="cpu", jobs=2,

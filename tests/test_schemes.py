@@ -52,6 +52,39 @@ def test_uniform_weights_through_every_path_reproduce_the_baseline(toy, tmp_path
     same_losses(tmp_path / "base", tmp_path / "critic", rel=1e-6)
 
 
+def test_critic_lm_step_is_the_baselines(toy, tmp_path, monkeypatch):
+    """The LM and the value head are clipped separately: with its weights set to 1 and its
+    value loss on, the critic arm's LM trains exactly like the baseline's (a joint norm gave
+    its LM a 2-7% smaller step at the same LM gradient)."""
+    toy_data, _ = toy
+    monkeypatch.setitem(weights.SCHEMES, "critic", lambda ce, valid, **kw: valid.float())
+    keys = dict(max_iters=8, eval_interval=100, grad_clip=0.5)
+    train.train(tiny_cfg(toy_data, tmp_path / "base", **keys))
+    train.train(tiny_cfg(toy_data, tmp_path / "critic", weighting="critic", value_coef=1.0,
+                         critic_pretrain_epochs=0.0, **keys))
+    a = train.load_checkpoint(str(tmp_path / "base"))["model"]
+    b = train.load_checkpoint(str(tmp_path / "critic"))["model"]
+    assert set(b) - set(a) and all(k.startswith("value_head.") for k in set(b) - set(a))
+    for k in a:
+        torch.testing.assert_close(b[k], a[k], rtol=1e-5, atol=1e-7, msg=k)
+    rows = [r for r in read_log(tmp_path / "critic") if "value_grad_norm" in r]
+    assert rows and all(r["value_grad_norm"] > 0 for r in rows)   # the value head did learn
+    assert any(r["grad_norm"] > 0.5 for r in rows)                  # and clipping was active
+
+
+def test_tokens_norm_with_dropout_keeps_the_step_mean(toy, tmp_path):
+    """weight_norm='tokens' with accumulation: the pre-pass draws the main pass's dropout
+    masks, so the step's weights have mean exactly 1 (they were 48.10/47.77/47.24 of 48
+    at dropout 0.2 when the pre-pass drew its own)."""
+    toy_data, ref_dir = toy
+    train.train(tiny_cfg(toy_data, tmp_path, weighting="rho1", ref_init_from=ref_dir,
+                         ref_ce_cache=str(tmp_path / "ref_ce.bin"), weight_norm="tokens",
+                         dropout=0.2, max_iters=6, eval_interval=100))
+    means = [r["w_step_mean"] for r in read_log(tmp_path) if "w_step_mean" in r]
+    assert len(means) == 6
+    assert means == pytest.approx([1.0] * 6, abs=1e-5)
+
+
 @pytest.mark.parametrize("arm", ["rho1", "critic"])
 def test_tokens_norm_over_the_whole_step(toy, tmp_path, monkeypatch, arm):
     """weight_norm='tokens' normalises over the optimizer step: 2 micro-batches of 4 train
@@ -209,6 +242,13 @@ def test_critic_resume_is_exact(toy, tmp_path):
     train.train(dict(part, max_iters=2))                  # stops (and saves) at iter 4
     train.train(dict(part, init_from="resume"))
     same_losses(tmp_path / "full", tmp_path / "part")
+    # the weight diagnostics and the sample the random-matched control draws from span the
+    # whole run, not only what followed the resume
+    for f in ("weight_hist.npz", "weights_sample.npy"):
+        a, b = np.load(tmp_path / "full" / f), np.load(tmp_path / "part" / f)
+        if f.endswith(".npz"):
+            a, b = a["counts"], b["counts"]
+        assert np.array_equal(a, b), f
 
 
 def test_controls(toy, tmp_path):
@@ -323,7 +363,7 @@ def test_value_head_separates_tinycode_solutions(tmp_path):
     data.prepare_tinycode(d, "bytes", n_train=600, n_val=100, n_test=10, families="arithmetic",
                           n_pretrain=0)
     keys = dict(data_dir=d, n_layer=3, n_future=2, n_head=4, n_kv_head=2, d_model=64, d_ff=176,
-                block_size=128, batch_size=16, eval_interval=10_000, eval_iters=2, log_interval=50,
+                block_size=128, batch_size=16, eval_interval=10_000, eval_samples=32, log_interval=50,
                 learning_rate=4e-3, warmup_iters=10)
     train.train(dict(train.DEFAULTS, out_dir=str(tmp_path / "lm"), max_iters=800, lr_decay_iters=800, **keys))
     train.train(dict(train.DEFAULTS, out_dir=str(tmp_path / "critic"), init_from=str(tmp_path / "lm"),
