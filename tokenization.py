@@ -46,12 +46,40 @@ EOT_NAMES = ("<|endoftext|>", "<|end_of_text|>")
 
 class Encoding(tiktoken.Encoding):
     """A tiktoken.Encoding that also carries the end/begin tokens its model's config names
-    (an HF tokenizer_config.json): eot_token() ends every sample with eos_token."""
+    (an HF tokenizer_config.json): eot_token() ends every sample with eos_token.
+
+    Some trained vocabularies lack a few control bytes (SmolLM2 has no token for 21 of
+    them). HF drops such characters silently; tiktoken would panic. We raise instead."""
 
     def __init__(self, name, *, eos_token=None, bos_token=None, add_bos=False, **kwargs):
         super().__init__(name, **kwargs)
         self.eos_token, self.bos_token = eos_token, bos_token
         self.add_bos = add_bos  # HF's post-processor puts bos_token in front of every text
+        # characters whose UTF-8 holds a missing byte: a missing ASCII byte is itself a
+        # character, a missing lead byte starts a range of code points (hf_tokenizer refuses
+        # missing continuation bytes, which no range describes)
+        ranges = []
+        for b in range(0xF5):
+            if bytes([b]) in self._mergeable_ranks or 0x80 <= b < 0xC2:
+                continue
+            lo = b if b < 0x80 else (b & 0x1F) << 6 if b < 0xE0 else (b & 0x0F) << 12 if b < 0xF0 else (b & 0x07) << 18
+            span = 1 if b < 0x80 else 1 << 6 if b < 0xE0 else 1 << 12 if b < 0xF0 else 1 << 18
+            ranges.append(f"{re.escape(chr(lo))}-{re.escape(chr(min(lo + span - 1, 0x10FFFF)))}")
+        self._unencodable = re.compile(f"[{''.join(ranges)}]") if ranges else None
+
+    def _check(self, text):
+        bad = self._unencodable and self._unencodable.search(text)
+        if bad:
+            raise ValueError(f"tokenizer {self.name!r} has no token for the character "
+                             f"{bad.group()!r} at {bad.start()}: remove it from the text")
+
+    def encode_ordinary(self, text):
+        self._check(text)
+        return super().encode_ordinary(text)
+
+    def encode(self, text, **kwargs):
+        self._check(text)
+        return super().encode(text, **kwargs)
 
 
 def byte_tokenizer():
@@ -237,34 +265,36 @@ def hf_tokenizer(path):
             _refuse(path, f"vocab entry {s!r} is not in the byte-level alphabet",
                     "only byte-level BPE converts (its pre-tokenizer must be ByteLevel)")
         ranks[bytes(byte_of[c] for c in s)] = i
-    missing = [b for b in range(256) if bytes([b]) not in ranks]
+    # text holding a missing ASCII or lead byte is refused when encoded (Encoding._check);
+    # a missing continuation byte (0x80-0xBF) could hide in almost any character
+    missing = [b for b in range(0x80, 0xC0) if bytes([b]) not in ranks]
     if missing:
-        _refuse(path, f"{len(missing)} single bytes have no token (e.g. {missing[:5]})",
-                "tiktoken needs all 256 bytes in the vocabulary")
+        _refuse(path, f"{len(missing)} UTF-8 continuation bytes have no token (e.g. {missing[:5]})",
+                "tiktoken needs a token for every byte that text can hold")
 
     # tiktoken merges the adjacent pair whose result has the lowest id; HF merges the pair
-    # listed first in `merges`. They agree when each merge makes a new token and the
-    # merges list is in id order; check that rather than assume it.
+    # listed first in `merges`. First, the merges list must be in id order of its results.
     merges = [tuple(m.split(" ", 1)) if isinstance(m, str) else tuple(m) for m in model["merges"]]
     prev = -1
     for k, (a, b) in enumerate(merges):
-        i = vocab.get(a + b)
-        if i is None or a not in vocab or b not in vocab or not (vocab[a] < i and vocab[b] < i and prev < i):
-            _refuse(path, f"merge #{k} {a!r} + {b!r} does not make a new token in id order",
+        i = vocab.get(a + b, -1)
+        if i < prev or a not in vocab or b not in vocab:
+            _refuse(path, f"merge #{k} {a!r} + {b!r} does not make a token in id order",
                     "tiktoken's ranks are the ids, so merges must list results in increasing id")
         prev = i
-    if len(merges) != len(ranks) - 256:
-        _refuse(path, f"{len(ranks) - 256} multi-byte tokens but {len(merges)} merges",
-                "every multi-byte token must come from exactly one merge")
-    # tiktoken emits a piece that is itself a token as that token without merging (HF's
-    # ignore_merges=true, Llama 3). Without ignore_merges HF merges step by step; the two
-    # agree only if merging each token's own characters ends in that token.
-    if not model.get("ignore_merges", False):
-        merge_rank = {m: k for k, m in enumerate(merges)}
+    # Exact when every split of every token into two tokens is a merge (a file written
+    # from tiktoken ranks, as Llama 3's) and whole tokens are kept (ignore_merges, which
+    # tiktoken always does). A trained BPE (GPT-2, SmolLM2) lists one merge per token; it
+    # must at least build each token from the token's own characters, or tiktoken would
+    # reach tokens HF never makes. The tests compare both on real and trained tokenizers.
+    merge_rank = {m: k for k, m in enumerate(merges)}
+    all_splits = all((s[:k], s[k:]) in merge_rank for s in vocab for k in range(1, len(s))
+                     if s[:k] in vocab and s[k:] in vocab)
+    if not (all_splits and model.get("ignore_merges", False)):
         for s in vocab:
             if len(s) > 1 and _bpe_by_merges(s, merge_rank) != [s]:
-                _refuse(path, f"token {s!r} is not reached by its own merges and ignore_merges "
-                              f"is false", "tiktoken would emit it whole where HF splits it")
+                _refuse(path, f"token {s!r} is not reached by its own merges",
+                        "tiktoken would make it from its pieces where HF does not")
 
     config = {}
     cfg_path = os.path.join(os.path.dirname(path), "tokenizer_config.json")
@@ -326,7 +356,10 @@ def write_hf_tokenizer(enc, out_dir):
         "decoder": {"type": "ByteLevel", "add_prefix_space": False, "trim_offsets": False, "use_regex": False},
         "model": {"type": "BPE", "dropout": None, "unk_token": None, "continuing_subword_prefix": None,
                   "end_of_word_suffix": None, "fuse_unk": False, "byte_fallback": False,
-                  "ignore_merges": True, "vocab": {s(t): i for t, i in ranks.items()}, "merges": merges},
+                  "ignore_merges": True, "merges": merges,
+                  # specials in the model's vocab too: tokenizers gives an added token that
+                  # is not there the next free id, whatever id added_tokens says
+                  "vocab": {**{s(t): i for t, i in ranks.items()}, **enc._special_tokens}},
     }
     os.makedirs(out_dir, exist_ok=True)
     files = {
@@ -339,7 +372,7 @@ def write_hf_tokenizer(enc, out_dir):
     for fname, obj in files.items():
         with open(os.path.join(out_dir, fname), "w", encoding="utf-8") as f:
             json.dump(obj, f, ensure_ascii=False, indent=None if fname == "tokenizer.json" else 2)
-    # read it back through our own converter: the same ranks, specials and regex
+    # read it back through our own converter: the same ranks, specials, regex and eot
     back = hf_tokenizer(os.path.join(out_dir, "tokenizer.json"))
     if tokenizer_identity(back)["sha256"] != tokenizer_identity(enc)["sha256"]:
         raise ValueError(f"{out_dir}/tokenizer.json does not read back as {enc.name!r}")
@@ -385,14 +418,14 @@ class SentencePieceTokenizer:
         # control pieces (<s>, </s>) are never produced from text: they are the specials
         self._special_tokens = {piece(i): i for i in range(self.n_vocab) if self.sp.is_control(i)}
         self.special_tokens_set = set(self._special_tokens)
-        if self.encode_ordinary(" x") == self.encode_ordinary("x"):
-            raise ValueError(f"{path}: switching off the dummy prefix did not take effect")
         if self.decode(self.encode_ordinary(self.PROBE)) != self.PROBE:
             raise ValueError(f"SentencePiece model {path} does not round-trip text (it folds "
                              f"whitespace or normalizes unicode): {self.PROBE!r} comes back as "
                              f"{self.decode(self.encode_ordinary(self.PROBE))!r}; code needs "
                              f"exact whitespace. Use a model trained with "
                              f"remove_extra_whitespaces=false and identity normalization")
+        if self.encode_ordinary(" x") == self.encode_ordinary("x"):
+            raise ValueError(f"{path}: switching off the dummy prefix did not take effect")
 
     def encode_ordinary(self, text):
         return self.sp.encode(text)
@@ -427,16 +460,18 @@ class SentencePieceTokenizer:
 
 
 # ---- identity ----------------------------------------------------------------------------
+def _end_of_text(enc):
+    return next((s for s in EOT_NAMES if s in enc.special_tokens_set), None)
+
+
 def eot_token(enc):
     """The id that ends every sample: the model config's eos_token where the tokenizer
     came with one (HF config, SentencePiece eos), else tiktoken's end-of-text."""
-    eos = getattr(enc, "eos_token", None)
-    if eos is not None:
-        return enc.encode_single_token(eos)
-    for s in EOT_NAMES:
-        if s in enc.special_tokens_set:
-            return enc.encode_single_token(s)
-    raise ValueError(f"tokenizer {enc.name!r} has none of the end-of-text tokens {EOT_NAMES}")
+    eos = getattr(enc, "eos_token", None) or _end_of_text(enc)
+    if eos is None:
+        raise ValueError(f"tokenizer {enc.name!r} has none of the end-of-text tokens {EOT_NAMES} "
+                         f"and no eos_token (tokenizer_config.json)")
+    return enc.encode_single_token(eos)
 
 
 def tokenizer_identity(enc):
@@ -453,8 +488,9 @@ def tokenizer_identity(enc):
         for s, rank in sorted(enc._special_tokens.items()):
             h.update(s.encode() + rank.to_bytes(4, "little"))
         h.update(enc._pat_str.encode())
-        if getattr(enc, "eos_token", None) is not None:  # absent for tiktoken's own: old hashes stay
-            h.update(b"eos" + enc.eos_token.encode())
+        eos = getattr(enc, "eos_token", None)
+        if eos is not None and eos != _end_of_text(enc):  # hashes stay where eot is the usual one
+            h.update(b"eos" + eos.encode())
     return {"name": enc.name, "n_vocab": enc.n_vocab, "sha256": h.hexdigest()[:16]}
 
 
