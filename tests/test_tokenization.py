@@ -76,11 +76,15 @@ def pre_smollm():
 
 
 def assert_same_ids(enc, ref, texts=TEXTS):
-    """ref: a tokenizers.Tokenizer. Same ids, and our decode gives the text back."""
-    for text in texts:
+    """ref: a tokenizers.Tokenizer. Same ids, and our decode gives the text back. Special
+    tokens written in the text are text to encode_ordinary (as tiktoken), so HF is told to
+    treat them so too (encode_special_tokens; add_special_tokens=False only skips BOS)."""
+    ref.encode_special_tokens = True
+    for text in texts + ["a literal <|endoftext|> or <|im_start|> in text"]:
         ids = enc.encode_ordinary(text)
         assert ids == ref.encode(text, add_special_tokens=False).ids, text
         assert enc.decode(ids) == text
+    ref.encode_special_tokens = False
 
 
 # ---- HF tokenizer.json -> tiktoken ------------------------------------------------------
