@@ -1,5 +1,5 @@
 """
-Samples, tokenizers, prepared datasets and the training loader.
+Samples, prepared datasets and the training loader (tokenizers: tokenization.py).
 
 Every source becomes samples of one schema:
     {problem_id, prompt, completion, is_correct, source}
@@ -19,127 +19,18 @@ model's canonical solutions, tinycode only):
     problems.jsonl  the split's problems with their tests (pass@k needs them)
     meta.json       tokenizer identity, counts, a hash of the data
 """
-import gzip
 import hashlib
 import json
 import os
 import shutil
 import sys
-import tempfile
 
 import numpy as np
-import tiktoken
 import torch
 
-# ---- tokenizers -------------------------------------------------------------------
-# tiktoken downloads these on first use and caches them under $TIKTOKEN_CACHE_DIR
-_BLOB = "https://openaipublic.blob.core.windows.net"
-TIKTOKEN_URLS = {
-    "gpt2": [f"{_BLOB}/gpt-2/encodings/main/vocab.bpe", f"{_BLOB}/gpt-2/encodings/main/encoder.json"],
-    "cl100k_base": [f"{_BLOB}/encodings/cl100k_base.tiktoken"],
-    "o200k_base": [f"{_BLOB}/encodings/o200k_base.tiktoken"],
-}
-# the pre-tokenizer regex of cl100k_base and Llama 3, used for BPE files given by path
-CL100K_PAT = (r"""(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1,3}|"""
-              r""" ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+""")
-EOT_NAMES = ("<|endoftext|>", "<|end_of_text|>")
-
-
-def byte_tokenizer():
-    """256 byte tokens + <|endoftext|>: no merges, no download."""
-    return tiktoken.Encoding(
-        name="bytes",
-        pat_str=r"""[\s\S]""",  # any single character; its UTF-8 bytes are the tokens
-        mergeable_ranks={bytes([i]): i for i in range(256)},
-        special_tokens={"<|endoftext|>": 256},
-    )
-
-
-def get_tokenizer(name):
-    """'bytes', a tiktoken name ('gpt2', 'cl100k_base', 'o200k_base', ...) or the path of
-    a tiktoken BPE file (Llama 3's tokenizer.model is one)."""
-    if name == "bytes":
-        return byte_tokenizer()
-    if name in TIKTOKEN_URLS:
-        try:
-            return tiktoken.get_encoding(name)
-        except Exception as e:  # tiktoken raises requests/urllib errors when offline
-            raise RuntimeError(
-                f"could not load tokenizer {name!r}: tiktoken downloads it on first use and "
-                f"that failed ({type(e).__name__}: {e}). Offline, put the BPE files into "
-                f"tiktoken's cache once with `python data.py --cache_tokenizer={name} "
-                f"--cache_files=<file>[,<file>]` (gpt2 needs vocab.bpe,encoder.json) or pass "
-                f"the path of a .tiktoken file as the tokenizer") from None
-    if os.path.isfile(name):
-        from tiktoken.load import load_tiktoken_bpe
-        ranks = load_tiktoken_bpe(name)
-        n = len(ranks)
-        if n == 128000:  # Llama 3: 256 reserved special tokens after the merges
-            names = ["<|begin_of_text|>", "<|end_of_text|>", "<|reserved_special_token_0|>",
-                     "<|reserved_special_token_1|>", "<|finetune_right_pad_id|>",
-                     "<|step_id|>", "<|start_header_id|>", "<|end_header_id|>",
-                     "<|eom_id|>", "<|eot_id|>", "<|python_tag|>"]
-            names += [f"<|reserved_special_token_{i}|>" for i in range(2, 256 - len(names) + 2)]
-            specials = {s: n + i for i, s in enumerate(names)}
-        else:
-            specials = {"<|endoftext|>": n}
-        return tiktoken.Encoding(name=os.path.basename(name), pat_str=CL100K_PAT,
-                                 mergeable_ranks=ranks, special_tokens=specials)
-    raise ValueError(f"unknown tokenizer {name!r}: use 'bytes', one of {list(TIKTOKEN_URLS)}, "
-                     f"or the path of a tiktoken BPE file")
-
-
-def cache_tokenizer_files(name, files, cache_dir=None):
-    """Copy local BPE files into tiktoken's cache under the keys tiktoken looks them up by
-    (sha1 of the download URL), so get_tokenizer(name) then works offline through
-    tiktoken's own loading code, which also checks each file's sha256."""
-    if name not in TIKTOKEN_URLS:
-        raise ValueError(f"unknown tiktoken name {name!r}; known: {list(TIKTOKEN_URLS)}")
-    urls = TIKTOKEN_URLS[name]
-    if len(files) != len(urls):
-        raise ValueError(f"{name} needs {len(urls)} file(s), "
-                         f"{[u.rsplit('/', 1)[1] for u in urls]} in that order; got {files}")
-    cache_dir = cache_dir or os.environ.get("TIKTOKEN_CACHE_DIR") or \
-        os.path.join(tempfile.gettempdir(), "data-gym-cache")  # tiktoken's default
-    os.makedirs(cache_dir, exist_ok=True)
-    for url, path in zip(urls, files):
-        with (gzip.open if path.endswith(".gz") else open)(path, "rb") as f:
-            blob = f.read()
-        key = os.path.join(cache_dir, hashlib.sha1(url.encode()).hexdigest())
-        with open(key + ".tmp", "wb") as f:
-            f.write(blob)
-        os.replace(key + ".tmp", key)
-    return cache_dir
-
-
-def eot_token(enc):
-    for s in EOT_NAMES:
-        if s in enc.special_tokens_set:
-            return enc.encode_single_token(s)
-    raise ValueError(f"tokenizer {enc.name!r} has none of the end-of-text tokens {EOT_NAMES}")
-
-
-def tokenizer_identity(enc):
-    """Name + a hash of everything that decides token ids: ranks, specials, regex.
-    Stored with prepared data and checkpoints; two tokenizers with the same hash encode
-    every text identically."""
-    h = hashlib.sha256()
-    for token, rank in sorted(enc._mergeable_ranks.items(), key=lambda kv: kv[1]):
-        h.update(rank.to_bytes(4, "little") + len(token).to_bytes(2, "little") + token)
-    for s, rank in sorted(enc._special_tokens.items()):
-        h.update(s.encode() + rank.to_bytes(4, "little"))
-    h.update(enc._pat_str.encode())
-    return {"name": enc.name, "n_vocab": enc.n_vocab, "sha256": h.hexdigest()[:16]}
-
-
-def check_tokenizer(expected, actual, what):
-    """Stop with a clear error when two tokenizer identities differ."""
-    if expected["sha256"] != actual["sha256"]:
-        raise ValueError(
-            f"tokenizer mismatch for {what}: it was made with {expected['name']!r} "
-            f"(hash {expected['sha256']}, {expected['n_vocab']} tokens), but this run uses "
-            f"{actual['name']!r} (hash {actual['sha256']}, {actual['n_vocab']} tokens). "
-            f"Use the same tokenizer, or re-prepare the data / retrain the model with it.")
+# the tokenizers live in tokenization.py; callers keep using data.get_tokenizer etc.
+from tokenization import (TIKTOKEN_URLS, byte_tokenizer, cache_tokenizer_files,  # noqa: F401
+                          check_tokenizer, eot_token, get_tokenizer, tokenizer_identity)
 
 
 # ---- preparing a dataset ------------------------------------------------------------
@@ -447,7 +338,7 @@ class Loader:
 defaults = dict(
     dataset="tinycode",             # the only source so far
     data_dir="data_cache/tinycode",  # where the prepared splits go
-    tokenizer="bytes",              # 'bytes', a tiktoken name, or a BPE file path
+    tokenizer="bytes",              # 'bytes', a tiktoken name, or a path: see tokenization.py
     n_train=3000, n_val=200, n_test=200,  # problems per split
     n_incorrect=2,                  # mutated (labelled) variants per problem
     families=TINYCODE_FAMILIES,     # tinycode families, comma-separated, or 'all'
