@@ -287,7 +287,6 @@ def _open_source(source):
     tensors = {}
     if os.path.isfile(path) and path.endswith(".gguf"):
         import gguf                                    # only GGUF sources need it
-        import numpy as np
         try:
             reader = gguf.GGUFReader(path)
         except Exception as e:
@@ -303,8 +302,7 @@ def _open_source(source):
             t = by_name.get(their_name(ours, "gguf"))
             if t is not None:    # GGUF lists dims innermost first: reversed, (out, in) as torch
                 tensors[ours] = (t.name, tuple(int(d) for d in reversed(t.shape)),
-                                 # np.array copies: F32 tensors come back as a read-only memmap view
-                                 lambda t=t: torch.from_numpy(np.array(gguf.dequantize(t.data, t.tensor_type))))
+                                 lambda t=t: _dequantize(gguf, t))
         unused = set(by_name) - {v[0] for v in tensors.values()}
     elif os.path.exists(os.path.join(path, "params.json")):
         fmt = "meta"
@@ -375,6 +373,13 @@ def _open_source(source):
         raise CheckpointError(f"{path}: checkpoint tensors the model has no place for: {sorted(unused)[:8]}")
     info["format"] = fmt
     return fmt, args, n_blocks, n_heads, tensors, info
+
+
+def _dequantize(gguf, t):
+    """A GGUF tensor as a torch tensor: quantised blocks are expanded to float32; F32/F16
+    tensors come back as a read-only view of the file, copied so the model may train."""
+    x = gguf.dequantize(t.data, t.tensor_type)
+    return torch.from_numpy(x if x.flags.writeable else x.copy())
 
 
 def _checkpoint_names(args, n_blocks, n_heads):
