@@ -30,6 +30,15 @@ class ModelConfig:
     max_seq_len: int = 256      # rotary tables are built for this many positions
     rope_theta: float = 10000.0
     norm_eps: float = 1e-5
+    head_dim: int = 0           # per attention head; 0 = d_model // n_head (Gemma-style models differ)
+    # rotary frequency scaling of long-context checkpoints: '' none, 'linear' (positions / factor,
+    # Chen et al. 2023; CodeLlama-style, DeepSeek-Coder), 'llama3' (Llama 3.1's per-frequency rule)
+    rope_scaling_type: str = ""
+    rope_factor: float = 1.0
+    rope_low_freq_factor: float = 1.0     # 'llama3' only
+    rope_high_freq_factor: float = 4.0    # 'llama3' only
+    rope_original_max_seq_len: int = 8192  # 'llama3' only: the context length before the extension
+    qkv_bias: bool = False      # biases on the q/k/v projections (Qwen2); Llama has none
     tie_embeddings: bool = True
     dropout: float = 0.0
     value_head: bool = False    # V(s_t) on the trunk output, used by the critic scheme
@@ -39,11 +48,18 @@ class ModelConfig:
     def __post_init__(self):
         if not 1 <= self.n_future <= self.n_layer:
             raise ValueError(f"need 1 <= n_future <= n_layer, got n_future={self.n_future}, n_layer={self.n_layer}")
-        if self.d_model % self.n_head or self.n_head % self.n_kv_head:
-            raise ValueError(f"d_model={self.d_model} must divide by n_head={self.n_head}, "
+        if (not self.head_dim and self.d_model % self.n_head) or self.n_head % self.n_kv_head:
+            raise ValueError(f"d_model={self.d_model} must divide by n_head={self.n_head} (or set head_dim), "
                              f"and n_head by n_kv_head={self.n_kv_head}")
-        if (self.d_model // self.n_head) % 2:
-            raise ValueError("head dim d_model/n_head must be even for rotary embeddings")
+        if self.head_size % 2:
+            raise ValueError(f"head dim {self.head_size} must be even for rotary embeddings")
+        if self.rope_scaling_type not in ("", "linear", "llama3"):
+            raise ValueError(f"rope_scaling_type={self.rope_scaling_type!r}: expected '', 'linear' or 'llama3'")
+
+    @property
+    def head_size(self):
+        """The width of one attention head: head_dim, or d_model // n_head when it is 0."""
+        return self.head_dim or self.d_model // self.n_head
 
 
 class RMSNorm(nn.Module):
@@ -59,9 +75,23 @@ class RMSNorm(nn.Module):
         return xf.type_as(x) * self.weight
 
 
-def rotary_tables(head_dim, max_seq_len, theta):
-    """cos/sin of shape (max_seq_len, head_dim/2): Su et al. 2021, eq. 34."""
-    inv_freq = 1.0 / theta ** (torch.arange(0, head_dim, 2).float() / head_dim)
+def rotary_tables(head_dim, max_seq_len, theta, c=None):
+    """cos/sin of shape (max_seq_len, head_dim/2): Su et al. 2021, eq. 34, with the
+    frequency scaling of ModelConfig c (rope_scaling_type) where it asks for one."""
+    inv_freq = 1.0 / theta ** (torch.arange(0, head_dim, 2).float() / head_dim)   # (hd/2,)
+    if c is not None and c.rope_scaling_type == "linear":
+        # position interpolation (Chen et al. 2023): position p is read as p / factor
+        inv_freq = inv_freq / c.rope_factor
+    elif c is not None and c.rope_scaling_type == "llama3":
+        # Llama 3.1 (Meta's reference apply_scaling): wavelengths shorter than
+        # original_len / high_freq_factor are kept, those longer than original_len /
+        # low_freq_factor are stretched by factor, and the band between is blended linearly
+        wavelen = 2 * math.pi / inv_freq
+        L, lo, hi = c.rope_original_max_seq_len, c.rope_low_freq_factor, c.rope_high_freq_factor
+        smooth = (L / wavelen - lo) / (hi - lo)   # used inside the band only
+        blended = (1 - smooth) * inv_freq / c.rope_factor + smooth * inv_freq
+        inv_freq = torch.where(wavelen < L / hi, inv_freq,
+                               torch.where(wavelen > L / lo, inv_freq / c.rope_factor, blended))
     angles = torch.outer(torch.arange(max_seq_len).float(), inv_freq)  # (T, hd/2)
     return angles.cos(), angles.sin()
 
@@ -80,10 +110,10 @@ class Attention(nn.Module):
     def __init__(self, c: ModelConfig):
         super().__init__()
         self.n_head, self.n_kv_head = c.n_head, c.n_kv_head
-        self.head_dim = c.d_model // c.n_head
-        self.wq = nn.Linear(c.d_model, c.n_head * self.head_dim, bias=False)
-        self.wk = nn.Linear(c.d_model, c.n_kv_head * self.head_dim, bias=False)
-        self.wv = nn.Linear(c.d_model, c.n_kv_head * self.head_dim, bias=False)
+        self.head_dim = c.head_size
+        self.wq = nn.Linear(c.d_model, c.n_head * self.head_dim, bias=c.qkv_bias)
+        self.wk = nn.Linear(c.d_model, c.n_kv_head * self.head_dim, bias=c.qkv_bias)
+        self.wv = nn.Linear(c.d_model, c.n_kv_head * self.head_dim, bias=c.qkv_bias)
         self.wo = nn.Linear(c.n_head * self.head_dim, c.d_model, bias=False)
         self.dropout = c.dropout
 
@@ -203,7 +233,7 @@ class Transformer(nn.Module):
         self.output = nn.Linear(c.d_model, c.vocab_size, bias=False)
         if c.tie_embeddings:
             self.output.weight = self.tok_embeddings.weight
-        cos, sin = rotary_tables(c.d_model // c.n_head, c.max_seq_len, c.rope_theta)
+        cos, sin = rotary_tables(c.head_size, c.max_seq_len, c.rope_theta, c)
         self.register_buffer("rope_cos", cos, persistent=False)
         self.register_buffer("rope_sin", sin, persistent=False)
         self.apply(self._init_weights)
@@ -264,7 +294,7 @@ class Transformer(nn.Module):
     def new_caches(self, B):
         """One KV cache per block (trunk blocks, then heads 1..H), as forward expects."""
         c, p = self.config, self.tok_embeddings.weight
-        return [KVCache(B, c.n_kv_head, c.max_seq_len, c.d_model // c.n_head, p.device, p.dtype)
+        return [KVCache(B, c.n_kv_head, c.max_seq_len, c.head_size, p.device, p.dtype)
                 for _ in range(c.n_layer)]
 
     @torch.no_grad()
@@ -348,7 +378,7 @@ class Transformer(nn.Module):
         blocks = sum(p.numel() for p in self.layers.parameters()) + \
             sum(p.numel() for p in self.extra_heads.parameters())
         unembed = c.n_future * c.vocab_size * c.d_model
-        attention = 12 * c.n_layer * c.d_model * seq_len
+        attention = 12 * c.n_layer * c.n_head * c.head_size * seq_len
         return 6 * (blocks + unembed) + attention
 
     def estimate_mfu(self, tokens_per_s, seq_len, peak_flops):
