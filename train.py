@@ -173,7 +173,9 @@ def load_checkpoint(path, map_location="cpu"):
     if not path.endswith(".pt"):
         path = os.path.join(path, "ckpt.pt")
     if not os.path.exists(path):
-        raise FileNotFoundError(f"no checkpoint at {path} (init_from or ref_init_from names a run without one)")
+        raise FileNotFoundError(f"no checkpoint at {path}: init_from / ref_init_from must name a run dir "
+                                f"(with ckpt.pt), a .pt file, or a pretrained model (an HF dir with "
+                                f"config.json, a Meta dir with params.json, a .gguf file, hf:ORG/NAME)")
     try:
         ckpt = torch.load(path, map_location=map_location, weights_only=False)
     except Exception as e:

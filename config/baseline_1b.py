@@ -1,36 +1,42 @@
-# Uniform (unweighted) MTP fine-tuning of a real ~1B code model with 4 heads: the arm the
+# Uniform (unweighted) MTP fine-tuning of a real ~1B model with 4 heads: the arm the
 # weighted schemes are compared against (Gloeckle et al. 2024 used n = 4 for code).
-# Weights: deepseek-ai/deepseek-coder-1.3b-base (Hugging Face, Llama architecture, rope
-# 'linear' x4, 32,256-token BPE vocab). Chosen over Llama-3.2-1B because it is a code model
-# (HumanEval pass@1 ~35% vs ~18% for the base Llama 3.2 1B), and its 32K vocab keeps the
-# (B, T, H, V) logits of 4 heads 4x smaller than Llama 3's 128K; its natural Rho-1 reference,
-# deepseek-coder-6.7b-base, shares the tokenizer.
-# Commands, in order (an online machine fetches the weights once):
-#   huggingface-cli download deepseek-ai/deepseek-coder-1.3b-base --local-dir data_cache/deepseek-coder-1.3b-base
-#   python pretrained.py info data_cache/deepseek-coder-1.3b-base
-#   python data.py --tokenizer=data_cache/deepseek-coder-1.3b-base --data_dir=data_cache/tinycode-dscoder
+# Weights: meta-llama/Llama-3.2-1B (Hugging Face, Llama architecture: 16 blocks, D = 2048,
+# 32 query / 8 kv heads of 64, SwiGLU 8192, rope 'llama3' x32, tied embeddings, the 128,256-
+# token Llama 3 tokenizer). Why not deepseek-coder-1.3b-base, the stronger code model: its
+# tokenizer.json chains several Split pre-tokenizers, which no single tiktoken regex
+# reproduces, so tokenization.py refuses it (that is the rule the converter applies; the real
+# file could not be fetched here to confirm); Qwen2.5-Coder's NFC normalizer is refused the
+# same way. Llama 3.2's tokenizer converts exactly, and its natural Rho-1 reference,
+# Llama-3.1-8B, shares it (same ranks, specials and regex: the identity check passes).
+# Commands, in order (an online machine with the licence accepted fetches the weights once):
+#   huggingface-cli download meta-llama/Llama-3.2-1B --local-dir data_cache/Llama-3.2-1B
+#   python pretrained.py info data_cache/Llama-3.2-1B
+#   python data.py --tokenizer=data_cache/Llama-3.2-1B --data_dir=data_cache/tinycode-llama3
 #   torchrun --standalone --nproc_per_node=8 train.py config/baseline_1b.py
-# The checkpoint's 24 blocks become 23 trunk blocks + head 1; heads 2-4 start as copies of
-# its last block (pretrained.py). The model's shape comes from the checkpoint, not from here.
+# The checkpoint's 16 blocks become 15 trunk blocks + head 1; heads 2-4 start as copies of
+# its last block (head_init='copy', pretrained.py). The shape comes from the checkpoint.
 #
 # Memory per GPU (8 x 80 GB, DDP: every GPU holds everything), fp32 weights + bf16 autocast:
-#   params: 27 blocks x (4 x 2048^2 attn + 3 x 2048 x 5504 SwiGLU = 50.6M) = 1.366B
-#           + untied embedding and unembedding 2 x 32256 x 2048 = 0.132B       -> 1.50B
-#   weights 4 B + grads 4 B + AdamW m, v 8 B = 16 B/param x 1.50B            = 24.0 GB
+#   params: 19 blocks x (2048 x (2048 + 512 + 512 + 2048) attn + 3 x 2048 x 8192 SwiGLU
+#           = 60.8M) = 1.155B + tied embedding 128256 x 2048 = 0.263B             -> 1.42B
+#   weights 4 B + grads 4 B + AdamW m, v 8 B = 16 B/param x 1.42B            = 22.7 GB
 #   activations, bf16, no recomputation: ~34 x D bytes per token per block (Korthikanti
-#     et al. 2022, flash attention) = 34 x 2048 x 27 = 1.88 MB/token x 4 x 2048 tokens = 15.4 GB
-#   logits (B, T, H, V): 8192 x 4 x 32256 x (2 B bf16 + 4 B fp32 CE + 4 B its grad) = 10.6 GB
-#   total ~50 GB of 80 GB; the remainder is headroom for fragmentation and eval.
-# 4 rows x 2048 block x 4 accum x 8 GPUs = 262,144 tokens per step (at most: rows are padded samples)
+#     et al. 2022, flash attention) = 34 x 2048 x 19 = 1.32 MB/token x 2 x 2048 tokens = 5.4 GB
+#   logits (B, T, H, V) on loss_impl='simple': 4096 x 4 x 128256 x (2 B bf16 + 4 B fp32 CE
+#     + 4 B its grad) = 21.0 GB, the reason rows are 2 here, not 4
+#   total ~49 GB of 80 GB; the remainder is headroom for fragmentation and eval.
+# 2 rows x 2048 block x 16 accum x 8 GPUs = 524,288 tokens per step at most (rows are padded
+# samples, so real tokens are fewer)
 out_dir = "out/baseline_1b"
-init_from = "data_cache/deepseek-coder-1.3b-base"
-tokenizer = "data_cache/deepseek-coder-1.3b-base"
-data_dir = "data_cache/tinycode-dscoder"
+init_from = "data_cache/Llama-3.2-1B"
+tokenizer = "data_cache/Llama-3.2-1B"
+data_dir = "data_cache/tinycode-llama3"
 weighting = "uniform"
 n_future = 4
+head_init = "copy"
 block_size = 2048
-batch_size = 4
-gradient_accumulation_steps = 32   # micro-batches per step over all 8 processes: 4 each
+batch_size = 2
+gradient_accumulation_steps = 128  # micro-batches per step over all 8 processes: 16 each
 max_iters = 2000
 lr_decay_iters = 2000
 warmup_iters = 100

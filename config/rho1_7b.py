@@ -3,15 +3,16 @@
 # Meta's own layout, Llama 2's 32,000-token sentencepiece tokenizer.model at the top level).
 # Its 4 trained heads load as they are (n_future comes from params.json n_future_tokens).
 # Commands, in order (an online machine with the licence accepted fetches the weights once):
-#   huggingface-cli download facebook/multi-token-prediction --include "7B_1T_4/*" "tokenizer.model" \
+#   huggingface-cli download facebook/multi-token-prediction --include "7B_1T_4/*" "7B_1T_1/*" "tokenizer.model" \
 #       --local-dir data_cache/mtp
 #   python pretrained.py info data_cache/mtp/7B_1T_4
 #   python data.py --tokenizer=data_cache/mtp/tokenizer.model --data_dir=data_cache/tinycode-llama2
-#   huggingface-cli download codellama/CodeLlama-7b-hf --local-dir data_cache/CodeLlama-7b-hf
 #   torchrun --standalone --nproc_per_node=8 train.py config/rho1_7b.py
-# Reference: CodeLlama-7b (Llama 2 further trained on 500B tokens of code): Llama 2's 32,000
-# token ids plus 16 infilling tokens (vocab 32,016), so the tokenizer check must accept a
-# reference whose vocabulary extends ours; it scores the data once (13.5 GB bf16, one GPU).
+# Reference: 7B_1T_1, the release's next-token twin of 7B_1T_4 (same 1T tokens of code, same
+# Llama 2 tokenizer, one head; download it with --include "7B_1T_1/*"). CodeLlama-7b would be
+# the stronger reference, but its vocabulary is Llama 2's + 16 infilling tokens (32,016), and
+# a tokenizer that extends ours is refused (tokenization.check_tokenizer says why). It scores
+# the data once (13.5 GB bf16, one GPU).
 #
 # Memory per GPU (8 x 80 GB), fp32 weights + bf16 autocast:
 #   params: 32 blocks (28 trunk + 4 heads) x (4 x 4096^2 + 3 x 4096 x 11008 = 202.4M) = 6.48B
@@ -31,7 +32,7 @@ init_from = "data_cache/mtp/7B_1T_4"
 tokenizer = "data_cache/mtp/tokenizer.model"
 data_dir = "data_cache/tinycode-llama2"
 weighting = "rho1"
-ref_init_from = "data_cache/CodeLlama-7b-hf"
+ref_init_from = "data_cache/mtp/7B_1T_1"   # same tokenizer; needs tokenizer.model beside it (the parent dir)
 ref_ce_mode = "cache"
 n_future = 4                       # = the checkpoint's n_future_tokens (a mismatch is refused)
 block_size = 2048
