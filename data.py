@@ -43,14 +43,16 @@ def encode_sample(enc, sample):
 
 def encode_samples(enc, samples, threads=8):
     """encode_sample over a batch: tiktoken's encode_ordinary_batch encodes on `threads`
-    threads (its Rust core releases the GIL); a tokenizer without it (SentencePiece) loops."""
+    threads (its Rust core releases the GIL); a tokenizer without it (SentencePiece) loops.
+    A prompt shared by a problem's samples is encoded once."""
     batch = getattr(enc, "encode_ordinary_batch", None)
-    texts = [s["prompt"] for s in samples] + [s["completion"] for s in samples]
-    ids = batch(texts, num_threads=threads) if batch and len(samples) > 1 else [enc.encode_ordinary(t) for t in texts]
+    texts = list(dict.fromkeys(t for s in samples for t in (s["prompt"], s["completion"])))
+    ids = batch(texts, num_threads=threads) if batch and len(texts) > 1 else [enc.encode_ordinary(t) for t in texts]
+    ids = dict(zip(texts, ids))
     eot = eot_token(enc)
     out = []
-    for prompt, completion in zip(ids[:len(samples)], ids[len(samples):]):
-        completion = completion + [eot]
+    for s in samples:
+        prompt, completion = ids[s["prompt"]], ids[s["completion"]] + [eot]
         out.append((prompt + completion, [0] * len(prompt) + [1] * len(completion)))
     return out
 

@@ -378,9 +378,10 @@ def sample_key(seed, source, problem_id, completion):
     return int.from_bytes(h.digest(), "little")
 
 
-def in_val(seed, source, problem_id, val_frac):
-    """Whole problems go to val, by a seeded hash, so no problem is in both splits."""
-    h = hashlib.blake2b(f"val\0{seed}\0{source}\0{problem_id}".encode(), digest_size=8)
+def in_val(seed, problem_id, val_frac):
+    """Whole problems go to val, by a seeded hash of the problem alone, so no problem is in
+    both splits, even when two sources (mbpp and sampled mbpp) hold it."""
+    h = hashlib.blake2b(f"val\0{seed}\0{problem_id}".encode(), digest_size=8)
     return int.from_bytes(h.digest(), "little") < val_frac * 2**64
 
 
@@ -435,7 +436,7 @@ def stream_source(name, fn, path, options, enc, writers, problem_files, seed, bl
             continue
         if not samples:
             continue
-        split = "val" if in_val(seed, name, problem["problem_id"], val_frac) else "train"
+        split = "val" if in_val(seed, problem["problem_id"], val_frac) else "train"
         problem_files[split].write(json.dumps({**problem, "source": name}) + "\n")
         n["samples"] += len(samples)
         pending += [(split, s) for s in samples]
@@ -547,9 +548,11 @@ def write_chosen(path, enc, cands, chosen, infos, cand_dir, split, quotas, avail
                         "lengths": length_report(lengths, labels) if lengths else {}})
 
     def problems():
+        seen = set()   # a problem two sources hold is written once
         for i, info in enumerate(infos):
             for p in file_rows(os.path.join(cand_dir, f"{i}-{info['source']}", f"{split}-problems.jsonl")):
-                if p["problem_id"] in used[i]:
+                if p["problem_id"] in used[i] and p["problem_id"] not in seen:
+                    seen.add(p["problem_id"])
                     if p.get("n_generated_tests"):   # megabytes a problem: public and private
                         p = {**p, "tests": p["tests"][:-p["n_generated_tests"]], "n_generated_tests": 0}
                     yield p   # tests are kept; self-labelling reads the rows, generated included
@@ -568,3 +571,52 @@ def write_chosen(path, enc, cands, chosen, infos, cand_dir, split, quotas, avail
                   f"(median {L['incorrect']['p50']:.0f}); AUC of length for the label "
                   f"{L['auc_length_predicts_correct']:.3f}")
     return meta
+
+
+# ---- python sources.py: tokenizer throughput and peak memory on a synthetic corpus -------------
+def synthetic_code_contests(path, n_problems, per_problem, seed=0):
+    """Parquet shards in code_contests' schema with CodeContests-like sizes (a ~1.5 KB
+    statement, ~0.6 KB Python solutions), for measuring the pipeline, not for training."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+    rng = random.Random(seed)
+    words = [w for w in "the of a to and is in integer array print each test case output input "
+             "given number string line first second query you must find minimum maximum sum".split()]
+    os.makedirs(path, exist_ok=True)
+    for shard in range(0, n_problems, 500):
+        rows = []
+        for i in range(shard, min(n_problems, shard + 500)):
+            desc = " ".join(rng.choice(words) for _ in range(250)) + f" {rng.randint(1, 10**9)}"
+            code = ["\n".join(f"{rng.choice('abcnmxy')}{j} = int(input()) * {rng.randint(0, 999)} + "
+                              f"len('{rng.choice(words)}')" for j in range(18)) + f"\nprint({k})\n"
+                    for k in range(per_problem)]
+            half = per_problem // 2
+            rows.append({"name": f"{i}_A. Synthetic", "description": desc,
+                         "solutions": {"language": [3] * half, "solution": code[:half]},
+                         "incorrect_solutions": {"language": [3] * (per_problem - half),
+                                                 "solution": code[half:]}})
+        pq.write_table(pa.Table.from_pylist(rows), os.path.join(path, f"train-{shard // 500:05d}.parquet"))
+
+
+if __name__ == "__main__":
+    import resource
+    import sys
+    import tempfile
+    import time
+    import configurator
+    cfg = configurator.configure(dict(n_samples=100_000, tokenizer="cl100k_base", threads=8,
+                                      per_problem=10), sys.argv[1:])
+    with tempfile.TemporaryDirectory() as tmp:
+        synthetic_code_contests(os.path.join(tmp, "cc"), cfg["n_samples"] // cfg["per_problem"], cfg["per_problem"])
+        rss0 = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+        t0 = time.time()
+        metas = prepare(os.path.join(tmp, "out"), [("code_contests", os.path.join(tmp, "cc"),
+                        {"max_correct": 0, "max_incorrect": 0})], cfg["tokenizer"], block_size=0,
+                        val_frac=0.0, threads=cfg["threads"])
+        dt = time.time() - t0
+        peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+        m = metas["train"]
+    print(f"{m['n_samples']:,} samples, {m['n_tokens']:,} tokens ({cfg['tokenizer']}, "
+          f"{cfg['threads']} threads, {os.cpu_count()} cores) in {dt:.1f}s: "
+          f"{m['n_tokens'] / dt:,.0f} tokens/s, {m['n_samples'] / dt:,.0f} samples/s; "
+          f"peak RSS {peak:.0f} MB ({rss0:.0f} MB before preparing)")

@@ -231,6 +231,15 @@ def test_mixture_proportions_and_meta(tmp_path):
     assert {s["source"]: s["kept_train"] for s in metas["train"]["sources"]} == {"gsm8k": 10, "mbpp": 3}
     with pytest.raises(ValueError, match="more than sources have"):
         prepare(tmp_path, specs, "big", n_samples=100, mix=(0.5, 0.5))
+    # a problem two sources hold (mbpp and its sampled twin) is in one split, listed once
+    prepare(tmp_path, [("mbpp", m, {}), ("mbpp", m, {})], "twice", val_frac=0.5)
+    ids = {s: [json.loads(r)["problem_id"] for r in open(tmp_path / "twice" / s / "problems.jsonl")]
+           for s in ("train", "val")}
+    assert ids["train"] and ids["val"] and not set(ids["train"]) & set(ids["val"])
+    assert sorted(ids["train"] + ids["val"]) == sorted(f"mbpp/{600 + i}" for i in range(1, 9))
+    for s in ("train", "val"):
+        rows = [json.loads(r)["problem_id"] for r in open(tmp_path / "twice" / s / "samples.jsonl")]
+        assert sorted(rows) == sorted(2 * ids[s])
 
 
 def test_source_prompts_match_eval_and_checkers_pass_references(tmp_path):
