@@ -10,6 +10,7 @@ learns where a solution ends.
 Prepare once, then train from memmaps:
     python data.py                        # tinycode with the byte tokenizer
     python data.py --tokenizer=cl100k_base --data_dir=data_cache/tinycode-cl100k
+    python data.py --dataset=gsm8k,mbpp --data_dir=data_cache/real   # real sources: sources.py
 Layout of a prepared split, data_dir/{train,val,test,pretrain}/ ('pretrain': the base
 model's canonical solutions, tinycode only):
     tokens.bin      all samples' tokens, concatenated (uint16, or uint32 for big vocabs)

@@ -10,7 +10,6 @@ The real-rows tests read ../shared/data and skip without it.
 import json
 import os
 
-import numpy as np
 import pytest
 import torch
 
@@ -361,6 +360,16 @@ def test_real_mbpp_train_prepares_and_drops_test_copies(tmp_path):
     # train task 602 is test task 'first repeated character in a given string', verbatim
     row = next(json.loads(r) for r in open(mbpp) if json.loads(r)["task_id"] == 602)
     assert "first repeated character" in row["text"] and "mbpp/602" not in ids
+
+
+def test_real_gsm8k_train_prepares_and_references_pass_the_checker(tmp_path):
+    gsm = shared("gsm8k")
+    metas = prepare(tmp_path, [("gsm8k", gsm, {})], decontam=f"gsm8k={gsm}", val_frac=0.02)
+    n = metas["train"]["sources"][0]["counts"]
+    rows = sum(1 for _ in open(os.path.join(gsm, "train.jsonl")))
+    assert n["problems"] == rows and metas["train"]["n_samples"] + metas["val"]["n_samples"] == rows
+    out, _ = run_source("gsm8k", gsm)
+    assert all(ev.extract_gsm8k(ss[0]["completion"]) == p["answer"] is not None for p, ss in out)
 
 
 def test_real_selflabel_mbpp_labels_match_the_checker(tmp_path):
