@@ -10,6 +10,7 @@ learns where a solution ends.
 Prepare once, then train from memmaps:
     python data.py                        # tinycode with the byte tokenizer
     python data.py --tokenizer=cl100k_base --data_dir=data_cache/tinycode-cl100k
+    python data.py --dataset=gsm8k,mbpp --data_dir=data_cache/real   # real sources: sources.py
 Layout of a prepared split, data_dir/{train,val,test,pretrain}/ ('pretrain': the base
 model's canonical solutions, tinycode only):
     tokens.bin      all samples' tokens, concatenated (uint16, or uint32 for big vocabs)
@@ -41,52 +42,91 @@ def encode_sample(enc, sample):
     return prompt + completion, [0] * len(prompt) + [1] * len(completion)
 
 
+def encode_samples(enc, samples, threads=8):
+    """encode_sample over a batch: tiktoken's encode_ordinary_batch encodes on `threads`
+    threads (its Rust core releases the GIL); a tokenizer without it (SentencePiece) loops.
+    A prompt shared by a problem's samples is encoded once."""
+    batch = getattr(enc, "encode_ordinary_batch", None)
+    texts = list(dict.fromkeys(t for s in samples for t in (s["prompt"], s["completion"])))
+    ids = batch(texts, num_threads=threads) if batch and len(texts) > 1 else [enc.encode_ordinary(t) for t in texts]
+    ids = dict(zip(texts, ids))
+    eot = eot_token(enc)
+    out = []
+    for s in samples:
+        prompt, completion = ids[s["prompt"]], ids[s["completion"]] + [eot]
+        out.append((prompt + completion, [0] * len(prompt) + [1] * len(completion)))
+    return out
+
+
+class SplitWriter:
+    """Writes one prepared split sample by sample, so a dataset of any size is prepared in
+    bounded memory: tokens and masks go straight to disk, only index.npy (32 bytes a
+    sample) is held. Atomic: everything goes to a temp dir renamed into place by close(),
+    so a killed prepare never leaves half a dataset. write_split is this over a list."""
+
+    def __init__(self, path, enc):
+        self.path, self.tmp, self.enc = path, path + ".tmp", enc
+        shutil.rmtree(self.tmp, ignore_errors=True)
+        os.makedirs(self.tmp)
+        self.dtype = np.uint16 if enc.n_vocab <= 2**16 else np.uint32
+        self.files = {name: open(os.path.join(self.tmp, name), "wb" if name.endswith(".bin") else "w")
+                      for name in ("tokens.bin", "loss_mask.bin", "samples.jsonl")}
+        self.index, self.start = [], 0
+        self.hash = hashlib.sha256()   # of tokens.bin, then index.npy's array (see close)
+
+    def add(self, sample, tokens=None, mask=None):
+        """Append one sample; tokens/mask as encode_sample gives them, if already encoded."""
+        if tokens is None:
+            tokens, mask = encode_sample(self.enc, sample)
+        t = np.asarray(tokens, dtype=self.dtype)
+        self.files["tokens.bin"].write(t.tobytes())
+        self.hash.update(t.tobytes())
+        self.files["loss_mask.bin"].write(np.asarray(mask, dtype=np.uint8).tobytes())
+        self.index.append((self.start, len(t), list(mask).index(1), int(bool(sample["is_correct"]))))
+        self.start += len(t)
+        self.files["samples.jsonl"].write(
+            json.dumps({k: sample[k] for k in ("problem_id", "source", "is_correct")}) + "\n")
+
+    def close(self, problems, source_info):
+        """Write index, problems and meta.json, rename into place; -> meta."""
+        for f in self.files.values():
+            f.close()
+        index = np.asarray(self.index, dtype=np.int64).reshape(-1, 4)
+        np.save(os.path.join(self.tmp, "index.npy"), index)
+        n_problems = 0
+        with open(os.path.join(self.tmp, "problems.jsonl"), "w") as f:
+            for p in problems:
+                f.write(json.dumps(p) + "\n")
+                n_problems += 1
+        lengths = index[:, 1]
+        self.hash.update(index.tobytes())
+        meta = {
+            "tokenizer": tokenizer_identity(self.enc),
+            "dtype": np.dtype(self.dtype).name,
+            "n_samples": int(len(index)),
+            "n_correct": int(index[:, 3].sum()) if len(index) else 0,
+            "n_problems": n_problems,
+            "n_tokens": int(lengths.sum()),
+            "max_len": int(lengths.max()) if len(index) else 0,
+            "mean_len": float(lengths.mean()) if len(index) else 0.0,
+            # identity of the token data: a reference-CE cache is valid only for this hash
+            "hash": self.hash.hexdigest()[:16],
+            **source_info,
+        }
+        with open(os.path.join(self.tmp, "meta.json"), "w") as f:
+            json.dump(meta, f, indent=1)
+        shutil.rmtree(self.path, ignore_errors=True)
+        os.replace(self.tmp, self.path)
+        return meta
+
+
 def write_split(path, enc, samples, problems, source_info):
-    """Tokenize samples and write one prepared split to `path` (atomically: a temp dir
-    renamed into place, so a killed prepare never leaves half a dataset)."""
+    """Tokenize a list of samples and write one prepared split to `path` (atomically)."""
     from tqdm import tqdm
-    tmp = path + ".tmp"
-    shutil.rmtree(tmp, ignore_errors=True)
-    os.makedirs(tmp)
-    dtype = np.uint16 if enc.n_vocab <= 2**16 else np.uint32
-    toks, masks, index = [], [], []
-    start = 0
+    w = SplitWriter(path, enc)
     for s in tqdm(samples, desc=f"tokenize {os.path.basename(path)}", leave=False):
-        t, m = encode_sample(enc, s)
-        toks.append(np.asarray(t, dtype=dtype))
-        masks.append(np.asarray(m, dtype=np.uint8))
-        index.append((start, len(t), m.index(1), int(bool(s["is_correct"]))))
-        start += len(t)
-    tokens = np.concatenate(toks) if toks else np.zeros(0, dtype)
-    tokens.tofile(os.path.join(tmp, "tokens.bin"))
-    (np.concatenate(masks) if masks else np.zeros(0, np.uint8)).tofile(os.path.join(tmp, "loss_mask.bin"))
-    index = np.asarray(index, dtype=np.int64).reshape(-1, 4)
-    np.save(os.path.join(tmp, "index.npy"), index)
-    with open(os.path.join(tmp, "samples.jsonl"), "w") as f:
-        for s in samples:
-            f.write(json.dumps({k: s[k] for k in ("problem_id", "source", "is_correct")}) + "\n")
-    with open(os.path.join(tmp, "problems.jsonl"), "w") as f:
-        for p in problems:
-            f.write(json.dumps(p) + "\n")
-    lengths = index[:, 1]
-    meta = {
-        "tokenizer": tokenizer_identity(enc),
-        "dtype": np.dtype(dtype).name,
-        "n_samples": int(len(index)),
-        "n_correct": int(index[:, 3].sum()) if len(index) else 0,
-        "n_problems": len(problems),
-        "n_tokens": int(lengths.sum()),
-        "max_len": int(lengths.max()) if len(index) else 0,
-        "mean_len": float(lengths.mean()) if len(index) else 0.0,
-        # identity of the token data: a reference-CE cache is valid only for this hash
-        "hash": hashlib.sha256(tokens.tobytes() + index.tobytes()).hexdigest()[:16],
-        **source_info,
-    }
-    with open(os.path.join(tmp, "meta.json"), "w") as f:
-        json.dump(meta, f, indent=1)
-    shutil.rmtree(path, ignore_errors=True)
-    os.replace(tmp, path)
-    return meta
+        w.add(s)
+    return w.close(problems, source_info)
 
 
 # The embedded default's tinycode: all five families with single-digit constants to
@@ -336,7 +376,7 @@ class Loader:
 # -----------------------------------------------------------------------------
 # python data.py [--key=value ...]
 defaults = dict(
-    dataset="tinycode",             # the only source so far
+    dataset="tinycode",             # 'tinycode', or real sources, comma-separated: sources.SOURCES
     data_dir="data_cache/tinycode",  # where the prepared splits go
     tokenizer="bytes",              # 'bytes', a tiktoken name, or a path: see tokenization.py
     n_train=3000, n_val=200, n_test=200,  # problems per split
@@ -348,7 +388,36 @@ defaults = dict(
     seed=0,
     cache_tokenizer="",             # set to a tiktoken name to cache local BPE files ...
     cache_files="",                 # ... given here, comma-separated, then exit
+    # real sources (sources.py); lists are comma-separated, one entry per source
+    path="",                        # local files in the hub's schema; an empty entry: the hub
+    mix="",                         # proportions of samples per source, e.g. '0.7,0.3'; '' = all of each
+    n_samples=0,                    # train samples in all (seeded subsample); 0 = all the mix allows
+    block_size=2048,                # longer samples are dropped (and counted)
+    val_frac=0.02,                  # share of problems held out as the val split
+    decontam="humaneval,mbpp,gsm8k,math,code_contests",  # eval sets, NAME or NAME=PATH; 'none'
+    languages="3",                  # code_contests languages: 3 Python 3, 1 Python 2
+    max_correct=10, max_incorrect=10,  # code_contests solutions per problem and label; 0 = all
+    prompt_tests=False,             # code_contests: append the public tests to the prompt
+    threads=8,                      # tokenizer threads (tiktoken's batch encoding)
 )
+
+
+def prepare_real(cfg):
+    """The real sources named in cfg['dataset'] -> data_dir/{train,val} (sources.prepare)."""
+    import sources
+    names = cfg["dataset"].split(",")
+    paths = cfg["path"].split(",") if cfg["path"] else [""] * len(names)
+    if len(paths) != len(names):
+        raise ValueError(f"--path has {len(paths)} entries for {len(names)} datasets {names}; "
+                         f"give one per dataset (empty for the hub)")
+    cc = {"languages": tuple(int(x) for x in cfg["languages"].split(",")), "prompt_tests": cfg["prompt_tests"],
+          "max_correct": cfg["max_correct"], "max_incorrect": cfg["max_incorrect"]}
+    specs = [(n, p or None, cc if n == "code_contests" else {}) for n, p in zip(names, paths)]
+    mix = [float(x) for x in cfg["mix"].split(",")] if cfg["mix"] else None
+    return sources.prepare(cfg["data_dir"], specs, cfg["tokenizer"], cfg["block_size"],
+                           cfg["n_samples"], mix, cfg["val_frac"], cfg["seed"], cfg["decontam"],
+                           cfg["threads"])
+
 
 if __name__ == "__main__":
     import configurator
@@ -358,7 +427,8 @@ if __name__ == "__main__":
         print(f"cached {cfg['cache_tokenizer']} in {where}; set TIKTOKEN_CACHE_DIR={where} if that is not the default")
         sys.exit(0)
     if cfg["dataset"] != "tinycode":
-        sys.exit(f"unknown dataset {cfg['dataset']!r}; available: tinycode")
+        prepare_real(cfg)
+        sys.exit(0)
     prepare_tinycode(cfg["data_dir"], cfg["tokenizer"], cfg["n_train"], cfg["n_val"],
                      cfg["n_test"], cfg["n_incorrect"], cfg["seed"], families=cfg["families"],
                      max_const=cfg["max_const"], n_pretrain=cfg["n_pretrain"],

