@@ -23,6 +23,7 @@ import json
 import os
 import re
 import tempfile
+import unicodedata
 
 import tiktoken
 
@@ -53,9 +54,13 @@ class Encoding(tiktoken.Encoding):
     Some trained vocabularies lack a few control bytes (SmolLM2 has no token for 21 of
     them). HF drops such characters silently; tiktoken would panic. We raise instead."""
 
-    def __init__(self, name, *, eos_token=None, bos_token=None, add_bos=False, **kwargs):
+    def __init__(self, name, *, eos_token=None, bos_token=None, add_bos=False, normal_form=None,
+                 **kwargs):
         super().__init__(name, **kwargs)
         self.eos_token, self.bos_token = eos_token, bos_token
+        # HF's unicode normalizer (Qwen2: NFC), applied to text before splitting, as HF does;
+        # decode(encode(t)) is then the normalized t (ids -> text -> ids still round-trips)
+        self.normal_form = normal_form
         self.add_bos = add_bos  # HF's post-processor puts bos_token in front of every text
         # characters whose UTF-8 holds a missing byte: a missing ASCII byte is itself a
         # character, a missing lead byte starts a range of code points (hf_tokenizer refuses
@@ -75,11 +80,16 @@ class Encoding(tiktoken.Encoding):
             raise ValueError(f"tokenizer {self.name!r} has no token for the character "
                              f"{bad.group()!r} at {bad.start()}: remove it from the text")
 
+    def _normalize(self, text):
+        return unicodedata.normalize(self.normal_form, text) if self.normal_form else text
+
     def encode_ordinary(self, text):
+        text = self._normalize(text)
         self._check(text)
         return super().encode_ordinary(text)
 
     def encode(self, text, **kwargs):
+        text = self._normalize(text)
         self._check(text)
         return super().encode(text, **kwargs)
 
@@ -239,10 +249,16 @@ def hf_tokenizer(path, tj=None, config=None):
         _refuse(path, f"its model is {model.get('type')!r}, not byte-level BPE",
                 "WordPiece and Unigram tokenizers have no tiktoken form; for a SentencePiece "
                 "model (Llama 2 family) pass its tokenizer.model instead")
-    if tj.get("normalizer"):
-        _refuse(path, f"it normalizes text first ({tj['normalizer'].get('type')}), which tiktoken "
-                      f"cannot", "If all your text is already normalized (ASCII code is NFC), "
-                      "remove \"normalizer\" from a copy of tokenizer.json and pass that")
+    normal_form = None
+    norm = tj.get("normalizer")
+    if norm and norm.get("type") == "Sequence" and not norm.get("normalizers"):
+        norm = None                                   # an empty sequence does nothing
+    if norm and norm.get("type") in ("NFC", "NFD", "NFKC", "NFKD"):
+        normal_form = norm["type"]                    # unicodedata does exactly this (Qwen2: NFC)
+    elif norm:
+        _refuse(path, f"it normalizes text first ({norm.get('type')}), which tiktoken cannot",
+                "Only a Unicode normal form (NFC, NFD, NFKC, NFKD) converts. If all your text "
+                "is already normalized, remove \"normalizer\" from a copy of tokenizer.json")
     pat = _pre_tokenizer_pattern(path, tj.get("pre_tokenizer"))
     for key in ("byte_fallback", "dropout", "continuing_subword_prefix", "end_of_word_suffix"):
         if model.get(key):
@@ -325,7 +341,8 @@ def hf_tokenizer(path, tj=None, config=None):
     if path.endswith(".gguf"):
         name = os.path.basename(path)
     return Encoding(name, pat_str=pat, mergeable_ranks=ranks, special_tokens=specials,
-                    eos_token=config_token("eos_token"), bos_token=bos, add_bos=add_bos)
+                    eos_token=config_token("eos_token"), bos_token=bos, add_bos=add_bos,
+                    normal_form=normal_form)
 
 
 # llama.cpp's names for the pre-tokenizers of byte-level BPE models (tokenizer.ggml.pre),
@@ -397,7 +414,7 @@ def write_hf_tokenizer(enc, out_dir):
         "added_tokens": [{"id": i, "content": t, "single_word": False, "lstrip": False,
                           "rstrip": False, "normalized": False, "special": True}
                          for t, i in sorted(enc._special_tokens.items(), key=lambda kv: kv[1])],
-        "normalizer": None,
+        "normalizer": {"type": enc.normal_form} if getattr(enc, "normal_form", None) else None,
         "pre_tokenizer": {"type": "Sequence", "pretokenizers": [
             {"type": "Split", "pattern": {"Regex": enc._pat_str}, "behavior": "Isolated", "invert": False},
             {"type": "ByteLevel", "add_prefix_space": False, "trim_offsets": False, "use_regex": False}]},
@@ -540,6 +557,8 @@ def tokenizer_identity(enc):
         eos = getattr(enc, "eos_token", None)
         if eos is not None and eos != _end_of_text(enc):  # hashes stay where eot is the usual one
             h.update(b"eos" + eos.encode())
+        if getattr(enc, "normal_form", None):             # likewise where text is not normalized
+            h.update(b"normal_form" + enc.normal_form.encode())
     return {"name": enc.name, "n_vocab": enc.n_vocab, "sha256": h.hexdigest()[:16]}
 
 

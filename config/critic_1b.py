@@ -5,8 +5,7 @@
 # token Llama 3 tokenizer). Why not deepseek-coder-1.3b-base, the stronger code model: its
 # tokenizer.json chains several Split pre-tokenizers, which no single tiktoken regex
 # reproduces, so tokenization.py refuses it (that is the rule the converter applies; the real
-# file could not be fetched here to confirm); Qwen2.5-Coder's NFC normalizer is refused the
-# same way. Llama 3.2's tokenizer converts exactly, and its natural Rho-1 reference,
+# file could not be fetched here to confirm). Llama 3.2's tokenizer converts exactly, and its natural Rho-1 reference,
 # Llama-3.1-8B, shares it (same ranks, specials and regex: the identity check passes).
 # Commands, in order (an online machine with the licence accepted fetches the weights once):
 #   huggingface-cli download meta-llama/Llama-3.2-1B --local-dir data_cache/Llama-3.2-1B
