@@ -54,6 +54,7 @@ states, surprise, labels = np.array(states), np.array(surprise), np.array(labels
 
 
 def cv_auc(X, y, l2=1.0, folds=5):
+    X = X.astype(np.float64)
     X = (X - X.mean(0)) / (X.std(0) + 1e-6)
     order = np.random.default_rng(0).permutation(len(y))
     scores = np.zeros(len(y))
