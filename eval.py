@@ -333,21 +333,26 @@ def load_code_contests(path=None):
         rows = read_jsonl(path)
     problems = []
     for r in rows:
-        tests = []
-        for kind in ("public_tests", "private_tests", "generated_tests"):
-            t = r.get(kind) or {"input": [], "output": []}
-            tests += [{"input": i, "output": o} for i, o in zip(t["input"], t["output"])]
-        tl = r.get("time_limit") or {}
-        limit = tl.get("seconds", 0) + tl.get("nanos", 0) / 1e9
+        tests, limit = code_contests_tests(r)
         sols = r.get("solutions") or {"language": [], "solution": []}
         py3 = [s for lang, s in zip(sols["language"], sols["solution"]) if lang == PYTHON3]
         problems.append({
             "task": "code_contests", "problem_id": r["name"], "description": r["description"],
             "prompt": TASKS["code_contests"]["prompt"].format(description=r["description"].strip()),
-            "tests": tests,
-            "time_limit": limit if limit > 0 else 2.0,   # the problem's own; 2 s if it has none
-            "reference": py3[0] if py3 else None})
+            "tests": tests, "time_limit": limit, "reference": py3[0] if py3 else None})
     return problems
+
+
+def code_contests_tests(row):
+    """A code_contests row's tests (public + private + generated, as {input, output}) and
+    its time limit in seconds (time_limit {seconds, nanos}; 2 s where it has none)."""
+    tests = []
+    for kind in ("public_tests", "private_tests", "generated_tests"):
+        t = row.get(kind) or {"input": [], "output": []}
+        tests += [{"input": i, "output": o} for i, o in zip(t["input"], t["output"])]
+    tl = row.get("time_limit") or {}
+    limit = tl.get("seconds", 0) + tl.get("nanos", 0) / 1e9
+    return tests, limit if limit > 0 else 2.0
 
 
 LOADERS = {

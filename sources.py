@@ -170,15 +170,9 @@ def code_contests(path=None, split="train", seed=0, info=None, languages=(3,),
                 texts = rng.sample(texts, cap)
             samples += [{"problem_id": r["name"], "prompt": prompt, "completion": t,
                          "is_correct": bool(label), "source": "code_contests"} for t in texts]
-        # the checker's fields, as eval.load_code_contests builds them
-        tests = []
-        for kind in ("public_tests", "private_tests", "generated_tests"):
-            t = r.get(kind) or {"input": [], "output": []}
-            tests += [{"input": i, "output": o} for i, o in zip(t["input"], t["output"])]
-        tl = r.get("time_limit") or {}
-        limit = tl.get("seconds", 0) + tl.get("nanos", 0) / 1e9
+        tests, limit = ev.code_contests_tests(r)          # the checker's fields, as eval reads them
         problem = {"task": "code_contests", "problem_id": r["name"], "prompt": prompt,
-                   "text": r["description"], "tests": tests, "time_limit": limit if limit > 0 else 2.0,
+                   "text": r["description"], "tests": tests, "time_limit": limit,
                    "n_generated_tests": len((r.get("generated_tests") or {"input": []})["input"])}
         yield problem, samples
 
