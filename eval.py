@@ -1254,19 +1254,12 @@ def head_accuracy(model, split, freq_split, device="cpu", batch_size=32, n_bucke
 
 def load_model(source, device="cpu"):
     """(model, tokenizer, meta) from a wmtp run dir / checkpoint, or from a pretrained model
-    (pretrained.load_pretrained; its tokenizer from the same source: a .gguf holds both)."""
-    import data
-    import pretrained
+    with its own tokenizer (sample.load_model: a .gguf holds both)."""
     import sample
-    if pretrained.is_pretrained_source(source):
-        tok = pretrained.tokenizer_source(source)
-        if tok is None:
-            raise ValueError(f"{source}: no tokenizer found beside the pretrained model")
-        model, _, info = pretrained.load_pretrained(source, device=device)
-        name = os.path.basename(os.path.normpath(source))
-        return model, data.get_tokenizer(tok), {"scheme": name, "seed": 0, "run": source,
-                                                "pretrained": info.get("format")}
     model, enc, ckpt = sample.load_model(source, device)
+    if ckpt["config"]["weighting"] == "pretrained":
+        return model, enc, {"scheme": os.path.basename(os.path.normpath(source)), "seed": 0,
+                            "run": source, "pretrained": ckpt["model_source"].get("format")}
     run_dir = source if not source.endswith(".pt") else os.path.dirname(source)
     return model, enc, {"scheme": ckpt["config"]["weighting"], "seed": ckpt["config"]["seed"],
                         "run": run_dir, "data_dir": ckpt["config"]["data_dir"]}

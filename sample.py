@@ -37,11 +37,15 @@ def load_model(path, device="cpu"):
     selflabel.py read, so the base model of an experiment is scored exactly as its runs."""
     import train
     if pretrained.is_pretrained_source(path):
+        tok = pretrained.tokenizer_source(path)
+        if tok is None:
+            raise ValueError(f"{path}: no tokenizer beside the pretrained model (tokenizer.json, "
+                             f"tokenizer.model, or a .gguf header)")
         model, model_args, info = pretrained.load_pretrained(path, device=device,
                                                              max_seq_len=PRETRAINED_MAX_SEQ_LEN)
-        enc = data.get_tokenizer(path)
+        enc = data.get_tokenizer(tok)
         ckpt = {"model_args": model_args, "iter_num": 0, "model_source": info,
-                "config": {"tokenizer": path, "weighting": "pretrained", "seed": 0, "data_dir": ""}}
+                "config": {"tokenizer": tok, "weighting": "pretrained", "seed": 0, "data_dir": ""}}
         return model, enc, ckpt
     ckpt = train.load_checkpoint(path, map_location=device)
     model = Transformer(ModelConfig(**ckpt["model_args"]))
