@@ -101,10 +101,12 @@ SETTINGS = {
                    lr_decay_iters=300, warmup_iters=20, learning_rate=2e-5, min_lr=2e-6,
                    weight_decay=0.0, eval_interval=100, eval_samples=128, log_interval=10),
         # whole test sets (limit 0), as published numbers are
-        evals={"humaneval": dict(task="humaneval", max_new_tokens=512, limit=0, **GREEDY),
-               "mbpp": dict(task="mbpp", path="{mbpp}", max_new_tokens=512, limit=0, **GREEDY),
-               "humaneval_sampled": dict(task="humaneval", max_new_tokens=512, limit=0, **SAMPLED),
-               "mbpp_sampled": dict(task="mbpp", path="{mbpp}", max_new_tokens=512, limit=0, **SAMPLED)},
+        # eval.py's presets (the harnesses' protocols); sampled: the pass@100 protocol's T=0.8
+        # with 10 samples instead of 200 (pass@1 and pass@10 only), to fit the hour
+        evals={"humaneval": dict(preset="humaneval-greedy", limit=0),
+               "mbpp": dict(preset="mbpp-greedy", path="{mbpp}", limit=0),
+               "humaneval_sampled": dict(preset="humaneval-pass100", limit=0, **SAMPLED),
+               "mbpp_sampled": dict(preset="mbpp-pass100", path="{mbpp}", limit=0, **SAMPLED)},
     ),
     # the coder setting's whole code path on a CPU in ~2 minutes: SmolLM2-135M (offline),
     # a few problems, a few steps, tiny completions. Plumbing, not evidence: SmolLM2 passes
@@ -182,15 +184,17 @@ def train_command(cfg, out_dir, keys):
 
 def eval_table(cfg, setting):
     """[(name, dir name, eval.py run arguments)] of the setting's evaluations. A key an
-    entry leaves out comes from the config; the first evaluation's dir is 'eval' (where
-    the tiny setting has always written), the others' 'eval-<name>'."""
+    entry leaves out comes from its eval.py preset where it names one, else from the config;
+    the first evaluation's dir is 'eval' (where the tiny setting has always written), the
+    others' 'eval-<name>'."""
     recipe = setting["data"] if isinstance(setting["data"], dict) else {}
     fields = dict(cfg, mbpp=cfg["mbpp"] or recipe.get("mbpp", ""))   # '{mbpp}': the data's own copy
     out = []
     for i, (name, entry) in enumerate(setting["evals"].items()):
-        args = dict(task=name, n_samples=cfg["n_samples"], k=[int(k) for k in str(cfg["ks"]).split(",") if k],
-                    temperature=cfg["temperature"], top_p=cfg["top_p"],
-                    max_new_tokens=cfg["max_new_tokens"], limit=cfg["eval_limit"])
+        args = dict(limit=cfg["eval_limit"]) if "preset" in entry else dict(
+            task=name, n_samples=cfg["n_samples"], k=[int(k) for k in str(cfg["ks"]).split(",") if k],
+            temperature=cfg["temperature"], top_p=cfg["top_p"],
+            max_new_tokens=cfg["max_new_tokens"], limit=cfg["eval_limit"])
         args.update({k: v.format(**fields) if isinstance(v, str) else v for k, v in entry.items()})
         out.append((name, "eval" if i == 0 else f"eval-{name}", args))
     return out
