@@ -30,8 +30,8 @@ Usage:
 """
 import dataclasses
 import fcntl
-import json
 import math
+import re
 import os
 import secrets
 import selectors
@@ -90,7 +90,8 @@ def run_program(source: str, *, stdin: str = "", timeout: float = 5.0, memory_mb
     return _run(setup(), source, stdin, timeout, memory_mb, max_output_bytes, max_procs)
 
 
-def _run(s, source, stdin, timeout, memory_mb, max_output_bytes, max_procs):
+def _run(s, source, stdin, timeout, memory_mb, max_output_bytes, max_procs, harness=False):
+    """harness: `source` is _HARNESS, which forks each program it runs (see check_many)."""
     t0 = time.monotonic()
     uid, lock = _claim_uid() if s.root else (None, None)
     workdir = tempfile.mkdtemp(prefix="wmtp-sandbox-")
@@ -102,7 +103,7 @@ def _run(s, source, stdin, timeout, memory_mb, max_output_bytes, max_procs):
             os.chmod(workdir, 0o755)  # bwrap runs as the run uid and binds main.py from here
         elif uid is not None:
             os.chown(workdir, uid, uid)  # rlimits: the program's own writable directory
-        cmd = _command(s, uid, main, timeout, memory_mb, max_output_bytes, max_procs)
+        cmd = _command(s, uid, main, timeout, memory_mb, max_output_bytes, max_procs, harness)
         try:
             # no preexec_fn (all limits are set by prlimit/setpriv after exec): CPython can
             # then spawn with vfork, which stays cheap when we are a multi-GB training
@@ -136,9 +137,13 @@ def _run(s, source, stdin, timeout, memory_mb, max_output_bytes, max_procs):
             os.close(lock)  # releases the uid
 
 
-def _command(s, uid, main, timeout, memory_mb, max_output_bytes, max_procs):
-    cmd = []
-    if uid is not None:
+def _command(s, uid, main, timeout, memory_mb, max_output_bytes, max_procs, harness):
+    cmd, argv = [], []
+    if harness and uid is not None and not s.bwrap:
+        # rlimits as root: the harness stays root and each program it forks drops to the
+        # run uid, which then can neither signal the harness nor take its file descriptors
+        argv, nproc = [str(uid)], max_procs  # root is exempt; the programs are not
+    elif uid is not None:
         # root is exempt from RLIMIT_NPROC and from file permissions; the throwaway uid is
         # not, and it can signal no process but its own (so not us: os.kill(os.getppid()))
         cmd += ["setpriv", f"--reuid={uid}", f"--regid={uid}", "--clear-groups",
@@ -154,13 +159,15 @@ def _command(s, uid, main, timeout, memory_mb, max_output_bytes, max_procs):
         cmd += ["bwrap",
                 "--unshare-all", "--unshare-user", "--disable-userns",  # no net; own pid ns
                 "--die-with-parent", "--new-session",
+                # the harness as the namespace's init: no process inside can kill it
+                *(["--as-pid-1"] if harness else []),
                 "--size", str(TMPFS_MB << 20), "--tmpfs", "/tmp",  # first: binds may be under it
                 *s.binds,
                 "--proc", "/proc", "--dev", "/dev", "--remount-ro", "/dev",
                 "--ro-bind", main, "/tmp/main.py",
                 "--remount-ro", "/", "--chdir", "/tmp", "--"]
         main = "/tmp/main.py"
-    return cmd + [s.python, "-I", "-S", main]
+    return cmd + [s.python, "-I", "-S", main, *argv]
 
 
 def _communicate(proc, stdin, deadline, cap):
@@ -339,22 +346,8 @@ def run_many(sources: list[str], *, workers: int | None = None, progress: bool |
     only wait on child processes, so one program's crash, hang or flood touches no other.
     progress: a tqdm bar (True, or the bar's description)."""
     s = setup()  # probe before starting threads
-    workers = workers or os.cpu_count() or 1
-    results = [None] * len(sources)
-    bar = None
-    if progress:
-        from tqdm import tqdm
-        desc = progress if isinstance(progress, str) else f"sandbox ({s.isolation})"
-        bar = tqdm(total=len(sources), desc=desc, unit="run")
-    with ThreadPoolExecutor(workers) as pool:
-        futures = {pool.submit(run_program, src, **kw): i for i, src in enumerate(sources)}
-        for fut in as_completed(futures):
-            results[futures[fut]] = fut.result()
-            if bar:
-                bar.update()
-    if bar:
-        bar.close()
-    return results
+    desc = progress and (progress if isinstance(progress, str) else f"sandbox ({s.isolation})")
+    return _map(lambda src: run_program(src, **kw), sources, workers, desc)
 
 
 def with_sentinel(program: str) -> str:
@@ -379,40 +372,91 @@ def with_sentinel(program: str) -> str:
 
 def check_many(programs: list[str], *, batch: int = 1, timeout: float = 5.0,
                workers: int | None = None, progress: bool = False, **kw) -> list[bool]:
-    """True for each program that exits 0 *and* reaches its last line (see with_sentinel).
+    """True for each program that exits 0 *and* reaches its last line.
 
+    Each program runs in a process forked from a small harness (_HARNESS) that has run
+    no program code; the program proves that it reached its end on a pipe of its own
+    (not stdout, so output past max_output_bytes can't cut the proof off), and the
+    harness writes the verdicts on a stdout that no program can reach.
     batch=1: every program in a sandbox of its own (use this for model outputs).
-    batch>1: `batch` programs share one sandbox, each in its own process forked from a
-    small harness that has run no program code: ~20x faster where interpreter start-up
-    dominates (25 ms a program here). A program's crash, hang or memory bomb still stays
-    in its own process and is killed with everything it started; what the programs of a
-    batch share is the sandbox (its uid, pid namespace and /tmp), so one that leaves a
-    daemon or a file behind could disturb a later one. A batch whose harness does not
-    come back intact (a program killed it) is rerun with batch=1. `timeout` is per
-    program either way.
+    batch>1: `batch` programs share one sandbox, one after the other: ~8x faster where
+    interpreter start-up dominates (25 ms a program here). A program's crash, hang or
+    memory bomb still stays in its own process and is killed with everything it started;
+    what the programs of a batch share is the sandbox (its uid, pid namespace, /tmp and
+    memory budget), so one that leaves a file behind could disturb a later one. A batch
+    whose verdict does not come back whole (a program killed its harness, or
+    the verdict is truncated or malformed) is rerun with batch=1. `timeout` is per
+    program either way; **kw go to run_program (memory_mb, max_output_bytes, max_procs).
     """
-    if batch > 1:
-        return _check_batched(programs, batch, timeout, workers, progress, kw)
-    nonce = secrets.token_hex(16)
-    results = run_many([with_sentinel(p) for p in programs], stdin=nonce + "\n",
-                       timeout=timeout, workers=workers, progress=progress, **kw)
-    # on a line of its own: one os.write, so output the program left buffered in
-    # sys.stdout (flushed at exit, after it) can't split it
-    line = f"\n{SENTINEL} {nonce}\n"
-    return [r.status == "passed" and line in r.stdout for r in results]
+    s = setup()
+    chunks = [programs[i:i + batch] for i in range(0, len(programs), batch)]
+    # wall time for a whole batch: each program has `timeout`, the harness a little more
+    wall = timeout * batch + 5
+    desc = progress and f"sandbox ({s.isolation}, {batch} programs a run)"
+    runs = _map(lambda chunk: _run_harness(s, chunk, timeout, wall, **kw), chunks, workers, desc)
+    passed, redo = [], []
+    for chunk, r in zip(chunks, runs):
+        got = _verdict(r, len(chunk))
+        if got is None and len(chunk) > 1:
+            got = [None] * len(chunk)
+            redo += chunk
+        passed += got or [False]  # a lone program that broke its own harness fails
+    if redo:
+        again = iter(check_many(redo, timeout=timeout, workers=workers, **kw))
+        passed = [next(again) if p is None else p for p in passed]
+    return passed
 
 
-# Runs inside the sandbox. Each program gets a fresh fork of this harness, with stdio on
-# /dev/null and its own process group; it proves it reached its end by writing to a pipe
-# only the harness reads (the same residual risk as with_sentinel: a program that digs the
-# pipe out of its own process can fake it). After each program everything it started is
-# killed: its group, and with SWEEP (our own pid namespace, or a throwaway uid, never our
-# real uid) kill(-1), i.e. every process but this harness and the namespace's init.
+def _run_harness(s, programs, timeout, wall, memory_mb=1024, max_output_bytes=1_000_000,
+                 max_procs=64):
+    source = _HARNESS.format(programs=programs, timeout=timeout,
+                             sweep=s.bwrap or s.root)  # kill(-1) as our real uid would kill us
+    return _run(s, source, "", wall, memory_mb, max_output_bytes, max_procs, harness=True)
+
+
+def _verdict(r, n):
+    """The harness's n verdicts ('1' passed, '0' failed, one line), or None if they did
+    not come back whole: a truncated stdout could end in anything a program wrote."""
+    if r.status != "passed" or r.truncated or not re.fullmatch(f"[01]{{{n}}}\n", r.stdout):
+        return None
+    return [c == "1" for c in r.stdout[:n]]
+
+
+# Runs inside the sandbox (`python -I -S main.py [uid]`). Each program gets a fresh fork
+# of this harness, with stdio on /dev/null and its own process group; it proves it ran to
+# its end by writing a per-program nonce on a pipe only the harness reads (the residual
+# risk of with_sentinel: code written against this checker can dig the nonce out of its
+# own process, e.g. from the frame that called exec). The harness itself is out of the
+# programs' reach: not dumpable (no ptrace, /proc/<pid>/mem or pidfd_getfd(2) on it, so
+# no program can write on its stdout), and it can't be killed by them: under bwrap it is
+# the pid namespace's init (--as-pid-1), in rlimits mode as root it stays root and each
+# program drops to the run uid. After each program everything it started is killed: its
+# group, and with SWEEP (our own pid namespace, or a throwaway uid, never our real uid)
+# kill(-1) as the programs' uid, i.e. every process of the run but the harness.
 _HARNESS = """\
-import json, os, select, signal
+import ctypes, os, select, sys
 PROGRAMS, TIMEOUT, SWEEP = {programs!r}, {timeout!r}, {sweep!r}
-passed = []
-for src in PROGRAMS:
+UID = int(sys.argv[1]) if len(sys.argv) > 1 else None  # rlimits as root: drop to it
+PR_SET_DUMPABLE, PR_SET_NO_NEW_PRIVS, SIGKILL = 4, 38, 9  # no `signal`: it imports enum
+libc = ctypes.CDLL(None, use_errno=True)
+
+
+def prctl(option, value):
+    if libc.prctl(option, value, 0, 0, 0) != 0:
+        raise OSError(ctypes.get_errno(), "prctl")
+
+
+def as_programs():  # in a fork: become what the programs are
+    if UID is not None:
+        os.setgroups([])
+        os.setresgid(UID, UID, UID)
+        os.setresuid(UID, UID, UID)
+    prctl(PR_SET_NO_NEW_PRIVS, 1)
+    prctl(PR_SET_DUMPABLE, 1)  # a uid change (and fork from us) left it undumpable
+
+
+def run(src):
+    nonce = os.urandom(16)
     r, w = os.pipe()
     pid = os.fork()
     if pid == 0:
@@ -422,53 +466,64 @@ for src in PROGRAMS:
             null = os.open(os.devnull, os.O_RDWR)
             for fd in (0, 1, 2):
                 os.dup2(null, fd)
+            as_programs()
             exec(compile(src, "main.py", "exec"), {{"__name__": "__main__"}})
-            os.write(w, b"1")
+            os.write(w, nonce)
         finally:
             os._exit(0)
     os.close(w)
     pidfd = os.pidfd_open(pid)
     select.select([pidfd], [], [], TIMEOUT)
-    for target in [-pid] + [-1] * SWEEP:  # -pid: the program's process group
+    os.close(pidfd)
+    for kill, target in ((os.killpg, pid), (os.kill, pid)):  # it may have left its group
         try:
-            os.kill(target, signal.SIGKILL)
+            kill(target, SIGKILL)
         except OSError:
             pass
-    os.waitpid(pid, 0)
-    os.close(pidfd)
+    if SWEEP and UID is None:  # bwrap: kill(-1) spares the caller, here the namespace's init
+        os.kill(-1, SIGKILL)
+    elif SWEEP and os.fork() == 0:  # as root: a fork of us that is the run uid does it
+        try:
+            as_programs()
+            os.kill(-1, SIGKILL)
+        finally:
+            os._exit(0)
+    while True:  # reap the program, the sweeper and (as init) every orphan
+        try:
+            os.wait()
+        except ChildProcessError:
+            break
     os.set_blocking(r, False)
     try:
-        passed.append(os.read(r, 1) == b"1")
+        proof = os.read(r, len(nonce) + 1)
     except BlockingIOError:
-        passed.append(False)
+        proof = b""
     os.close(r)
-print(json.dumps(passed))
+    return proof == nonce
+
+
+prctl(PR_SET_DUMPABLE, 0)
+print("".join("1" if run(src) else "0" for src in PROGRAMS))  # no json: its import costs 5 ms
 """
 
 
-def _check_batched(programs, batch, timeout, workers, progress, kw):
-    s = setup()
-    chunks = [programs[i:i + batch] for i in range(0, len(programs), batch)]
-    sweep = s.bwrap or s.root  # kill(-1) as our real uid would kill us
-    harnesses = [_HARNESS.format(programs=c, timeout=timeout, sweep=sweep) for c in chunks]
-    # wall time for a whole batch; each program's own CPU limit still follows from it
-    results = run_many(harnesses, timeout=timeout * batch + 10, workers=workers,
-                       progress=progress and f"sandbox ({s.isolation}, {batch} programs a run)",
-                       **kw)
-    passed, redo = [], []
-    for chunk, r in zip(chunks, results):
-        try:
-            got = json.loads(r.stdout) if r.status == "passed" else None
-        except ValueError:
-            got = None
-        if not (isinstance(got, list) and len(got) == len(chunk)):
-            got = [None] * len(chunk)
-            redo += chunk
-        passed += got
-    if redo:
-        again = iter(check_many(redo, timeout=timeout, workers=workers, **kw))
-        passed = [next(again) if p is None else p for p in passed]
-    return passed
+def _map(fn, items, workers, progress):
+    """[fn(item)] in parallel, in the order of `items`; progress: a tqdm bar's description."""
+    workers = workers or os.cpu_count() or 1
+    results = [None] * len(items)
+    bar = None
+    if progress:
+        from tqdm import tqdm
+        bar = tqdm(total=len(items), desc=progress, unit="run")
+    with ThreadPoolExecutor(workers) as pool:
+        futures = {pool.submit(fn, item): i for i, item in enumerate(items)}
+        for fut in as_completed(futures):
+            results[futures[fut]] = fut.result()
+            if bar:
+                bar.update()
+    if bar:
+        bar.close()
+    return results
 
 
 def check_python(program: str, timeout: float = 5.0, **kw) -> bool:

@@ -4,6 +4,7 @@ Hostile programs against sandbox.py, under each isolation this machine has
 
     python -m pytest tests/test_sandbox.py -q
 """
+import dataclasses
 import json
 import os
 import shutil
@@ -258,6 +259,50 @@ def test_check_many_batched_agrees(s):
         programs, want = programs[:-2], want[:-2]  # it could kill pytest, not only the harness
     assert sandbox.check_many(programs, timeout=2.0, workers=2) == want
     assert sandbox.check_many(programs, batch=4, timeout=2.0, workers=2) == want
+
+
+def test_proof_of_completion_is_not_cut_off_with_stdout(s):
+    # issue 14: the proof travelled on stdout at batch=1, so an honest program that
+    # printed more than max_output_bytes (but less than the flood limit) failed there
+    # and passed batched
+    chatty = "print('x' * 150_000)\n" + SOLUTION + TESTS
+    early = "print('x' * 150_000)\nimport os\nos._exit(0)\n" + SOLUTION + TESTS.replace("4", "5")
+    for batch in (1, 2):
+        assert sandbox.check_many([chatty, early], batch=batch, max_output_bytes=100_000) \
+            == [True, False], batch
+
+
+# takes the harness's stdout from its parent with pidfd_getfd(2) and writes a verdict of
+# all True for the batch, padded so that the harness's own verdict falls past the cap
+FORGER = """\
+import ctypes, json, os
+libc = ctypes.CDLL(None, use_errno=True)
+SYS_pidfd_getfd = 438  # the same on x86_64 and aarch64
+fd = libc.syscall(SYS_pidfd_getfd, os.pidfd_open(os.getppid()), 1, 0)
+if fd >= 0:
+    os.write(fd, (json.dumps([True] * 4) + " " * 1_200_000).encode())
+assert False, "a wrong solution"
+"""
+
+
+def test_batched_verdict_cannot_be_forged(s):
+    # issue 14: same uid, no Yama: a program could write the verdict of its whole batch
+    programs = [FORGER] + [CHEATS["wrong"]] * 3
+    assert sandbox.check_many(programs, batch=4, timeout=2.0) == [False] * 4
+    assert sandbox.check_many(programs, batch=1, timeout=2.0) == [False] * 4
+
+
+def test_a_bad_verdict_means_a_rerun():
+    good = sandbox.ExecResult("passed", 0, "101\n", "", 0.1, "rlimits")
+    assert sandbox._verdict(good, 3) == [True, False, True]
+    bad = [dataclasses.replace(good, truncated=True),        # the end may be cut off
+           dataclasses.replace(good, stdout="10\n"),         # too short
+           dataclasses.replace(good, stdout="1011\n"),       # too long
+           dataclasses.replace(good, stdout="111\n101\n"),   # two verdicts
+           dataclasses.replace(good, stdout="101"),          # no end of line
+           dataclasses.replace(good, status="failed", returncode=1)]
+    for r in bad:
+        assert sandbox._verdict(r, 3) is None, r
 
 
 def test_run_many_keeps_programs_apart(s):
