@@ -54,6 +54,7 @@ UID_LOCK_DIR = os.path.join(tempfile.gettempdir(), "wmtp-sandbox-uids")
 TMPFS_MB = 64         # bwrap: size of the program's only writable place (host RAM)
 FLOOD_FACTOR = 4      # kill a program once it has written this many times the output cap
 EXIT_GRACE_S = 0.05   # how long to drain pipes still held open after the program exited
+MEMORY_POLL_S = 0.05  # how often the run's memory is summed (see _memory_held)
 SENTINEL = "__WMTP_ALL_TESTS_PASSED__"
 
 
@@ -115,7 +116,9 @@ def _run(s, source, stdin, timeout, memory_mb, max_output_bytes, max_procs, harn
             return ExecResult("error", None, "", f"[sandbox] could not start: {e}",
                               time.monotonic() - t0, s.isolation)
         deadline = t0 + timeout
-        out, err, truncated, why = _communicate(proc, stdin.encode(), deadline, max_output_bytes)
+        held = lambda: _memory_held(proc.pid, uid)  # noqa: E731
+        out, err, truncated, why = _communicate(proc, stdin.encode(), deadline, max_output_bytes,
+                                                held, memory_mb << 20)
         elapsed = time.monotonic() - t0
         # kill whatever is left (background children, setsid() escapees) before reaping
         # the main process, so that its pid and process group id can't be reused meanwhile.
@@ -126,6 +129,8 @@ def _run(s, source, stdin, timeout, memory_mb, max_output_bytes, max_procs, harn
             err += f"\n[sandbox] killed after {timeout}s wall time"
         elif why == "flood":
             err += f"\n[sandbox] killed: over {FLOOD_FACTOR} x {max_output_bytes} bytes of output"
+        elif why == "memory":
+            err += f"\n[sandbox] killed: the run held over memory_mb={memory_mb} MB"
         status = "timeout" if why == "timeout" else \
                  "passed" if returncode == 0 and why is None else "failed"
         if s.bwrap and returncode == 1 and err.startswith("bwrap: "):
@@ -170,10 +175,11 @@ def _command(s, uid, main, timeout, memory_mb, max_output_bytes, max_procs, harn
     return cmd + [s.python, "-I", "-S", main, *argv]
 
 
-def _communicate(proc, stdin, deadline, cap):
+def _communicate(proc, stdin, deadline, cap, held, budget):
     """Feed stdin, read stdout/stderr (keeping at most `cap` bytes of each) until both
-    close or the deadline. Returns (stdout, stderr, truncated, why) with why in
-    {None, 'timeout', 'flood'}."""
+    close or the deadline, checking every MEMORY_POLL_S that held() <= budget bytes.
+    Returns (stdout, stderr, truncated, why) with why in {None, 'timeout', 'flood',
+    'memory'}."""
     sel = selectors.DefaultSelector()
     bufs = {proc.stdout: bytearray(), proc.stderr: bytearray()}
     for f in bufs:
@@ -186,18 +192,25 @@ def _communicate(proc, stdin, deadline, cap):
         proc.stdin.close()
     stdin = memoryview(stdin)
     seen, truncated, why, drain_until = 0, False, None, None
+    # the first check after MEMORY_POLL_S: most programs are done by then and cost nothing
+    next_poll = time.monotonic() + MEMORY_POLL_S
     while sel.get_map():
         now = time.monotonic()
         if now >= deadline:
             why = "timeout"
             break
+        if now >= next_poll:
+            if held() > budget:
+                why = "memory"
+                break
+            next_poll = now + MEMORY_POLL_S
         if drain_until is None and _exited(proc.pid):
             # the program is done and all it wrote is in the pipes; whatever still holds
             # them open is a leftover (a daemon) and gets killed after we stop reading
             drain_until = now + EXIT_GRACE_S
         if drain_until is not None and now >= drain_until:
             break
-        for key, _ in sel.select(min(deadline - now, 0.1)):
+        for key, _ in sel.select(max(min(deadline, next_poll) - now, 0)):
             f = key.fileobj
             if f is proc.stdin:
                 try:
@@ -249,6 +262,55 @@ def _kill(proc, uid, sweep):
                         "kill", "-KILL", "-1"],  # the one spelling procps and util-linux share
                        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=ENV)
         _remove_ipc(uid)
+
+
+def _memory_held(pid, uid):
+    """Bytes the run of main process `pid` (and run uid `uid`, as root) holds now.
+
+    One budget for the whole run, not RLIMIT_AS's one per process (three children of
+    one program held 100 MB each under memory_mb=128). cgroup v2's memory.max would be
+    exact, but needs a delegated memory controller, which neither these machines (cgroup
+    v1 for memory) nor most containers have; so we watch: every MEMORY_POLL_S, the sum
+    over the run's processes of their proportional set size (a page shared by n
+    processes, as after fork, counts 1/n in each: summing RSS would count the
+    interpreter once per child), plus its uid's SysV shared memory that no process has
+    attached. The run's processes: the descendants of `pid` (under bwrap, all of them:
+    orphans go to its init) and, as root, every process of the run uid (a double fork
+    with setsid leaves the tree, never the uid). Between two polls a program can go
+    over by what it touches in MEMORY_POLL_S; each process still has RLIMIT_AS.
+    """
+    children, run = {}, {pid}
+    for p in os.listdir("/proc"):
+        if not p.isdigit():
+            continue
+        try:
+            with open(f"/proc/{p}/status") as f:
+                fields = dict(line.split(":", 1) for line in f if ":" in line)
+        except (OSError, ValueError):
+            continue
+        children.setdefault(int(fields["PPid"]), []).append(int(p))
+        if uid is not None and int(fields["Uid"].split()[0]) == uid:
+            run.add(int(p))
+    todo = [pid]
+    while todo:
+        kids = children.get(todo.pop(), [])
+        run.update(kids)
+        todo += kids
+    total = 0
+    for p in run:
+        try:  # Pss needs ptrace-read access; VmRSS (an over-count) is world-readable
+            with open(f"/proc/{p}/smaps_rollup") as f:
+                total += sum(int(line.split()[1]) << 10 for line in f if line.startswith("Pss:"))
+        except OSError:
+            try:
+                with open(f"/proc/{p}/status") as f:
+                    total += sum(int(line.split()[1]) << 10 for line in f
+                                 if line.startswith("VmRSS:"))
+            except OSError:
+                pass  # it is gone
+    if uid is not None:
+        total += sum(int(row["rss"]) for row in _ipc_objects("shm", uid) if row["nattch"] == "0")
+    return total
 
 
 def _ipc_objects(kind, uid):

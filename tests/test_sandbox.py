@@ -113,6 +113,28 @@ def test_memory_bomb(s):
         assert r.elapsed < 3
 
 
+def test_memory_is_one_budget_for_the_whole_run(s):
+    # issue 14: RLIMIT_AS bounds each process, so three children of one program held
+    # 100 MB each under memory_mb=128 (and 64 x 1 GB under the defaults)
+    r = sandbox.run_program(
+        "import os, time\nfor _ in range(3):\n    if os.fork() == 0:\n"
+        "        x = b'x' * (100 << 20)\n        time.sleep(3)\n        os._exit(0)\n"
+        "for _ in range(3):\n    os.wait()\nprint('held 300 MB')", memory_mb=128, timeout=10.0)
+    assert r.status == "failed" and "held 300 MB" not in r.stdout, r
+    assert "[sandbox] killed: the run held" in r.stderr and r.elapsed < 3
+
+
+def test_memory_budget_counts_shared_pages_once(s):
+    # eight forked children share the interpreter's pages: a budget that summed each
+    # process's RSS would count them eight times and kill this honest program
+    r = sandbox.run_program(
+        "import os, time\nx = b'x' * (40 << 20)\npids = []\nfor _ in range(8):\n"
+        "    pid = os.fork()\n    if pid == 0:\n        y = b'y' * (10 << 20)\n"
+        "        time.sleep(1)\n        os._exit(0)\n    pids.append(pid)\n"
+        "for pid in pids:\n    os.waitpid(pid, 0)\nprint('ok')", memory_mb=256, timeout=10.0)
+    assert (r.status, r.stdout) == ("passed", "ok\n"), r
+
+
 def test_deep_recursion(s):
     r = sandbox.run_program("def f(n):\n    return f(n + 1)\nf(0)")
     assert r.status == "failed" and "RecursionError" in r.stderr
