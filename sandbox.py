@@ -10,17 +10,40 @@ Nothing here ever runs a program in our own process. Each program gets a fresh c
     bwrap (when it works)      no network, own pid/ipc/uts namespaces, read-only /usr, a
                                small tmpfs as the only writable place, dies with us
 A wall-clock timeout kills the whole process group, and (as root) every process of the
-run's uid. Output is read in chunks and capped; a program that floods is killed.
+run's uid, and removes the SysV IPC objects that uid left. Output is read in chunks and
+capped; a program that floods is killed. memory_mb is one budget for the whole run: each
+process has RLIMIT_AS = memory_mb, and every 50 ms we sum the run's memory (proportional
+set sizes of its processes, see _memory_held) and kill the run when it is over.
+
+check_many (the pass/fail check) runs each program in a fork of a small harness that it
+can neither reach nor kill (see _HARNESS); the program proves it reached its end on a
+pipe of its own, and the harness reports on a stdout no program can write to.
 
 isolation='bwrap' is a real sandbox. isolation='rlimits' (no bubblewrap, or it cannot
 create namespaces, as in many containers) is not: it bounds time, memory, processes and
 output, and as root the throwaway uid keeps the program out of our files and processes,
-but the program can use the network, read world-readable files, fill /tmp with files of
-at most max_output_bytes each, and (not as root) signal our processes and escape the
-process group with setsid(). We warn once when we fall back. WMTP_SANDBOX=bwrap makes the
-fallback an error (use it for real evaluation), WMTP_SANDBOX=rlimits forces it (tests).
+but the program can use the network, read world-readable files, fill /tmp and /dev/shm
+with files of at most max_output_bytes each (not counted in memory_mb), and (not as root)
+signal our processes, escape the process group and the memory watch with setsid() and a
+double fork, and leave SysV IPC objects that we can't tell from our own. We warn once
+when we fall back. WMTP_SANDBOX=bwrap makes the fallback an error (use it for real
+evaluation), WMTP_SANDBOX=rlimits forces it (tests).
 
-Needs util-linux (prlimit, setpriv) and procps (kill); for isolation, bubblewrap:
+The memory watch is not a hard limit: between two polls a run can touch what its
+processes can allocate in 50 ms (each still under RLIMIT_AS). cgroup v2's memory.max
+would be exact, but needs a delegated memory controller, which these machines (cgroup
+v1 holds it) and most containers do not give; under bwrap, SysV segments no process has
+attached live in the program's IPC namespace, where we can't count them (they die with it).
+
+Residual risks of the pass/fail check, written against our checker: the program shares
+its process with the proof, so it can dig the per-program nonce out of the harness's
+frames and write it itself; `assert f(x) == y` is passed by a returned object whose
+__eq__ is always True; and sys.settrace can jump over a wrong solution's assert lines
+(frame.f_lineno) when a line follows them. Only a process boundary between program and
+tests closes the first, only type-checked comparisons run outside the program's
+interpreter the other two. tests/test_sandbox.py shows each of them passing.
+
+Needs util-linux (prlimit, setpriv, ipcrm) and procps (kill); for isolation, bubblewrap:
     apt-get install -y bubblewrap
 
 Usage:
@@ -436,18 +459,17 @@ def run_many(sources: list[str], *, workers: int | None = None, progress: bool |
 
 
 def with_sentinel(program: str) -> str:
-    """`program` wrapped so that it proves it ran to its end.
+    """`program` wrapped so that it proves it ran to its end on stdout (for run_program's
+    callers; check_many proves it on a pipe of its own instead, see _HARNESS).
 
     Exit code 0 alone can be had by sys.exit(0) or os._exit(0) before the asserts. So the
     first line reads a per-call random nonce from stdin, before the program's own code
     runs, into a closure together with os.write; the last line writes it. A program that
     exits early, shadows print or sys.stdout, or prints the sentinel text itself never
-    shows the nonce. Residual risk: the nonce is in the program's own process, so code
-    written against this checker can dig it out (the closure's cell, gc, frames) and
-    print it; and `assert f(x) == y` is passed by a returned object whose __eq__ is
-    always True. Only a process boundary between program and tests closes the first,
-    only type-checked comparisons the second. Costs: tracebacks are one line off, and a
-    program that starts with `from __future__ import` is a SyntaxError (scored failed).
+    shows the nonce. Residual risks: those of check_many (see the module docstring), and
+    output past max_output_bytes cuts the proof off with stdout. Costs: tracebacks are
+    one line off, and a program that starts with `from __future__ import` is a
+    SyntaxError (scored failed).
     """
     head = ('__wmtp_done = (lambda line, write: lambda: write(1, line))'
             f'(("\\n{SENTINEL} " + __import__("sys").stdin.readline().strip() + "\\n").encode(),'

@@ -368,6 +368,36 @@ def test_a_bad_verdict_means_a_rerun():
         assert sandbox._verdict(r, 3) is None, r
 
 
+# Known residual risks (see sandbox.py): a program written against the checker passes
+# without being correct. These tests keep the documentation honest; if one starts to
+# fail, the hole is closed: update the docstrings and the README.
+RESIDUAL = {
+    "always-true __eq__": "class Yes:\n    def __eq__(self, other):\n        return True\n"
+                          "def add3(x):\n    return Yes()\n" + TESTS,
+    "sys.settrace jumps over the asserts": """\
+import dis, sys
+def skip_asserts(frame, event, arg):
+    if event == "line":
+        code = list(dis.get_instructions(frame.f_code))
+        asserts = {i.positions.lineno for i in code if i.opname == "LOAD_ASSERTION_ERROR"}
+        line = frame.f_lineno
+        while line in asserts:  # a jump lands past the line event of its target
+            line = min(i.positions.lineno for i in code if (i.positions.lineno or 0) > line)
+        if line != frame.f_lineno:
+            frame.f_lineno = line
+    return skip_asserts
+sys.settrace(skip_asserts)
+sys._getframe().f_trace = skip_asserts
+def add3(x):
+    return x + 2
+""" + TESTS + "print('the jump needs a line after the asserts')\n",
+}
+
+
+def test_known_residual_risks(s):
+    assert sandbox.check_many(list(RESIDUAL.values())) == [True] * len(RESIDUAL)
+
+
 def test_run_many_keeps_programs_apart(s):
     hostile = ["while True:\n    pass", "x = bytearray(4 * 1024 ** 3)", "import os\nos._exit(3)",
                "while True:\n    print('x' * 1000)"]
