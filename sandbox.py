@@ -12,12 +12,13 @@ Nothing here ever runs a program in our own process. Each program gets a fresh c
 A wall-clock timeout kills the whole process group, and (as root) every process of the
 run's uid, and removes the SysV IPC objects that uid left. Output is read in chunks and
 capped; a program that floods is killed. memory_mb is one budget for the whole run: each
-process has RLIMIT_AS = memory_mb, and every 50 ms we sum the run's memory (proportional
+process has RLIMIT_AS = memory_mb, and every 0.1 s we sum the run's memory (proportional
 set sizes of its processes, see _memory_held) and kill the run when it is over.
 
-check_many (the pass/fail check) runs each program in a fork of a small harness that it
-can neither reach nor kill (see _HARNESS); the program proves it reached its end on a
-pipe of its own, and the harness reports on a stdout no program can write to.
+check_many (the pass/fail check): a program proves that it reached its end by writing a
+per-call nonce on a pipe of its own, never on stdout (output can't cut it off). Batched,
+each program runs in a fork of a small harness that it can neither reach nor kill, and
+the harness reports on a stdout no program can write to (see _HARNESS).
 
 isolation='bwrap' is a real sandbox. isolation='rlimits' (no bubblewrap, or it cannot
 create namespaces, as in many containers) is not: it bounds time, memory, processes and
@@ -30,14 +31,14 @@ when we fall back. WMTP_SANDBOX=bwrap makes the fallback an error (use it for re
 evaluation), WMTP_SANDBOX=rlimits forces it (tests).
 
 The memory watch is not a hard limit: between two polls a run can touch what its
-processes can allocate in 50 ms (each still under RLIMIT_AS). cgroup v2's memory.max
+processes can allocate in 0.1 s (each still under RLIMIT_AS). cgroup v2's memory.max
 would be exact, but needs a delegated memory controller, which these machines (cgroup
 v1 holds it) and most containers do not give; under bwrap, SysV segments no process has
 attached live in the program's IPC namespace, where we can't count them (they die with it).
 
 Residual risks of the pass/fail check, written against our checker: the program shares
-its process with the proof, so it can dig the per-program nonce out of the harness's
-frames and write it itself; `assert f(x) == y` is passed by a returned object whose
+its process with the proof, so it can dig the nonce out (the closure of _with_proof, the
+harness's frames when batched) and write it itself; `assert f(x) == y` is passed by a returned object whose
 __eq__ is always True; and sys.settrace can jump over a wrong solution's assert lines
 (frame.f_lineno) when a line follows them. Only a process boundary between program and
 tests closes the first, only type-checked comparisons run outside the program's
@@ -77,7 +78,7 @@ UID_LOCK_DIR = os.path.join(tempfile.gettempdir(), "wmtp-sandbox-uids")
 TMPFS_MB = 64         # bwrap: size of the program's only writable place (host RAM)
 FLOOD_FACTOR = 4      # kill a program once it has written this many times the output cap
 EXIT_GRACE_S = 0.05   # how long to drain pipes still held open after the program exited
-MEMORY_POLL_S = 0.05  # how often the run's memory is summed (see _memory_held)
+MEMORY_POLL_S = 0.1   # how often the run's memory is summed (see _memory_held: ~3 ms)
 SENTINEL = "__WMTP_ALL_TESTS_PASSED__"
 
 
@@ -91,6 +92,7 @@ class ExecResult:
     elapsed: float           # seconds, start to exit (or kill)
     isolation: str           # 'bwrap' or 'rlimits'
     truncated: bool = False  # stdout or stderr hit the cap
+    proof: bytes = b""       # check_many: what the program wrote on its proof pipe
 
 
 @dataclasses.dataclass(frozen=True)
@@ -114,12 +116,17 @@ def run_program(source: str, *, stdin: str = "", timeout: float = 5.0, memory_mb
     return _run(setup(), source, stdin, timeout, memory_mb, max_output_bytes, max_procs)
 
 
-def _run(s, source, stdin, timeout, memory_mb, max_output_bytes, max_procs, harness=False):
-    """harness: `source` is _HARNESS, which forks each program it runs (see check_many)."""
+def _run(s, source, stdin, timeout, memory_mb, max_output_bytes, max_procs, harness=False,
+         proof=False):
+    """harness: `source` is _HARNESS, which forks each program it runs (see check_many).
+    proof: give the program a pipe of its own, its fd number first on stdin (_with_proof)."""
     t0 = time.monotonic()
     uid, lock = _claim_uid() if s.root else (None, None)
     workdir = tempfile.mkdtemp(prefix="wmtp-sandbox-")
+    proof_r, proof_w = os.pipe() if proof else (None, None)  # not inherited but by pass_fds
     try:
+        if proof:
+            stdin = f"{proof_w} {stdin}"
         main = os.path.join(workdir, "main.py")
         with open(main, "w") as f:
             f.write(source)
@@ -134,7 +141,7 @@ def _run(s, source, stdin, timeout, memory_mb, max_output_bytes, max_procs, harn
             # process, and nothing unsafe runs between fork and exec in a threaded parent
             proc = subprocess.Popen(cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
                                     stderr=subprocess.PIPE, cwd=workdir, env=ENV,
-                                    start_new_session=True)
+                                    start_new_session=True, pass_fds=(proof_w,) if proof else ())
         except OSError as e:
             return ExecResult("error", None, "", f"[sandbox] could not start: {e}",
                               time.monotonic() - t0, s.isolation)
@@ -158,8 +165,20 @@ def _run(s, source, stdin, timeout, memory_mb, max_output_bytes, max_procs, harn
                  "passed" if returncode == 0 and why is None else "failed"
         if s.bwrap and returncode == 1 and err.startswith("bwrap: "):
             status = "error"  # bwrap could not set the sandbox up; the program never ran
-        return ExecResult(status, returncode, out, err, elapsed, s.isolation, truncated)
+        proved = b""
+        if proof:
+            os.close(proof_w)  # so that a read ends once the run's copies are closed
+            proof_w = None
+            os.set_blocking(proof_r, False)
+            try:
+                proved = os.read(proof_r, 4096)
+            except BlockingIOError:
+                pass
+        return ExecResult(status, returncode, out, err, elapsed, s.isolation, truncated, proved)
     finally:
+        for fd in (proof_r, proof_w):
+            if fd is not None:
+                os.close(fd)
         shutil.rmtree(workdir, ignore_errors=True)
         if lock is not None:
             os.close(lock)  # releases the uid
@@ -304,15 +323,12 @@ def _memory_held(pid, uid):
     """
     children, run = {}, {pid}
     for p in os.listdir("/proc"):
-        if not p.isdigit():
+        status = _read_proc(p, "status") if p.isdigit() else None
+        if status is None:
             continue
-        try:
-            with open(f"/proc/{p}/status") as f:
-                fields = dict(line.split(":", 1) for line in f if ":" in line)
-        except (OSError, ValueError):
-            continue
-        children.setdefault(int(fields["PPid"]), []).append(int(p))
-        if uid is not None and int(fields["Uid"].split()[0]) == uid:
+        ppid, real_uid = (int(_field(status, name).split()[0]) for name in (b"PPid", b"Uid"))
+        children.setdefault(ppid, []).append(int(p))
+        if real_uid == uid:
             run.add(int(p))
     todo = [pid]
     while todo:
@@ -321,19 +337,38 @@ def _memory_held(pid, uid):
         todo += kids
     total = 0
     for p in run:
-        try:  # Pss needs ptrace-read access; VmRSS (an over-count) is world-readable
-            with open(f"/proc/{p}/smaps_rollup") as f:
-                total += sum(int(line.split()[1]) << 10 for line in f if line.startswith("Pss:"))
-        except OSError:
-            try:
-                with open(f"/proc/{p}/status") as f:
-                    total += sum(int(line.split()[1]) << 10 for line in f
-                                 if line.startswith("VmRSS:"))
-            except OSError:
-                pass  # it is gone
+        # Pss needs ptrace-read access (not to our non-dumpable harness as a normal
+        # user); VmRSS, an over-count, is world-readable
+        rollup = _read_proc(p, "smaps_rollup")
+        status = _read_proc(p, "status") if rollup is None else None
+        if rollup is not None and b"\nPss:" in rollup:
+            total += int(_field(rollup, b"Pss").split()[0]) << 10
+        elif status is not None and b"\nVmRSS:" in status:  # not in a zombie's
+            total += int(_field(status, b"VmRSS").split()[0]) << 10
     if uid is not None:
         total += sum(int(row["rss"]) for row in _ipc_objects("shm", uid) if row["nattch"] == "0")
     return total
+
+
+def _read_proc(pid, name):
+    """/proc/<pid>/<name>, or None if it is gone. os.open, not open(): a scan of /proc
+    reads hundreds of these, and the file object costs as much as the read."""
+    try:
+        fd = os.open(f"/proc/{pid}/{name}", os.O_RDONLY)
+    except OSError:
+        return None
+    try:
+        return os.read(fd, 1 << 16)
+    except OSError:
+        return None
+    finally:
+        os.close(fd)
+
+
+def _field(text, name):
+    """The value of the line 'name: value' in a /proc file's bytes."""
+    i = text.index(b"\n" + name + b":") + len(name) + 2
+    return text[i:text.index(b"\n", i)]
 
 
 def _ipc_objects(kind, uid):
@@ -458,6 +493,16 @@ def run_many(sources: list[str], *, workers: int | None = None, progress: bool |
     return _map(lambda src: run_program(src, **kw), sources, workers, desc)
 
 
+def _with_proof(program):
+    """`program` that writes the nonce on its proof pipe when it reaches its end: the
+    first line reads 'fd nonce' from stdin, before the program's own code runs, into a
+    closure together with os.write; the last line writes it. The same residual risk as
+    with_sentinel (a program written against this can dig the nonce out of the closure)."""
+    head = ('__wmtp_done = (lambda fd, nonce, write: lambda: write(int(fd), nonce.encode()))'
+            '(*__import__("sys").stdin.readline().split(), __import__("os").write)\n')
+    return head + program + "\n__wmtp_done()\n"
+
+
 def with_sentinel(program: str) -> str:
     """`program` wrapped so that it proves it ran to its end on stdout (for run_program's
     callers; check_many proves it on a pipe of its own instead, see _HARNESS).
@@ -481,13 +526,14 @@ def check_many(programs: list[str], *, batch: int = 1, timeout: float = 5.0,
                workers: int | None = None, progress: bool = False, **kw) -> list[bool]:
     """True for each program that exits 0 *and* reaches its last line.
 
-    Each program runs in a process forked from a small harness (_HARNESS) that has run
-    no program code; the program proves that it reached its end on a pipe of its own
-    (not stdout, so output past max_output_bytes can't cut the proof off), and the
-    harness writes the verdicts on a stdout that no program can reach.
-    batch=1: every program in a sandbox of its own (use this for model outputs).
-    batch>1: `batch` programs share one sandbox, one after the other: ~8x faster where
-    interpreter start-up dominates (25 ms a program here). A program's crash, hang or
+    Either way the program proves that it reached its end by writing a nonce on a pipe
+    of its own, not on stdout, so output past max_output_bytes can't cut the proof off.
+    batch=1: every program in a sandbox of its own (use this for model outputs), as its
+    main process (see _with_proof).
+    batch>1: `batch` programs share one sandbox, one after the other, each in a process
+    forked from a small harness (_HARNESS) that has run no program code and reports on a
+    stdout no program can reach: ~8x faster where interpreter start-up dominates (25 ms a
+    program here). A program's crash, hang or
     memory bomb still stays in its own process and is killed with everything it started;
     what the programs of a batch share is the sandbox (its uid, pid namespace, /tmp and
     memory budget), so one that leaves a file behind could disturb a later one. A batch
@@ -496,6 +542,12 @@ def check_many(programs: list[str], *, batch: int = 1, timeout: float = 5.0,
     program either way; **kw go to run_program (memory_mb, max_output_bytes, max_procs).
     """
     s = setup()
+    if batch == 1:
+        nonce = secrets.token_hex(16)
+        results = _map(lambda p: _run(s, _with_proof(p), nonce + "\n", timeout, **_limits(**kw),
+                                      proof=True),
+                       programs, workers, progress and f"sandbox ({s.isolation})")
+        return [r.status == "passed" and r.proof == nonce.encode() for r in results]
     chunks = [programs[i:i + batch] for i in range(0, len(programs), batch)]
     # wall time for a whole batch: each program has `timeout`, the harness a little more
     wall = timeout * batch + 5
@@ -504,21 +556,25 @@ def check_many(programs: list[str], *, batch: int = 1, timeout: float = 5.0,
     passed, redo = [], []
     for chunk, r in zip(chunks, runs):
         got = _verdict(r, len(chunk))
-        if got is None and len(chunk) > 1:
+        if got is None:
             got = [None] * len(chunk)
             redo += chunk
-        passed += got or [False]  # a lone program that broke its own harness fails
+        passed += got
     if redo:
         again = iter(check_many(redo, timeout=timeout, workers=workers, **kw))
         passed = [next(again) if p is None else p for p in passed]
     return passed
 
 
-def _run_harness(s, programs, timeout, wall, memory_mb=1024, max_output_bytes=1_000_000,
-                 max_procs=64):
+def _run_harness(s, programs, timeout, wall, **kw):
     source = _HARNESS.format(programs=programs, timeout=timeout,
                              sweep=s.bwrap or s.root)  # kill(-1) as our real uid would kill us
-    return _run(s, source, "", wall, memory_mb, max_output_bytes, max_procs, harness=True)
+    return _run(s, source, "", wall, **_limits(**kw), harness=True)
+
+
+def _limits(memory_mb=1024, max_output_bytes=1_000_000, max_procs=64):
+    """run_program's limits from check_many's **kw, with run_program's defaults."""
+    return dict(memory_mb=memory_mb, max_output_bytes=max_output_bytes, max_procs=max_procs)
 
 
 def _verdict(r, n):
@@ -589,13 +645,13 @@ def run(src):
             pass
     if SWEEP and UID is None:  # bwrap: kill(-1) spares the caller, here the namespace's init
         os.kill(-1, SIGKILL)
-    elif SWEEP and os.fork() == 0:  # as root: a fork of us that is the run uid does it
+    elif SWEEP:  # as root: the run uid for a moment (its saved uid 0 lets us back)
+        os.setresuid(UID, UID, 0)
         try:
-            as_programs()
             os.kill(-1, SIGKILL)
         finally:
-            os._exit(0)
-    while True:  # reap the program, the sweeper and (as init) every orphan
+            os.setresuid(0, 0, 0)
+    while True:  # reap the program and (as init) every orphan
         try:
             os.wait()
         except ChildProcessError:
