@@ -25,9 +25,9 @@ create namespaces, as in many containers) is not: it bounds time, memory, proces
 output, and as root the throwaway uid keeps the program out of our files and processes,
 but the program can use the network, read world-readable files, fill /tmp and /dev/shm
 with files of at most max_output_bytes each (not counted in memory_mb), and (not as root)
-signal our processes, escape the process group and the memory watch with setsid() and a
-double fork, and leave SysV IPC objects that we can't tell from our own. We warn once
-when we fall back. WMTP_SANDBOX=bwrap makes the fallback an error (use it for real
+signal and ptrace our processes (and take their files with pidfd_getfd), escape the
+process group and the memory watch with setsid() and a double fork, and leave SysV IPC
+objects that we can't tell from our own. We warn once when we fall back. WMTP_SANDBOX=bwrap makes the fallback an error (use it for real
 evaluation), WMTP_SANDBOX=rlimits forces it (tests).
 
 The memory watch is not a hard limit: between two polls a run can touch what its
