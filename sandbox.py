@@ -52,6 +52,7 @@ Usage:
     check_python(prompt + completion + tests)   # True iff it ran to its end with exit code 0
     python sandbox.py               # programs/s on this machine
 """
+import ast
 import dataclasses
 import fcntl
 import math
@@ -497,10 +498,31 @@ def _with_proof(program):
     """`program` that writes the nonce on its proof pipe when it reaches its end: the
     first line reads 'fd nonce' from stdin, before the program's own code runs, into a
     closure together with os.write; the last line writes it. The same residual risk as
-    with_sentinel (a program written against this can dig the nonce out of the closure)."""
+    with_sentinel (a program written against this can dig the nonce out of the closure).
+    The first line goes after a leading docstring and `from __future__` imports, which
+    must come first (as batched, where the program is compiled as it is)."""
     head = ('__wmtp_done = (lambda fd, nonce, write: lambda: write(int(fd), nonce.encode()))'
             '(*__import__("sys").stdin.readline().split(), __import__("os").write)\n')
-    return head + program + "\n__wmtp_done()\n"
+    lines = program.splitlines(keepends=True)
+    at = _future_end(program)
+    return "".join(lines[:at]) + head + "".join(lines[at:]) + "\n__wmtp_done()\n"
+
+
+def _future_end(program):
+    """Lines taken by a leading docstring and `from __future__` imports, 0 if none (or if
+    another statement shares their last line: it would run before the nonce is read)."""
+    try:
+        body = ast.parse(program).body
+    except (SyntaxError, ValueError):
+        return 0  # it fails to compile anyway
+    end = 0
+    for i, node in enumerate(body):
+        future = isinstance(node, ast.ImportFrom) and node.module == "__future__"
+        docstring = i == 0 and isinstance(node, ast.Expr) and isinstance(node.value, ast.Constant)
+        if not (future or docstring):
+            return end if node.lineno > end else 0
+        end = node.end_lineno
+    return end
 
 
 def with_sentinel(program: str) -> str:

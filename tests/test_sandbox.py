@@ -335,6 +335,17 @@ def test_proof_of_completion_is_not_cut_off_with_stdout(s):
             == [True, False], batch
 
 
+
+def test_from_future_imports_pass_in_both_modes(s):
+    # the proof's first line used to go before them (a SyntaxError at batch=1 only);
+    # one that shares its line with other code keeps failing: that code would run first
+    future = '"""A docstring."""\nfrom __future__ import annotations\n' + SOLUTION + TESTS
+    reads_nonce = ("from __future__ import annotations; import sys, os; "
+                   "fd, nonce = sys.stdin.readline().split(); os.write(int(fd), nonce.encode()); "
+                   "os._exit(0)\n" + CHEATS["wrong"])
+    for batch in (1, 2):
+        assert sandbox.check_many([future, reads_nonce], batch=batch) == [True, False], batch
+
 # takes the harness's stdout from its parent with pidfd_getfd(2) and writes a verdict of
 # all True for the batch, padded so that the harness's own verdict falls past the cap
 FORGER = """\
