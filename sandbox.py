@@ -24,11 +24,12 @@ isolation='bwrap' is a real sandbox. isolation='rlimits' (no bubblewrap, or it c
 create namespaces, as in many containers) is not: it bounds time, memory, processes and
 output, and as root the throwaway uid keeps the program out of our files and processes,
 but the program can use the network, read world-readable files, fill /tmp and /dev/shm
-with files of at most max_output_bytes each (not counted in memory_mb), and (not as root)
-signal and ptrace our processes (and take their files with pidfd_getfd), escape the
-process group and the memory watch with setsid() and a double fork, and leave SysV IPC
-objects that we can't tell from our own. We warn once when we fall back. WMTP_SANDBOX=bwrap makes the fallback an error (use it for real
-evaluation), WMTP_SANDBOX=rlimits forces it (tests).
+with files of at most max_output_bytes each (not counted in memory_mb), and (not as
+root) signal and ptrace our processes (and take their files with pidfd_getfd), escape
+the process group and the memory watch with setsid() and a double fork, and leave SysV
+IPC objects that we can't tell from our own. We warn once when we fall back.
+WMTP_SANDBOX=bwrap makes the fallback an error (use it for real evaluation),
+WMTP_SANDBOX=rlimits forces it (tests).
 
 The memory watch is not a hard limit: between two polls a run can touch what its
 processes can allocate in 0.1 s (each still under RLIMIT_AS). cgroup v2's memory.max
@@ -38,11 +39,12 @@ attached live in the program's IPC namespace, where we can't count them (they di
 
 Residual risks of the pass/fail check, written against our checker: the program shares
 its process with the proof, so it can dig the nonce out (the closure of _with_proof, the
-harness's frames when batched) and write it itself; `assert f(x) == y` is passed by a returned object whose
-__eq__ is always True; and sys.settrace can jump over a wrong solution's assert lines
-(frame.f_lineno) when a line follows them. Only a process boundary between program and
-tests closes the first, only type-checked comparisons run outside the program's
-interpreter the other two. tests/test_sandbox.py shows each of them passing.
+harness's frames when batched) and write it itself; `assert f(x) == y` is passed by a
+returned object whose __eq__ is always True; and sys.settrace can jump over a wrong
+solution's assert lines (frame.f_lineno) when a line follows them. Only a process
+boundary between program and tests closes the first, only type-checked comparisons run
+outside the program's interpreter the other two. tests/test_sandbox.py shows each of
+them passing.
 
 Needs util-linux (prlimit, setpriv, ipcrm) and procps (kill); for isolation, bubblewrap:
     apt-get install -y bubblewrap
