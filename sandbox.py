@@ -505,6 +505,8 @@ def _with_proof(program):
     must come first (as batched, where the program is compiled as it is)."""
     head = ('__wmtp_done = (lambda fd, nonce, write: lambda: write(int(fd), nonce.encode()))'
             '(*__import__("sys").stdin.readline().split(), __import__("os").write)\n')
+    # splitlines ends a line wherever the parser does (\n, \r\n, \r) and at a few more
+    # characters (\f, \u2028, ...): at worst the head lands early, and the program fails
     lines = program.splitlines(keepends=True)
     at = _future_end(program)
     return "".join(lines[:at]) + head + "".join(lines[at:]) + "\n__wmtp_done()\n"
