@@ -260,6 +260,26 @@ class Transformer(nn.Module):
         extra = surprise_features(logits[:, :, 0], idx, value_mask) if c.value_surprise else None
         return logits, self.value_head(trunk.detach() if c.value_detach else trunk, extra)
 
+    # ---- forward in pieces, for the memory-efficient loss (mtp_loss.py) ---------------
+    def trunk_forward(self, idx):
+        """idx (B, T) -> the trunk's output (B, T, D), un-normalised as every head reads it,
+        and the rotary tables (cos, sin) for these T positions. forward() in two pieces:
+        this, then head_hidden() per head, gives forward()'s logits head by head."""
+        T = idx.shape[1]
+        if T > self.config.max_seq_len:
+            raise ValueError(f"sequence length {T} exceeds max_seq_len={self.config.max_seq_len}")
+        cos, sin = self.rope_cos[:T], self.rope_sin[:T]
+        x = self.tok_embeddings(idx)                     # (B, T, D)
+        for block in self.layers[:-1]:
+            x = block(x, cos, sin)
+        return x, cos, sin
+
+    def head_hidden(self, k, trunk, cos, sin):
+        """Head k's (0-based) normalised state (B, T, D) on the trunk output: what the shared
+        unembedding turns into that head's logits."""
+        head = self.layers[-1] if k == 0 else self.extra_heads[k - 1]
+        return self.norm(head(trunk, cos, sin))
+
     # ---- generation ----------------------------------------------------------------
     def new_caches(self, B):
         """One KV cache per block (trunk blocks, then heads 1..H), as forward expects."""
