@@ -36,6 +36,7 @@ Optional fused kernel (loss_kernel='cce', CUDA only): Apple's cut-cross-entropy
 `linear_cross_entropy(..., reduction='none')` computes each head's per-token CE in pass 1
 and its forward + backward in pass 2 (it recomputes the forward: one projection more).
 """
+from contextlib import nullcontext
 from types import SimpleNamespace
 
 import torch
@@ -180,6 +181,21 @@ def forward(model, idx, targets, chunk=0, kernel="torch", with_values=False, val
                            targets=targets, rng=rng, rows=rows, dtype=dtype, kernel=kernel)
 
 
+@torch.no_grad()
+def next_token_ce(model, idx, chunk=0):
+    """Head 1's CE of the next token, ce[:, t] = -log p(x_{t+1} | x_<=t) (B, T), 0 at the
+    last position: Rho-1's reference scoring, without the other heads and without (B, T, V)
+    logits."""
+    B, T = idx.shape
+    W = model.output.weight
+    trunk, cos, sin = model.trunk_forward(idx)
+    h = model.head_hidden(0, trunk, cos, sin).flatten(0, 1)          # (B*T, D)
+    nxt = torch.cat([idx[:, 1:], idx.new_full((B, 1), -1)], dim=1)   # (B, T)
+    ce, _ = ce_and_lse(h, W, nxt.flatten(), chunk_rows(chunk, W.shape[0]),
+                       compute_dtype(idx.device.type, W.dtype))
+    return ce.view(B, T)
+
+
 def surprise_from_ce(ce_next, mask=None):
     """model.surprise_features from head 1's CE of the next token, ce_next[:, t] =
     -log p(x_{t+1} | x_<=t) (B, T), instead of its logits: the same (B, T, 3) features."""
@@ -193,7 +209,7 @@ def surprise_from_ce(ce_next, mask=None):
         return torch.stack([s, run_max, run_mean], dim=-1)
 
 
-def backward(p, model, w, n_valid, term=None, extra_loss=None, scale=None, heads=True):
+def backward(p, model, w, n_valid, term=None, extra_loss=None, scale=None, heads=True, ctx=None):
     """Pass 2: the gradient of
 
         sum_{t,k} w[t, k] * term(CE)[t, k] / n_valid  +  extra_loss
@@ -203,7 +219,8 @@ def backward(p, model, w, n_valid, term=None, extra_loss=None, scale=None, heads
     with its graph (incorrect_mode 'signed'), identity if None; extra_loss a scalar with
     its own graph (the critic's value loss on p.values); scale(loss) -> the tensor to
     backpropagate (loss scaling, world size); heads=False skips the LM heads (the critic's
-    value-only stage). Returns nothing: what the loss is, the caller knows from p.ce."""
+    value-only stage); ctx the autocast context pass 1 ran under. Returns nothing: the
+    loss's value the caller has from p.ce."""
     scale = scale or (lambda loss: loss)
     B, T, H = w.shape
     W = model.output.weight
@@ -213,17 +230,18 @@ def backward(p, model, w, n_valid, term=None, extra_loss=None, scale=None, heads
         for k in range(H):
             if p.rng[k] is not None:
                 _set_rng_state(p.rng[k], dev)          # pass 1's dropout masks
-            h = model.head_hidden(k, p.x, p.cos, p.sin).flatten(0, 1)   # (B*T, D), with graph
-            t = p.targets[..., k].flatten()
-            if p.kernel == "cce":
-                ce_k = cce_per_token(h, W, t)
-            else:
-                ce_k = LinearCE.apply(h, W, t, p.ce[..., k].flatten(), p.lse[..., k].flatten(),
-                                      p.rows, p.dtype)
-            ce_k = ce_k.view(B, T)
-            if term is not None:
-                ce_k = term(ce_k, k)
-            loss_k = (w[..., k].detach() * ce_k).sum() / n_valid
+            with ctx or nullcontext():
+                h = model.head_hidden(k, p.x, p.cos, p.sin).flatten(0, 1)   # (B*T, D), with graph
+                t = p.targets[..., k].flatten()
+                if p.kernel == "cce":
+                    ce_k = cce_per_token(h, W, t)
+                else:
+                    ce_k = LinearCE.apply(h, W, t, p.ce[..., k].flatten(), p.lse[..., k].flatten(),
+                                          p.rows, p.dtype)
+                ce_k = ce_k.view(B, T)
+                if term is not None:
+                    ce_k = term(ce_k, k)
+                loss_k = (w[..., k].detach() * ce_k).sum() / n_valid
             scale(loss_k).backward()                   # frees head k's graph before head k+1
     if after is not None:
         _set_rng_state(after, dev)

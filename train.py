@@ -27,6 +27,7 @@ from torch.nn.parallel import DistributedDataParallel as DDP
 
 import configurator
 import data
+import mtp_loss
 import weights
 from model import ModelConfig, Transformer, mtp_cross_entropy, mtp_targets
 
@@ -102,6 +103,10 @@ seed = 1337
 device = "auto"                 # 'auto', 'cpu', 'cuda', 'cuda:1', ...
 dtype = "auto"                  # 'auto' (bf16 on capable GPUs, else fp32), 'float32', 'bfloat16', 'float16'
 compile = False                 # torch.compile the model
+# the loss path (mtp_loss.py): same loss and gradients, different memory
+loss_impl = "chunked"           # 'chunked': heads in turn, vocabulary in chunks; 'simple': (B, T, H, V) logits
+loss_chunk = 0                  # rows per vocabulary chunk of the 'chunked' loss; 0 = 2**24 logits a chunk
+loss_kernel = "torch"           # 'torch' chunks, or 'cce': cut-cross-entropy's fused linear CE (CUDA only)
 peak_flops = 0.0                # device peak FLOP/s for MFU; 0 = guess for known GPUs
 wandb_log = False
 wandb_project = "wmtp"
@@ -249,7 +254,10 @@ def evaluate(model, split, c, ctx, device, ddp, rank, world_size, pad_id):
         tokens, mask = mb["tokens"].to(device), mb["loss_mask"].to(device)
         targets = mtp_targets(tokens, mask, c.n_future)
         with ctx:
-            ce = mtp_cross_entropy(model(tokens), targets)          # (B, T, H)
+            if c.loss_impl == "chunked":
+                ce = mtp_loss.forward(model, tokens, targets, c.loss_chunk, c.loss_kernel).ce
+            else:
+                ce = mtp_cross_entropy(model(tokens), targets)      # (B, T, H)
         sums += ce.sum(dim=(0, 1)).double()
         counts += (targets >= 0).sum(dim=(0, 1)).double()
     model.train()
@@ -271,6 +279,24 @@ def step_mass(parts, device, ddp):
         dist.all_reduce(top, op=dist.ReduceOp.MAX)
     mass = all_reduce_sum(sum((torch.exp(p["log_mass"] - top) for p in parts), zero), ddp)
     return (n_step, top, mass) if n_step > 0 else None
+
+
+def all_reduce_gradients(model, world_size):
+    """Average gradients over ranks in one flat all-reduce, as DDP would. The 'chunked'
+    loss runs one backward per head, which DDP's per-forward hooks do not allow, so it
+    trains the bare model and calls this once per step, after the last micro-batch."""
+    grads = [p.grad for p in model.parameters() if p.grad is not None]
+    flat = torch.cat([g.flatten() for g in grads])
+    dist.all_reduce(flat, op=dist.ReduceOp.SUM)
+    flat /= world_size
+    for g, part in zip(grads, flat.split([g.numel() for g in grads])):
+        g.copy_(part.view_as(g))
+
+
+def unlikelihood_where(ce, neg):
+    """incorrect_mode='signed': where neg, the unlikelihood loss -log(1 - p) (Welleck et al.
+    2020) of the token instead of its CE -log p, which pushes its probability down."""
+    return torch.where(neg, -torch.log(-torch.expm1(-ce.clamp(min=1e-6))), ce)
 
 
 def clip_gradients(model, max_norm):
@@ -323,13 +349,12 @@ def reference_cache(c, split, ref, ref_hash, device, master, ddp):
     return np.memmap(path, dtype=np.float32, mode="r")
 
 
-def online_ref_ce(ref, tokens, ctx):
-    """Reference CE per token, as the cache holds it: ref_ce[:, j] from logits at j-1."""
+def online_ref_ce(ref, tokens, ctx, chunk=0):
+    """Reference CE per token, as the cache holds it: ref_ce[:, j] from logits at j-1.
+    Head 1 only, its vocabulary projection in chunks (no (B, T, V) logits)."""
     with torch.no_grad(), ctx:
-        logits = ref(tokens)[:, :-1, 0].float()                     # (B, T-1, V) head 1
-    ce = torch.nn.functional.cross_entropy(logits.flatten(0, 1), tokens[:, 1:].flatten(),
-                                           reduction="none").view(tokens.shape[0], -1)
-    return torch.cat([ce.new_zeros(tokens.shape[0], 1), ce], dim=1)  # (B, T)
+        ce = mtp_loss.next_token_ce(ref, tokens, chunk)             # (B, T): x_{t+1} at t
+    return torch.cat([ce.new_zeros(tokens.shape[0], 1), ce[:, :-1]], dim=1)  # (B, T)
 
 
 def critic_inputs(mb, c, reward_stats):
@@ -454,6 +479,7 @@ def train(cfg):
         raise ValueError(f"control_of={c.control_of!r} is not a scheme: {sorted(weights.SCHEMES)}")
     use_critic, use_ref = family == "critic", family == "rho1"
     for key, allowed in (("train_on", ("correct", "all")), ("weight_norm", ("heads", "tokens")),
+                         ("loss_impl", ("chunked", "simple")), ("loss_kernel", ("torch", "cce")),
                          ("rho1_mode", ("abs", "signed", "topk")), ("reward", ("binary", "pm1", "zscore")),
                          ("incorrect_mode", ("weighted", "value_only", "signed")),
                          ("ref_ce_mode", ("cache", "online"))):
@@ -567,8 +593,9 @@ def train(cfg):
         if not c.tie_embeddings:
             lm_only.append(raw_model.output.weight)
     model = torch.compile(raw_model) if c.compile else raw_model
-    if ddp:
+    if ddp and c.loss_impl == "simple":   # 'chunked': all_reduce_gradients after the step
         model = DDP(model, device_ids=[local_rank] if device_type == "cuda" else None)
+    wrapped = isinstance(model, DDP)
     scaler = torch.amp.GradScaler(device_type, enabled=ptdtype == torch.float16)
     if "scaler" in resumed:   # fp16's loss scale continues where it was
         scaler.load_state_dict(resumed["scaler"])
@@ -640,22 +667,27 @@ def train(cfg):
                dynamic_ncols=True)
     history, last_val = [], None
     t_last, tokens_since, iters_since = time.time(), 0, 0
-    eval_model = lambda: model.module if ddp else model  # DDP's forward would sync buffers
+    eval_model = lambda: model.module if wrapped else model  # DDP's forward would sync buffers
 
     def forward(m, mb):
-        """The CE of every (t, k) term (B, T, H) and, for the critic, V(s_t) (B, T)."""
+        """The CE of every (t, k) term (B, T, H) fp32 and, for the critic, V(s_t) (B, T);
+        'chunked' also returns pass 1's state for mtp_loss.backward ('simple': None)."""
+        value_mask = mb["loss_mask"].to(device) if use_critic else None
         with ctx:
-            out = m(mb["tokens"], with_values=use_critic,
-                    value_mask=mb["loss_mask"].to(device) if use_critic else None)
+            if c.loss_impl == "chunked":   # the bare module: DDP's hooks allow one backward
+                p = mtp_loss.forward(raw_model, mb["tokens"], mb["targets"], c.loss_chunk,
+                                     c.loss_kernel, with_values=use_critic, value_mask=value_mask)
+                return p.ce, p.values, p
+            out = m(mb["tokens"], with_values=use_critic, value_mask=value_mask)
         logits, values = out if use_critic else (out, None)       # (B, T, H, V), (B, T)
-        return mtp_cross_entropy(logits, mb["targets"]), values    # (B, T, H) fp32
+        return mtp_cross_entropy(logits, mb["targets"]), values, None
 
     @torch.no_grad()
     def scheme_weights(mb, ce, values, norm_stats=None):
         """w (B, T, H) of one micro-batch, and the critic's values (V = 0 at terminal states)."""
         valid, kw, v = mb["targets"] >= 0, {}, None
         if use_ref:
-            kw["ref_ce"] = online_ref_ce(ref, mb["tokens"], ctx) if ref is not None \
+            kw["ref_ce"] = online_ref_ce(ref, mb["tokens"], ctx, c.loss_chunk) if ref is not None \
                 else mb["ref_ce"].to(device)
         if use_critic:
             v = values.detach() * mb["states"]
@@ -735,15 +767,15 @@ def train(cfg):
             with torch.no_grad():
                 for i, (mb, part) in enumerate(zip(micro, parts)):
                     torch.manual_seed(seed_of(i))          # the main pass's dropout masks
-                    scheme_weights(mb, *forward(raw_model, mb), norm_stats=part)
+                    scheme_weights(mb, *forward(raw_model, mb)[:2], norm_stats=part)
             step_norm = step_mass(parts, device, ddp)
 
         for i, mb in enumerate(micro):
             last = i == len(micro) - 1
             # DDP: all-reduce gradients only once, on the last micro-step
-            with model.no_sync() if ddp and not last else nullcontext():
+            with model.no_sync() if wrapped and not last else nullcontext():
                 torch.manual_seed(seed_of(i))
-                ce, values = forward(model, mb)
+                ce, values, heads = forward(model, mb)
                 valid = mb["targets"] >= 0
                 with torch.no_grad():
                     norm_stats = {} if step_norm else None
@@ -757,32 +789,40 @@ def train(cfg):
                     if pretraining:
                         w = torch.zeros_like(w)                       # LM loss off
                     bad_weights = bad_weights or not bool(torch.isfinite(w).all())
-                lm_ce = ce
+                lm_ce, term = ce, None
                 if use_critic and c.incorrect_mode == "signed":
                     # advantage sign kept: where the TD error of an incorrect solution is
-                    # negative, push the token's probability down with the unlikelihood
-                    # loss -log(1 - p) (Welleck et al. 2020) instead of pulling it up
+                    # negative, push the token's probability down instead of pulling it up
                     neg = (weights.td_errors(v, mb["rewards"], H, c.gamma) < 0) & \
                         (mb["is_correct"].to(device) == 0)[:, None, None]
-                    unlikely = -torch.log(-torch.expm1(-ce.clamp(min=1e-6)))
-                    lm_ce = torch.where(neg, unlikely, ce)
-                if pretraining and c.value_detach and not ddp:
+                    lm_ce = unlikelihood_where(ce, neg)
+                    term = lambda ce_k, k: unlikelihood_where(ce_k, neg[..., k])
+                if pretraining and c.value_detach and not wrapped:
                     loss = ce.new_zeros(())   # w = 0 and the LM waits: skip its backward pass
                 else:                         # (DDP needs every parameter in the graph)
-                    loss = weights.weighted_loss(lm_ce, w, n_valid)
+                    loss = weights.weighted_loss(lm_ce, w, n_valid)   # 'chunked': the value only
+                value_loss = None
                 if use_critic:
                     value_loss = critic_value_loss(values, v, mb, value_memory, train_split, c, n_states)
                     loss = loss + c.value_coef * value_loss
                     seen.append((mb["sample_ids"], mb["lengths"], values.detach().float().cpu()))
                     stats[2] += value_loss.detach().double()
                 # DDP averages gradients over ranks; the loss is already a global mean
-                scaler.scale(loss * world_size).backward()
+                scale = lambda l: scaler.scale(l * world_size)
+                if heads is None:
+                    scale(loss).backward()
+                else:   # the same gradient, head by head (mtp_loss.py)
+                    mtp_loss.backward(heads, raw_model, w, n_valid, term=term, scale=scale, ctx=ctx,
+                                      extra_loss=c.value_coef * value_loss if use_critic else None,
+                                      heads=not pretraining)
             with torch.no_grad():
                 stats[0] += loss.double()
                 stats[1] += mb["lengths"].sum()
                 stats[3:3 + H] += ce.sum(dim=(0, 1)).double()
                 stats[3 + H:3 + 2 * H] += valid.sum(dim=(0, 1)).double()
                 stats[-1] += w.sum().double()
+        if ddp and not wrapped:
+            all_reduce_gradients(raw_model, world_size)
         all_reduce_sum(stats, ddp)
         step_loss = stats[0].item()
         if pretraining:
