@@ -83,12 +83,17 @@ class LinearCE(torch.autograd.Function):
     """ce (N,) = logsumexp(h @ W.T) - (h @ W.T)[target], with the forward's results known
     from pass 1 (ce, lse): the forward only records what the backward needs. The backward
     recomputes one chunk of logits at a time: d ce / d logits = softmax - onehot(target)
-    (zero where target = -1), so no (N, V) tensor ever exists."""
+    (zero where target = -1), so no (N, V) tensor ever exists.
+
+    grad_w_sum, a one-element list shared by the heads of one step, holds the unembedding's
+    gradient summed over heads in one fp32 (V, D) buffer, handed to autograd by the head
+    with last=True: one such buffer instead of one per head next to weight.grad."""
 
     @staticmethod
-    def forward(ctx, h, weight, target, ce, lse, chunk, dtype):
+    def forward(ctx, h, weight, target, ce, lse, chunk, dtype, grad_w_sum=None, last=True):
         ctx.save_for_backward(h, weight, target, lse)
         ctx.chunk, ctx.dtype = chunk, dtype
+        ctx.grad_w_sum, ctx.last = grad_w_sum if grad_w_sum is not None else [None], last
         return ce.clone()
 
     @staticmethod
@@ -96,19 +101,29 @@ class LinearCE(torch.autograd.Function):
         h, weight, target, lse = ctx.saved_tensors
         g = torch.where(target >= 0, grad_ce, 0.0).to(lse.dtype)           # (N,)
         grad_h = torch.empty_like(h) if ctx.needs_input_grad[0] else None
-        grad_w = torch.zeros(weight.shape, dtype=lse.dtype, device=weight.device)   # fp32 sum
+        if ctx.grad_w_sum[0] is None:
+            ctx.grad_w_sum[0] = torch.zeros(weight.shape, dtype=lse.dtype, device=weight.device)
+        grad_w = ctx.grad_w_sum[0]                                          # (V, D) fp32 sum
         w_c = weight.to(ctx.dtype)
         for s in range(0, h.shape[0], ctx.chunk):
             h_c = h[s:s + ctx.chunk]
-            logits = chunk_logits(h_c, weight, ctx.dtype)                   # (n, V) fp32
-            d = torch.exp(logits - lse[s:s + ctx.chunk, None])              # softmax
+            # in place throughout: one (n, V) buffer per chunk, no (V, D) temporaries
+            d = chunk_logits(h_c, weight, ctx.dtype)                        # (n, V) fp32
+            d.sub_(lse[s:s + ctx.chunk, None]).exp_()                       # softmax
             t = target[s:s + ctx.chunk].clamp(min=0)[:, None]
             d.scatter_add_(1, t, -torch.ones_like(t, dtype=d.dtype))        # - onehot
-            d = (d * g[s:s + ctx.chunk, None]).to(ctx.dtype)                # (n, V)
+            d.mul_(g[s:s + ctx.chunk, None])
+            d = d.to(ctx.dtype)
             if grad_h is not None:
                 grad_h[s:s + ctx.chunk] = (d @ w_c).to(h.dtype)
-            grad_w += (d.T @ h_c.to(ctx.dtype)).to(grad_w.dtype)            # (V, D)
-        return grad_h, grad_w.to(weight.dtype), None, None, None, None, None
+            if d.dtype == grad_w.dtype:
+                grad_w.addmm_(d.T, h_c)                                     # (V, D) += (V, n) @ (n, D)
+            else:   # bf16 products, summed in fp32
+                grad_w += (d.T @ h_c.to(ctx.dtype)).to(grad_w.dtype)
+        if not ctx.last:
+            return grad_h, None, None, None, None, None, None, None, None
+        ctx.grad_w_sum[0] = None
+        return grad_h, grad_w.to(weight.dtype), None, None, None, None, None, None, None
 
 
 def cce_per_token(h, weight, target):
@@ -226,6 +241,7 @@ def backward(p, model, w, n_valid, term=None, extra_loss=None, scale=None, heads
     W = model.output.weight
     dev = p.x.device
     after = _rng_state(dev) if p.rng and p.rng[0] is not None else None
+    grad_w_sum = [None]                                # LinearCE: the heads' summed dW
     if heads:
         for k in range(H):
             if p.rng[k] is not None:
@@ -237,7 +253,7 @@ def backward(p, model, w, n_valid, term=None, extra_loss=None, scale=None, heads
                     ce_k = cce_per_token(h, W, t)
                 else:
                     ce_k = LinearCE.apply(h, W, t, p.ce[..., k].flatten(), p.lse[..., k].flatten(),
-                                          p.rows, p.dtype)
+                                          p.rows, p.dtype, grad_w_sum, k == H - 1)
                 ce_k = ce_k.view(B, T)
                 if term is not None:
                     ce_k = term(ce_k, k)
