@@ -28,6 +28,7 @@ from torch.nn.parallel import DistributedDataParallel as DDP
 import configurator
 import data
 import mtp_loss
+import parallel
 import weights
 from model import ModelConfig, Transformer, mtp_cross_entropy, mtp_targets
 
@@ -102,11 +103,14 @@ grad_clip = 1.0                 # max global grad norm; 0 disables
 seed = 1337
 device = "auto"                 # 'auto', 'cpu', 'cuda', 'cuda:1', ...
 dtype = "auto"                  # 'auto' (bf16 on capable GPUs, else fp32), 'float32', 'bfloat16', 'float16'
-compile = False                 # torch.compile the model
+compile = False                 # torch.compile each block (parallel.py)
 # the loss path (mtp_loss.py): same loss and gradients, different memory
 loss_impl = "chunked"           # 'chunked': heads in turn, vocabulary in chunks; 'simple': (B, T, H, V) logits
 loss_chunk = 0                  # rows per vocabulary chunk of the 'chunked' loss; 0 = 2**24 logits a chunk
 loss_kernel = "torch"           # 'torch' chunks, or 'cce': cut-cross-entropy's fused linear CE (CUDA only)
+# scale (parallel.py)
+data_parallel = "ddp"           # with several processes: 'ddp' (replicas, small models) or 'fsdp' (FSDP2 per block)
+activation_checkpointing = "none"  # per block: 'none', 'selective' (keep matmul/attention outputs), 'full'
 peak_flops = 0.0                # device peak FLOP/s for MFU; 0 = guess for known GPUs
 wandb_log = False
 wandb_project = "wmtp"
@@ -281,18 +285,6 @@ def step_mass(parts, device, ddp):
     return (n_step, top, mass) if n_step > 0 else None
 
 
-def all_reduce_gradients(model, world_size):
-    """Average gradients over ranks in one flat all-reduce, as DDP would. The 'chunked'
-    loss runs one backward per head, which DDP's per-forward hooks do not allow, so it
-    trains the bare model and calls this once per step, after the last micro-batch."""
-    grads = [p.grad for p in model.parameters() if p.grad is not None]
-    flat = torch.cat([g.flatten() for g in grads])
-    dist.all_reduce(flat, op=dist.ReduceOp.SUM)
-    flat /= world_size
-    for g, part in zip(grads, flat.split([g.numel() for g in grads])):
-        g.copy_(part.view_as(g))
-
-
 def unlikelihood_where(ce, neg):
     """incorrect_mode='signed': where neg, the unlikelihood loss -log(1 - p) (Welleck et al.
     2020) of the token instead of its CE -log p, which pushes its probability down."""
@@ -309,8 +301,8 @@ def clip_gradients(model, max_norm):
         if p.grad is not None:
             (value if name.startswith("value_head.") else lm).append(p)
     max_norm = max_norm if max_norm > 0 else float("inf")
-    lm_norm = torch.nn.utils.clip_grad_norm_(lm, max_norm)
-    return lm_norm, (torch.nn.utils.clip_grad_norm_(value, max_norm) if value else None)
+    lm_norm = parallel.clip_grad_norm(lm, max_norm)    # FSDP: sharded and replicated grads
+    return lm_norm, (parallel.clip_grad_norm(value, max_norm) if value else None)
 
 
 def load_reference(path, device, tok_id):
@@ -480,6 +472,8 @@ def train(cfg):
     use_critic, use_ref = family == "critic", family == "rho1"
     for key, allowed in (("train_on", ("correct", "all")), ("weight_norm", ("heads", "tokens")),
                          ("loss_impl", ("chunked", "simple")), ("loss_kernel", ("torch", "cce")),
+                         ("data_parallel", ("ddp", "fsdp")),
+                         ("activation_checkpointing", ("none", "selective", "full")),
                          ("rho1_mode", ("abs", "signed", "topk")), ("reward", ("binary", "pm1", "zscore")),
                          ("incorrect_mode", ("weighted", "value_only", "signed")),
                          ("ref_ce_mode", ("cache", "online"))):
@@ -578,10 +572,15 @@ def train(cfg):
         missing, unexpected = raw_model.load_state_dict(init_weights, strict=False)
         assert not unexpected and all(k.startswith("value_head.") for k in missing), (missing, unexpected)
         init_weights = None
+    # checkpointing, compile, FSDP2: before the optimizer, which must see the sharded parameters
+    fsdp = ddp and c.data_parallel == "fsdp"
+    parallel.parallelize(raw_model, c, ptdtype, fsdp)
+    if fsdp:
+        say(f"FSDP2: {len(parallel.blocks(raw_model))} blocks sharded over {world_size} processes")
     optimizer = raw_model.configure_optimizers(c.weight_decay, c.learning_rate,
                                                (c.beta1, c.beta2), device_type)
-    if ckpt:
-        optimizer.load_state_dict(ckpt["optimizer"])
+    if ckpt:   # FSDP's checkpoints hold whole tensors: any world size resumes them
+        parallel.load_optimizer(raw_model, optimizer, ckpt["optimizer"])
     resumed = {k: ckpt[k] for k in ("weight_log", "scaler") if k in ckpt} if ckpt else {}
     ckpt = None  # free memory
     # parameters only the LM loss trains: frozen (no update, no weight decay) while the
@@ -592,8 +591,8 @@ def train(cfg):
         lm_only = [p for m in (*raw_model.heads, raw_model.norm) for p in m.parameters()]
         if not c.tie_embeddings:
             lm_only.append(raw_model.output.weight)
-    model = torch.compile(raw_model) if c.compile else raw_model
-    if ddp and c.loss_impl == "simple":   # 'chunked': all_reduce_gradients after the step
+    model = raw_model
+    if ddp and c.loss_impl == "simple" and not fsdp:   # else: parallel.all_reduce_replicated
         model = DDP(model, device_ids=[local_rank] if device_type == "cuda" else None)
     wrapped = isinstance(model, DDP)
     scaler = torch.amp.GradScaler(device_type, enabled=ptdtype == torch.float16)
@@ -614,7 +613,10 @@ def train(cfg):
     probe_ids = list(range(min(64, len(val_split)))) if use_critic else None
 
     def checkpoint_state(loader_state):
-        return {"model": raw_model.state_dict(), "optimizer": optimizer.state_dict(),
+        # FSDP: whole tensors gathered from every rank (a collective: all ranks call this)
+        model_sd, optim_sd = parallel.full_state_dicts(raw_model, optimizer) if fsdp else \
+            (raw_model.state_dict(), optimizer.state_dict())
+        return {"model": model_sd, "optimizer": optim_sd,
                 "model_args": model_args, "iter_num": iter_num, "best_val_loss": best_val,
                 "tokens_seen": tokens_seen, "moments": moments.state_dict(),
                 "wall_s": time.time() - t_start, "probe_start": probe_start,
@@ -623,11 +625,15 @@ def train(cfg):
                 "data_hash": train_split.meta["hash"], "git": git_hash()}
 
     def save_all(loader_state):
+        """Rank 0 writes; under FSDP every rank calls this (the state is gathered)."""
+        state = checkpoint_state(loader_state)
+        if not master:
+            return
         if use_critic:   # beside the checkpoint; written first so a checkpoint never lacks it
             tmp = os.path.join(c.out_dir, "value_memory.tmp.npy")
             np.save(tmp, value_memory)
             os.replace(tmp, os.path.join(c.out_dir, "value_memory.npy"))
-        save_checkpoint(ckpt_path, checkpoint_state(loader_state))
+        save_checkpoint(ckpt_path, state)
         wlog.save(c.out_dir)
 
     # say exactly what runs: forks are reproducible only if the log does
@@ -704,7 +710,7 @@ def train(cfg):
             val_loss = sum(last_val) / len(last_val)
             best_val = min(best_val, val_loss)
             row = {"iter": iter_num, "val_loss": val_loss, "val_ce_head": last_val}
-            if use_critic and master:
+            if use_critic and (master or fsdp):   # FSDP: all ranks run the forward
                 scores, labels, _ = probe_values(eval_model(), val_split, list(range(min(256, len(val_split)))),
                                                  c, ctx, device, pad_id)
                 row["val_value_auc"] = value_auc(scores, labels)
@@ -713,13 +719,13 @@ def train(cfg):
                 bar.write(f"iter {iter_num}: val loss {val_loss:.4f}, per head "
                           + " ".join(f"{v:.3f}" for v in last_val)
                           + (f", value AUC {row['val_value_auc']:.3f}" if "val_value_auc" in row else ""))
-            if master and iter_num > 0:
+            if (master or fsdp) and iter_num > 0:
                 save_all(loader.state_dict())
         if iter_num >= total_iters:
             break
         flag = all_reduce_sum(torch.tensor([float(stop["sigterm"])], device=device), ddp)
         if flag.item() > 0:
-            if master:
+            if master or fsdp:
                 save_all(loader.state_dict())
             say(f"SIGTERM: saved {ckpt_path} at iter {iter_num}; resume with --init_from=resume")
             break
@@ -728,7 +734,7 @@ def train(cfg):
         pretraining = iter_num < pretrain_iters        # the critic's value-only stage
         if use_critic and iter_num == pretrain_iters:
             value_memory[1] = value_memory[0]             # the anchor: values at main start
-            if master:
+            if master or fsdp:
                 probe_start = probe_values(eval_model(), val_split, probe_ids, c, ctx, device, pad_id)[2]
         lr = get_lr(min(iter_num, c.warmup_iters) if pretraining else iter_num - pretrain_iters, c)
         for group in optimizer.param_groups:
@@ -773,6 +779,8 @@ def train(cfg):
         for i, mb in enumerate(micro):
             last = i == len(micro) - 1
             # DDP: all-reduce gradients only once, on the last micro-step
+            if fsdp:   # reduce-scatter on the last micro-batch only, as DDP's no_sync
+                parallel.set_gradient_sync(raw_model, last)
             with model.no_sync() if wrapped and not last else nullcontext():
                 torch.manual_seed(seed_of(i))
                 ce, values, heads = forward(model, mb)
@@ -822,7 +830,7 @@ def train(cfg):
                 stats[3 + H:3 + 2 * H] += valid.sum(dim=(0, 1)).double()
                 stats[-1] += w.sum().double()
         if ddp and not wrapped:
-            all_reduce_gradients(raw_model, world_size)
+            parallel.all_reduce_replicated(raw_model, world_size)
         all_reduce_sum(stats, ddp)
         step_loss = stats[0].item()
         if pretraining:
@@ -832,7 +840,7 @@ def train(cfg):
         grad_norm, value_grad_norm = clip_gradients(raw_model, c.grad_clip)
         if not (math.isfinite(step_loss) and torch.isfinite(grad_norm)):
             # the parameters are still those of the last good step: keep them
-            if master:
+            if master or fsdp:
                 save_all(loader_state)
             raise FloatingPointError(
                 f"non-finite training loss ({step_loss}) or gradient norm ({grad_norm.item()}) at "

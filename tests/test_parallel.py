@@ -1,0 +1,73 @@
+"""
+Parallelism applied from outside the model (parallel.py): activation checkpointing leaves
+the gradients alone; FSDP2 over 2 processes (gloo on CPU) takes the steps one process
+takes, and its checkpoint resumes on another world size.
+
+    OMP_NUM_THREADS=1 python -m pytest tests/test_parallel.py -q     # -m "not slow" skips torchrun
+"""
+import pytest
+import torch
+
+import mtp_loss
+import parallel
+import train
+import weights
+from model import ModelConfig, Transformer, mtp_cross_entropy, mtp_targets
+from test_train import make_toy_data, overrides, read_log, run_train, tiny_cfg, train_rows
+
+
+@pytest.mark.parametrize("mode", ["full", "selective"])
+@pytest.mark.parametrize("loss_impl", ["simple", "chunked"])
+def test_activation_checkpointing_keeps_the_gradients(mode, loss_impl):
+    def grads(ac):
+        torch.manual_seed(0)
+        m = Transformer(ModelConfig(vocab_size=40, n_layer=4, n_future=2, n_head=2, n_kv_head=1,
+                                    d_model=16, d_ff=32, max_seq_len=16, dropout=0.1))
+        c = type("C", (), dict(activation_checkpointing=ac, compile=False))
+        parallel.parallelize(m, c, torch.float32, fsdp=False)
+        tokens = torch.randint(0, 40, (3, 10), generator=torch.Generator().manual_seed(1))
+        targets = mtp_targets(tokens, torch.ones_like(tokens, dtype=torch.bool), 2)
+        valid = targets >= 0
+        torch.manual_seed(2)   # dropout on: the recomputation must draw the same masks
+        if loss_impl == "simple":
+            weights.weighted_loss(mtp_cross_entropy(m(tokens), targets), valid.float(), valid.sum()).backward()
+        else:
+            mtp_loss.backward(mtp_loss.forward(m, tokens, targets), m, valid.float(), valid.sum())
+        return {n: p.grad for n, p in m.named_parameters()}
+    want, got = grads("none"), grads(mode)
+    assert got.keys() == want.keys()   # parameter names (checkpoints) unchanged
+    for n in want:
+        torch.testing.assert_close(got[n], want[n], rtol=1e-5, atol=1e-7, msg=n)
+
+
+@pytest.fixture(scope="module")
+def toy_data(tmp_path_factory):
+    return make_toy_data(str(tmp_path_factory.mktemp("toy")))
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("loss_impl", ["chunked", "simple"])
+def test_fsdp_two_processes_match_one_and_resume_on_one(toy_data, tmp_path, loss_impl):
+    """FSDP2 over 2 gloo processes: steps 1-3 equal one process's; its checkpoint (whole
+    tensors, optimizer state by name) resumes in 1 process, and steps 4-6 equal too."""
+    keys = dict(max_iters=6, eval_interval=3, loss_impl=loss_impl, weighting="critic",
+                train_on="all", critic_pretrain_epochs=0.0, activation_checkpointing="selective")
+    one = tiny_cfg(toy_data, tmp_path / "one", **keys)
+    train.train(one)
+    two = dict(one, out_dir=str(tmp_path / "two"), max_iters=3, data_parallel="fsdp")
+    p = run_train(["-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
+                   "train.py", *overrides(two)])
+    out, _ = p.communicate(timeout=300)
+    assert p.returncode == 0, out
+    assert "FSDP2: 2 blocks sharded over 2 processes" in out
+    train.train(dict(one, out_dir=str(tmp_path / "two"), init_from="resume"))   # 1 process
+    a, b = train_rows(tmp_path / "one"), train_rows(tmp_path / "two")
+    assert sorted(a) == sorted(b) == list(range(1, 7))
+    for it in a:
+        assert b[it][0] == pytest.approx(a[it][0], rel=1e-5), it
+        assert b[it][1] == pytest.approx(a[it][1], rel=1e-4), it
+    # validation by iteration (the resumed run evaluates iteration 3 again, as resumes do)
+    va = {r["iter"]: r["val_loss"] for r in read_log(tmp_path / "one") if "val_loss" in r}
+    vb = {r["iter"]: r["val_loss"] for r in read_log(tmp_path / "two") if "val_loss" in r}
+    assert sorted(va) == sorted(vb) == [0, 3, 6]
+    assert [vb[i] for i in va] == pytest.approx(list(va.values()), rel=1e-5)
