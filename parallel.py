@@ -66,9 +66,12 @@ def parallelize(model, c, ptdtype, fsdp):
     if c.activation_checkpointing != "none":
         for b in blocks(model):
             checkpoint_block(b, c.activation_checkpointing)
-    if c.compile:   # per block: one graph reused by every block, and the loss stays eager
+    if c.compile:   # per block: one graph per shape serves every block; the loss stays eager
+        # static shapes: with dynamic T, Attention's `is_causal=causal and T > 1` becomes a
+        # SymBool that scaled_dot_product_attention refuses; length_buckets bounds the shapes
+        torch._dynamo.config.recompile_limit = max(torch._dynamo.config.recompile_limit, 16)
         for b in blocks(model):
-            b.compile()
+            b.compile(dynamic=False)
     if fsdp:
         from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard
         # bf16 gathers and compute, fp32 gradient reduction (and fp32 master weights)

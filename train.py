@@ -104,6 +104,7 @@ seed = 1337
 device = "auto"                 # 'auto', 'cpu', 'cuda', 'cuda:1', ...
 dtype = "auto"                  # 'auto' (bf16 on capable GPUs, else fp32), 'float32', 'bfloat16', 'float16'
 compile = False                 # torch.compile each block (parallel.py)
+length_buckets = False          # pad T up to a power of two (>= 64, <= block_size): compile sees few shapes
 # the loss path (mtp_loss.py): same loss and gradients, different memory
 loss_impl = "chunked"           # 'chunked': heads in turn, vocabulary in chunks; 'simple': (B, T, H, V) logits
 loss_chunk = 0                  # rows per vocabulary chunk of the 'chunked' loss; 0 = 2**24 logits a chunk
@@ -233,6 +234,23 @@ def guess_peak_flops(device):
     return None
 
 
+def pad_to_bucket(mb, block_size, pad_id):
+    """Pad a micro-batch's T up to the next power of two, at least 64 and at most
+    block_size, so that torch.compile (static shapes) compiles a few graphs instead of one
+    per length. The new positions are padding as the Loader writes it (pad tokens,
+    loss_mask 0, ref_ce 0); causal attention leaves every real position unchanged."""
+    T = mb["tokens"].shape[1]
+    L = min(max(64, 1 << (T - 1).bit_length()), block_size)
+    if L <= T:
+        return mb
+    extend = lambda x, fill: torch.cat([x, x.new_full((x.shape[0], L - T), fill)], dim=1)
+    mb["tokens"] = extend(mb["tokens"], pad_id)
+    mb["loss_mask"] = extend(mb["loss_mask"], False)
+    if "ref_ce" in mb:
+        mb["ref_ce"] = extend(mb["ref_ce"], 0.0)
+    return mb
+
+
 # ---- evaluation -----------------------------------------------------------------------
 def validation_ids(split, n, block_size):
     """The validation set: the first n correct samples (that fit block_size) of one fixed
@@ -255,6 +273,8 @@ def evaluate(model, split, c, ctx, device, ddp, rank, world_size, pad_id):
     model.eval()
     for i in range(0, len(mine), c.batch_size):
         mb = loader.collate(mine[i:i + c.batch_size])
+        if c.length_buckets:
+            mb = pad_to_bucket(mb, c.block_size, pad_id)
         tokens, mask = mb["tokens"].to(device), mb["loss_mask"].to(device)
         targets = mtp_targets(tokens, mask, c.n_future)
         with ctx:
@@ -392,6 +412,8 @@ def probe_values(model, split, ids, c, ctx, device, pad_id):
     model.eval()
     for i in range(0, len(ids), c.batch_size):
         mb = loader.collate(ids[i:i + c.batch_size])
+        if c.length_buckets:
+            mb = pad_to_bucket(mb, c.block_size, pad_id)
         with ctx:
             _, v = model(mb["tokens"].to(device), with_values=True, value_mask=mb["loss_mask"].to(device))
         e = mb["lengths"] - 1
@@ -746,6 +768,8 @@ def train(cfg):
         loader_state = loader.state_dict()
         micro = loader.next_step(grad_accum)
         for mb in micro:
+            if c.length_buckets:
+                pad_to_bucket(mb, c.block_size, pad_id)
             mb["tokens"] = mb["tokens"].to(device)
             mb["targets"] = mtp_targets(mb["tokens"], mb["loss_mask"].to(device), c.n_future)
             if use_critic:

@@ -71,3 +71,40 @@ def test_fsdp_two_processes_match_one_and_resume_on_one(toy_data, tmp_path, loss
     vb = {r["iter"]: r["val_loss"] for r in read_log(tmp_path / "two") if "val_loss" in r}
     assert sorted(va) == sorted(vb) == [0, 3, 6]
     assert [vb[i] for i in va] == pytest.approx(list(va.values()), rel=1e-5)
+
+
+def test_length_buckets_change_nothing_but_the_shapes(toy_data, tmp_path):
+    """Padding each micro-batch to a power-of-two length (for compile) gives the same steps:
+    padding is masked and attention is causal. The critic reads lengths and values too."""
+    keys = dict(block_size=100, max_iters=4, eval_interval=4, weighting="critic", train_on="all",
+                critic_pretrain_epochs=0.0)
+    train.train(tiny_cfg(toy_data, tmp_path / "plain", **keys))
+    train.train(tiny_cfg(toy_data, tmp_path / "buckets", length_buckets=True, **keys))
+    a, b = train_rows(tmp_path / "plain"), train_rows(tmp_path / "buckets")
+    assert sorted(a) == sorted(b) == [1, 2, 3, 4]
+    for it in a:
+        assert b[it][0] == pytest.approx(a[it][0], rel=1e-5), it
+    mb = {"tokens": torch.zeros(2, 70, dtype=torch.long), "loss_mask": torch.ones(2, 70, dtype=torch.bool)}
+    assert train.pad_to_bucket(mb, 100, 0)["tokens"].shape == (2, 100)   # capped at block_size
+    mb = {"tokens": torch.zeros(2, 5, dtype=torch.long), "loss_mask": torch.ones(2, 5, dtype=torch.bool)}
+    out = train.pad_to_bucket(mb, 512, 7)
+    assert out["tokens"].shape == (2, 64) and not out["loss_mask"][:, 5:].any()
+    assert (out["tokens"][:, 5:] == 7).all()
+
+
+@pytest.mark.slow
+def test_compile_without_graph_breaks(toy_data, tmp_path):
+    """compile=True with length_buckets: per-block graphs with no graph break, a few
+    graphs (one per shape and grad mode, shared by the blocks), the eager run's losses."""
+    from torch._dynamo.utils import counters
+    import torch._dynamo
+    torch._dynamo.reset()
+    counters.clear()
+    keys = dict(max_iters=3, eval_interval=3, eval_samples=4, length_buckets=True)
+    train.train(tiny_cfg(toy_data, tmp_path / "eager", **keys))
+    train.train(tiny_cfg(toy_data, tmp_path / "compiled", compile=True, **keys))
+    assert not counters["graph_break"], dict(counters["graph_break"])
+    assert 1 <= counters["stats"]["unique_graphs"] <= 4, dict(counters["stats"])
+    a, b = train_rows(tmp_path / "eager"), train_rows(tmp_path / "compiled")
+    for it in a:
+        assert b[it][0] == pytest.approx(a[it][0], rel=1e-4), it
