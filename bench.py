@@ -14,8 +14,12 @@ arms alternate repeat by repeat and every ratio is taken between neighbours.
            rounds, and the one-off cost of scoring the Rho-1 reference
 
     OMP_NUM_THREADS=1 python bench.py                       # all parts, minutes on one core
-    python bench.py --parts=loss,memory --device=cuda --dtype=bfloat16 --batch_size=16 \\
-        --seq_len=1024 --d_model=2048 --n_layer=16 --vocab_sizes=131072
+    python bench.py --gpu=True                              # the prepared GPU check (below)
+
+--gpu=True is the check for one H200 (~8 minutes, not yet run): a ~1B shape (16 blocks,
+d=2048, V=128K, 4 x 2048 tokens a step) in bf16 with per-block torch.compile: H=1, H=4
+'simple' and H=4 'chunked', tokens/s, MFU against the device's dense bf16 peak, and peak
+memory (the memory part runs eager: each measurement is a fresh process).
 """
 import json
 import os
@@ -29,8 +33,11 @@ from contextlib import nullcontext
 
 import torch
 
+from types import SimpleNamespace
+
 import configurator
 import mtp_loss
+import parallel
 import weights
 from model import ModelConfig, Transformer, mtp_cross_entropy, mtp_targets
 
@@ -48,17 +55,30 @@ defaults = dict(
     mem_vocab_sizes="8192,32768,131072",   # V for the memory part
     mem_batch_size=2,              # rows per step in the memory part (its logits are big)
     loss_chunk=0,                  # as train.py's: rows per vocabulary chunk, 0 = auto
+    compile=False,                 # torch.compile each block (static shapes), as train.py does
     # the schemes part: train.py's tiny default config, this many steps per arm per round
     max_iters=15,
     rounds=2,
+    gpu=False,                     # the prepared one-GPU check: sets the keys in GPU below
 )
+GPU = dict(parts="loss,memory", device="cuda", dtype="bfloat16", compile=True, repeats=5,
+           n_layer=16, d_model=2048, batch_size=4, seq_len=2048, vocab_sizes="131072",
+           mem_vocab_sizes="32768,131072", mem_batch_size=4)
 
 
-def model_for(c, V, H):
+def model_for(c, V, H, compile=False):
+    """Llama-like proportions: head dim 64..128, 2 query heads per key/value head, SwiGLU
+    width 8/3 d. n_layer blocks in all, whatever H (equal blocks)."""
     torch.manual_seed(0)
-    return Transformer(ModelConfig(vocab_size=V, n_layer=c["n_layer"], n_future=H, n_head=4,
-                                   n_kv_head=2, d_model=c["d_model"], d_ff=c["d_model"] * 8 // 3 // 16 * 16,
-                                   max_seq_len=c["seq_len"])).to(c["device"])
+    d = c["d_model"]
+    n_head = max(4, d // 128)
+    m = Transformer(ModelConfig(vocab_size=V, n_layer=c["n_layer"], n_future=H, n_head=n_head,
+                                n_kv_head=n_head // 2, d_model=d, d_ff=d * 8 // 3 // 16 * 16,
+                                max_seq_len=c["seq_len"])).to(c["device"])
+    if compile:
+        parallel.parallelize(m, SimpleNamespace(activation_checkpointing="none", compile=True),
+                             torch.float32, fsdp=False)
+    return m
 
 
 def make_step(model, impl, B, T, c):
@@ -94,7 +114,7 @@ def bench_loss(c):
     B, T = c["batch_size"], c["seq_len"]
     rows = []
     for V in [int(v) for v in c["vocab_sizes"].split(",")]:
-        arms = {(H, impl): make_step(model_for(c, V, H), impl, B, T, c)
+        arms = {(H, impl): make_step(model_for(c, V, H, c["compile"]), impl, B, T, c)
                 for H in (1, 4) for impl in ("simple", "chunked")}
         for step in arms.values():          # warm-up: allocator, kernels, (compile)
             step()
@@ -108,7 +128,10 @@ def bench_loss(c):
         # ratios between neighbours: repeat r of one arm against repeat r of the other
         ratio = lambda a, b: statistics.median(x / y for x, y in zip(times[a], times[b]))
         med = {a: statistics.median(t) for a, t in times.items()}
-        rows.append(dict(V=V, flop_ratio=flops[1] / flops[0],
+        peak = train_peak_flops(c["device"])
+        mfu = {f"H{H} {impl}": B * T / med[(H, impl)] * flops[H == 4] / peak
+               for (H, impl) in med} if peak else None
+        rows.append(dict(V=V, flop_ratio=flops[1] / flops[0], mfu=mfu,
                          h4_h1_simple=ratio((4, "simple"), (1, "simple")),
                          h4_h1_chunked=ratio((4, "chunked"), (1, "chunked")),
                          chunked_simple_h1=ratio((1, "chunked"), (1, "simple")),
@@ -123,7 +146,16 @@ def bench_loss(c):
         print(f"| {r['V']:,} | {r['flop_ratio']:.2f} | {r['h4_h1_simple']:.2f} | "
               f"{r['h4_h1_chunked']:.2f} | {r['chunked_simple_h1']:.2f} | {r['chunked_simple_h4']:.2f} | "
               f"{r['tok_s']['H1 chunked']:,.0f} | {r['tok_s']['H4 chunked']:,.0f} |")
+    for r in rows:
+        print(f"V={r['V']:,} tokens/s: " + ", ".join(f"{a} {v:,.0f}" for a, v in r["tok_s"].items())
+              + ("; MFU: " + ", ".join(f"{a} {v:.1%}" for a, v in r["mfu"].items()) if r["mfu"] else ""))
     return rows
+
+
+def train_peak_flops(device):
+    """The device's dense bf16 peak (train.py's table), None on CPU: no MFU there."""
+    import train
+    return train.guess_peak_flops(device)
 
 
 def memory_child(c, V, H, impl):
@@ -240,6 +272,8 @@ def bench_schemes(c):
 
 def main(argv):
     c = configurator.configure(defaults, argv)
+    if c["gpu"]:   # the preset, then the command line again so its keys still win
+        c = configurator.configure({**defaults, **GPU}, argv)
     print(f"torch {torch.__version__}, {torch.get_num_threads()} thread(s), {c['device']}, "
           f"{time.strftime('%Y-%m-%d')}")
     parts = c["parts"].split(",")
