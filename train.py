@@ -9,6 +9,7 @@ The defaults below are the whole configuration; config files and --key=value ove
 change them (configurator.py). Every scheme runs through the same step: only the weights
 w[t, k] differ (weights.py).
 """
+import datetime
 import json
 import math
 import os
@@ -113,6 +114,7 @@ loss_kernel = "torch"           # 'torch' chunks, or 'cce': cut-cross-entropy's 
 data_parallel = "ddp"           # with several processes: 'ddp' (replicas, small models) or 'fsdp' (FSDP2 per block)
 activation_checkpointing = "none"  # per block: 'none', 'selective' (keep matmul/attention outputs), 'full'
 peak_flops = 0.0                # device peak FLOP/s for MFU; 0 = guess for known GPUs
+dist_timeout_min = 30           # a collective waiting longer than this fails (process group timeout)
 wandb_log = False
 wandb_project = "wmtp"
 wandb_run_name = ""
@@ -129,9 +131,10 @@ def resolve_device(device):
     return ("cuda" if torch.cuda.is_available() else "cpu") if device == "auto" else device
 
 
-def setup_distributed(device):
+def setup_distributed(device, timeout_min=30):
     """-> (ddp, rank, local_rank, world_size, device). torchrun sets RANK; nccl on CUDA,
-    gloo on CPU, so a 2-process CPU run works the same as 8 GPUs."""
+    gloo on CPU, so a 2-process CPU run works the same as 8 GPUs. A collective that waits
+    longer than timeout_min fails loudly instead of hanging (the backends' defaults differ)."""
     device = resolve_device(device)
     if int(os.environ.get("RANK", -1)) == -1:
         return False, 0, 0, 1, device
@@ -140,7 +143,8 @@ def setup_distributed(device):
     if device.startswith("cuda"):
         device = f"cuda:{local_rank}"
         torch.cuda.set_device(device)
-    dist.init_process_group(backend="nccl" if device.startswith("cuda") else "gloo")
+    dist.init_process_group(backend="nccl" if device.startswith("cuda") else "gloo",
+                            timeout=datetime.timedelta(minutes=timeout_min))
     return True, rank, local_rank, world_size, device
 
 
@@ -338,18 +342,70 @@ def load_reference(path, device, tok_id):
     return ref, h.hexdigest()[:16]
 
 
-def reference_cache(c, split, ref, ref_hash, device, master, ddp):
-    """Per-token reference CE for the training split as a memmap, scored once by rank 0.
-    A cache carries the identity of the data and of the reference it was made for; a
-    mismatch is refused rather than silently misaligning every weight."""
+def score_reference_sharded(ref, split, path, c, ctx, device, rank, world_size, ddp):
+    """data.score_reference at scale: the samples sorted by length (batches of similar
+    length), every rank scoring every world_size-th of them with head 1 only and chunked
+    (mtp_loss.next_token_ce, no (B, T, V) logits), under the run's autocast (bf16 on
+    GPUs), into one memmap on the shared file system (disjoint token ranges), renamed into
+    place by rank 0. Samples longer than the reference's context are not scored: counted,
+    and refused if this run could train on them (their cache entry would be a wrong 0)."""
+    idx = split.index
+    limit = ref.config.max_seq_len
+    long = idx[:, 1] > limit
+    if long.any():
+        trained = int((long & (idx[:, 1] <= c.block_size)).sum())
+        if trained:
+            raise ValueError(f"{trained} of {len(idx)} samples in {split.path} fit block_size="
+                             f"{c.block_size} but exceed the reference's context ({limit} "
+                             f"tokens): lower block_size to {limit} or use a longer reference")
+        if rank == 0:
+            print(f"reference scoring: {int(long.sum())} samples longer than its context "
+                  f"({limit}) are left unscored (longer than block_size: never trained on)")
+    order = np.nonzero(~long)[0]
+    order = order[np.argsort(idx[order, 1], kind="stable")][rank::world_size]
+    tmp = f"{path}.scoring"
+    if rank == 0:   # zeros: the first token of each sample, and unscored samples
+        np.memmap(tmp, dtype=np.float32, mode="w+", shape=(len(split.tokens),)).flush()
+    if ddp:
+        dist.barrier()
+    out = np.memmap(tmp, dtype=np.float32, mode="r+", shape=(len(split.tokens),))
+    loader = data.Loader(split, c.batch_size, block_size=10**9, seed=0, correct_only=False)
+    ref.eval()
+    for i in range(0, len(order), c.batch_size):
+        ids = order[i:i + c.batch_size]
+        tokens = loader.collate(ids)["tokens"].to(device)
+        with torch.no_grad(), ctx:
+            ce = mtp_loss.next_token_ce(ref, tokens, c.loss_chunk).float().cpu().numpy()   # (B, T)
+        for b, sid in enumerate(ids):
+            start, length = idx[sid, :2]
+            out[start + 1:start + length] = ce[b, :length - 1]     # token j <- logits at j-1
+    out.flush()
+    del out
+    if ddp:
+        dist.barrier()
+    if rank == 0:
+        os.replace(tmp, path)
+
+
+def reference_cache(c, split, ref, ref_hash, device, master, ddp, ctx=None, rank=0, world_size=1):
+    """Per-token reference CE for the training split as a memmap, scored once, by all
+    ranks together (score_reference_sharded). A cache carries the identity of the data and
+    of the reference it was made for; a mismatch is refused rather than silently
+    misaligning every weight."""
     path = c.ref_ce_cache or os.path.join(split.path, f"ref_ce-{ref_hash}.bin")
     ident = {"data_hash": split.meta["hash"], "ref_hash": ref_hash, "n_tokens": len(split.tokens)}
-    if not os.path.exists(path + ".json") and master:   # the identity is written last
-        print(f"scoring the reference on {split.path} -> {path}")
-        data.score_reference(ref, split, device, batch_size=c.batch_size, out_path=path)
-        with open(f"{path}.json.tmp{os.getpid()}", "w") as f:
-            json.dump(ident, f)
-        os.replace(f"{path}.json.tmp{os.getpid()}", path + ".json")
+    missing = torch.tensor([float(not os.path.exists(path + ".json"))], device=device)
+    if ddp:   # rank 0 decides: every rank must take part in the scoring, or none
+        dist.broadcast(missing, src=0)
+    if missing.item():                      # the identity is written last
+        if master:
+            print(f"scoring the reference on {split.path} -> {path} ({world_size} process(es))")
+        score_reference_sharded(ref, split, path, c, ctx or nullcontext(), device, rank,
+                                world_size, ddp)
+        if master:
+            with open(f"{path}.json.tmp{os.getpid()}", "w") as f:
+                json.dump(ident, f)
+            os.replace(f"{path}.json.tmp{os.getpid()}", path + ".json")
     if ddp:
         dist.barrier()
     with open(path + ".json") as f:
@@ -476,7 +532,7 @@ def train(cfg):
     """Run one training job from a config dict (see DEFAULTS); returns a summary dict."""
     t_start = time.time()
     c = SimpleNamespace(**cfg)
-    ddp, rank, local_rank, world_size, device = setup_distributed(c.device)
+    ddp, rank, local_rank, world_size, device = setup_distributed(c.device, c.dist_timeout_min)
     master = rank == 0
     say = print if master else (lambda *a, **k: None)
     if c.gradient_accumulation_steps % world_size:
@@ -536,7 +592,8 @@ def train(cfg):
                              "(train one with `python train.py config/tiny_ref.py`)")
         ref, ref_hash = load_reference(c.ref_init_from, device, tok_id)
         if c.ref_ce_mode == "cache":
-            ref_cache = reference_cache(c, train_split, ref, ref_hash, device, master, ddp)
+            ref_cache = reference_cache(c, train_split, ref, ref_hash, device, master, ddp,
+                                        ctx, rank, world_size)
             ref = None                                    # not needed in memory any more
     loader = data.Loader(train_split, c.batch_size, c.block_size, seed=c.seed,
                          correct_only=c.train_on == "correct", rank=rank,
