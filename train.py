@@ -24,6 +24,7 @@ from types import SimpleNamespace
 import numpy as np
 import torch
 import torch.distributed as dist
+import torch.nn.functional as F
 from torch.nn.parallel import DistributedDataParallel as DDP
 
 import configurator
@@ -842,7 +843,7 @@ def train(cfg):
         # loss, tokens, value loss, CE per head, count per head, sum of the step's weights
         stats = torch.zeros(4 + 2 * H, dtype=torch.float64, device=device)
         delta_stats = torch.zeros(3, dtype=torch.float64, device=device)   # count, sum, sum of squares
-        seen, bad_weights = [], False
+        seen, bad = [], torch.zeros((), dtype=torch.bool, device=device)   # bad: non-finite weights
 
         # weight_norm='tokens' normalises over the whole step: a pass over every
         # micro-batch first gives each one's share of the step's weight mass (an extra
@@ -877,7 +878,7 @@ def train(cfg):
                                                     delta.sum(), delta.pow(2).sum()]).double()
                     if pretraining:
                         w = torch.zeros_like(w)                       # LM loss off
-                    bad_weights = bad_weights or not bool(torch.isfinite(w).all())
+                    bad |= ~torch.isfinite(w).all()          # on the device: no sync here
                 lm_ce, term = ce, None
                 if use_critic and c.incorrect_mode == "signed":
                     # advantage sign kept: where the TD error of an incorrect solution is
@@ -894,7 +895,7 @@ def train(cfg):
                 if use_critic:
                     value_loss = critic_value_loss(values, v, mb, value_memory, train_split, c, n_states)
                     loss = loss + c.value_coef * value_loss
-                    seen.append((mb["sample_ids"], mb["lengths"], values.detach().float().cpu()))
+                    seen.append((mb["sample_ids"], mb["lengths"], values.detach().float()))
                     stats[2] += value_loss.detach().double()
                 # DDP averages gradients over ranks; the loss is already a global mean
                 scale = lambda l: scaler.scale(l * world_size)
@@ -913,18 +914,20 @@ def train(cfg):
         if ddp and not wrapped:
             parallel.all_reduce_replicated(raw_model, world_size)
         all_reduce_sum(stats, ddp)
-        step_loss = stats[0].item()
         if pretraining:
             for p in lm_only:     # no update, no weight decay, Adam state untouched
                 p.grad = None
         scaler.unscale_(optimizer)
         grad_norm, value_grad_norm = clip_gradients(raw_model, c.grad_clip)
-        if not (math.isfinite(step_loss) and torch.isfinite(grad_norm)):
+        # the step's one host-device sync: the update must not happen on non-finite values
+        step_loss, gn, step_tokens, bad_weights = torch.stack(
+            [stats[0], grad_norm.double(), stats[1], bad.double()]).tolist()
+        if not (math.isfinite(step_loss) and math.isfinite(gn)):
             # the parameters are still those of the last good step: keep them
             if master or fsdp:
                 save_all(loader_state)
             raise FloatingPointError(
-                f"non-finite training loss ({step_loss}) or gradient norm ({grad_norm.item()}) at "
+                f"non-finite training loss ({step_loss}) or gradient norm ({gn}) at "
                 f"iter {iter_num}" + (f" (scheme {c.weighting!r} returned non-finite weights)"
                                       if bad_weights else "") +
                 f"; the last good state is saved in {ckpt_path}. Lower learning_rate, check "
@@ -936,9 +939,9 @@ def train(cfg):
             moments.update(*all_reduce_sum(delta_stats, ddp).tolist())
             remember_values(value_memory, seen, train_split, ddp, world_size)
         iter_num += 1
-        tokens_since += int(stats[1].item())
+        tokens_since += int(step_tokens)
         iters_since += 1
-        tokens_seen += int(stats[1].item())   # real (non-padding) tokens, all ranks
+        tokens_seen += int(step_tokens)   # real (non-padding) tokens, all ranks
         bar.update(1)
         history.append(step_loss)
 
@@ -1003,26 +1006,41 @@ def critic_value_loss(values, v_detached, mb, memory, split, c, n_states):
     return (err * mb["states"]).sum() / n_states
 
 
+def token_positions(sample_ids, lengths, T, split):
+    """Where each (b, t) of a batch lives in the split's token arrays, and which (b, t) are
+    real tokens: (B, T) int64 positions, (B, T) bool. Vectorised: no loop over samples."""
+    starts = split.index[np.asarray(sample_ids), 0]
+    t = np.arange(T)
+    return starts[:, None] + t[None, :], t[None, :] < np.asarray(lengths)[:, None]
+
+
 def remembered(memory, mb, split, fallback):
     """Per-token values from a memory row, as (B, T); `fallback` where none is stored."""
-    out = torch.full_like(fallback, float("nan"))
-    for b, (sid, length) in enumerate(zip(mb["sample_ids"].tolist(), mb["lengths"].tolist())):
-        start = split.index[sid, 0]
-        out[b, :length] = torch.from_numpy(memory[start:start + length])
+    pos, real = token_positions(mb["sample_ids"].numpy(), mb["lengths"].numpy(), fallback.shape[1], split)
+    out = np.full(pos.shape, np.nan, dtype=np.float32)
+    out[real] = memory[pos[real]]
+    out = torch.from_numpy(out).to(fallback.device)
     return torch.where(torch.isnan(out), fallback, out)
 
 
 def remember_values(memory, seen, split, ddp, world_size):
     """Store this step's values per training token, gathered from every rank so that all
-    ranks (and the checkpoint) hold the same memory."""
+    ranks (and the checkpoint) hold the same memory: one tensor all-gather per step (rows
+    padded to the longest on any rank) and one vectorised write, no Python objects."""
+    ids = torch.cat([s for s, _, _ in seen]).to(seen[0][2].device)
+    lengths = torch.cat([n for _, n, _ in seen]).to(ids.device)
+    T = torch.tensor([max(v.shape[1] for _, _, v in seen)], device=ids.device)
     if ddp:
-        gathered = [None] * world_size
-        dist.all_gather_object(gathered, seen)
-        seen = [item for part in gathered for item in part]
-    for sample_ids, lengths, values in seen:
-        for b, (sid, length) in enumerate(zip(sample_ids.tolist(), lengths.tolist())):
-            start = split.index[sid, 0]
-            memory[0, start:start + length] = values[b, :length].numpy()
+        dist.all_reduce(T, op=dist.ReduceOp.MAX)
+    T = int(T.item())
+    values = torch.cat([F.pad(v, (0, T - v.shape[1])) for _, _, v in seen])   # (N, T)
+    if ddp:   # every rank holds the same number of rows per step (the Loader's contract)
+        parts = [[torch.empty_like(x) for _ in range(world_size)] for x in (ids, lengths, values)]
+        for out, x in zip(parts, (ids, lengths, values)):
+            dist.all_gather(out, x)
+        ids, lengths, values = (torch.cat(p) for p in parts)
+    pos, real = token_positions(ids.cpu().numpy(), lengths.cpu().numpy(), T, split)
+    memory[0, pos[real]] = values.cpu().numpy()[real]
 
 
 def main(argv=None):
