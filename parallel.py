@@ -151,3 +151,25 @@ def load_optimizer(model, optimizer, optim_sd):
                          "with init_from=<run dir>")
     else:
         optimizer.load_state_dict(optim_sd)
+
+
+def save_sharded(model, optimizer, path):
+    """Every rank writes its shards of model and optimizer state with
+    torch.distributed.checkpoint into a new directory `path` (a collective). Written
+    first, then named by ckpt.pt (the commit point), so a crash leaves the old pair."""
+    import torch.distributed.checkpoint as dcp
+    from torch.distributed.checkpoint.state_dict import get_state_dict
+    model_sd, optim_sd = get_state_dict(model, optimizer)
+    dcp.save({"model": model_sd, "optimizer": optim_sd}, checkpoint_id=path)
+
+
+def load_sharded(model, optimizer, path):
+    """Read save_sharded's directory into this model and optimizer, whatever the world size
+    it was written with: DCP reshards by each tensor's global offsets."""
+    import torch.distributed.checkpoint as dcp
+    from torch.distributed.checkpoint.state_dict import get_state_dict, set_state_dict
+    model_sd, optim_sd = get_state_dict(model, optimizer)   # the layout to read into
+    state = {"model": model_sd, "optimizer": optim_sd}
+    dcp.load(state, checkpoint_id=path)
+    set_state_dict(model, optimizer, model_state_dict=state["model"],
+                   optim_state_dict=state["optimizer"])

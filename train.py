@@ -14,6 +14,7 @@ import json
 import math
 import os
 import resource
+import shutil
 import signal
 import subprocess
 import sys
@@ -114,6 +115,7 @@ loss_kernel = "torch"           # 'torch' chunks, or 'cce': cut-cross-entropy's 
 # scale (parallel.py)
 data_parallel = "ddp"           # with several processes: 'ddp' (replicas, small models) or 'fsdp' (FSDP2 per block)
 activation_checkpointing = "none"  # per block: 'none', 'selective' (keep matmul/attention outputs), 'full'
+checkpoint_format = "file"      # 'file': one ckpt.pt of whole tensors; 'dcp': sharded (torch.distributed.checkpoint)
 peak_flops = 0.0                # device peak FLOP/s for MFU; 0 = guess for known GPUs
 dist_timeout_min = 30           # a collective waiting longer than this fails (process group timeout)
 wandb_log = False
@@ -179,8 +181,9 @@ def save_checkpoint(path, state):
     os.replace(tmp, path)
 
 
-def load_checkpoint(path, map_location="cpu"):
-    """A checkpoint file, or a run dir's ckpt.pt."""
+def load_checkpoint(path, map_location="cpu", sharded_ok=False):
+    """A checkpoint file, or a run dir's ckpt.pt. sharded_ok: a 'dcp' checkpoint (its
+    weights in a directory beside it) is fine: only resuming reads those."""
     if not path.endswith(".pt"):
         path = os.path.join(path, "ckpt.pt")
     if not os.path.exists(path):
@@ -193,6 +196,11 @@ def load_checkpoint(path, map_location="cpu"):
     missing = {"model", "model_args", "iter_num"} - set(ckpt if isinstance(ckpt, dict) else ())
     if missing:
         raise RuntimeError(f"checkpoint {path} lacks {sorted(missing)}: not a wmtp checkpoint")
+    if ckpt["model"] == "dcp" and not sharded_ok:
+        raise ValueError(f"checkpoint {path} keeps its weights sharded in {ckpt['dcp_dir']} "
+                         f"(checkpoint_format='dcp'): resume it (init_from='resume'), or export "
+                         f"one file with `python -m torch.distributed.checkpoint.format_utils "
+                         f"dcp_to_torch_save` and load that")
     return ckpt
 
 
@@ -551,7 +559,7 @@ def train(cfg):
     use_critic, use_ref = family == "critic", family == "rho1"
     for key, allowed in (("train_on", ("correct", "all")), ("weight_norm", ("heads", "tokens")),
                          ("loss_impl", ("chunked", "simple")), ("loss_kernel", ("torch", "cce")),
-                         ("data_parallel", ("ddp", "fsdp")),
+                         ("data_parallel", ("ddp", "fsdp")), ("checkpoint_format", ("file", "dcp")),
                          ("activation_checkpointing", ("none", "selective", "full")),
                          ("rho1_mode", ("abs", "signed", "topk")), ("reward", ("binary", "pm1", "zscore")),
                          ("incorrect_mode", ("weighted", "value_only", "signed")),
@@ -620,7 +628,7 @@ def train(cfg):
     value_memory = np.full((2, len(train_split.tokens)), np.nan, dtype=np.float32) if use_critic else None
     ckpt = None
     if c.init_from == "resume":
-        ckpt = load_checkpoint(ckpt_path, map_location=device)
+        ckpt = load_checkpoint(ckpt_path, map_location=device, sharded_ok=True)
         data.check_tokenizer(ckpt["tokenizer"], tok_id, f"checkpoint {ckpt_path}")
         if ckpt["data_hash"] != train_split.meta["hash"]:
             raise ValueError(f"checkpoint {ckpt_path} was trained on other data (hash "
@@ -646,20 +654,23 @@ def train(cfg):
         init = None
     torch.manual_seed(c.seed)   # same initial weights on every rank
     raw_model = Transformer(ModelConfig(**model_args)).to(device)
-    if ckpt:
+    if ckpt and ckpt["model"] != "dcp":
         raw_model.load_state_dict(ckpt["model"])
-    elif c.init_from != "scratch":   # a value head is new here: it keeps its fresh init
+    elif c.init_from != "scratch" and not ckpt:   # a value head is new here: it keeps its fresh init
         missing, unexpected = raw_model.load_state_dict(init_weights, strict=False)
         assert not unexpected and all(k.startswith("value_head.") for k in missing), (missing, unexpected)
         init_weights = None
     # checkpointing, compile, FSDP2: before the optimizer, which must see the sharded parameters
     fsdp = ddp and c.data_parallel == "fsdp"
+    collective_save = fsdp or c.checkpoint_format == "dcp"   # every rank takes part in a save
     parallel.parallelize(raw_model, c, ptdtype, fsdp)
     if fsdp:
         say(f"FSDP2: {len(parallel.blocks(raw_model))} blocks sharded over {world_size} processes")
     optimizer = raw_model.configure_optimizers(c.weight_decay, c.learning_rate,
                                                (c.beta1, c.beta2), device_type)
-    if ckpt:   # FSDP's checkpoints hold whole tensors: any world size resumes them
+    if ckpt and ckpt["model"] == "dcp":   # shards, resharded onto this world size
+        parallel.load_sharded(raw_model, optimizer, os.path.join(c.out_dir, ckpt["dcp_dir"]))
+    elif ckpt:   # FSDP's 'file' checkpoints hold whole tensors: any world size resumes them
         parallel.load_optimizer(raw_model, optimizer, ckpt["optimizer"])
     resumed = {k: ckpt[k] for k in ("weight_log", "scaler") if k in ckpt} if ckpt else {}
     ckpt = None  # free memory
@@ -693,10 +704,16 @@ def train(cfg):
     probe_ids = list(range(min(64, len(val_split)))) if use_critic else None
 
     def checkpoint_state(loader_state):
-        # FSDP: whole tensors gathered from every rank (a collective: all ranks call this)
-        model_sd, optim_sd = parallel.full_state_dicts(raw_model, optimizer) if fsdp else \
-            (raw_model.state_dict(), optimizer.state_dict())
-        return {"model": model_sd, "optimizer": optim_sd,
+        extra = {}
+        if c.checkpoint_format == "dcp":   # every rank writes its shards (a collective)
+            extra["dcp_dir"] = f"ckpt_dcp-{iter_num}"
+            parallel.save_sharded(raw_model, optimizer, os.path.join(c.out_dir, extra["dcp_dir"]))
+            model_sd = optim_sd = "dcp"
+        elif fsdp:   # whole tensors gathered from every rank (a collective: all ranks call this)
+            model_sd, optim_sd = parallel.full_state_dicts(raw_model, optimizer)
+        else:
+            model_sd, optim_sd = raw_model.state_dict(), optimizer.state_dict()
+        return {"model": model_sd, "optimizer": optim_sd, **extra,
                 "model_args": model_args, "iter_num": iter_num, "best_val_loss": best_val,
                 "tokens_seen": tokens_seen, "moments": moments.state_dict(),
                 "wall_s": time.time() - t_start, "probe_start": probe_start,
@@ -705,7 +722,7 @@ def train(cfg):
                 "data_hash": train_split.meta["hash"], "git": git_hash()}
 
     def save_all(loader_state):
-        """Rank 0 writes; under FSDP every rank calls this (the state is gathered)."""
+        """Rank 0 writes ckpt.pt; under FSDP or 'dcp' every rank calls this (its shards)."""
         state = checkpoint_state(loader_state)
         if not master:
             return
@@ -713,7 +730,11 @@ def train(cfg):
             tmp = os.path.join(c.out_dir, "value_memory.tmp.npy")
             np.save(tmp, value_memory)
             os.replace(tmp, os.path.join(c.out_dir, "value_memory.npy"))
-        save_checkpoint(ckpt_path, state)
+        save_checkpoint(ckpt_path, state)   # the commit point: it names the shards to read
+        if c.checkpoint_format == "dcp":     # older shard directories are no longer named
+            for old in os.listdir(c.out_dir):
+                if old.startswith("ckpt_dcp-") and old != state["dcp_dir"]:
+                    shutil.rmtree(os.path.join(c.out_dir, old), ignore_errors=True)
         wlog.save(c.out_dir)
 
     # say exactly what runs: forks are reproducible only if the log does
@@ -799,13 +820,13 @@ def train(cfg):
                 bar.write(f"iter {iter_num}: val loss {val_loss:.4f}, per head "
                           + " ".join(f"{v:.3f}" for v in last_val)
                           + (f", value AUC {row['val_value_auc']:.3f}" if "val_value_auc" in row else ""))
-            if (master or fsdp) and iter_num > 0:
+            if (master or collective_save) and iter_num > 0:
                 save_all(loader.state_dict())
         if iter_num >= total_iters:
             break
         flag = all_reduce_sum(torch.tensor([float(stop["sigterm"])], device=device), ddp)
         if flag.item() > 0:
-            if master or fsdp:
+            if master or collective_save:
                 save_all(loader.state_dict())
             say(f"SIGTERM: saved {ckpt_path} at iter {iter_num}; resume with --init_from=resume")
             break
@@ -924,7 +945,7 @@ def train(cfg):
             [stats[0], grad_norm.double(), stats[1], bad.double()]).tolist()
         if not (math.isfinite(step_loss) and math.isfinite(gn)):
             # the parameters are still those of the last good step: keep them
-            if master or fsdp:
+            if master or collective_save:
                 save_all(loader_state)
             raise FloatingPointError(
                 f"non-finite training loss ({step_loss}) or gradient norm ({gn}) at "

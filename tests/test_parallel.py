@@ -108,3 +108,42 @@ def test_compile_without_graph_breaks(toy_data, tmp_path):
     a, b = train_rows(tmp_path / "eager"), train_rows(tmp_path / "compiled")
     for it in a:
         assert b[it][0] == pytest.approx(a[it][0], rel=1e-4), it
+
+
+def test_sharded_checkpoint_resumes_exactly(toy_data, tmp_path):
+    """checkpoint_format='dcp' in one process: shards in ckpt_dcp-<iter>/, named by
+    ckpt.pt; a resumed run takes the uninterrupted run's steps bit for bit, and code that
+    wants the weights from ckpt.pt alone is told where they are."""
+    keys = dict(checkpoint_format="dcp", eval_interval=3, weighting="critic", train_on="all",
+                critic_pretrain_epochs=0.0)
+    train.train(tiny_cfg(toy_data, tmp_path / "full", max_iters=6, **keys))
+    part = tmp_path / "part"
+    train.train(tiny_cfg(toy_data, part, max_iters=3, **keys))
+    assert sorted(p.name for p in part.iterdir() if p.name.startswith("ckpt_dcp-")) == ["ckpt_dcp-3"]
+    train.train(tiny_cfg(toy_data, part, max_iters=6, init_from="resume", **keys))
+    assert sorted(p.name for p in part.iterdir() if p.name.startswith("ckpt_dcp-")) == ["ckpt_dcp-6"]
+    a, b = train_rows(tmp_path / "full"), train_rows(part)
+    assert sorted(a) == sorted(b) == list(range(1, 7))
+    for it in a:
+        assert a[it] == b[it], it
+    with pytest.raises(ValueError, match="sharded"):
+        train.load_checkpoint(str(part))
+
+
+@pytest.mark.slow
+def test_fsdp_sharded_checkpoint_resumes_on_one_process(toy_data, tmp_path):
+    """Shards written by 2 FSDP processes, read back by 1 process (resharded by DCP)."""
+    keys = dict(max_iters=6, eval_interval=3, checkpoint_format="dcp")
+    one = tiny_cfg(toy_data, tmp_path / "one", **keys)
+    train.train(one)
+    two = dict(one, out_dir=str(tmp_path / "two"), max_iters=3, data_parallel="fsdp")
+    p = run_train(["-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
+                   "train.py", *overrides(two)])
+    out, _ = p.communicate(timeout=300)
+    assert p.returncode == 0, out
+    train.train(dict(one, out_dir=str(tmp_path / "two"), init_from="resume"))
+    a, b = train_rows(tmp_path / "one"), train_rows(tmp_path / "two")
+    assert sorted(a) == sorted(b) == list(range(1, 7))
+    for it in a:
+        assert b[it][0] == pytest.approx(a[it][0], rel=1e-5), it
+        assert b[it][1] == pytest.approx(a[it][1], rel=1e-4), it
