@@ -672,7 +672,7 @@ def train(cfg):
         parallel.load_sharded(raw_model, optimizer, os.path.join(c.out_dir, ckpt["dcp_dir"]))
     elif ckpt:   # FSDP's 'file' checkpoints hold whole tensors: any world size resumes them
         parallel.load_optimizer(raw_model, optimizer, ckpt["optimizer"])
-    resumed = {k: ckpt[k] for k in ("weight_log", "scaler") if k in ckpt} if ckpt else {}
+    resumed = {k: ckpt[k] for k in ("weight_log", "scaler", "dcp_dir") if k in ckpt} if ckpt else {}
     ckpt = None  # free memory
     # parameters only the LM loss trains: frozen (no update, no weight decay) while the
     # critic pre-trains its value head
@@ -703,10 +703,15 @@ def train(cfg):
         wlog.load_state_dict(resumed["weight_log"])
     probe_ids = list(range(min(64, len(val_split)))) if use_critic else None
 
+    dcp_named = [resumed.get("dcp_dir")]   # the shard directory ckpt.pt names
+
     def checkpoint_state(loader_state):
         extra = {}
         if c.checkpoint_format == "dcp":   # every rank writes its shards (a collective)
-            extra["dcp_dir"] = f"ckpt_dcp-{iter_num}"
+            # never into the directory ckpt.pt names now (a resumed run saves its first
+            # iteration again): a crash mid-write must leave that pair whole
+            name = f"ckpt_dcp-{iter_num}"
+            extra["dcp_dir"] = dcp_named[0] = name + "-b" if name == dcp_named[0] else name
             parallel.save_sharded(raw_model, optimizer, os.path.join(c.out_dir, extra["dcp_dir"]))
             model_sd = optim_sd = "dcp"
         elif fsdp:   # whole tensors gathered from every rank (a collective: all ranks call this)

@@ -120,6 +120,9 @@ def test_sharded_checkpoint_resumes_exactly(toy_data, tmp_path):
     part = tmp_path / "part"
     train.train(tiny_cfg(toy_data, part, max_iters=3, **keys))
     assert sorted(p.name for p in part.iterdir() if p.name.startswith("ckpt_dcp-")) == ["ckpt_dcp-3"]
+    train.train(tiny_cfg(toy_data, part, max_iters=3, init_from="resume", **keys))
+    # the resumed run saved iteration 3 again, beside (not over) the directory ckpt.pt named
+    assert sorted(p.name for p in part.iterdir() if p.name.startswith("ckpt_dcp-")) == ["ckpt_dcp-3-b"]
     train.train(tiny_cfg(toy_data, part, max_iters=6, init_from="resume", **keys))
     assert sorted(p.name for p in part.iterdir() if p.name.startswith("ckpt_dcp-")) == ["ckpt_dcp-6"]
     a, b = train_rows(tmp_path / "full"), train_rows(part)
