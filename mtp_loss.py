@@ -73,9 +73,12 @@ def ce_and_lse(h, weight, target, chunk, dtype):
     for s in range(0, h.shape[0], chunk):
         logits = chunk_logits(h[s:s + chunk], weight, dtype)            # (n, V) fp32
         t = target[s:s + chunk]
-        lse[s:s + chunk] = torch.logsumexp(logits, dim=-1)
-        picked = logits.gather(1, t.clamp(min=0)[:, None]).squeeze(1)
-        ce[s:s + chunk] = torch.where(t >= 0, lse[s:s + chunk] - picked, 0.0)
+        # F.cross_entropy's fused log-softmax is ~3x faster than torch.logsumexp on CPU;
+        # every row gets a target (0 for none) so that every row's lse is finite
+        t0 = t.clamp(min=0)
+        ce_all = F.cross_entropy(logits, t0, reduction="none")
+        lse[s:s + chunk] = ce_all + logits.gather(1, t0[:, None]).squeeze(1)
+        ce[s:s + chunk] = torch.where(t >= 0, ce_all, 0.0)
     return ce, lse
 
 
