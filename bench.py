@@ -1,49 +1,234 @@
 """
-Benchmark: training step time of every scheme relative to the baseline, in one run on
-one machine, plus the one-off cost of scoring the Rho-1 reference.
+Benchmarks whose ratios are the numbers to quote, each comparison measured side by side in
+one run with interleaved repeats: on a busy machine the speed drifts between runs by more
+than the effects measured (a baseline run first and last once differed by 31-41%), so
+arms alternate repeat by repeat and every ratio is taken between neighbours.
 
-    python bench.py                          # tiny tinycode setting on this machine
-    python bench.py --max_iters=60 --device=cuda --dtype=bfloat16 --batch_size=64
+  loss     step time (forward + backward of the uniform MTP loss) of H=4 against H=1 at
+           equal blocks, next to the FLOP ratio (6N + attention, every head's unembedding),
+           for loss_impl 'simple' and 'chunked'; 'chunked' against 'simple'; tokens/s
+  memory   peak memory of one such step against V, H=4 over H=1, each loss path; each
+           measurement in its own process (growth of peak RSS over the step on CPU,
+           max_memory_allocated on CUDA)
+  schemes  train.py's real step for every scheme against uniform, arms alternating in
+           rounds, and the one-off cost of scoring the Rho-1 reference
 
-Each arm trains max_iters steps from the same initialisation on the same data settings;
-the step time is the median over logged windows after the first (which holds compilation,
-warm-up and the first evaluation). The baseline runs first and again last, and the ratios
-are against the mean of the two: if the two differ much, the machine's speed drifted during
-the benchmark and the ratios are that uncertain. Ratios are the numbers to quote: absolute
-times depend on the machine and on whatever else it is doing.
+    OMP_NUM_THREADS=1 python bench.py                       # all parts, minutes on one core
+    python bench.py --gpu=True                              # the prepared GPU check (below)
+
+--gpu=True is the check for one H200 (~8 minutes, not yet run): a ~1B shape (16 blocks,
+d=2048, V=128K, 4 x 2048 tokens a step) in bf16 with per-block torch.compile: H=1, H=4
+'simple' and H=4 'chunked', tokens/s, MFU against the device's dense bf16 peak, and peak
+memory (the memory part runs eager: each measurement is a fresh process).
 """
 import json
 import os
 import shutil
+import statistics
+import subprocess
 import sys
 import tempfile
 import time
+from contextlib import nullcontext
 
-import numpy as np
+import torch
+
+from types import SimpleNamespace
 
 import configurator
-import data
-import train
+import mtp_loss
+import parallel
+import weights
+from model import ModelConfig, Transformer, mtp_cross_entropy, mtp_targets
+
+defaults = dict(
+    parts="loss,memory,schemes",   # which comparisons to run
+    device="cpu",
+    dtype="float32",               # 'bfloat16' runs the step under autocast
+    repeats=7,                     # timed steps per arm, interleaved with the other arms
+    # the loss path's model: equal blocks for H=1 and H=4 (n_layer counts trunk + heads)
+    n_layer=8,
+    d_model=256,
+    batch_size=4,
+    seq_len=128,
+    vocab_sizes="8192,32768",      # V for the timing part
+    mem_vocab_sizes="8192,32768,131072",   # V for the memory part
+    mem_batch_size=2,              # rows per step in the memory part (its logits are big)
+    loss_chunk=0,                  # as train.py's: rows per vocabulary chunk, 0 = auto
+    compile=False,                 # torch.compile each block (static shapes), as train.py does
+    # the schemes part: train.py's tiny default config, this many steps per arm per round
+    max_iters=15,
+    rounds=2,
+    gpu=False,                     # the prepared one-GPU check: sets the keys in GPU below
+)
+GPU = dict(parts="loss,memory", device="cuda", dtype="bfloat16", compile=True, repeats=5,
+           n_layer=16, d_model=2048, batch_size=4, seq_len=2048, vocab_sizes="131072",
+           mem_vocab_sizes="32768,131072", mem_batch_size=4)
+
+
+def model_for(c, V, H, compile=False):
+    """Llama-like proportions: head dim 64..128, 2 query heads per key/value head, SwiGLU
+    width 8/3 d. n_layer blocks in all, whatever H (equal blocks)."""
+    torch.manual_seed(0)
+    d = c["d_model"]
+    n_head = max(4, d // 128)
+    m = Transformer(ModelConfig(vocab_size=V, n_layer=c["n_layer"], n_future=H, n_head=n_head,
+                                n_kv_head=n_head // 2, d_model=d, d_ff=d * 8 // 3 // 16 * 16,
+                                max_seq_len=c["seq_len"])).to(c["device"])
+    if compile:
+        parallel.parallelize(m, SimpleNamespace(activation_checkpointing="none", compile=True),
+                             torch.float32, fsdp=False)
+    return m
+
+
+def make_step(model, impl, B, T, c):
+    """One training step's forward + backward of the uniform loss, on random tokens."""
+    H, V = model.config.n_future, model.config.vocab_size
+    g = torch.Generator().manual_seed(1)
+    tokens = torch.randint(0, V, (B, T), generator=g).to(c["device"])
+    targets = mtp_targets(tokens, torch.ones_like(tokens, dtype=torch.bool), H)   # (B, T, H)
+    valid = targets >= 0
+    w, n = valid.float(), valid.sum().float()
+    dev = torch.device(c["device"])
+    ctx = nullcontext() if c["dtype"] == "float32" else \
+        torch.autocast(dev.type, dtype=getattr(torch, c["dtype"]))
+
+    def step():
+        model.zero_grad(set_to_none=True)
+        with ctx:
+            if impl == "simple":
+                loss = weights.weighted_loss(mtp_cross_entropy(model(tokens), targets), w, n)
+        if impl == "simple":
+            loss.backward()
+        else:
+            with ctx:
+                p = mtp_loss.forward(model, tokens, targets, c["loss_chunk"])
+            mtp_loss.backward(p, model, w, n, ctx=ctx)
+        if dev.type == "cuda":
+            torch.cuda.synchronize(dev)
+    return step
+
+
+def bench_loss(c):
+    """Step times of H in (1, 4) x loss_impl in (simple, chunked), per V, interleaved."""
+    B, T = c["batch_size"], c["seq_len"]
+    rows = []
+    for V in [int(v) for v in c["vocab_sizes"].split(",")]:
+        arms = {(H, impl): make_step(model_for(c, V, H, c["compile"]), impl, B, T, c)
+                for H in (1, 4) for impl in ("simple", "chunked")}
+        for step in arms.values():          # warm-up: allocator, kernels, (compile)
+            step()
+        times = {a: [] for a in arms}
+        for _ in range(c["repeats"]):
+            for a, step in arms.items():
+                t0 = time.perf_counter()
+                step()
+                times[a].append(time.perf_counter() - t0)
+        flops = [model_for(c, V, H).flops_per_token(T) for H in (1, 4)]
+        # ratios between neighbours: repeat r of one arm against repeat r of the other
+        ratio = lambda a, b: statistics.median(x / y for x, y in zip(times[a], times[b]))
+        med = {a: statistics.median(t) for a, t in times.items()}
+        peak = train_peak_flops(c["device"])
+        mfu = {f"H{H} {impl}": B * T / med[(H, impl)] * flops[H == 4] / peak
+               for (H, impl) in med} if peak else None
+        rows.append(dict(V=V, flop_ratio=flops[1] / flops[0], mfu=mfu,
+                         h4_h1_simple=ratio((4, "simple"), (1, "simple")),
+                         h4_h1_chunked=ratio((4, "chunked"), (1, "chunked")),
+                         chunked_simple_h1=ratio((1, "chunked"), (1, "simple")),
+                         chunked_simple_h4=ratio((4, "chunked"), (4, "simple")),
+                         tok_s={f"H{H} {impl}": B * T / med[(H, impl)] for (H, impl) in med}))
+    print(f"\n## loss path: step time (forward + backward), B={B}, T={T}, d={c['d_model']}, "
+          f"{c['n_layer']} blocks, {c['device']} {c['dtype']}, median of {c['repeats']} paired repeats")
+    print("| V | FLOP ratio H4/H1 | H4/H1 simple | H4/H1 chunked | chunked/simple H1 | "
+          "chunked/simple H4 | tok/s H1 chunked | tok/s H4 chunked |")
+    print("|---|---|---|---|---|---|---|---|")
+    for r in rows:
+        print(f"| {r['V']:,} | {r['flop_ratio']:.2f} | {r['h4_h1_simple']:.2f} | "
+              f"{r['h4_h1_chunked']:.2f} | {r['chunked_simple_h1']:.2f} | {r['chunked_simple_h4']:.2f} | "
+              f"{r['tok_s']['H1 chunked']:,.0f} | {r['tok_s']['H4 chunked']:,.0f} |")
+    for r in rows:
+        print(f"V={r['V']:,} tokens/s: " + ", ".join(f"{a} {v:,.0f}" for a, v in r["tok_s"].items())
+              + ("; MFU: " + ", ".join(f"{a} {v:.1%}" for a, v in r["mfu"].items()) if r["mfu"] else ""))
+    return rows
+
+
+def train_peak_flops(device):
+    """The device's dense bf16 peak (train.py's table), None on CPU: no MFU there."""
+    import train
+    return train.guess_peak_flops(device)
+
+
+def memory_child(c, V, H, impl):
+    """In a fresh process: the growth of peak memory over one step (MB), printed as JSON."""
+    model = model_for(c, V, H)
+    step = make_step(model, impl, c["mem_batch_size"], c["seq_len"], c)
+    if c["device"].startswith("cuda"):
+        torch.cuda.reset_peak_memory_stats()
+        before = torch.cuda.memory_allocated()
+        step()
+        peak = torch.cuda.max_memory_allocated() - before
+    else:   # VmHWM, not ru_maxrss: a child's ru_maxrss starts at its parent's peak
+        before = proc_status_kb("VmRSS")
+        step()
+        peak = (proc_status_kb("VmHWM") - before) * 1024
+    print(json.dumps({"peak_mb": peak / 2**20}))
+
+
+def proc_status_kb(field):
+    """This process's resident memory (VmRSS) or its peak (VmHWM) in KiB (Linux)."""
+    with open("/proc/self/status") as f:
+        return next(int(line.split()[1]) for line in f if line.startswith(field + ":"))
+
+
+def bench_memory(c):
+    rows = []
+    for V in [int(v) for v in c["mem_vocab_sizes"].split(",")]:
+        mb = {}
+        for H in (1, 4):
+            for impl in ("simple", "chunked"):
+                code = f"import bench; bench.memory_child({c!r}, {V}, {H}, {impl!r})"
+                out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                                     cwd=os.path.dirname(os.path.abspath(__file__)))
+                if out.returncode:
+                    raise RuntimeError(out.stderr)
+                mb[(H, impl)] = json.loads(out.stdout.strip().splitlines()[-1])["peak_mb"]
+        rows.append(dict(V=V, mb=mb))
+    print(f"\n## peak memory of one step, B={c['mem_batch_size']}, T={c['seq_len']}, "
+          f"d={c['d_model']}, {c['n_layer']} blocks, {c['device']} {c['dtype']} (MB over the model)")
+    print("| V | H1 simple | H4 simple | H4/H1 simple | H1 chunked | H4 chunked | H4/H1 chunked | "
+          "H4 simple/chunked |")
+    print("|---|---|---|---|---|---|---|---|")
+    for r in rows:
+        m = r["mb"]
+        print(f"| {r['V']:,} | {m[(1, 'simple')]:.0f} | {m[(4, 'simple')]:.0f} | "
+              f"{m[(4, 'simple')] / m[(1, 'simple')]:.2f} | {m[(1, 'chunked')]:.0f} | "
+              f"{m[(4, 'chunked')]:.0f} | {m[(4, 'chunked')] / m[(1, 'chunked')]:.2f} | "
+              f"{m[(4, 'simple')] / m[(4, 'chunked')]:.1f}x |")
+    return rows
 
 
 def median_step_ms(out_dir):
     rows = [json.loads(line) for line in open(os.path.join(out_dir, "log.jsonl"))]
     windows = [r for r in rows if "loss" in r and r.get("stage") == "main"]
     times = [r["step_ms"] for r in windows[1:]] or [r["step_ms"] for r in windows]
-    return float(np.median(times))
+    return statistics.median(times)
 
 
-def main(argv):
-    base = dict(train.DEFAULTS, max_iters=60, log_interval=5, eval_interval=10**9,
-                critic_pretrain_epochs=0.0)
-    cfg = configurator.configure(base, argv)
+def bench_schemes(c):
+    """train.py's step per scheme against uniform, the arms alternating round by round."""
+    import data
+    import train
+    cfg = dict(train.DEFAULTS, max_iters=c["max_iters"], log_interval=3, eval_interval=10**9,
+               critic_pretrain_epochs=0.0, device=c["device"], dtype=c["dtype"])
     root = tempfile.mkdtemp(prefix="wmtp-bench-")
+    quiet = lambda: open(os.devnull, "w")
     try:
-        # the reference: a plain next-token model trained briefly on correct solutions
-        ref_dir = os.path.join(root, "ref")
-        train.train(dict(cfg, out_dir=ref_dir, n_future=1, max_iters=cfg["max_iters"]))
-        ref, ref_hash = train.load_reference(ref_dir, train.setup_distributed(cfg["device"])[4],
-                                             data.tokenizer_identity(data.get_tokenizer(cfg["tokenizer"])))
+        from contextlib import redirect_stdout
+        ref_dir = os.path.join(root, "ref")   # a plain next-token reference, trained briefly
+        with redirect_stdout(quiet()):
+            train.train(dict(cfg, out_dir=ref_dir, n_future=1, max_iters=2 * c["max_iters"]))
+        ref, _ = train.load_reference(ref_dir, train.resolve_device(c["device"]),
+                                      data.tokenizer_identity(data.get_tokenizer(cfg["tokenizer"])))
         split = data.PreparedSplit(os.path.join(cfg["data_dir"], "train"))
         t0 = time.time()
         data.score_reference(ref, split, device=next(ref.parameters()).device, batch_size=cfg["batch_size"])
@@ -56,26 +241,48 @@ def main(argv):
             "critic": dict(weighting="critic", train_on="all"),
             "shuffled (rho1)": dict(weighting="shuffled", control_of="rho1", ref_init_from=ref_dir,
                                     ref_ce_cache=cache),
+            "uniform, simple loss": dict(loss_impl="simple"),
         }
-        results = {}
-        for name, extra in arms.items():
-            out = os.path.join(root, name.split()[0] + str(len(results)))
-            train.train(dict(cfg, out_dir=out, **extra))
-            results[name] = median_step_ms(out)
-            if name == list(arms)[-1]:   # the baseline again, last: drift over the run shows
-                out = os.path.join(root, "uniform_again")
-                train.train(dict(cfg, out_dir=out))
-                results["uniform (again)"] = median_step_ms(out)
-        base_ms = (results["uniform"] + results["uniform (again)"]) / 2
-        print(f"\nstep time, {cfg['max_iters']} steps each, batch {cfg['batch_size']} x "
-              f"{cfg['gradient_accumulation_steps']} rows, device {cfg['device']}")
-        print(f"{'scheme':<18}{'ms/step':>10}{'vs uniform':>12}")
-        for name, ms in results.items():
-            print(f"{name:<18}{ms:>10.1f}{ms / base_ms:>11.2f}x")
+        ratios = {a: [] for a in arms}
+        ms = {a: [] for a in arms}
+        for rnd in range(c["rounds"]):
+            this = {}
+            for i, (name, extra) in enumerate(arms.items()):
+                out = os.path.join(root, f"r{rnd}a{i}")
+                with redirect_stdout(quiet()):
+                    train.train(dict(cfg, out_dir=out, **extra))
+                this[name] = median_step_ms(out)
+                ms[name].append(this[name])
+            for name in arms:
+                ratios[name].append(this[name] / this["uniform"])
+        print(f"\n## schemes: train.py's step, {c['max_iters']} steps per arm per round, "
+              f"{c['rounds']} rounds, batch {cfg['batch_size']}, {c['device']} {c['dtype']}")
+        print("| arm | ms/step | vs uniform (median over rounds) |")
+        print("|---|---|---|")
+        for name in arms:
+            print(f"| {name} | {statistics.median(ms[name]):.1f} | {statistics.median(ratios[name]):.2f}x |")
+        drift = max(ms["uniform"]) / min(ms["uniform"]) - 1
+        print(f"uniform's own spread over rounds: {drift:.0%} (the machine's drift)")
         print(f"reference scoring of {len(split)} samples ({len(split.tokens):,} tokens): "
               f"{score_s:.1f} s, {len(split.tokens) / score_s:,.0f} tokens/s")
+        return {"ratios": ratios, "ms": ms, "score_tok_s": len(split.tokens) / score_s}
     finally:
         shutil.rmtree(root, ignore_errors=True)
+
+
+def main(argv):
+    c = configurator.configure(defaults, argv)
+    if c["gpu"]:   # the preset, then the command line again so its keys still win
+        c = configurator.configure({**defaults, **GPU}, argv)
+    print(f"torch {torch.__version__}, {torch.get_num_threads()} thread(s), {c['device']}, "
+          f"{time.strftime('%Y-%m-%d')}")
+    parts = c["parts"].split(",")
+    if "loss" in parts:
+        bench_loss(c)
+    if "memory" in parts:
+        bench_memory(c)
+    if "schemes" in parts:
+        bench_schemes(c)
 
 
 if __name__ == "__main__":

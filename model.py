@@ -290,6 +290,26 @@ class Transformer(nn.Module):
         extra = surprise_features(logits[:, :, 0], idx, value_mask) if c.value_surprise else None
         return logits, self.value_head(trunk.detach() if c.value_detach else trunk, extra)
 
+    # ---- forward in pieces, for the memory-efficient loss (mtp_loss.py) ---------------
+    def trunk_forward(self, idx):
+        """idx (B, T) -> the trunk's output (B, T, D), un-normalised as every head reads it,
+        and the rotary tables (cos, sin) for these T positions. forward() in two pieces:
+        this, then head_hidden() per head, gives forward()'s logits head by head."""
+        T = idx.shape[1]
+        if T > self.config.max_seq_len:
+            raise ValueError(f"sequence length {T} exceeds max_seq_len={self.config.max_seq_len}")
+        cos, sin = self.rope_cos[:T], self.rope_sin[:T]
+        x = self.tok_embeddings(idx)                     # (B, T, D)
+        for block in self.layers[:-1]:
+            x = block(x, cos, sin)
+        return x, cos, sin
+
+    def head_hidden(self, k, trunk, cos, sin):
+        """Head k's (0-based) normalised state (B, T, D) on the trunk output: what the shared
+        unembedding turns into that head's logits."""
+        head = self.layers[-1] if k == 0 else self.extra_heads[k - 1]
+        return self.norm(head(trunk, cos, sin))
+
     # ---- generation ----------------------------------------------------------------
     def new_caches(self, B):
         """One KV cache per block (trunk blocks, then heads 1..H), as forward expects."""
@@ -357,6 +377,62 @@ class Transformer(nn.Module):
                 if (eos_id is not None and tok == eos_id) or (stop and stop(out)):
                     return (out[:-1] if tok == eos_id else out), self._rates(accepted, proposed)
         return out, self._rates(accepted, proposed)
+
+    def next_logits(self, idx, caches):
+        """Head 1's logits at the last position only (B, V), advancing the caches by the T
+        tokens of idx (B, T): the trunk and head 1, nothing of the other heads, and the
+        unembedding of one position (a prefill of T tokens does not project T x V)."""
+        start = caches[0].pos
+        T = idx.shape[1]
+        if start + T > self.config.max_seq_len:
+            raise ValueError(f"sequence length {start + T} exceeds max_seq_len={self.config.max_seq_len}")
+        cos, sin = self.rope_cos[start:start + T], self.rope_sin[start:start + T]
+        x = self.tok_embeddings(idx)                                  # (B, T, D)
+        for block, cache in zip(self.layers, caches):                 # trunk, then head 1
+            x = block(x, cos, sin, cache)
+        return self.output(self.norm(x[:, -1]))                       # (B, V)
+
+    @torch.no_grad()
+    def generate_rows(self, prompt, max_new_tokens, n=1, temperature=0.0, top_p=1.0, eos_id=None,
+                      stop=None, generator=None, n_vocab=None, check_every=16):
+        """generate() for many rows, without a host sync per token: the same tokens (the
+        same draws from `generator`), with caches for the trunk and head 1 only, head 1's
+        logits at the last position only, and rows finished (eos, stop) tracked on the
+        device; the host looks every check_every tokens (stop strings are Python)."""
+        c, dev = self.config, self.tok_embeddings.weight.device
+        hd = c.d_model // c.n_head
+        caches = [KVCache(n, c.n_kv_head, c.max_seq_len, hd, dev, self.tok_embeddings.weight.dtype)
+                  for _ in self.layers]                               # trunk blocks + head 1
+        max_new_tokens = min(max_new_tokens, c.max_seq_len - len(prompt))
+        out = torch.empty(n, max(max_new_tokens, 0), dtype=torch.long, device=dev)   # (n, new)
+        done = torch.zeros(n, dtype=torch.bool, device=dev)
+        ends = torch.full((n,), max_new_tokens, dtype=torch.long, device=dev)   # row b's length
+        logits = self.next_logits(torch.tensor([prompt] * n, device=dev), caches)[:, :n_vocab]
+        checked = 0                                                   # tokens stop() has seen
+        for i in range(max_new_tokens):
+            nxt = sample_next(logits.float(), temperature, top_p, generator)   # (n,)
+            out[:, i] = nxt
+            if eos_id is not None:   # a row ends after its eos (cut below), as generate()
+                hit = (nxt == eos_id) & ~done
+                ends = torch.where(hit, i + 1, ends)
+                done |= hit
+            if (i + 1) % check_every == 0 or i == max_new_tokens - 1:
+                if stop is not None:   # the first prefix stop() accepts, as generate() finds it
+                    rows, ends_now = out[:, :i + 1].tolist(), ends.tolist()   # one transfer
+                    for b in range(n):
+                        for j in range(checked, min(i + 1, ends_now[b])):
+                            if stop(rows[b][:j + 1]):
+                                ends_now[b] = j + 1
+                                break
+                    ends, checked = torch.tensor(ends_now, device=dev), i + 1
+                done = ends <= i + 1
+                if bool(done.all()):
+                    break
+            logits = self.next_logits(nxt[:, None], caches)[:, :n_vocab]
+        rows = out.tolist()
+        ends = ends.tolist()
+        rows = [r[:e] for r, e in zip(rows, ends)]
+        return [r[:-1] if eos_id is not None and r and r[-1] == eos_id else r for r in rows]
 
     @staticmethod
     def _rates(accepted, proposed):

@@ -77,14 +77,15 @@ def make_generate(model, enc, seed=0, speculative=True):
                     rows = [model.generate_speculative(ids, max_new_tokens, eos_id=eot, stop=stopped,
                                                        n_vocab=enc.n_vocab)[0]] * n
                 else:
-                    rows = model.generate(ids, max_new_tokens, eos_id=eot, stop=stopped,
-                                          n_vocab=enc.n_vocab) * n
+                    rows = model.generate_rows(ids, max_new_tokens, eos_id=eot, stop=stopped,
+                                               n_vocab=enc.n_vocab) * n
             else:
                 g = torch.Generator(device=model.tok_embeddings.weight.device)
                 g.manual_seed(seed * 1_000_003 + zlib.crc32(prompt.encode()))
-                rows = model.generate(ids, max_new_tokens, n=n, temperature=temperature,
-                                      top_p=top_p, eos_id=eot, stop=stopped, generator=g,
-                                      n_vocab=enc.n_vocab)
+                # model.generate's tokens, without a host sync per token
+                rows = model.generate_rows(ids, max_new_tokens, n=n, temperature=temperature,
+                                           top_p=top_p, eos_id=eot, stop=stopped, generator=g,
+                                           n_vocab=enc.n_vocab)
             out.append([cut(enc.decode(r), stop) for r in rows])
         return out
 

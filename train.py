@@ -9,10 +9,12 @@ The defaults below are the whole configuration; config files and --key=value ove
 change them (configurator.py). Every scheme runs through the same step: only the weights
 w[t, k] differ (weights.py).
 """
+import datetime
 import json
 import math
 import os
 import resource
+import shutil
 import signal
 import subprocess
 import sys
@@ -23,10 +25,13 @@ from types import SimpleNamespace
 import numpy as np
 import torch
 import torch.distributed as dist
+import torch.nn.functional as F
 from torch.nn.parallel import DistributedDataParallel as DDP
 
 import configurator
 import data
+import mtp_loss
+import parallel
 import pretrained
 import weights
 from model import ModelConfig, Transformer, mtp_cross_entropy, mtp_targets
@@ -105,8 +110,18 @@ grad_clip = 1.0                 # max global grad norm; 0 disables
 seed = 1337
 device = "auto"                 # 'auto', 'cpu', 'cuda', 'cuda:1', ...
 dtype = "auto"                  # 'auto' (bf16 on capable GPUs, else fp32), 'float32', 'bfloat16', 'float16'
-compile = False                 # torch.compile the model
+compile = False                 # torch.compile each block (parallel.py)
+length_buckets = False          # pad T up to a power of two (>= 64, <= block_size): compile sees few shapes
+# the loss path (mtp_loss.py): same loss and gradients, different memory
+loss_impl = "chunked"           # 'chunked': heads in turn, vocabulary in chunks; 'simple': (B, T, H, V) logits
+loss_chunk = 0                  # rows per vocabulary chunk of the 'chunked' loss; 0 = 2**24 logits a chunk
+loss_kernel = "torch"           # 'torch' chunks, or 'cce': cut-cross-entropy's fused linear CE (CUDA only)
+# scale (parallel.py)
+data_parallel = "ddp"           # with several processes: 'ddp' (replicas, small models) or 'fsdp' (FSDP2 per block)
+activation_checkpointing = "none"  # per block: 'none', 'selective' (keep matmul/attention outputs), 'full'
+checkpoint_format = "file"      # 'file': one ckpt.pt of whole tensors; 'dcp': sharded (torch.distributed.checkpoint)
 peak_flops = 0.0                # device peak FLOP/s for MFU; 0 = guess for known GPUs
+dist_timeout_min = 30           # a collective waiting longer than this fails (process group timeout)
 wandb_log = False
 wandb_project = "wmtp"
 wandb_run_name = ""
@@ -123,9 +138,10 @@ def resolve_device(device):
     return ("cuda" if torch.cuda.is_available() else "cpu") if device == "auto" else device
 
 
-def setup_distributed(device):
+def setup_distributed(device, timeout_min=30):
     """-> (ddp, rank, local_rank, world_size, device). torchrun sets RANK; nccl on CUDA,
-    gloo on CPU, so a 2-process CPU run works the same as 8 GPUs."""
+    gloo on CPU, so a 2-process CPU run works the same as 8 GPUs. A collective that waits
+    longer than timeout_min fails loudly instead of hanging (the backends' defaults differ)."""
     device = resolve_device(device)
     if int(os.environ.get("RANK", -1)) == -1:
         return False, 0, 0, 1, device
@@ -134,7 +150,8 @@ def setup_distributed(device):
     if device.startswith("cuda"):
         device = f"cuda:{local_rank}"
         torch.cuda.set_device(device)
-    dist.init_process_group(backend="nccl" if device.startswith("cuda") else "gloo")
+    dist.init_process_group(backend="nccl" if device.startswith("cuda") else "gloo",
+                            timeout=datetime.timedelta(minutes=timeout_min))
     return True, rank, local_rank, world_size, device
 
 
@@ -168,8 +185,9 @@ def save_checkpoint(path, state):
     os.replace(tmp, path)
 
 
-def load_checkpoint(path, map_location="cpu"):
-    """A checkpoint file, or a run dir's ckpt.pt."""
+def load_checkpoint(path, map_location="cpu", sharded_ok=False):
+    """A checkpoint file, or a run dir's ckpt.pt. sharded_ok: a 'dcp' checkpoint (its
+    weights in a directory beside it) is fine: only resuming reads those."""
     if not path.endswith(".pt"):
         path = os.path.join(path, "ckpt.pt")
     if not os.path.exists(path):
@@ -184,6 +202,11 @@ def load_checkpoint(path, map_location="cpu"):
     missing = {"model", "model_args", "iter_num"} - set(ckpt if isinstance(ckpt, dict) else ())
     if missing:
         raise RuntimeError(f"checkpoint {path} lacks {sorted(missing)}: not a wmtp checkpoint")
+    if ckpt["model"] == "dcp" and not sharded_ok:
+        raise ValueError(f"checkpoint {path} keeps its weights sharded in {ckpt['dcp_dir']} "
+                         f"(checkpoint_format='dcp'): resume it (init_from='resume'), or export "
+                         f"one file with `python -m torch.distributed.checkpoint.format_utils "
+                         f"dcp_to_torch_save` and load that")
     return ckpt
 
 
@@ -230,6 +253,23 @@ def guess_peak_flops(device):
     return None
 
 
+def pad_to_bucket(mb, block_size, pad_id):
+    """Pad a micro-batch's T up to the next power of two, at least 64 and at most
+    block_size, so that torch.compile (static shapes) compiles a few graphs instead of one
+    per length. The new positions are padding as the Loader writes it (pad tokens,
+    loss_mask 0, ref_ce 0); causal attention leaves every real position unchanged."""
+    T = mb["tokens"].shape[1]
+    L = min(max(64, 1 << (T - 1).bit_length()), block_size)
+    if L <= T:
+        return mb
+    extend = lambda x, fill: torch.cat([x, x.new_full((x.shape[0], L - T), fill)], dim=1)
+    mb["tokens"] = extend(mb["tokens"], pad_id)
+    mb["loss_mask"] = extend(mb["loss_mask"], False)
+    if "ref_ce" in mb:
+        mb["ref_ce"] = extend(mb["ref_ce"], 0.0)
+    return mb
+
+
 # ---- evaluation -----------------------------------------------------------------------
 def validation_ids(split, n, block_size):
     """The validation set: the first n correct samples (that fit block_size) of one fixed
@@ -252,10 +292,15 @@ def evaluate(model, split, c, ctx, device, ddp, rank, world_size, pad_id):
     model.eval()
     for i in range(0, len(mine), c.batch_size):
         mb = loader.collate(mine[i:i + c.batch_size])
+        if c.length_buckets:
+            mb = pad_to_bucket(mb, c.block_size, pad_id)
         tokens, mask = mb["tokens"].to(device), mb["loss_mask"].to(device)
         targets = mtp_targets(tokens, mask, c.n_future)
         with ctx:
-            ce = mtp_cross_entropy(model(tokens), targets)          # (B, T, H)
+            if c.loss_impl == "chunked":
+                ce = mtp_loss.forward(model, tokens, targets, c.loss_chunk, c.loss_kernel).ce
+            else:
+                ce = mtp_cross_entropy(model(tokens), targets)      # (B, T, H)
         sums += ce.sum(dim=(0, 1)).double()
         counts += (targets >= 0).sum(dim=(0, 1)).double()
     model.train()
@@ -279,6 +324,12 @@ def step_mass(parts, device, ddp):
     return (n_step, top, mass) if n_step > 0 else None
 
 
+def unlikelihood_where(ce, neg):
+    """incorrect_mode='signed': where neg, the unlikelihood loss -log(1 - p) (Welleck et al.
+    2020) of the token instead of its CE -log p, which pushes its probability down."""
+    return torch.where(neg, -torch.log(-torch.expm1(-ce.clamp(min=1e-6))), ce)
+
+
 def clip_gradients(model, max_norm):
     """Clip the LM's and the value head's gradients each to max_norm, separately: one joint
     norm would let the critic's value gradients shrink its LM step below the baseline's at
@@ -289,8 +340,8 @@ def clip_gradients(model, max_norm):
         if p.grad is not None:
             (value if name.startswith("value_head.") else lm).append(p)
     max_norm = max_norm if max_norm > 0 else float("inf")
-    lm_norm = torch.nn.utils.clip_grad_norm_(lm, max_norm)
-    return lm_norm, (torch.nn.utils.clip_grad_norm_(value, max_norm) if value else None)
+    lm_norm = parallel.clip_grad_norm(lm, max_norm)    # FSDP: sharded and replicated grads
+    return lm_norm, (parallel.clip_grad_norm(value, max_norm) if value else None)
 
 
 def check_source_tokenizer(source, tok_id, what):
@@ -322,18 +373,70 @@ def load_reference(path, device, tok_id, dtype=torch.float32):
     return ref, h.hexdigest()[:16]
 
 
-def reference_cache(c, split, ref, ref_hash, device, master, ddp):
-    """Per-token reference CE for the training split as a memmap, scored once by rank 0.
-    A cache carries the identity of the data and of the reference it was made for; a
-    mismatch is refused rather than silently misaligning every weight."""
+def score_reference_sharded(ref, split, path, c, ctx, device, rank, world_size, ddp):
+    """data.score_reference at scale: the samples sorted by length (batches of similar
+    length), every rank scoring every world_size-th of them with head 1 only and chunked
+    (mtp_loss.next_token_ce, no (B, T, V) logits), under the run's autocast (bf16 on
+    GPUs), into one memmap on the shared file system (disjoint token ranges), renamed into
+    place by rank 0. Samples longer than the reference's context are not scored: counted,
+    and refused if this run could train on them (their cache entry would be a wrong 0)."""
+    idx = split.index
+    limit = ref.config.max_seq_len
+    long = idx[:, 1] > limit
+    if long.any():
+        trained = int((long & (idx[:, 1] <= c.block_size)).sum())
+        if trained:
+            raise ValueError(f"{trained} of {len(idx)} samples in {split.path} fit block_size="
+                             f"{c.block_size} but exceed the reference's context ({limit} "
+                             f"tokens): lower block_size to {limit} or use a longer reference")
+        if rank == 0:
+            print(f"reference scoring: {int(long.sum())} samples longer than its context "
+                  f"({limit}) are left unscored (longer than block_size: never trained on)")
+    order = np.nonzero(~long)[0]
+    order = order[np.argsort(idx[order, 1], kind="stable")][rank::world_size]
+    tmp = f"{path}.scoring"
+    if rank == 0:   # zeros: the first token of each sample, and unscored samples
+        np.memmap(tmp, dtype=np.float32, mode="w+", shape=(len(split.tokens),)).flush()
+    if ddp:
+        dist.barrier()
+    out = np.memmap(tmp, dtype=np.float32, mode="r+", shape=(len(split.tokens),))
+    loader = data.Loader(split, c.batch_size, block_size=10**9, seed=0, correct_only=False)
+    ref.eval()
+    for i in range(0, len(order), c.batch_size):
+        ids = order[i:i + c.batch_size]
+        tokens = loader.collate(ids)["tokens"].to(device)
+        with torch.no_grad(), ctx:
+            ce = mtp_loss.next_token_ce(ref, tokens, c.loss_chunk).float().cpu().numpy()   # (B, T)
+        for b, sid in enumerate(ids):
+            start, length = idx[sid, :2]
+            out[start + 1:start + length] = ce[b, :length - 1]     # token j <- logits at j-1
+    out.flush()
+    del out
+    if ddp:
+        dist.barrier()
+    if rank == 0:
+        os.replace(tmp, path)
+
+
+def reference_cache(c, split, ref, ref_hash, device, master, ddp, ctx=None, rank=0, world_size=1):
+    """Per-token reference CE for the training split as a memmap, scored once, by all
+    ranks together (score_reference_sharded). A cache carries the identity of the data and
+    of the reference it was made for; a mismatch is refused rather than silently
+    misaligning every weight."""
     path = c.ref_ce_cache or os.path.join(split.path, f"ref_ce-{ref_hash}.bin")
     ident = {"data_hash": split.meta["hash"], "ref_hash": ref_hash, "n_tokens": len(split.tokens)}
-    if not os.path.exists(path + ".json") and master:   # the identity is written last
-        print(f"scoring the reference on {split.path} -> {path}")
-        data.score_reference(ref, split, device, batch_size=c.batch_size, out_path=path)
-        with open(f"{path}.json.tmp{os.getpid()}", "w") as f:
-            json.dump(ident, f)
-        os.replace(f"{path}.json.tmp{os.getpid()}", path + ".json")
+    missing = torch.tensor([float(not os.path.exists(path + ".json"))], device=device)
+    if ddp:   # rank 0 decides: every rank must take part in the scoring, or none
+        dist.broadcast(missing, src=0)
+    if missing.item():                      # the identity is written last
+        if master:
+            print(f"scoring the reference on {split.path} -> {path} ({world_size} process(es))")
+        score_reference_sharded(ref, split, path, c, ctx or nullcontext(), device, rank,
+                                world_size, ddp)
+        if master:
+            with open(f"{path}.json.tmp{os.getpid()}", "w") as f:
+                json.dump(ident, f)
+            os.replace(f"{path}.json.tmp{os.getpid()}", path + ".json")
     if ddp:
         dist.barrier()
     with open(path + ".json") as f:
@@ -345,13 +448,12 @@ def reference_cache(c, split, ref, ref_hash, device, master, ddp):
     return np.memmap(path, dtype=np.float32, mode="r")
 
 
-def online_ref_ce(ref, tokens, ctx):
-    """Reference CE per token, as the cache holds it: ref_ce[:, j] from logits at j-1."""
+def online_ref_ce(ref, tokens, ctx, chunk=0):
+    """Reference CE per token, as the cache holds it: ref_ce[:, j] from logits at j-1.
+    Head 1 only, its vocabulary projection in chunks (no (B, T, V) logits)."""
     with torch.no_grad(), ctx:
-        logits = ref(tokens)[:, :-1, 0].float()                     # (B, T-1, V) head 1
-    ce = torch.nn.functional.cross_entropy(logits.flatten(0, 1), tokens[:, 1:].flatten(),
-                                           reduction="none").view(tokens.shape[0], -1)
-    return torch.cat([ce.new_zeros(tokens.shape[0], 1), ce], dim=1)  # (B, T)
+        ce = mtp_loss.next_token_ce(ref, tokens, chunk)             # (B, T): x_{t+1} at t
+    return torch.cat([ce.new_zeros(tokens.shape[0], 1), ce[:, :-1]], dim=1)  # (B, T)
 
 
 def critic_inputs(mb, c, reward_stats):
@@ -397,6 +499,8 @@ def probe_values(model, split, ids, c, ctx, device, pad_id):
     model.eval()
     for i in range(0, len(ids), c.batch_size):
         mb = loader.collate(ids[i:i + c.batch_size])
+        if c.length_buckets:
+            mb = pad_to_bucket(mb, c.block_size, pad_id)
         with ctx:
             _, v = model(mb["tokens"].to(device), with_values=True, value_mask=mb["loss_mask"].to(device))
         e = mb["lengths"] - 1
@@ -459,7 +563,7 @@ def train(cfg):
     """Run one training job from a config dict (see DEFAULTS); returns a summary dict."""
     t_start = time.time()
     c = SimpleNamespace(**cfg)
-    ddp, rank, local_rank, world_size, device = setup_distributed(c.device)
+    ddp, rank, local_rank, world_size, device = setup_distributed(c.device, c.dist_timeout_min)
     master = rank == 0
     say = print if master else (lambda *a, **k: None)
     if c.gradient_accumulation_steps % world_size:
@@ -476,6 +580,9 @@ def train(cfg):
         raise ValueError(f"control_of={c.control_of!r} is not a scheme: {sorted(weights.SCHEMES)}")
     use_critic, use_ref = family == "critic", family == "rho1"
     for key, allowed in (("train_on", ("correct", "all")), ("weight_norm", ("heads", "tokens")),
+                         ("loss_impl", ("chunked", "simple")), ("loss_kernel", ("torch", "cce")),
+                         ("data_parallel", ("ddp", "fsdp")), ("checkpoint_format", ("file", "dcp")),
+                         ("activation_checkpointing", ("none", "selective", "full")),
                          ("rho1_mode", ("abs", "signed", "topk")), ("reward", ("binary", "pm1", "zscore")),
                          ("incorrect_mode", ("weighted", "value_only", "signed")),
                          ("ref_ce_mode", ("cache", "online"))):
@@ -517,7 +624,8 @@ def train(cfg):
         ref, ref_hash = load_reference(c.ref_init_from, device, tok_id,
                                        ptdtype if device_type == "cuda" else torch.float32)
         if c.ref_ce_mode == "cache":
-            ref_cache = reference_cache(c, train_split, ref, ref_hash, device, master, ddp)
+            ref_cache = reference_cache(c, train_split, ref, ref_hash, device, master, ddp,
+                                        ctx, rank, world_size)
             ref = None                                    # not needed in memory any more
     loader = data.Loader(train_split, c.batch_size, c.block_size, seed=c.seed,
                          correct_only=c.train_on == "correct", rank=rank,
@@ -556,7 +664,7 @@ def train(cfg):
         say(f"init_from {c.init_from}: {model_source['format']} checkpoint; its architecture replaces "
             f"n_layer/n_head/d_model/...: {model_args}")
     if c.init_from == "resume":
-        ckpt = load_checkpoint(ckpt_path, map_location=device)
+        ckpt = load_checkpoint(ckpt_path, map_location=device, sharded_ok=True)
         data.check_tokenizer(ckpt["tokenizer"], tok_id, f"checkpoint {ckpt_path}")
         if ckpt["data_hash"] != train_split.meta["hash"]:
             raise ValueError(f"checkpoint {ckpt_path} was trained on other data (hash "
@@ -589,17 +697,25 @@ def train(cfg):
     torch.manual_seed(c.seed)   # same initial weights on every rank
     raw_model = source_model.train() if source_model else Transformer(ModelConfig(**model_args)).to(device)
     source_model = None
-    if ckpt:
+    if ckpt and ckpt["model"] != "dcp":
         raw_model.load_state_dict(ckpt["model"])
     elif init_weights is not None:   # a value head is new here: it keeps its fresh init
         missing, unexpected = raw_model.load_state_dict(init_weights, strict=False)
         assert not unexpected and all(k.startswith("value_head.") for k in missing), (missing, unexpected)
         init_weights = None
+    # checkpointing, compile, FSDP2: before the optimizer, which must see the sharded parameters
+    fsdp = ddp and c.data_parallel == "fsdp"
+    collective_save = fsdp or c.checkpoint_format == "dcp"   # every rank takes part in a save
+    parallel.parallelize(raw_model, c, ptdtype, fsdp)
+    if fsdp:
+        say(f"FSDP2: {len(parallel.blocks(raw_model))} blocks sharded over {world_size} processes")
     optimizer = raw_model.configure_optimizers(c.weight_decay, c.learning_rate,
                                                (c.beta1, c.beta2), device_type)
-    if ckpt:
-        optimizer.load_state_dict(ckpt["optimizer"])
-    resumed = {k: ckpt[k] for k in ("weight_log", "scaler") if k in ckpt} if ckpt else {}
+    if ckpt and ckpt["model"] == "dcp":   # shards, resharded onto this world size
+        parallel.load_sharded(raw_model, optimizer, os.path.join(c.out_dir, ckpt["dcp_dir"]))
+    elif ckpt:   # FSDP's 'file' checkpoints hold whole tensors: any world size resumes them
+        parallel.load_optimizer(raw_model, optimizer, ckpt["optimizer"])
+    resumed = {k: ckpt[k] for k in ("weight_log", "scaler", "dcp_dir") if k in ckpt} if ckpt else {}
     ckpt = None  # free memory
     # parameters only the LM loss trains: frozen (no update, no weight decay) while the
     # critic pre-trains its value head
@@ -609,9 +725,10 @@ def train(cfg):
         lm_only = [p for m in (*raw_model.heads, raw_model.norm) for p in m.parameters()]
         if not c.tie_embeddings:
             lm_only.append(raw_model.output.weight)
-    model = torch.compile(raw_model) if c.compile else raw_model
-    if ddp:
+    model = raw_model
+    if ddp and c.loss_impl == "simple" and not fsdp:   # else: parallel.all_reduce_replicated
         model = DDP(model, device_ids=[local_rank] if device_type == "cuda" else None)
+    wrapped = isinstance(model, DDP)
     scaler = torch.amp.GradScaler(device_type, enabled=ptdtype == torch.float16)
     if "scaler" in resumed:   # fp16's loss scale continues where it was
         scaler.load_state_dict(resumed["scaler"])
@@ -629,8 +746,22 @@ def train(cfg):
         wlog.load_state_dict(resumed["weight_log"])
     probe_ids = list(range(min(64, len(val_split)))) if use_critic else None
 
+    dcp_named = [resumed.get("dcp_dir")]   # the shard directory ckpt.pt names
+
     def checkpoint_state(loader_state):
-        return {"model": raw_model.state_dict(), "optimizer": optimizer.state_dict(),
+        extra = {}
+        if c.checkpoint_format == "dcp":   # every rank writes its shards (a collective)
+            # never into the directory ckpt.pt names now (a resumed run saves its first
+            # iteration again): a crash mid-write must leave that pair whole
+            name = f"ckpt_dcp-{iter_num}"
+            extra["dcp_dir"] = dcp_named[0] = name + "-b" if name == dcp_named[0] else name
+            parallel.save_sharded(raw_model, optimizer, os.path.join(c.out_dir, extra["dcp_dir"]))
+            model_sd = optim_sd = "dcp"
+        elif fsdp:   # whole tensors gathered from every rank (a collective: all ranks call this)
+            model_sd, optim_sd = parallel.full_state_dicts(raw_model, optimizer)
+        else:
+            model_sd, optim_sd = raw_model.state_dict(), optimizer.state_dict()
+        return {"model": model_sd, "optimizer": optim_sd, **extra,
                 "model_args": model_args, "iter_num": iter_num, "best_val_loss": best_val,
                 "tokens_seen": tokens_seen, "moments": moments.state_dict(),
                 "wall_s": time.time() - t_start, "probe_start": probe_start,
@@ -640,11 +771,19 @@ def train(cfg):
                 "data_hash": train_split.meta["hash"], "git": git_hash()}
 
     def save_all(loader_state):
+        """Rank 0 writes ckpt.pt; under FSDP or 'dcp' every rank calls this (its shards)."""
+        state = checkpoint_state(loader_state)
+        if not master:
+            return
         if use_critic:   # beside the checkpoint; written first so a checkpoint never lacks it
             tmp = os.path.join(c.out_dir, "value_memory.tmp.npy")
             np.save(tmp, value_memory)
             os.replace(tmp, os.path.join(c.out_dir, "value_memory.npy"))
-        save_checkpoint(ckpt_path, checkpoint_state(loader_state))
+        save_checkpoint(ckpt_path, state)   # the commit point: it names the shards to read
+        if c.checkpoint_format == "dcp":     # older shard directories are no longer named
+            for old in os.listdir(c.out_dir):
+                if old.startswith("ckpt_dcp-") and old != state["dcp_dir"]:
+                    shutil.rmtree(os.path.join(c.out_dir, old), ignore_errors=True)
         wlog.save(c.out_dir)
 
     # say exactly what runs: forks are reproducible only if the log does
@@ -684,22 +823,27 @@ def train(cfg):
                dynamic_ncols=True)
     history, last_val = [], None
     t_last, tokens_since, iters_since = time.time(), 0, 0
-    eval_model = lambda: model.module if ddp else model  # DDP's forward would sync buffers
+    eval_model = lambda: model.module if wrapped else model  # DDP's forward would sync buffers
 
     def forward(m, mb):
-        """The CE of every (t, k) term (B, T, H) and, for the critic, V(s_t) (B, T)."""
+        """The CE of every (t, k) term (B, T, H) fp32 and, for the critic, V(s_t) (B, T);
+        'chunked' also returns pass 1's state for mtp_loss.backward ('simple': None)."""
+        value_mask = mb["loss_mask"].to(device) if use_critic else None
         with ctx:
-            out = m(mb["tokens"], with_values=use_critic,
-                    value_mask=mb["loss_mask"].to(device) if use_critic else None)
+            if c.loss_impl == "chunked":   # the bare module: DDP's hooks allow one backward
+                p = mtp_loss.forward(raw_model, mb["tokens"], mb["targets"], c.loss_chunk,
+                                     c.loss_kernel, with_values=use_critic, value_mask=value_mask)
+                return p.ce, p.values, p
+            out = m(mb["tokens"], with_values=use_critic, value_mask=value_mask)
         logits, values = out if use_critic else (out, None)       # (B, T, H, V), (B, T)
-        return mtp_cross_entropy(logits, mb["targets"]), values    # (B, T, H) fp32
+        return mtp_cross_entropy(logits, mb["targets"]), values, None
 
     @torch.no_grad()
     def scheme_weights(mb, ce, values, norm_stats=None):
         """w (B, T, H) of one micro-batch, and the critic's values (V = 0 at terminal states)."""
         valid, kw, v = mb["targets"] >= 0, {}, None
         if use_ref:
-            kw["ref_ce"] = online_ref_ce(ref, mb["tokens"], ctx) if ref is not None \
+            kw["ref_ce"] = online_ref_ce(ref, mb["tokens"], ctx, c.loss_chunk) if ref is not None \
                 else mb["ref_ce"].to(device)
         if use_critic:
             v = values.detach() * mb["states"]
@@ -716,7 +860,7 @@ def train(cfg):
             val_loss = sum(last_val) / len(last_val)
             best_val = min(best_val, val_loss)
             row = {"iter": iter_num, "val_loss": val_loss, "val_ce_head": last_val}
-            if use_critic and master:
+            if use_critic and (master or fsdp):   # FSDP: all ranks run the forward
                 scores, labels, _ = probe_values(eval_model(), val_split, list(range(min(256, len(val_split)))),
                                                  c, ctx, device, pad_id)
                 row["val_value_auc"] = value_auc(scores, labels)
@@ -725,13 +869,13 @@ def train(cfg):
                 bar.write(f"iter {iter_num}: val loss {val_loss:.4f}, per head "
                           + " ".join(f"{v:.3f}" for v in last_val)
                           + (f", value AUC {row['val_value_auc']:.3f}" if "val_value_auc" in row else ""))
-            if master and iter_num > 0:
+            if (master or collective_save) and iter_num > 0:
                 save_all(loader.state_dict())
         if iter_num >= total_iters:
             break
         flag = all_reduce_sum(torch.tensor([float(stop["sigterm"])], device=device), ddp)
         if flag.item() > 0:
-            if master:
+            if master or collective_save:
                 save_all(loader.state_dict())
             say(f"SIGTERM: saved {ckpt_path} at iter {iter_num}; resume with --init_from=resume")
             break
@@ -740,7 +884,7 @@ def train(cfg):
         pretraining = iter_num < pretrain_iters        # the critic's value-only stage
         if use_critic and iter_num == pretrain_iters:
             value_memory[1] = value_memory[0]             # the anchor: values at main start
-            if master:
+            if master or fsdp:
                 probe_start = probe_values(eval_model(), val_split, probe_ids, c, ctx, device, pad_id)[2]
         lr = get_lr(min(iter_num, c.warmup_iters) if pretraining else iter_num - pretrain_iters, c)
         for group in optimizer.param_groups:
@@ -752,6 +896,8 @@ def train(cfg):
         loader_state = loader.state_dict()
         micro = loader.next_step(grad_accum)
         for mb in micro:
+            if c.length_buckets:
+                pad_to_bucket(mb, c.block_size, pad_id)
             mb["tokens"] = mb["tokens"].to(device)
             mb["targets"] = mtp_targets(mb["tokens"], mb["loss_mask"].to(device), c.n_future)
             if use_critic:
@@ -767,7 +913,7 @@ def train(cfg):
         # loss, tokens, value loss, CE per head, count per head, sum of the step's weights
         stats = torch.zeros(4 + 2 * H, dtype=torch.float64, device=device)
         delta_stats = torch.zeros(3, dtype=torch.float64, device=device)   # count, sum, sum of squares
-        seen, bad_weights = [], False
+        seen, bad = [], torch.zeros((), dtype=torch.bool, device=device)   # bad: non-finite weights
 
         # weight_norm='tokens' normalises over the whole step: a pass over every
         # micro-batch first gives each one's share of the step's weight mass (an extra
@@ -779,15 +925,17 @@ def train(cfg):
             with torch.no_grad():
                 for i, (mb, part) in enumerate(zip(micro, parts)):
                     torch.manual_seed(seed_of(i))          # the main pass's dropout masks
-                    scheme_weights(mb, *forward(raw_model, mb), norm_stats=part)
+                    scheme_weights(mb, *forward(raw_model, mb)[:2], norm_stats=part)
             step_norm = step_mass(parts, device, ddp)
 
         for i, mb in enumerate(micro):
             last = i == len(micro) - 1
             # DDP: all-reduce gradients only once, on the last micro-step
-            with model.no_sync() if ddp and not last else nullcontext():
+            if fsdp:   # reduce-scatter on the last micro-batch only, as DDP's no_sync
+                parallel.set_gradient_sync(raw_model, last)
+            with model.no_sync() if wrapped and not last else nullcontext():
                 torch.manual_seed(seed_of(i))
-                ce, values = forward(model, mb)
+                ce, values, heads = forward(model, mb)
                 valid = mb["targets"] >= 0
                 with torch.no_grad():
                     norm_stats = {} if step_norm else None
@@ -800,46 +948,56 @@ def train(cfg):
                                                     delta.sum(), delta.pow(2).sum()]).double()
                     if pretraining:
                         w = torch.zeros_like(w)                       # LM loss off
-                    bad_weights = bad_weights or not bool(torch.isfinite(w).all())
-                lm_ce = ce
+                    bad |= ~torch.isfinite(w).all()          # on the device: no sync here
+                lm_ce, term = ce, None
                 if use_critic and c.incorrect_mode == "signed":
                     # advantage sign kept: where the TD error of an incorrect solution is
-                    # negative, push the token's probability down with the unlikelihood
-                    # loss -log(1 - p) (Welleck et al. 2020) instead of pulling it up
+                    # negative, push the token's probability down instead of pulling it up
                     neg = (weights.td_errors(v, mb["rewards"], H, c.gamma) < 0) & \
                         (mb["is_correct"].to(device) == 0)[:, None, None]
-                    unlikely = -torch.log(-torch.expm1(-ce.clamp(min=1e-6)))
-                    lm_ce = torch.where(neg, unlikely, ce)
-                if pretraining and c.value_detach and not ddp:
+                    lm_ce = unlikelihood_where(ce, neg)
+                    term = lambda ce_k, k: unlikelihood_where(ce_k, neg[..., k])
+                if pretraining and c.value_detach and not wrapped:
                     loss = ce.new_zeros(())   # w = 0 and the LM waits: skip its backward pass
                 else:                         # (DDP needs every parameter in the graph)
-                    loss = weights.weighted_loss(lm_ce, w, n_valid)
+                    loss = weights.weighted_loss(lm_ce, w, n_valid)   # 'chunked': the value only
+                value_loss = None
                 if use_critic:
                     value_loss = critic_value_loss(values, v, mb, value_memory, train_split, c, n_states)
                     loss = loss + c.value_coef * value_loss
-                    seen.append((mb["sample_ids"], mb["lengths"], values.detach().float().cpu()))
+                    seen.append((mb["sample_ids"], mb["lengths"], values.detach().float()))
                     stats[2] += value_loss.detach().double()
                 # DDP averages gradients over ranks; the loss is already a global mean
-                scaler.scale(loss * world_size).backward()
+                scale = lambda l: scaler.scale(l * world_size)
+                if heads is None:
+                    scale(loss).backward()
+                else:   # the same gradient, head by head (mtp_loss.py)
+                    mtp_loss.backward(heads, raw_model, w, n_valid, term=term, scale=scale, ctx=ctx,
+                                      extra_loss=c.value_coef * value_loss if use_critic else None,
+                                      heads=not pretraining)
             with torch.no_grad():
                 stats[0] += loss.double()
                 stats[1] += mb["lengths"].sum()
                 stats[3:3 + H] += ce.sum(dim=(0, 1)).double()
                 stats[3 + H:3 + 2 * H] += valid.sum(dim=(0, 1)).double()
                 stats[-1] += w.sum().double()
+        if ddp and not wrapped:
+            parallel.all_reduce_replicated(raw_model, world_size)
         all_reduce_sum(stats, ddp)
-        step_loss = stats[0].item()
         if pretraining:
             for p in lm_only:     # no update, no weight decay, Adam state untouched
                 p.grad = None
         scaler.unscale_(optimizer)
         grad_norm, value_grad_norm = clip_gradients(raw_model, c.grad_clip)
-        if not (math.isfinite(step_loss) and torch.isfinite(grad_norm)):
+        # the step's one host-device sync: the update must not happen on non-finite values
+        step_loss, gn, step_tokens, bad_weights = torch.stack(
+            [stats[0], grad_norm.double(), stats[1], bad.double()]).tolist()
+        if not (math.isfinite(step_loss) and math.isfinite(gn)):
             # the parameters are still those of the last good step: keep them
-            if master:
+            if master or collective_save:
                 save_all(loader_state)
             raise FloatingPointError(
-                f"non-finite training loss ({step_loss}) or gradient norm ({grad_norm.item()}) at "
+                f"non-finite training loss ({step_loss}) or gradient norm ({gn}) at "
                 f"iter {iter_num}" + (f" (scheme {c.weighting!r} returned non-finite weights)"
                                       if bad_weights else "") +
                 f"; the last good state is saved in {ckpt_path}. Lower learning_rate, check "
@@ -851,9 +1009,9 @@ def train(cfg):
             moments.update(*all_reduce_sum(delta_stats, ddp).tolist())
             remember_values(value_memory, seen, train_split, ddp, world_size)
         iter_num += 1
-        tokens_since += int(stats[1].item())
+        tokens_since += int(step_tokens)
         iters_since += 1
-        tokens_seen += int(stats[1].item())   # real (non-padding) tokens, all ranks
+        tokens_seen += int(step_tokens)   # real (non-padding) tokens, all ranks
         bar.update(1)
         history.append(step_loss)
 
@@ -918,26 +1076,41 @@ def critic_value_loss(values, v_detached, mb, memory, split, c, n_states):
     return (err * mb["states"]).sum() / n_states
 
 
+def token_positions(sample_ids, lengths, T, split):
+    """Where each (b, t) of a batch lives in the split's token arrays, and which (b, t) are
+    real tokens: (B, T) int64 positions, (B, T) bool. Vectorised: no loop over samples."""
+    starts = split.index[np.asarray(sample_ids), 0]
+    t = np.arange(T)
+    return starts[:, None] + t[None, :], t[None, :] < np.asarray(lengths)[:, None]
+
+
 def remembered(memory, mb, split, fallback):
     """Per-token values from a memory row, as (B, T); `fallback` where none is stored."""
-    out = torch.full_like(fallback, float("nan"))
-    for b, (sid, length) in enumerate(zip(mb["sample_ids"].tolist(), mb["lengths"].tolist())):
-        start = split.index[sid, 0]
-        out[b, :length] = torch.from_numpy(memory[start:start + length])
+    pos, real = token_positions(mb["sample_ids"].numpy(), mb["lengths"].numpy(), fallback.shape[1], split)
+    out = np.full(pos.shape, np.nan, dtype=np.float32)
+    out[real] = memory[pos[real]]
+    out = torch.from_numpy(out).to(fallback.device)
     return torch.where(torch.isnan(out), fallback, out)
 
 
 def remember_values(memory, seen, split, ddp, world_size):
     """Store this step's values per training token, gathered from every rank so that all
-    ranks (and the checkpoint) hold the same memory."""
+    ranks (and the checkpoint) hold the same memory: one tensor all-gather per step (rows
+    padded to the longest on any rank) and one vectorised write, no Python objects."""
+    ids = torch.cat([s for s, _, _ in seen]).to(seen[0][2].device)
+    lengths = torch.cat([n for _, n, _ in seen]).to(ids.device)
+    T = torch.tensor([max(v.shape[1] for _, _, v in seen)], device=ids.device)
     if ddp:
-        gathered = [None] * world_size
-        dist.all_gather_object(gathered, seen)
-        seen = [item for part in gathered for item in part]
-    for sample_ids, lengths, values in seen:
-        for b, (sid, length) in enumerate(zip(sample_ids.tolist(), lengths.tolist())):
-            start = split.index[sid, 0]
-            memory[0, start:start + length] = values[b, :length].numpy()
+        dist.all_reduce(T, op=dist.ReduceOp.MAX)
+    T = int(T.item())
+    values = torch.cat([F.pad(v, (0, T - v.shape[1])) for _, _, v in seen])   # (N, T)
+    if ddp:   # every rank holds the same number of rows per step (the Loader's contract)
+        parts = [[torch.empty_like(x) for _ in range(world_size)] for x in (ids, lengths, values)]
+        for out, x in zip(parts, (ids, lengths, values)):
+            dist.all_gather(out, x)
+        ids, lengths, values = (torch.cat(p) for p in parts)
+    pos, real = token_positions(ids.cpu().numpy(), lengths.cpu().numpy(), T, split)
+    memory[0, pos[real]] = values.cpu().numpy()[real]
 
 
 def main(argv=None):

@@ -124,3 +124,27 @@ def test_make_generate_for_eval(tmp_path):
     ids = enc.encode_ordinary("12+30=")
     expect = enc.decode(model.generate(ids, 12, eos_id=256, n_vocab=257)[0])
     assert greedy[0][0] == expect
+
+
+@pytest.mark.parametrize("check_every", [1, 5, 16])
+@pytest.mark.parametrize("temperature", [0.0, 0.9])
+def test_generate_rows_equals_generate(check_every, temperature):
+    """The batched generator without per-token host syncs (caches for the trunk and head 1
+    only, last-position unembedding) gives generate()'s tokens, eos and stop included."""
+    m = random_model(3, scale=4.0)
+    prompt = torch.randint(0, 64, (6,), generator=torch.Generator().manual_seed(3)).tolist()
+    stop = lambda row: len(row) >= 3 and row[-1] == row[-3]          # a Python stop condition
+    for kw in (dict(), dict(eos_id=7), dict(eos_id=7, stop=stop), dict(stop=stop, n_vocab=50)):
+        g1, g2 = (torch.Generator().manual_seed(11) for _ in range(2))
+        want = m.generate(prompt, 40, n=6, temperature=temperature, top_p=0.9, generator=g1, **kw)
+        got = m.generate_rows(prompt, 40, n=6, temperature=temperature, top_p=0.9, generator=g2,
+                              check_every=check_every, **kw)
+        assert got == want, kw
+    assert any(len(r) < 40 for r in want)     # some rows did end early
+
+
+def test_next_logits_is_head_one_at_the_last_position():
+    m = random_model(1)
+    idx = torch.randint(0, 64, (3, 12))
+    caches = [c for c in m.new_caches(3)][:len(m.layers)]
+    torch.testing.assert_close(m.next_logits(idx, caches), m(idx)[:, -1, 0], rtol=1e-5, atol=1e-5)

@@ -143,7 +143,8 @@ def test_validation_set_does_not_depend_on_the_batch(toy_data, tmp_path):
     from contextlib import nullcontext
     got = []
     for bs in (1, 3, 4, 16):
-        c = SimpleNamespace(batch_size=bs, block_size=24, eval_samples=20, n_future=2)
+        c = SimpleNamespace(**{**train.DEFAULTS, "batch_size": bs, "block_size": 24,
+                               "eval_samples": 20, "n_future": 2})
         got.append(train.evaluate(model, split, c, nullcontext(), "cpu", False, 0, 1, pad_id=256))
     for g in got[1:]:
         assert g == pytest.approx(got[0], rel=1e-5)
@@ -253,8 +254,9 @@ def overrides(cfg):
 
 
 @pytest.mark.slow
-def test_torchrun_two_processes_match_one(toy_data, tmp_path):
-    one = tiny_cfg(toy_data, tmp_path / "one", max_iters=6, eval_interval=6)
+@pytest.mark.parametrize("loss_impl", ["chunked", "simple"])   # own all-reduce / DDP
+def test_torchrun_two_processes_match_one(toy_data, tmp_path, loss_impl):
+    one = tiny_cfg(toy_data, tmp_path / "one", max_iters=6, eval_interval=6, loss_impl=loss_impl)
     train.train(one)
     two = dict(one, out_dir=str(tmp_path / "two"))
     p = run_train(["-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",

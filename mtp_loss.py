@@ -1,0 +1,270 @@
+"""
+The MTP loss without (B, T, H, V) logits: loss_impl='chunked'.
+
+The readable reference is model.forward + model.mtp_cross_entropy ('simple'): every head's
+logits stacked into (B, T, H, V), an fp32 copy for the CE, one backward over all of it.
+At V = 100K, 16 x 1024 tokens and H = 4 that is ~26 GB of fp32 logits alone. This file
+computes the same loss and the same gradients in O(chunk * V + one head's activations)
+memory, the order of Gloeckle et al. 2024, sec. 2 (fig. 2): after the trunk's forward,
+each head's forward *and* backward runs in turn, accumulating the gradient of the trunk's
+output, then one backward through the trunk.
+
+Our schemes add one constraint: Rho-1 and the critic normalise the weights over the heads
+at each position (and 'tokens' over the batch), so every head's CE must be known before
+any head's backward. Hence two passes:
+
+  pass 1, `forward`:  the trunk once (with its graph), then every head without gradient:
+                      head block, final norm, and the vocabulary projection + log-sum-exp
+                      in chunks of rows, fp32 accumulation; keeps per-token CE and
+                      log-sum-exp (B, T, H) and nothing of size V.
+  (the scheme computes w (B, T, H) from the CE, as in the simple path)
+  pass 2, `backward`: per head, its block's forward again (with gradient) and the
+                      backward of sum_t w[t, k] * CE[t, k] / N through a linear-CE whose
+                      forward is free (pass 1 already has CE and log-sum-exp) and whose
+                      backward recomputes one chunk of logits at a time; the trunk's output
+                      enters every head detached and collects their gradients; one backward
+                      through the trunk at the end.
+
+What it costs over 'simple', per head: one more forward of the head block (pass 2
+recomputes what pass 1 threw away) and one more vocabulary projection (the backward
+recomputes the logits pass 1 threw away). bench.py measures it.
+
+Dropout: pass 2 restores the random state each head had in pass 1, so it draws the same
+masks and the gradients are those of the CE the weights were computed from.
+
+Optional fused kernel (loss_kernel='cce', CUDA only): Apple's cut-cross-entropy
+`linear_cross_entropy(..., reduction='none')` computes each head's per-token CE in pass 1
+and its forward + backward in pass 2 (it recomputes the forward: one projection more).
+"""
+from contextlib import nullcontext
+from types import SimpleNamespace
+
+import torch
+import torch.nn.functional as F
+
+DEFAULT_CHUNK_LOGITS = 2 ** 24   # logits per chunk when chunk=0: 64 MB in fp32
+
+
+def chunk_rows(chunk, vocab_size):
+    """Rows (positions) per chunk: `chunk` if given, else as many as fit 2**24 logits."""
+    return chunk if chunk > 0 else max(1, DEFAULT_CHUNK_LOGITS // vocab_size)
+
+
+def compute_dtype(device_type, dtype):
+    """The dtype the projection runs in: autocast's where it is on (as nn.Linear under
+    autocast in the simple path), else the parameters'."""
+    if torch.is_autocast_enabled(device_type):
+        return torch.get_autocast_dtype(device_type)
+    return dtype
+
+
+def chunk_logits(h, weight, dtype):
+    """h (n, D) @ weight (V, D).T in `dtype`, returned in fp32 (n, V) (float64 stays)."""
+    return F.linear(h.to(dtype), weight.to(dtype)).to(torch.promote_types(dtype, torch.float32))
+
+
+@torch.no_grad()
+def ce_and_lse(h, weight, target, chunk, dtype):
+    """Per-row CE and log-sum-exp of logits h @ weight.T, chunk rows at a time.
+    h (N, D), weight (V, D), target (N,) int64 with -1 = no target -> ce, lse (N,) fp32,
+    ce 0 where there is no target (mtp_cross_entropy's ignore_index=-1)."""
+    ce = torch.empty(h.shape[0], dtype=torch.promote_types(dtype, torch.float32), device=h.device)
+    lse = torch.empty_like(ce)
+    for s in range(0, h.shape[0], chunk):
+        logits = chunk_logits(h[s:s + chunk], weight, dtype)            # (n, V) fp32
+        t = target[s:s + chunk]
+        # F.cross_entropy's fused log-softmax is ~3x faster than torch.logsumexp on CPU;
+        # every row gets a target (0 for none) so that every row's lse is finite
+        t0 = t.clamp(min=0)
+        ce_all = F.cross_entropy(logits, t0, reduction="none")
+        lse[s:s + chunk] = ce_all + logits.gather(1, t0[:, None]).squeeze(1)
+        ce[s:s + chunk] = torch.where(t >= 0, ce_all, 0.0)
+    return ce, lse
+
+
+class LinearCE(torch.autograd.Function):
+    """ce (N,) = logsumexp(h @ W.T) - (h @ W.T)[target], with the forward's results known
+    from pass 1 (ce, lse): the forward only records what the backward needs. The backward
+    recomputes one chunk of logits at a time: d ce / d logits = softmax - onehot(target)
+    (zero where target = -1), so no (N, V) tensor ever exists.
+
+    grad_w_sum, a one-element list shared by the heads of one step, holds the unembedding's
+    gradient summed over heads in one fp32 (V, D) buffer, handed to autograd by the head
+    with last=True: one such buffer instead of one per head next to weight.grad."""
+
+    @staticmethod
+    def forward(ctx, h, weight, target, ce, lse, chunk, dtype, grad_w_sum=None, last=True):
+        ctx.save_for_backward(h, weight, target, lse)
+        ctx.chunk, ctx.dtype = chunk, dtype
+        ctx.grad_w_sum, ctx.last = grad_w_sum if grad_w_sum is not None else [None], last
+        return ce.clone()
+
+    @staticmethod
+    def backward(ctx, grad_ce):
+        h, weight, target, lse = ctx.saved_tensors
+        g = torch.where(target >= 0, grad_ce, 0.0).to(lse.dtype)           # (N,)
+        grad_h = torch.empty_like(h) if ctx.needs_input_grad[0] else None
+        if ctx.grad_w_sum[0] is None:
+            ctx.grad_w_sum[0] = torch.zeros(weight.shape, dtype=lse.dtype, device=weight.device)
+        grad_w = ctx.grad_w_sum[0]                                          # (V, D) fp32 sum
+        w_c = weight.to(ctx.dtype)
+        for s in range(0, h.shape[0], ctx.chunk):
+            h_c = h[s:s + ctx.chunk]
+            # in place throughout: one (n, V) buffer per chunk, no (V, D) temporaries
+            d = chunk_logits(h_c, weight, ctx.dtype)                        # (n, V) fp32
+            d.sub_(lse[s:s + ctx.chunk, None]).exp_()                       # softmax
+            t = target[s:s + ctx.chunk].clamp(min=0)[:, None]
+            d.scatter_add_(1, t, -torch.ones_like(t, dtype=d.dtype))        # - onehot
+            d.mul_(g[s:s + ctx.chunk, None])
+            d = d.to(ctx.dtype)
+            if grad_h is not None:
+                grad_h[s:s + ctx.chunk] = (d @ w_c).to(h.dtype)
+            if d.dtype == grad_w.dtype:
+                grad_w.addmm_(d.T, h_c)                                     # (V, D) += (V, n) @ (n, D)
+            else:   # bf16 products, summed in fp32
+                grad_w += (d.T @ h_c.to(ctx.dtype)).to(grad_w.dtype)
+        if not ctx.last:
+            return grad_h, None, None, None, None, None, None, None, None
+        ctx.grad_w_sum[0] = None
+        return grad_h, grad_w.to(weight.dtype), None, None, None, None, None, None, None
+
+
+def cce_per_token(h, weight, target):
+    """cut-cross-entropy's fused linear CE per row (CUDA only), -1 ignored, fp32 out."""
+    try:
+        from cut_cross_entropy import linear_cross_entropy
+    except ImportError:
+        raise ImportError("loss_kernel='cce' needs cut-cross-entropy "
+                          "(pip install cut-cross-entropy) and CUDA") from None
+    if h.device.type != "cuda":
+        raise ValueError("loss_kernel='cce' runs on CUDA only; use loss_kernel='torch' on CPU")
+    return linear_cross_entropy(h, weight, target, ignore_index=-1, reduction="none").float()
+
+
+def _rng_state(device):
+    state = [torch.get_rng_state()]
+    if device.type == "cuda":
+        state.append(torch.cuda.get_rng_state(device))
+    return state
+
+
+def _set_rng_state(state, device):
+    torch.set_rng_state(state[0])
+    if device.type == "cuda":
+        torch.cuda.set_rng_state(state[1], device)
+
+
+def forward(model, idx, targets, chunk=0, kernel="torch", with_values=False, value_mask=None):
+    """Pass 1. idx (B, T), targets (B, T, H) from mtp_targets -> a namespace with
+    ce (B, T, H) fp32 detached (what mtp_cross_entropy(model(idx), targets) gives),
+    values (B, T) with their graph when with_values (the critic's V(s_t), surprise
+    features from head 1's CE), and the state pass 2 needs. Under autocast as the caller set it."""
+    B, T, H = targets.shape
+    c, W = model.config, model.output.weight
+    dev = idx.device
+    rows = chunk_rows(chunk, W.shape[0])
+    dtype = compute_dtype(dev.type, W.dtype)
+    trunk, cos, sin = model.trunk_forward(idx)                   # (B, T, D), with graph
+    x = trunk.detach().requires_grad_(torch.is_grad_enabled())   # every head's input
+    # head 1's CE on every next token, not only the masked targets: the critic's surprise
+    # features read it at prompt positions too (model.surprise_features)
+    nxt = torch.cat([idx[:, 1:], idx.new_full((B, 1), -1)], dim=1)   # (B, T)
+    ce = torch.zeros(B, T, H, dtype=torch.float32, device=dev)
+    lse = torch.zeros_like(ce)
+    rng, ce_next = [], None
+    redraw = model.training and c.dropout > 0
+    with torch.no_grad():
+        for k in range(H):
+            rng.append(_rng_state(dev) if redraw else None)
+            h = model.head_hidden(k, x, cos, sin).flatten(0, 1)     # (B*T, D)
+            t = (nxt if k == 0 else targets[..., k]).flatten()
+            if kernel == "cce":
+                ce_k = cce_per_token(h, W, t)
+            else:
+                ce_k, lse_k = ce_and_lse(h, W, t, rows, dtype)
+                lse[..., k] = lse_k.view(B, T)
+            ce_k = ce_k.view(B, T)
+            if k == 0:
+                ce_next = ce_k
+                ce_k = torch.where(targets[..., 0] >= 0, ce_k, 0.0)
+            ce[..., k] = ce_k
+    values = None
+    if with_values:
+        if model.value_head is None:
+            raise ValueError("with_values=True needs ModelConfig(value_head=True)")
+        extra = surprise_from_ce(ce_next, value_mask) if c.value_surprise else None
+        # value_detach=False: the value loss's gradient joins the heads' in x.grad
+        values = model.value_head(trunk.detach() if c.value_detach else x, extra)
+    return SimpleNamespace(ce=ce, values=values, lse=lse, trunk=trunk, x=x, cos=cos, sin=sin,
+                           targets=targets, rng=rng, rows=rows, dtype=dtype, kernel=kernel)
+
+
+@torch.no_grad()
+def next_token_ce(model, idx, chunk=0):
+    """Head 1's CE of the next token, ce[:, t] = -log p(x_{t+1} | x_<=t) (B, T), 0 at the
+    last position: Rho-1's reference scoring, without the other heads and without (B, T, V)
+    logits."""
+    B, T = idx.shape
+    W = model.output.weight
+    trunk, cos, sin = model.trunk_forward(idx)
+    h = model.head_hidden(0, trunk, cos, sin).flatten(0, 1)          # (B*T, D)
+    nxt = torch.cat([idx[:, 1:], idx.new_full((B, 1), -1)], dim=1)   # (B, T)
+    ce, _ = ce_and_lse(h, W, nxt.flatten(), chunk_rows(chunk, W.shape[0]),
+                       compute_dtype(idx.device.type, W.dtype))
+    return ce.view(B, T)
+
+
+def surprise_from_ce(ce_next, mask=None):
+    """model.surprise_features from head 1's CE of the next token, ce_next[:, t] =
+    -log p(x_{t+1} | x_<=t) (B, T), instead of its logits: the same (B, T, 3) features."""
+    with torch.no_grad():
+        s = F.pad(ce_next[:, :-1], (1, 0))                          # s[:, t]: surprise of x_t
+        m = torch.ones_like(s) if mask is None else mask.float()
+        m[:, 0] = 0                                                 # x_0 is never predicted
+        s = s * m
+        run_max = torch.cummax(s, dim=1).values
+        run_mean = s.cumsum(dim=1) / m.cumsum(dim=1).clamp(min=1)
+        return torch.stack([s, run_max, run_mean], dim=-1)
+
+
+def backward(p, model, w, n_valid, term=None, extra_loss=None, scale=None, heads=True, ctx=None):
+    """Pass 2: the gradient of
+
+        sum_{t,k} w[t, k] * term(CE)[t, k] / n_valid  +  extra_loss
+
+    into every parameter, head by head, then through the trunk once. p is forward()'s
+    result; w (B, T, H) detached weights; term(ce_k, k) -> (B, T) transforms head k's CE
+    with its graph (incorrect_mode 'signed'), identity if None; extra_loss a scalar with
+    its own graph (the critic's value loss on p.values); scale(loss) -> the tensor to
+    backpropagate (loss scaling, world size); heads=False skips the LM heads (the critic's
+    value-only stage); ctx the autocast context pass 1 ran under. Returns nothing: the
+    loss's value the caller has from p.ce."""
+    scale = scale or (lambda loss: loss)
+    B, T, H = w.shape
+    W = model.output.weight
+    dev = p.x.device
+    after = _rng_state(dev) if p.rng and p.rng[0] is not None else None
+    grad_w_sum = [None]                                # LinearCE: the heads' summed dW
+    if heads:
+        for k in range(H):
+            if p.rng[k] is not None:
+                _set_rng_state(p.rng[k], dev)          # pass 1's dropout masks
+            with ctx or nullcontext():
+                h = model.head_hidden(k, p.x, p.cos, p.sin).flatten(0, 1)   # (B*T, D), with graph
+                t = p.targets[..., k].flatten()
+                if p.kernel == "cce":
+                    ce_k = cce_per_token(h, W, t)
+                else:
+                    ce_k = LinearCE.apply(h, W, t, p.ce[..., k].flatten(), p.lse[..., k].flatten(),
+                                          p.rows, p.dtype, grad_w_sum, k == H - 1)
+                ce_k = ce_k.view(B, T)
+                if term is not None:
+                    ce_k = term(ce_k, k)
+                loss_k = (w[..., k].detach() * ce_k).sum() / n_valid
+            scale(loss_k).backward()                   # frees head k's graph before head k+1
+    if after is not None:
+        _set_rng_state(after, dev)
+    if extra_loss is not None and extra_loss.requires_grad:
+        scale(extra_loss).backward(retain_graph=False)
+    if p.x.grad is not None:                           # Gloeckle et al. sec. 2: the trunk last
+        p.trunk.backward(p.x.grad)

@@ -1,0 +1,185 @@
+"""
+The memory-efficient MTP loss (mtp_loss.py, loss_impl='chunked') against the readable
+reference (model.forward + mtp_cross_entropy, loss_impl='simple'): the same CE, the same
+gradients for every scheme's ingredients, and the training loop's same steps.
+
+    OMP_NUM_THREADS=1 python -m pytest tests/test_mtp_loss.py -q
+"""
+import pytest
+import torch
+
+import mtp_loss
+import weights
+from model import ModelConfig, Transformer, mtp_cross_entropy, mtp_targets, surprise_features
+
+
+def tiny_model(seed=0, **kw):
+    torch.manual_seed(seed)
+    cfg = dict(vocab_size=48, n_layer=4, n_future=3, n_head=2, n_kv_head=1, d_model=16,
+               d_ff=32, max_seq_len=16)
+    cfg.update(kw)
+    return Transformer(ModelConfig(**cfg)).double()
+
+
+def batch(B=3, T=11, V=48, H=3, seed=1):
+    g = torch.Generator().manual_seed(seed)
+    tokens = torch.randint(0, V, (B, T), generator=g)
+    mask = torch.zeros(B, T, dtype=torch.bool)
+    for b, start in enumerate([2, 5, 1][:B]):   # prompts of different lengths
+        mask[b, start:] = True
+    return tokens, mask, mtp_targets(tokens, mask, H)
+
+
+def grads(model):
+    return {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
+
+
+def assert_same_grads(a, b, rtol=1e-5):
+    assert a.keys() == b.keys()
+    for n in a:   # relative to the tensor's scale: the issue's "<= 1e-5 relative"
+        err = (a[n] - b[n]).abs().max() / b[n].abs().max().clamp(min=1e-30)
+        assert err <= rtol, (n, float(err))
+
+
+def test_pass_one_ce_is_mtp_cross_entropy():
+    m = tiny_model()
+    tokens, mask, targets = batch()
+    want = mtp_cross_entropy(m(tokens), targets)
+    for chunk in (1, 7, 0):     # chunks that do and do not divide B*T = 33
+        got = mtp_loss.forward(m, tokens, targets, chunk=chunk).ce
+        # both compute the CE in fp32 (mtp_cross_entropy casts the logits): fp32 rounding
+        torch.testing.assert_close(got, want, rtol=1e-6, atol=1e-6)
+
+
+def test_surprise_from_ce_is_surprise_features():
+    m = tiny_model()
+    tokens, mask, targets = batch()
+    logits1 = m(tokens)[:, :, 0]
+    nxt = torch.cat([tokens[:, 1:], tokens.new_full((3, 1), -1)], 1)
+    ce_next = mtp_cross_entropy(logits1[:, :, None], nxt[:, :, None])[..., 0]
+    for msk in (None, mask):
+        torch.testing.assert_close(mtp_loss.surprise_from_ce(ce_next, msk),
+                                   surprise_features(logits1, tokens, msk))
+
+
+def test_linear_ce_gradcheck():
+    torch.manual_seed(0)
+    h = torch.randn(9, 5, dtype=torch.double, requires_grad=True)
+    W = torch.randn(7, 5, dtype=torch.double, requires_grad=True)
+    t = torch.tensor([0, 3, -1, 6, 2, -1, 1, 5, 4])
+    ce, lse = mtp_loss.ce_and_lse(h, W, t, 4, torch.double)
+    f = lambda h, W: mtp_loss.LinearCE.apply(h, W, t, *mtp_loss.ce_and_lse(h, W, t, 4, torch.double),
+                                             4, torch.double)
+    # LinearCE's forward takes ce/lse as given, so gradcheck's perturbed forward must
+    # recompute them: f does, and the analytic backward is checked against it
+    assert torch.autograd.gradcheck(f, (h, W))
+
+
+def simple_step(m, tokens, targets, w, n, term=None, value_fn=None, mask=None):
+    m.zero_grad(set_to_none=True)
+    out = m(tokens, with_values=value_fn is not None, value_mask=mask)
+    logits, values = out if value_fn else (out, None)
+    ce = mtp_cross_entropy(logits, targets)
+    lm = torch.stack([term(ce[..., k], k) for k in range(ce.shape[-1])], -1) if term else ce
+    loss = weights.weighted_loss(lm, w, n)
+    if value_fn:
+        loss = loss + value_fn(values)
+    loss.backward()
+    return ce.detach(), grads(m)
+
+
+def chunked_step(m, tokens, targets, w, n, term=None, value_fn=None, mask=None, chunk=5):
+    m.zero_grad(set_to_none=True)
+    p = mtp_loss.forward(m, tokens, targets, chunk=chunk, with_values=value_fn is not None,
+                         value_mask=mask)
+    mtp_loss.backward(p, m, w, n, term=term, extra_loss=value_fn(p.values) if value_fn else None)
+    return p.ce, grads(m)
+
+
+def unlikely(ce, neg):
+    return torch.where(neg, -torch.log(-torch.expm1(-ce.clamp(min=1e-6))), ce)
+
+
+@pytest.mark.parametrize("case", ["uniform", "random_w", "signed", "value_detached",
+                                  "value_into_trunk", "untied", "dropout"])
+def test_gradients_equal_the_simple_path(case):
+    kw = {"value_detached": dict(value_head=True), "value_into_trunk": dict(value_head=True, value_detach=False),
+          "signed": dict(value_head=True), "untied": dict(tie_embeddings=False),
+          "dropout": dict(dropout=0.3)}.get(case, {})
+    m = tiny_model(**kw)
+    tokens, mask, targets = batch()
+    valid = targets >= 0
+    n = valid.sum().float()
+    w = valid.double() if case == "uniform" else torch.rand(targets.shape, dtype=torch.double) * valid
+    term, value_fn = None, None
+    if m.config.value_head:
+        value_fn = lambda v: (v - torch.linspace(0, 1, v.shape[1], dtype=v.dtype)).pow(2).mean()
+    if case == "signed":   # train.py's incorrect_mode='signed': unlikelihood where neg
+        neg = torch.rand(targets.shape) < 0.5
+        term = lambda ce, k: unlikely(ce, neg[..., k])
+    torch.manual_seed(5)
+    ce_a, g_a = simple_step(m, tokens, targets, w, n, term, value_fn, mask)
+    torch.manual_seed(5)
+    ce_b, g_b = chunked_step(m, tokens, targets, w, n, term, value_fn, mask)
+    torch.testing.assert_close(ce_b, ce_a, rtol=1e-6, atol=1e-6)   # fp32 CE in both
+    assert_same_grads(g_b, g_a, rtol=1e-5)
+    if case == "value_detached":   # the value loss must not reach the LM
+        m.zero_grad(set_to_none=True)
+        p = mtp_loss.forward(m, tokens, targets, with_values=True, value_mask=mask)
+        mtp_loss.backward(p, m, w, n, extra_loss=value_fn(p.values), heads=False)
+        assert all(n.startswith("value_head.") for n in grads(m))
+
+
+def test_float32_gradients_within_1e_5():
+    """The issue's bar in the dtype training uses on CPU."""
+    m = tiny_model(vocab_size=512).float()
+    tokens, mask, targets = batch(V=512)
+    valid = targets >= 0
+    w = torch.rand(targets.shape) * valid
+    _, g_a = simple_step(m, tokens, targets, w, valid.sum())
+    _, g_b = chunked_step(m, tokens, targets, w, valid.sum(), chunk=8)
+    assert_same_grads(g_b, g_a, rtol=1e-5)
+
+
+# ---- the training loop: 'chunked' trains as 'simple' does ------------------------------
+from test_schemes import toy  # noqa: E402,F401  (the module fixture: toy data + a reference)
+from test_train import read_log, tiny_cfg, train_rows  # noqa: E402
+
+import train  # noqa: E402
+
+ARMS = {
+    "uniform": {},
+    "rho1_heads": dict(weighting="rho1", ref_ce_mode="online"),
+    # 'tokens' with accumulation: the step pre-pass runs through the chunked pass 1 too
+    "rho1_tokens": dict(weighting="rho1", ref_ce_mode="online", weight_norm="tokens"),
+    "critic_signed": dict(weighting="critic", train_on="all", incorrect_mode="signed",
+                          critic_pretrain_epochs=0.05),
+    "critic_into_trunk": dict(weighting="critic", train_on="all", value_detach=False,
+                              critic_pretrain_epochs=0.05, weight_norm="tokens"),
+    "shuffled_dropout": dict(weighting="shuffled", control_of="rho1", ref_ce_mode="online",
+                             dropout=0.2),
+}
+
+
+@pytest.mark.parametrize("arm", list(ARMS))
+def test_training_steps_equal_the_simple_path(toy, tmp_path, arm):
+    """Every scheme (and value pre-training, value_detach both ways, 'signed', 'tokens' with
+    its pre-pass, dropout) takes the same steps with either loss path: losses, gradient
+    norms and the final weights agree to float32 rounding."""
+    toy_data, ref_dir = toy
+    keys = dict(max_iters=5, eval_interval=5, ref_init_from=ref_dir, **ARMS[arm])
+    train.train(tiny_cfg(toy_data, tmp_path / "simple", loss_impl="simple", **keys))
+    train.train(tiny_cfg(toy_data, tmp_path / "chunked", loss_impl="chunked", loss_chunk=7, **keys))
+    a, b = train_rows(tmp_path / "simple"), train_rows(tmp_path / "chunked")
+    assert sorted(a) == sorted(b) and len(a) >= 5
+    for it in a:
+        assert b[it][0] == pytest.approx(a[it][0], rel=1e-5), it
+        assert b[it][1] == pytest.approx(a[it][1], rel=1e-4), it
+    va = [r["val_loss"] for r in read_log(tmp_path / "simple") if "val_loss" in r]
+    vb = [r["val_loss"] for r in read_log(tmp_path / "chunked") if "val_loss" in r]
+    assert vb == pytest.approx(va, rel=1e-5)
+    wa = train.load_checkpoint(str(tmp_path / "simple"))["model"]
+    wb = train.load_checkpoint(str(tmp_path / "chunked"))["model"]
+    # after 5 AdamW steps, relative to each tensor's scale: Adam divides by sqrt(v), so an
+    # entry whose gradient is ~0 turns float rounding into an lr-sized step (3.6e-5 seen)
+    assert_same_grads(wb, wa, rtol=1e-4)
