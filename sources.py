@@ -222,7 +222,7 @@ def gsm8k(path=None, split="train", seed=0, info=None, revision=None):
         pid = f"gsm8k-{split}/{i}"
         prompt = GSM8K_PROMPT.format(question=r["question"])
         problem = {"task": "gsm8k", "problem_id": pid, "prompt": prompt, "text": r["question"],
-                   "answer": ev.gsm8k_reference(r["answer"])}
+                   "answer": ev.gsm8k_reference(r["answer"]), "reference": r["answer"]}
         completion = " " + re.sub(r"<<[^>]*>>", "", r["answer"]).strip() + "\n"
         yield problem, [{"problem_id": pid, "prompt": prompt, "completion": completion,
                          "is_correct": True, "source": "gsm8k"}]
@@ -255,7 +255,8 @@ def math(path=None, split="train", seed=0, info=None, revision=None):
         pid = f"math-{split}/{i}"
         prompt = MATH_PROMPT.format(problem=r["problem"])
         problem = {"task": "math", "problem_id": pid, "prompt": prompt, "text": r["problem"],
-                   "answer": answer, "level": r.get("level"), "subject": r.get("type")}
+                   "answer": answer, "reference": r["solution"], "level": r.get("level"),
+                   "subject": r.get("type")}
         yield problem, [{"problem_id": pid, "prompt": prompt, "completion": "\n" + r["solution"].strip() + "\n",
                          "is_correct": True, "source": "math"}]
 

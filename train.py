@@ -394,7 +394,12 @@ def score_reference_sharded(ref, split, path, c, ctx, device, rank, world_size, 
                   f"({limit}) are left unscored (longer than block_size: never trained on)")
     order = np.nonzero(~long)[0]
     order = order[np.argsort(idx[order, 1], kind="stable")][rank::world_size]
-    tmp = f"{path}.scoring"
+    # a temp file of this job's own (rank 0's pid, shared by every rank): two runs scoring the
+    # same cache side by side must not map one file that the other truncates (SIGBUS)
+    owner = torch.tensor([os.getpid()], dtype=torch.long, device=device)
+    if ddp:
+        dist.broadcast(owner, src=0)
+    tmp = f"{path}.scoring.{int(owner.item())}"
     if rank == 0:   # zeros: the first token of each sample, and unscored samples
         np.memmap(tmp, dtype=np.float32, mode="w+", shape=(len(split.tokens),)).flush()
     if ddp:
