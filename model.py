@@ -212,7 +212,14 @@ def surprise_features(logits1, idx, mask=None):
     of the prefix only, so V stays a function of the state; computed without gradient."""
     with torch.no_grad():
         lp = torch.log_softmax(logits1[:, :-1].float(), dim=-1).gather(-1, idx[:, 1:, None]).squeeze(-1)
-        s = F.pad(-lp, (1, 0))                                        # s[:, t]: surprise of x_t
+        return surprise_from_ce(F.pad(-lp, (0, 1)), mask)
+
+
+def surprise_from_ce(ce_next, mask=None):
+    """surprise_features from head 1's CE of the next token, ce_next[:, t] =
+    -log p(x_{t+1} | x_<=t) (B, T), as the chunked loss has it without logits: (B, T, 3)."""
+    with torch.no_grad():
+        s = F.pad(ce_next[:, :-1], (1, 0))                            # s[:, t]: surprise of x_t
         m = torch.ones_like(s) if mask is None else mask.float()
         m[:, 0] = 0                                                   # x_0 is never predicted
         s = s * m

@@ -42,6 +42,8 @@ from types import SimpleNamespace
 import torch
 import torch.nn.functional as F
 
+from model import surprise_from_ce
+
 DEFAULT_CHUNK_LOGITS = 2 ** 24   # logits per chunk when chunk=0: 64 MB in fp32
 
 
@@ -212,19 +214,6 @@ def next_token_ce(model, idx, chunk=0):
     ce, _ = ce_and_lse(h, W, nxt.flatten(), chunk_rows(chunk, W.shape[0]),
                        compute_dtype(idx.device.type, W.dtype))
     return ce.view(B, T)
-
-
-def surprise_from_ce(ce_next, mask=None):
-    """model.surprise_features from head 1's CE of the next token, ce_next[:, t] =
-    -log p(x_{t+1} | x_<=t) (B, T), instead of its logits: the same (B, T, 3) features."""
-    with torch.no_grad():
-        s = F.pad(ce_next[:, :-1], (1, 0))                          # s[:, t]: surprise of x_t
-        m = torch.ones_like(s) if mask is None else mask.float()
-        m[:, 0] = 0                                                 # x_0 is never predicted
-        s = s * m
-        run_max = torch.cummax(s, dim=1).values
-        run_mean = s.cumsum(dim=1) / m.cumsum(dim=1).clamp(min=1)
-        return torch.stack([s, run_max, run_mean], dim=-1)
 
 
 def backward(p, model, w, n_valid, term=None, extra_loss=None, scale=None, heads=True, ctx=None):
