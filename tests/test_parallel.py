@@ -45,6 +45,25 @@ def toy_data(tmp_path_factory):
     return make_toy_data(str(tmp_path_factory.mktemp("toy")))
 
 
+def fsdp_then_one(one, tmp_path):
+    """Train `one` in this process for all its steps; the same config's first 3 steps under
+    FSDP2 on 2 gloo processes, resumed in 1 process for the rest. Both runs' step rows must
+    agree: (loss within 1e-5, gradient norm within 1e-4). Returns torchrun's output."""
+    train.train(one)
+    two = dict(one, out_dir=str(tmp_path / "two"), max_iters=3, data_parallel="fsdp")
+    p = run_train(["-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
+                   "train.py", *overrides(two)])
+    out, _ = p.communicate(timeout=300)
+    assert p.returncode == 0, out
+    train.train(dict(one, out_dir=str(tmp_path / "two"), init_from="resume"))   # 1 process
+    a, b = train_rows(tmp_path / "one"), train_rows(tmp_path / "two")
+    assert sorted(a) == sorted(b) == list(range(1, 7))
+    for it in a:
+        assert b[it][0] == pytest.approx(a[it][0], rel=1e-5), it
+        assert b[it][1] == pytest.approx(a[it][1], rel=1e-4), it
+    return out
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize("loss_impl", ["chunked", "simple"])
 def test_fsdp_two_processes_match_one_and_resume_on_one(toy_data, tmp_path, loss_impl):
@@ -53,19 +72,7 @@ def test_fsdp_two_processes_match_one_and_resume_on_one(toy_data, tmp_path, loss
     keys = dict(max_iters=6, eval_interval=3, loss_impl=loss_impl, weighting="critic",
                 train_on="all", critic_pretrain_epochs=0.0, activation_checkpointing="selective")
     one = tiny_cfg(toy_data, tmp_path / "one", **keys)
-    train.train(one)
-    two = dict(one, out_dir=str(tmp_path / "two"), max_iters=3, data_parallel="fsdp")
-    p = run_train(["-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
-                   "train.py", *overrides(two)])
-    out, _ = p.communicate(timeout=300)
-    assert p.returncode == 0, out
-    assert "FSDP2: 2 blocks sharded over 2 processes" in out
-    train.train(dict(one, out_dir=str(tmp_path / "two"), init_from="resume"))   # 1 process
-    a, b = train_rows(tmp_path / "one"), train_rows(tmp_path / "two")
-    assert sorted(a) == sorted(b) == list(range(1, 7))
-    for it in a:
-        assert b[it][0] == pytest.approx(a[it][0], rel=1e-5), it
-        assert b[it][1] == pytest.approx(a[it][1], rel=1e-4), it
+    assert "FSDP2: 2 blocks sharded over 2 processes" in fsdp_then_one(one, tmp_path)
     # validation by iteration (the resumed run evaluates iteration 3 again, as resumes do)
     va = {r["iter"]: r["val_loss"] for r in read_log(tmp_path / "one") if "val_loss" in r}
     vb = {r["iter"]: r["val_loss"] for r in read_log(tmp_path / "two") if "val_loss" in r}
@@ -137,16 +144,4 @@ def test_sharded_checkpoint_resumes_exactly(toy_data, tmp_path):
 def test_fsdp_sharded_checkpoint_resumes_on_one_process(toy_data, tmp_path):
     """Shards written by 2 FSDP processes, read back by 1 process (resharded by DCP)."""
     keys = dict(max_iters=6, eval_interval=3, checkpoint_format="dcp")
-    one = tiny_cfg(toy_data, tmp_path / "one", **keys)
-    train.train(one)
-    two = dict(one, out_dir=str(tmp_path / "two"), max_iters=3, data_parallel="fsdp")
-    p = run_train(["-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
-                   "train.py", *overrides(two)])
-    out, _ = p.communicate(timeout=300)
-    assert p.returncode == 0, out
-    train.train(dict(one, out_dir=str(tmp_path / "two"), init_from="resume"))
-    a, b = train_rows(tmp_path / "one"), train_rows(tmp_path / "two")
-    assert sorted(a) == sorted(b) == list(range(1, 7))
-    for it in a:
-        assert b[it][0] == pytest.approx(a[it][0], rel=1e-5), it
-        assert b[it][1] == pytest.approx(a[it][1], rel=1e-4), it
+    fsdp_then_one(tiny_cfg(toy_data, tmp_path / "one", **keys), tmp_path)
