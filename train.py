@@ -1060,7 +1060,8 @@ def train(cfg):
         log_file.close()
         with open(os.path.join(c.out_dir, "summary.json"), "w") as f:
             json.dump(summary, f, indent=1)
-    if ddp:
+    if ddp:   # every rank arrives before any tears the group down: a gloo rank that left
+        dist.barrier()   # while its peer was still writing aborted at exit ("terminate called")
         dist.destroy_process_group()
     return {**summary, "train_losses": history, "out_dir": c.out_dir}
 
