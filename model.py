@@ -101,7 +101,8 @@ def apply_rotary(x, cos, sin):
     Meta and GGUF Llama weights load without permuting wq/wk."""
     x = x.float().unflatten(-1, (-1, 2))             # (B, T, nh, hd/2, 2)
     x0, x1 = x[..., 0], x[..., 1]
-    cos, sin = cos[:, None, :], sin[:, None, :]       # (T, 1, hd/2), broadcast over heads
+    # (T, hd/2), or (B, T, hd/2) when each row has its own positions (left-padded batches)
+    cos, sin = cos.unsqueeze(-2), sin.unsqueeze(-2)   # broadcast over heads
     out = torch.stack((x0 * cos - x1 * sin, x0 * sin + x1 * cos), dim=-1)
     return out.flatten(-2)
 
@@ -117,24 +118,20 @@ class Attention(nn.Module):
         self.wo = nn.Linear(c.n_head * self.head_dim, c.d_model, bias=False)
         self.dropout = c.dropout
 
-    def forward(self, x, cos, sin, cache=None):
+    def forward(self, x, cos, sin, cache=None, mask=None):
         B, T, _ = x.shape
         q = self.wq(x).view(B, T, self.n_head, self.head_dim)
         k = self.wk(x).view(B, T, self.n_kv_head, self.head_dim)
         v = self.wv(x).view(B, T, self.n_kv_head, self.head_dim)
         q, k = apply_rotary(q, cos, sin).type_as(v), apply_rotary(k, cos, sin).type_as(v)
         q, k, v = (t.transpose(1, 2) for t in (q, k, v))    # (B, nh, T, hd)
-        mask, causal = None, True
-        if cache is not None:   # generation: attend to everything cached before these T tokens
+        gqa = self.n_kv_head != self.n_head
+        if cache is None:   # training and scoring: plain causal attention over these T tokens
+            y = F.scaled_dot_product_attention(q, k, v, is_causal=True, enable_gqa=gqa,
+                                               dropout_p=self.dropout if self.training else 0.0)
+        else:               # generation: attend to the cache too, as Transformer.decode_inputs' mask says
             k, v = cache.update(k, v)                         # (B, nkv, pos + T, hd)
-            if k.shape[2] > T:  # T new queries after P cached keys: query i sees keys <= P + i
-                P = k.shape[2] - T
-                mask = torch.ones(T, P + T, dtype=torch.bool, device=x.device).tril(diagonal=P)
-                causal = False
-        y = F.scaled_dot_product_attention(
-            q, k, v, attn_mask=mask, is_causal=causal and T > 1,
-            enable_gqa=self.n_kv_head != self.n_head,
-            dropout_p=self.dropout if self.training else 0.0)
+            y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, enable_gqa=gqa)
         return self.wo(y.transpose(1, 2).reshape(B, T, -1))
 
 
@@ -148,10 +145,14 @@ class KVCache:
         self.v = torch.zeros_like(self.k)
         self.pos = 0
 
+    def repeat_rows(self, n):
+        """Each row n times in a row (a prompt prefilled once, then sampled n times)."""
+        self.k, self.v = self.k.repeat_interleave(n, 0), self.v.repeat_interleave(n, 0)
+
     def update(self, k, v):
         T = k.shape[2]
         if self.pos + T > self.k.shape[2]:
-            raise ValueError(f"generation exceeds max_seq_len={self.k.shape[2]}")
+            raise ValueError(f"generation exceeds the cache's {self.k.shape[2]} positions")
         self.k[:, :, self.pos:self.pos + T] = k
         self.v[:, :, self.pos:self.pos + T] = v
         self.pos += T
@@ -179,8 +180,8 @@ class Block(nn.Module):
         self.feed_forward = FeedForward(c)
         self.drop = nn.Dropout(c.dropout)
 
-    def forward(self, x, cos, sin, cache=None):
-        x = x + self.drop(self.attention(self.attention_norm(x), cos, sin, cache))
+    def forward(self, x, cos, sin, cache=None, mask=None):
+        x = x + self.drop(self.attention(self.attention_norm(x), cos, sin, cache, mask))
         return x + self.drop(self.feed_forward(self.ffn_norm(x)))
 
 
@@ -275,18 +276,20 @@ class Transformer(nn.Module):
         after the caches' filled positions. n_heads computes only the first n heads (plain
         sampling needs head 1 alone; the other heads' caches are then left behind)."""
         B, T = idx.shape
-        start = caches[0].pos if caches else 0   # positions already in the caches
-        if start + T > self.config.max_seq_len:
-            raise ValueError(f"sequence length {start + T} exceeds max_seq_len={self.config.max_seq_len}")
-        cos, sin = self.rope_cos[start:start + T], self.rope_sin[start:start + T]
+        if caches:
+            cos, sin, mask = self.decode_inputs(caches[0].pos, T)
+        else:
+            if T > self.config.max_seq_len:
+                raise ValueError(f"sequence length {T} exceeds max_seq_len={self.config.max_seq_len}")
+            cos, sin, mask = self.rope_cos[:T], self.rope_sin[:T], None
         n_trunk = len(self.layers) - 1
         caches = caches or [None] * self.config.n_layer  # trunk blocks first, then heads 1..H
         x = self.tok_embeddings(idx)                     # (B, T, D)
         for block, cache in zip(self.layers[:-1], caches):
-            x = block(x, cos, sin, cache)
+            x = block(x, cos, sin, cache, mask)
         trunk = x                                        # un-normalised, read by every head
         heads = self.heads[:n_heads] if n_heads else self.heads
-        h = torch.stack([head(trunk, cos, sin, cache)
+        h = torch.stack([head(trunk, cos, sin, cache, mask)
                          for head, cache in zip(heads, caches[n_trunk:])], dim=2)  # (B, T, H, D)
         logits = self.output(self.norm(h))               # (B, T, H, V)
         if not with_values:
@@ -318,27 +321,50 @@ class Transformer(nn.Module):
         return self.norm(head(trunk, cos, sin))
 
     # ---- generation ----------------------------------------------------------------
-    def new_caches(self, B):
-        """One KV cache per block (trunk blocks, then heads 1..H), as forward expects."""
+    def new_caches(self, B, length=None, n_blocks=None):
+        """One KV cache per block (trunk blocks, then heads 1..H), as forward expects, each
+        of `length` positions (max_seq_len); n_blocks: only the first n (the trunk and head
+        1 for plain sampling)."""
         c, p = self.config, self.tok_embeddings.weight
-        return [KVCache(B, c.n_kv_head, c.max_seq_len, c.head_size, p.device, p.dtype)
-                for _ in range(c.n_layer)]
+        return [KVCache(B, c.n_kv_head, length or c.max_seq_len, c.head_size, p.device, p.dtype)
+                for _ in range(n_blocks or c.n_layer)]
+
+    def decode_inputs(self, start, T, pad=None):
+        """Rotary tables and attention mask for T new tokens after `start` cached positions:
+        query i sees the keys at positions <= start + i (no mask needed for one token).
+        pad (B,) int64: rows left-padded to one length, row b's tokens at cache positions
+        >= pad[b]; its rotary positions count from there and no query sees a pad key (a pad
+        query sees itself, so no row of the mask is empty and nothing turns NaN)."""
+        dev = self.rope_cos.device
+        q_pos = torch.arange(start, start + T, device=dev)               # (T,) cache positions
+        k_pos = torch.arange(start + T, device=dev)                      # (S,)
+        if pad is None:
+            if start + T > self.config.max_seq_len:
+                raise ValueError(f"sequence length {start + T} exceeds max_seq_len={self.config.max_seq_len}")
+            mask = None if T == 1 else k_pos[None, :] <= q_pos[:, None]  # (T, S)
+            return self.rope_cos[start:start + T], self.rope_sin[start:start + T], mask
+        pos = (q_pos[None, :] - pad[:, None]).clamp(min=0)               # (B, T) rotary positions
+        mask = (k_pos <= q_pos[:, None]) & ((k_pos >= pad[:, None, None]) | (k_pos == q_pos[:, None]))
+        return self.rope_cos[pos], self.rope_sin[pos], mask[:, None]     # mask (B, 1, T, S)
 
     @torch.no_grad()
     def generate(self, prompt, max_new_tokens, n=1, temperature=0.0, top_p=1.0, eos_id=None,
-                 stop=None, generator=None, n_vocab=None):
+                 stop=None, generator=None, n_vocab=None, uniforms=None):
         """Sample n continuations of one prompt (a list of token ids) from head 1, batched,
-        with a KV cache. temperature 0 is greedy. stop(row_tokens) -> bool may end a row
-        early (stop sequences); rows end at eos_id too. Ids >= n_vocab (the embedding's
-        padding beyond the tokenizer) are never produced. Returns n lists of new token ids."""
+        with a KV cache: the readable reference for generate_batch. temperature 0 is
+        greedy. stop(row_tokens) -> bool may end a row early (stop sequences); rows end at
+        eos_id too. Ids >= n_vocab (the embedding's padding beyond the tokenizer) are never
+        produced. Draws come from `generator`, or row b's i-th token from uniforms[b, i]
+        (sample_next). Returns n lists of new token ids."""
         caches = self.new_caches(n)
         max_new_tokens = min(max_new_tokens, self.config.max_seq_len - len(prompt))
         idx = torch.tensor([prompt] * n, device=self.tok_embeddings.weight.device)  # (n, T)
         step = lambda x: self(x, caches=caches, n_heads=1)[:, -1, 0, :n_vocab]   # (n, V)
         logits = step(idx)
         out, done = [[] for _ in range(n)], [False] * n
-        for _ in range(max_new_tokens):
-            nxt = sample_next(logits.float(), temperature, top_p, generator)      # (n,)
+        for i in range(max_new_tokens):
+            u = None if uniforms is None else uniforms[:, i]
+            nxt = sample_next(logits.float(), temperature, top_p, generator, u)   # (n,)
             for b in range(n):
                 if not done[b]:
                     out[b].append(int(nxt[b]))
@@ -385,39 +411,54 @@ class Transformer(nn.Module):
                     return (out[:-1] if tok == eos_id else out), self._rates(accepted, proposed)
         return out, self._rates(accepted, proposed)
 
-    def next_logits(self, idx, caches):
+    def next_logits(self, idx, caches, pad=None):
         """Head 1's logits at the last position only (B, V), advancing the caches by the T
         tokens of idx (B, T): the trunk and head 1, nothing of the other heads, and the
-        unembedding of one position (a prefill of T tokens does not project T x V)."""
-        start = caches[0].pos
-        T = idx.shape[1]
-        if start + T > self.config.max_seq_len:
-            raise ValueError(f"sequence length {start + T} exceeds max_seq_len={self.config.max_seq_len}")
-        cos, sin = self.rope_cos[start:start + T], self.rope_sin[start:start + T]
+        unembedding of one position (a prefill of T tokens does not project T x V).
+        pad: left-padding per row (decode_inputs)."""
+        cos, sin, mask = self.decode_inputs(caches[0].pos, idx.shape[1], pad)
         x = self.tok_embeddings(idx)                                  # (B, T, D)
         for block, cache in zip(self.layers, caches):                 # trunk, then head 1
-            x = block(x, cos, sin, cache)
+            x = block(x, cos, sin, cache, mask)
         return self.output(self.norm(x[:, -1]))                       # (B, V)
 
     @torch.no_grad()
-    def generate_rows(self, prompt, max_new_tokens, n=1, temperature=0.0, top_p=1.0, eos_id=None,
-                      stop=None, generator=None, n_vocab=None, check_every=16):
-        """generate() for many rows, without a host sync per token: the same tokens (the
-        same draws from `generator`), with caches for the trunk and head 1 only, head 1's
-        logits at the last position only, and rows finished (eos, stop) tracked on the
-        device; the host looks every check_every tokens (stop strings are Python)."""
+    def generate_batch(self, prompts, max_new_tokens, n=1, temperature=0.0, top_p=1.0,
+                       eos_id=None, stop=None, uniforms=None, n_vocab=None, check_every=16):
+        """n continuations of each of several prompts, all rows decoded together: generate()'s
+        tokens for each prompt (up to float rounding, which batching changes), without a host
+        sync per token. prompts: lists of token ids of any lengths, left-padded to one
+        length (decode_inputs masks the padding); each is prefilled once and its cache
+        repeated n times; caches for the trunk and head 1 only, as long as the longest
+        prompt plus max_new_tokens; head 1's logits at the last position only; rows finished
+        (eos, stop) tracked on the device, the host looking every check_every tokens (stop
+        strings are Python). uniforms (len(prompts) * n, max_new_tokens) in [0, 1): the
+        draws of each row (sample_next), so what a row samples does not depend on which
+        rows share its batch. Returns, per prompt, n lists of new token ids."""
         c, dev = self.config, self.tok_embeddings.weight.device
-        hd = c.d_model // c.n_head
-        caches = [KVCache(n, c.n_kv_head, c.max_seq_len, hd, dev, self.tok_embeddings.weight.dtype)
-                  for _ in self.layers]                               # trunk blocks + head 1
-        max_new_tokens = min(max_new_tokens, c.max_seq_len - len(prompt))
-        out = torch.empty(n, max(max_new_tokens, 0), dtype=torch.long, device=dev)   # (n, new)
-        done = torch.zeros(n, dtype=torch.bool, device=dev)
-        ends = torch.full((n,), max_new_tokens, dtype=torch.long, device=dev)   # row b's length
-        logits = self.next_logits(torch.tensor([prompt] * n, device=dev), caches)[:, :n_vocab]
+        P, L = len(prompts), max(map(len, prompts))
+        max_new_tokens = max(0, min(max_new_tokens, c.max_seq_len - L))
+        if temperature > 0 and (uniforms is None or uniforms.shape[0] != P * n
+                                or uniforms.shape[1] < max_new_tokens):
+            raise ValueError(f"sampling {P} prompts x n={n} for {max_new_tokens} tokens needs "
+                             f"uniforms of shape ({P * n}, >= {max_new_tokens})")
+        pad = torch.tensor([L - len(p) for p in prompts], device=dev)            # (P,)
+        idx = torch.tensor([[0] * (L - len(p)) + p for p in prompts], device=dev)  # (P, L)
+        caches = self.new_caches(P, L + max_new_tokens, n_blocks=len(self.layers))
+        logits = self.next_logits(idx, caches, pad)[:, :n_vocab]                  # (P, V)
+        if n > 1:   # prefill once per prompt, then n rows each
+            for cache in caches:
+                cache.repeat_rows(n)
+            logits, pad = logits.repeat_interleave(n, 0), pad.repeat_interleave(n)
+        B = P * n
+        u_all = None if uniforms is None else uniforms.to(dev)
+        out = torch.empty(B, max_new_tokens, dtype=torch.long, device=dev)      # (B, new)
+        done = torch.zeros(B, dtype=torch.bool, device=dev)
+        ends = torch.full((B,), max_new_tokens, dtype=torch.long, device=dev)   # row b's length
         checked = 0                                                   # tokens stop() has seen
         for i in range(max_new_tokens):
-            nxt = sample_next(logits.float(), temperature, top_p, generator)   # (n,)
+            u = None if temperature == 0 else u_all[:, i]
+            nxt = sample_next(logits.float(), temperature, top_p, u=u)          # (B,)
             out[:, i] = nxt
             if eos_id is not None:   # a row ends after its eos (cut below), as generate()
                 hit = (nxt == eos_id) & ~done
@@ -426,7 +467,7 @@ class Transformer(nn.Module):
             if (i + 1) % check_every == 0 or i == max_new_tokens - 1:
                 if stop is not None:   # the first prefix stop() accepts, as generate() finds it
                     rows, ends_now = out[:, :i + 1].tolist(), ends.tolist()   # one transfer
-                    for b in range(n):
+                    for b in range(B):
                         for j in range(checked, min(i + 1, ends_now[b])):
                             if stop(rows[b][:j + 1]):
                                 ends_now[b] = j + 1
@@ -435,11 +476,10 @@ class Transformer(nn.Module):
                 done = ends <= i + 1
                 if bool(done.all()):
                     break
-            logits = self.next_logits(nxt[:, None], caches)[:, :n_vocab]
-        rows = out.tolist()
-        ends = ends.tolist()
-        rows = [r[:e] for r, e in zip(rows, ends)]
-        return [r[:-1] if eos_id is not None and r and r[-1] == eos_id else r for r in rows]
+            logits = self.next_logits(nxt[:, None], caches, pad)[:, :n_vocab]
+        rows = [r[:e] for r, e in zip(out.tolist(), ends.tolist())]
+        rows = [r[:-1] if eos_id is not None and r and r[-1] == eos_id else r for r in rows]
+        return [rows[i * n:(i + 1) * n] for i in range(P)]
 
     @staticmethod
     def _rates(accepted, proposed):
@@ -479,18 +519,28 @@ class Transformer(nn.Module):
                                  fused=device_type == "cuda")
 
 
-def sample_next(logits, temperature, top_p, generator=None):
+def sample_next(logits, temperature, top_p, generator=None, u=None):
     """logits (B, V) -> next tokens (B,): greedy at temperature 0, else nucleus sampling
-    (Holtzman et al. 2020) over the smallest set of tokens with probability >= top_p."""
+    (Holtzman et al. 2020) over the smallest set of tokens with probability >= top_p.
+    The draw is torch.multinomial's from `generator`, or, given u (B,) uniforms in [0, 1),
+    the inverse CDF's: the token where the cumulative probability passes u, so that each
+    row's draw is its own number whatever else is in the batch."""
     if temperature == 0:
         return logits.argmax(-1)
     probs = torch.softmax(logits / temperature, dim=-1)
-    if top_p < 1.0:
+    sorted_p = order = None
+    if top_p < 1.0 or u is not None:
         sorted_p, order = probs.sort(dim=-1, descending=True)
+    if top_p < 1.0:
         outside = sorted_p.cumsum(-1) - sorted_p >= top_p      # mass before it already >= p
         sorted_p = sorted_p.masked_fill(outside, 0.0)
         probs = torch.zeros_like(probs).scatter(-1, order, sorted_p)
-    return torch.multinomial(probs, 1, generator=generator).squeeze(-1)
+    if u is None:
+        return torch.multinomial(probs, 1, generator=generator).squeeze(-1)
+    cdf = sorted_p.cumsum(-1)                                  # (B, V), its last entry the mass kept
+    pick = torch.searchsorted(cdf, (u.to(cdf.dtype) * cdf[:, -1])[:, None], right=True)
+    last = (sorted_p > 0).sum(-1, keepdim=True) - 1            # rounding never picks a dropped token
+    return order.gather(-1, torch.minimum(pick, last)).squeeze(-1)
 
 
 # ---- targets and per-(t, k) loss --------------------------------------------------

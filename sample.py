@@ -3,11 +3,13 @@ Sample from a trained checkpoint, and the `generate` callable eval.py scores.
 
     python sample.py --out_dir=out/tiny_baseline
     python sample.py --out_dir=out/tiny_baseline --start="# Return x plus 3.\ndef f(x):\n"
-    python sample.py --out_dir=out/tiny_baseline --bench=True   # speculative vs plain greedy
+    python sample.py --out_dir=out/tiny_baseline --bench=True   # greedy: one at a time, batched, speculative
 
-Generation runs from head 1 with a KV cache (model.generate); at temperature 0 the MTP
-heads can draft and head 1 verify (model.generate_speculative), which gives the same
-tokens as plain greedy decoding, faster when the heads guess well.
+Generation runs from head 1 with a KV cache, many prompts and samples decoded together
+(model.generate_batch; model.generate is the readable one-prompt reference); at
+temperature 0 the MTP heads can instead draft and head 1 verify
+(model.generate_speculative), which gives the same tokens as plain greedy decoding,
+faster for one prompt at a time when the heads guess well.
 """
 import os
 import sys
@@ -56,12 +58,19 @@ def load_model(path, device="cpu"):
     return model, enc, ckpt
 
 
-def make_generate(model, enc, seed=0, speculative=True):
+def make_generate(model, enc, seed=0, speculative=False, max_rows=None):
     """generate(prompts, *, n, temperature, top_p, max_new_tokens, stop) -> n completions per
     prompt (text after the prompt, cut at the first stop string), as eval.evaluate_task
-    expects. Each prompt's sampling is seeded by (seed, prompt), so a resumed evaluation
-    draws what an uninterrupted one would."""
+    expects. Prompts are decoded together (model.generate_batch), up to max_rows rows
+    (prompts x samples) at a time, sorted by length so little is padding; a prompt with
+    more than max_rows samples is decoded in slices. Each prompt's draws come from a
+    generator seeded by (seed, prompt), one row of uniforms per sample, so a resumed or
+    differently batched evaluation draws what an uninterrupted one would. Greedy decodes a
+    prompt once for all n samples; speculative=True decodes greedy prompts one at a time
+    with the MTP heads drafting (model.generate_speculative: the same tokens)."""
     eot = data.eot_token(enc)
+    if max_rows is None:
+        max_rows = 256 if model.tok_embeddings.weight.device.type == "cuda" else 32
 
     def generate(prompts, *, n, temperature, top_p, max_new_tokens, stop):
         longest = max(map(len, stop), default=0)
@@ -69,25 +78,35 @@ def make_generate(model, enc, seed=0, speculative=True):
         def stopped(row):   # only the tail can hold a stop string that just appeared
             return any(s in enc.decode(row[-(longest + 8):]) for s in stop)
 
-        out = []
-        for prompt in prompts:
-            ids = enc.encode_ordinary(prompt)
-            if temperature == 0:   # greedy: one decode serves all n samples
-                if speculative and model.config.n_future > 1:
-                    rows = [model.generate_speculative(ids, max_new_tokens, eos_id=eot, stop=stopped,
-                                                       n_vocab=enc.n_vocab)[0]] * n
-                else:
-                    rows = model.generate_rows(ids, max_new_tokens, eos_id=eot, stop=stopped,
-                                               n_vocab=enc.n_vocab) * n
+        ids = [enc.encode_ordinary(p) for p in prompts]
+        greedy = temperature == 0
+        rows = {i: [] for i in range(len(prompts))}
+        if greedy and speculative and model.config.n_future > 1:
+            for i, x in enumerate(ids):
+                rows[i] = [model.generate_speculative(x, max_new_tokens, eos_id=eot, stop=stopped,
+                                                      n_vocab=enc.n_vocab)[0]]
+        else:
+            per = 1 if greedy else n                 # rows decoded per prompt
+            uniforms = {}
+            if not greedy:
+                for i, p in enumerate(prompts):
+                    g = torch.Generator().manual_seed(seed * 1_000_003 + zlib.crc32(p.encode()))
+                    uniforms[i] = torch.rand(n, max_new_tokens, generator=g)    # (n, new)
+            order = sorted(range(len(prompts)), key=lambda i: len(ids[i]))
+            if per > max_rows:   # (prompts, first sample, end sample) per batch
+                batches = [([i], j, min(per, j + max_rows)) for i in order for j in range(0, per, max_rows)]
             else:
-                g = torch.Generator(device=model.tok_embeddings.weight.device)
-                g.manual_seed(seed * 1_000_003 + zlib.crc32(prompt.encode()))
-                # model.generate's tokens, without a host sync per token
-                rows = model.generate_rows(ids, max_new_tokens, n=n, temperature=temperature,
-                                           top_p=top_p, eos_id=eot, stop=stopped, generator=g,
-                                           n_vocab=enc.n_vocab)
-            out.append([cut(enc.decode(r), stop) for r in rows])
-        return out
+                size = max_rows // per
+                batches = [(order[s:s + size], 0, per) for s in range(0, len(order), size)]
+            for group, j0, j1 in batches:
+                u = None if greedy else torch.cat([uniforms[i][j0:j1] for i in group])
+                got = model.generate_batch([ids[i] for i in group], max_new_tokens, n=j1 - j0,
+                                           temperature=temperature, top_p=top_p, eos_id=eot,
+                                           stop=stopped, uniforms=u, n_vocab=enc.n_vocab)
+                for i, r in zip(group, got):
+                    rows[i].extend(r)
+        return [[cut(enc.decode(r), stop) for r in rows[i] * (n if greedy else 1)]
+                for i in range(len(prompts))]
 
     return generate
 
@@ -98,35 +117,48 @@ def cut(text, stop):
     return text[:end]
 
 
-def bench_speculative(model, enc, prompts, max_new_tokens):
-    """Plain greedy vs self-speculative decoding on the same prompts: tokens/s of each,
-    acceptance rate of each head's drafts, and a check that the outputs are identical."""
+def bench_decoding(model, enc, prompts, max_new_tokens, max_rows=32):
+    """Greedy decoding three ways on the same prompts, timed: one prompt at a time
+    (generate_batch of one row), all prompts batched (generate_batch, max_rows rows at a
+    time), and self-speculative one at a time (when the model has heads to draft with).
+    Returns tokens/s of each, the drafts' acceptance per head, and whether the outputs are
+    identical to one-at-a-time greedy's."""
     eot = data.eot_token(enc)
     ids = [enc.encode_ordinary(p) for p in prompts]
+    kw = dict(eos_id=eot, n_vocab=enc.n_vocab)
     t0 = time.time()
-    plain = [model.generate(x, max_new_tokens, eos_id=eot, n_vocab=enc.n_vocab)[0] for x in ids]
+    plain = [model.generate_batch([x], max_new_tokens, **kw)[0][0] for x in ids]
     t_plain = time.time() - t0
     t0 = time.time()
-    spec = [model.generate_speculative(x, max_new_tokens, eos_id=eot, n_vocab=enc.n_vocab) for x in ids]
-    t_spec = time.time() - t0
+    batched = [r for s in range(0, len(ids), max_rows)
+               for (r,) in model.generate_batch(ids[s:s + max_rows], max_new_tokens, **kw)]
+    t_batched = time.time() - t0
     n_tok = sum(map(len, plain))
-    rates = [[r[1][k] for r in spec if r[1][k] is not None] for k in range(model.config.n_future)]
-    return {"identical": all(a == b for a, (b, _) in zip(plain, spec)), "tokens": n_tok,
-            "plain_tok_s": n_tok / t_plain, "spec_tok_s": n_tok / t_spec,
-            "speedup": t_plain / t_spec,
-            "acceptance": [sum(r) / len(r) if r else None for r in rates]}
+    out = {"prompts": len(ids), "tokens": n_tok, "plain_tok_s": n_tok / t_plain,
+           "batched_tok_s": n_tok / t_batched, "batched_identical": batched == plain,
+           "batched_rows": min(max_rows, len(ids))}
+    if model.config.n_future > 1:
+        t0 = time.time()
+        spec = [model.generate_speculative(x, max_new_tokens, **kw) for x in ids]
+        t_spec = time.time() - t0
+        rates = [[r[1][k] for r in spec if r[1][k] is not None] for k in range(model.config.n_future)]
+        out.update(spec_tok_s=n_tok / t_spec, spec_identical=[r for r, _ in spec] == plain,
+                   acceptance=[sum(r) / len(r) if r else None for r in rates])
+    return out
 
 
 defaults = dict(
     out_dir="out/tiny_baseline",   # the run whose ckpt.pt to load
     start="",                      # prompt; empty: the first problems of the test split
+    task="",                       # or the prompts of an eval.py task (e.g. humaneval)
     num_samples=3,
     max_new_tokens=96,
     temperature=0.8,
     top_p=0.95,
     seed=0,
     device="cpu",
-    bench=False,                   # measure speculative vs plain greedy decoding instead
+    max_rows=32,                   # rows (prompts x samples) decoded together
+    bench=False,                   # measure greedy decoding: one at a time, batched, speculative
 )
 
 if __name__ == "__main__":
@@ -134,18 +166,23 @@ if __name__ == "__main__":
     model, enc, ckpt = load_model(cfg["out_dir"], cfg["device"])
     if cfg["start"]:
         prompts = [cfg["start"].encode().decode("unicode_escape")]
+    elif cfg["task"]:
+        import eval as evaluation
+        prompts = [p["prompt"] for p in evaluation.load_task(cfg["task"], limit=50 if cfg["bench"] else 3)]
     else:
         problems = data.PreparedSplit(os.path.join(ckpt["config"]["data_dir"], "test")).problems()
         prompts = [p["prompt"] for p in problems[:50 if cfg["bench"] else 3]]
     if cfg["bench"]:
-        r = bench_speculative(model, enc, prompts, cfg["max_new_tokens"])
-        print(f"{len(prompts)} prompts, {r['tokens']} tokens, outputs identical: {r['identical']}")
-        print(f"plain greedy {r['plain_tok_s']:.0f} tok/s, speculative {r['spec_tok_s']:.0f} tok/s, "
-              f"speed-up {r['speedup']:.2f}x")
-        print("draft acceptance per head: " + ", ".join(
-            f"head {k + 1}: {a:.2f}" for k, a in enumerate(r["acceptance"]) if a is not None))
+        r = bench_decoding(model, enc, prompts, cfg["max_new_tokens"], cfg["max_rows"])
+        print(f"{r['prompts']} prompts, {r['tokens']} tokens, greedy: one prompt at a time "
+              f"{r['plain_tok_s']:.0f} tok/s, {r['batched_rows']} rows batched "
+              f"{r['batched_tok_s']:.0f} tok/s (identical: {r['batched_identical']})")
+        if "spec_tok_s" in r:
+            print(f"speculative {r['spec_tok_s']:.0f} tok/s (identical: {r['spec_identical']}), "
+                  "draft acceptance per head: " + ", ".join(
+                      f"head {k + 1}: {a:.2f}" for k, a in enumerate(r["acceptance"]) if a is not None))
         sys.exit(0)
-    gen = make_generate(model, enc, seed=cfg["seed"])
+    gen = make_generate(model, enc, seed=cfg["seed"], max_rows=cfg["max_rows"])
     for p in prompts:
         outs = gen([p], n=cfg["num_samples"], temperature=cfg["temperature"], top_p=cfg["top_p"],
                    max_new_tokens=cfg["max_new_tokens"], stop=["\n#", "\ndef "])

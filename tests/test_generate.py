@@ -128,19 +128,75 @@ def test_make_generate_for_eval(tmp_path):
 
 @pytest.mark.parametrize("check_every", [1, 5, 16])
 @pytest.mark.parametrize("temperature", [0.0, 0.9])
-def test_generate_rows_equals_generate(check_every, temperature):
-    """The batched generator without per-token host syncs (caches for the trunk and head 1
-    only, last-position unembedding) gives generate()'s tokens, eos and stop included."""
+def test_generate_batch_equals_generate(check_every, temperature):
+    """Several prompts of different lengths decoded together (left-padded, each prefilled
+    once, caches for the trunk and head 1 only, last-position unembedding, no per-token
+    host sync) give what generate() gives for each prompt alone with the same draws:
+    eos, stop strings and the vocabulary limit included."""
     m = random_model(3, scale=4.0)
-    prompt = torch.randint(0, 64, (6,), generator=torch.Generator().manual_seed(3)).tolist()
+    g = torch.Generator().manual_seed(3)
+    prompts = [torch.randint(0, 64, (n,), generator=g).tolist() for n in (6, 1, 11)]
     stop = lambda row: len(row) >= 3 and row[-1] == row[-3]          # a Python stop condition
+    n, new = 4, 40
+    u = torch.rand(len(prompts) * n, new, generator=g)
     for kw in (dict(), dict(eos_id=7), dict(eos_id=7, stop=stop), dict(stop=stop, n_vocab=50)):
-        g1, g2 = (torch.Generator().manual_seed(11) for _ in range(2))
-        want = m.generate(prompt, 40, n=6, temperature=temperature, top_p=0.9, generator=g1, **kw)
-        got = m.generate_rows(prompt, 40, n=6, temperature=temperature, top_p=0.9, generator=g2,
-                              check_every=check_every, **kw)
-        assert got == want, kw
-    assert any(len(r) < 40 for r in want)     # some rows did end early
+        got = m.generate_batch(prompts, new, n=n, temperature=temperature, top_p=0.9,
+                               uniforms=u if temperature else None, check_every=check_every, **kw)
+        for i, p in enumerate(prompts):
+            want = m.generate(p, new, n=n, temperature=temperature, top_p=0.9,
+                              uniforms=u[i * n:(i + 1) * n] if temperature else None, **kw)
+            assert got[i] == want, (kw, i)
+    assert any(len(r) < new for r in want)     # some rows did end early
+
+
+def test_left_padded_prefill_equals_each_prompt_alone():
+    """Padding is invisible: a padded row's logits (prefill and the steps after) equal its
+    prompt's run alone, for positions, masks and the KV cache."""
+    m = random_model(5)
+    g = torch.Generator().manual_seed(5)
+    prompts = [torch.randint(0, 64, (n,), generator=g).tolist() for n in (9, 3, 6)]
+    L = max(map(len, prompts))
+    pad = torch.tensor([L - len(p) for p in prompts])
+    idx = torch.tensor([[0] * (L - len(p)) + p for p in prompts])
+    caches = m.new_caches(3, L + 4, n_blocks=len(m.layers))
+    nxt = torch.randint(0, 64, (3, 4), generator=g)
+    got = [m.next_logits(idx, caches, pad)] + [m.next_logits(nxt[:, i:i + 1], caches, pad) for i in range(4)]
+    for b, p in enumerate(prompts):
+        alone = m(torch.tensor([p + nxt[b].tolist()]))[0, :, 0]          # (len, V), no cache
+        want = alone[len(p) - 1:]
+        torch.testing.assert_close(torch.stack([x[b] for x in got]), want, rtol=1e-5, atol=1e-5)
+
+
+def test_inverse_cdf_sampling():
+    """sample_next with uniforms: a grid of u reproduces the (nucleus) distribution exactly,
+    and u near 1 never picks a token outside the nucleus."""
+    logits = torch.log(torch.tensor([[0.5, 0.3, 0.15, 0.05]]))
+    u = (torch.arange(1000) + 0.5) / 1000
+    picks = sample_next(logits.expand(1000, 4), 1.0, 1.0, u=u)
+    torch.testing.assert_close(torch.bincount(picks, minlength=4).float() / 1000,
+                               torch.tensor([0.5, 0.3, 0.15, 0.05]))
+    picks = sample_next(logits.expand(1000, 4), 1.0, 0.75, u=u)      # nucleus {0, 1}: 0.5/0.8, 0.3/0.8
+    torch.testing.assert_close(torch.bincount(picks, minlength=4).float() / 1000,
+                               torch.tensor([0.625, 0.375, 0.0, 0.0]))
+    edge = sample_next(logits, 1.0, 0.75, u=torch.tensor([1 - 1e-12]))
+    assert edge.item() == 1
+
+
+def test_make_generate_independent_of_batching(tmp_path):
+    """What a prompt gets does not depend on which prompts share its batch, nor on a
+    prompt's samples being decoded in slices (max_rows smaller than n)."""
+    import sample
+    toy = make_toy_data(str(tmp_path / "data"))
+    train.train(tiny_cfg(toy, tmp_path / "run", max_iters=40, eval_interval=40))
+    model, enc, _ = sample.load_model(str(tmp_path / "run"))
+    prompts = ["12+30=", "7+7=", "100+250=", "1+1="]
+    for temperature in (0.0, 1.0):
+        kw = dict(n=5, temperature=temperature, top_p=0.95, max_new_tokens=10, stop=["\n"])
+        wide = sample.make_generate(model, enc, seed=2, max_rows=64)(prompts, **kw)
+        narrow = sample.make_generate(model, enc, seed=2, max_rows=3)(prompts, **kw)
+        alone = [sample.make_generate(model, enc, seed=2, max_rows=64)([p], **kw)[0] for p in prompts]
+        assert wide == narrow == alone
+    assert len({c for x in wide for c in x}) > 4           # sampled, not one repeated string
 
 
 def test_next_logits_is_head_one_at_the_last_position():

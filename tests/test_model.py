@@ -190,3 +190,25 @@ def test_flops_count_all_heads():
     # 4 blocks (trunk 2 + 2 heads), unembedding once per head, attention 12 * L * D * T
     expected = 6 * (4 * block + 2 * c.vocab_size * c.d_model) + 12 * 4 * c.d_model * 32
     assert m.flops_per_token(32) == expected
+
+
+def test_training_path_compiles_to_one_graph_for_every_length():
+    """torch.compile sees the training path (forward with values, and the chunked loss's
+    trunk_forward / head_hidden) as one graph without breaks, and with dynamic shapes one
+    graph serves every sequence length (is_causal is a plain bool, not a SymBool)."""
+    from torch._dynamo.testing import CompileCounter
+    torch._dynamo.reset()
+    m = Transformer(ModelConfig(value_head=True, n_future=2))
+    idx = torch.randint(0, 320, (2, 40))
+    x, cos, sin = m.trunk_forward(idx)
+    for f, args, kw in [(m, (idx,), dict(with_values=True)), (m.trunk_forward, (idx,), {}),
+                        (m.head_hidden, (1, x, cos, sin), {})]:
+        explained = torch._dynamo.explain(f)(*args, **kw)
+        assert (explained.graph_count, explained.graph_break_count) == (1, 0), explained.break_reasons
+    torch._dynamo.reset()
+    counter = CompileCounter()
+    compiled = torch.compile(m, backend=counter, dynamic=True)
+    for T in (40, 57, 64, 100):
+        logits = compiled(torch.randint(0, 320, (2, T)))
+        assert logits.shape == (2, T, 2, 320)
+    assert counter.frame_count == 1
