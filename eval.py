@@ -85,9 +85,13 @@ TASKS = {
         harness="lm-eval-harness `minerva_math` (exact_match), math-verify",
         prompt="{shots}Problem:\n{problem}\n\nSolution:", stop=["Problem:"] + EOT,
         answer="ours: last \\boxed{...} (else 'final answer is X'), LaTeX-normalised; beside it "
-               "lm-eval's minerva exact_match and math-verify",
+               "lm-eval's minerva exact_match and math_verify (its call), and math-verify "
+               "called as its authors do",
         differs="pass@k uses our grader (it reads \\boxed{} too, which Minerva's exact_match "
-                "ignores); lm-eval's exact_match and math-verify are reported next to it"),
+                "ignores); lm-eval's exact_match and math_verify are reported next to it, "
+                "equal to lm-eval's code on the same completions (test), and math-verify with "
+                "the whole solution as gold, which lm-eval's call (a bare normalised answer) "
+                "often fails to parse"),
     # a Python file opening with the statement as its docstring, as for MBPP; the program is
     # the completion alone, run on each test's stdin, its stdout checked as DeepMind's
     # code_contests checker does (tokens, case-insensitive, floats within 1e-5)
@@ -636,7 +640,10 @@ def _sympy_latex():
             _SYMPY_LATEX = parse_latex
         except Exception as e:  # ImportError naming the antlr version it needs
             print(f"WARNING: lm-eval's minerva exact_match is not reported: sympy's LaTeX parser "
-                  f"cannot run ({e}); pip install antlr4-python3-runtime==4.11 as lm-eval[math] does")
+                  f"cannot run ({e}). It needs antlr4-python3-runtime==4.11 (lm-eval[math] pins it) "
+                  f"and math-verify 4.13: pip install --no-deps --target ~/.cache/wmtp/antlr4-4.11 "
+                  f"antlr4-python3-runtime==4.11.0, then run with "
+                  f"PYTHONPATH=~/.cache/wmtp/antlr4-4.11 (math-verify works with it too)")
             _SYMPY_LATEX = False
     return _SYMPY_LATEX or None
 
@@ -661,14 +668,20 @@ def minerva_equiv(x1, x2, parse_latex):
         signal.signal(signal.SIGALRM, old)
 
 
-def math_verify_score(completion, solution):
-    """math-verify as lm-eval's minerva_math calls it: verify(gold=parse(solution),
-    target=parse(completion)). None where the math-verify package is not installed."""
+def math_verify_score(completion, solution, lm_eval=False):
+    """math-verify as its authors call it, verify(gold=parse(solution), target=parse(completion)),
+    the gold being the whole reference solution with its \\boxed answer. lm_eval=True: as
+    lm-eval's minerva_math calls it instead, with the gold its normalised answer string
+    (minerva_reference, no $...$), which math-verify often cannot parse: on the 150
+    completions of tests/test_eval_minerva.py it accepts 69, the authors' call 101, the two
+    disagreeing on 34 (\\sqrt, \\pi, tuples, complex numbers; once the other way round,
+    where a solution has two boxes). None where math-verify is not installed."""
     try:
         from math_verify import parse, verify
     except ImportError:
         return None
-    return bool(verify(gold=parse(solution), target=parse(completion)))
+    gold = minerva_reference(solution) if lm_eval else solution
+    return bool(verify(parse(gold), parse(completion)))
 
 
 # ---- CodeContests: DeepMind's output checker ------------------------------------------------
@@ -763,6 +776,7 @@ def score_batch(task, items, workers=None, timeout=None):
             mv = math_verify_score(c, p["reference"])
             if mv is not None:
                 r["math_verify"] = mv
+                r["lm_eval_math_verify"] = math_verify_score(c, p["reference"], lm_eval=True)
             out.append(r)
         return out
     if task == "code_contests":
@@ -1024,7 +1038,8 @@ def summarize(task, rows, ks, n_boot=10000):
         mean, lo, hi = bootstrap_ci([pass_at_k(r["n"], r["c"], k) for r in rows], n_boot, seed=0)
         out[f"pass@{k}"] = {"mean": mean, "ci95": [lo, hi]}
     # the reference harness's own scores, beside ours: mean over samples, CI over problems
-    for key in ("strict-match", "flexible-extract", "minerva_exact_match", "math_verify"):
+    for key in ("strict-match", "flexible-extract", "minerva_exact_match", "lm_eval_math_verify",
+                "math_verify"):
         if rows and all(key in r for r in rows):
             mean, lo, hi = bootstrap_ci([float(np.mean(r[key])) for r in rows], n_boot, seed=0)
             out[key] = {"mean": mean, "ci95": [lo, hi]}
