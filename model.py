@@ -144,12 +144,17 @@ class KVCache:
         self.k = torch.zeros(B, n_kv_head, max_seq_len, head_dim, device=device, dtype=dtype)
         self.v = torch.zeros_like(self.k)
         self.pos = 0
+        self.at = None   # a (1,) tensor position: Transformer.decode_step's static-shape writes
 
     def repeat_rows(self, n):
         """Each row n times in a row (a prompt prefilled once, then sampled n times)."""
         self.k, self.v = self.k.repeat_interleave(n, 0), self.v.repeat_interleave(n, 0)
 
     def update(self, k, v):
+        if self.at is not None:   # one token at a tensor position; the whole cache returned, masked by the caller
+            self.k.index_copy_(2, self.at, k)
+            self.v.index_copy_(2, self.at, v)
+            return self.k, self.v
         T = k.shape[2]
         if self.pos + T > self.k.shape[2]:
             raise ValueError(f"generation exceeds the cache's {self.k.shape[2]} positions")
@@ -422,6 +427,28 @@ class Transformer(nn.Module):
             x = block(x, cos, sin, cache, mask)
         return self.output(self.norm(x[:, -1]))                       # (B, V)
 
+    def decode_step(self, tok, caches, at, pad):
+        """next_logits for one token per row with shapes that never change, so torch.compile
+        makes one graph for every step (gpt-fast's decode step): the position is a tensor
+        `at` (1,) the caches write to (KVCache.at), and attention reads the whole cache
+        with a mask (positions after `at` and each row's padding masked). tok (B, 1),
+        pad (B,) -> head 1's logits (B, V). compile_decode() compiles it."""
+        k_pos = torch.arange(caches[0].k.shape[2], device=tok.device)         # (S,)
+        pos = (at - pad).clamp(min=0)                                          # (B,) rotary positions
+        cos, sin = self.rope_cos[pos][:, None], self.rope_sin[pos][:, None]    # (B, 1, hd/2)
+        mask = ((k_pos <= at) & (k_pos >= pad[:, None]))[:, None, None]        # (B, 1, 1, S)
+        x = self.tok_embeddings(tok)                                           # (B, 1, D)
+        for block, cache in zip(self.layers, caches):                         # trunk, then head 1
+            x = block(x, cos, sin, cache, mask)
+        return self.output(self.norm(x[:, -1]))                                # (B, V)
+
+    def compile_decode(self, **kwargs):
+        """Make generate_batch decode through torch.compile(decode_step) (kwargs: torch.compile's,
+        e.g. mode='reduce-overhead' for CUDA graphs). A new batch size or cache length
+        compiles again; prompts of a batch share one cache length."""
+        self.compiled_decode = torch.compile(self.decode_step, fullgraph=True, dynamic=False, **kwargs)
+        return self
+
     @torch.no_grad()
     def generate_batch(self, prompts, max_new_tokens, n=1, temperature=0.0, top_p=1.0,
                        eos_id=None, stop=None, uniforms=None, n_vocab=None, check_every=16):
@@ -451,6 +478,11 @@ class Transformer(nn.Module):
                 cache.repeat_rows(n)
             logits, pad = logits.repeat_interleave(n, 0), pad.repeat_interleave(n)
         B = P * n
+        step = getattr(self, "compiled_decode", None)
+        if step is not None:   # static shapes from here: every cache writes at the tensor `at`
+            at = torch.tensor([L], device=dev)
+            for cache in caches:
+                cache.at = at
         u_all = None if uniforms is None else uniforms.to(dev)
         out = torch.empty(B, max_new_tokens, dtype=torch.long, device=dev)      # (B, new)
         done = torch.zeros(B, dtype=torch.bool, device=dev)
@@ -476,7 +508,11 @@ class Transformer(nn.Module):
                 done = ends <= i + 1
                 if bool(done.all()):
                     break
-            logits = self.next_logits(nxt[:, None], caches, pad)[:, :n_vocab]
+            if step is None:
+                logits = self.next_logits(nxt[:, None], caches, pad)[:, :n_vocab]
+            else:
+                logits = step(nxt[:, None], caches, at, pad)[:, :n_vocab].clone()
+                at += 1
         rows = [r[:e] for r, e in zip(out.tolist(), ends.tolist())]
         rows = [r[:-1] if eos_id is not None and r and r[-1] == eos_id else r for r in rows]
         return [rows[i * n:(i + 1) * n] for i in range(P)]

@@ -122,11 +122,11 @@ def cut(text, stop):
     return text[:end]
 
 
-def bench_decoding(model, enc, prompts, max_new_tokens, max_rows=32):
+def bench_decoding(model, enc, prompts, max_new_tokens, max_rows=32, compile=False):
     """Greedy decoding three ways on the same prompts, timed: one prompt at a time
     (generate_batch of one row), all prompts batched (generate_batch, max_rows rows at a
-    time), and self-speculative one at a time (when the model has heads to draft with).
-    Returns tokens/s of each, the drafts' acceptance per head, and whether the outputs are
+    time), and self-speculative one at a time (when the model has heads to draft with);
+    with compile, batched again through the compiled decode step. Returns tokens/s of each, the drafts' acceptance per head, and whether the outputs are
     identical to one-at-a-time greedy's."""
     eot = data.eot_token(enc)
     ids = [enc.encode_ordinary(p) for p in prompts]
@@ -142,6 +142,16 @@ def bench_decoding(model, enc, prompts, max_new_tokens, max_rows=32):
     out = {"prompts": len(ids), "tokens": n_tok, "plain_tok_s": n_tok / t_plain,
            "batched_tok_s": n_tok / t_batched, "batched_identical": batched == plain,
            "batched_rows": min(max_rows, len(ids))}
+    if compile:   # the same batches through torch.compile(decode_step), after one to compile
+        model.compile_decode(**({"mode": "reduce-overhead"} if ids and model.rope_cos.is_cuda else {}))
+        t0 = time.time()
+        model.generate_batch(ids[:max_rows], max_new_tokens, **kw)
+        out["compile_s"] = time.time() - t0
+        t0 = time.time()
+        compiled = [r for s in range(0, len(ids), max_rows)
+                    for (r,) in model.generate_batch(ids[s:s + max_rows], max_new_tokens, **kw)]
+        out.update(compiled_tok_s=n_tok / (time.time() - t0), compiled_identical=compiled == plain)
+        del model.compiled_decode
     if model.config.n_future > 1:
         t0 = time.time()
         spec = [model.generate_speculative(x, max_new_tokens, **kw) for x in ids]
@@ -164,6 +174,7 @@ defaults = dict(
     device="cpu",
     max_rows=32,                   # rows (prompts x samples) decoded together
     bench=False,                   # measure greedy decoding: one at a time, batched, speculative
+    compile=False,                 # decode through torch.compile(model.decode_step) (gpt-fast style)
 )
 
 if __name__ == "__main__":
@@ -178,15 +189,20 @@ if __name__ == "__main__":
         problems = data.PreparedSplit(os.path.join(ckpt["config"]["data_dir"], "test")).problems()
         prompts = [p["prompt"] for p in problems[:50 if cfg["bench"] else 3]]
     if cfg["bench"]:
-        r = bench_decoding(model, enc, prompts, cfg["max_new_tokens"], cfg["max_rows"])
+        r = bench_decoding(model, enc, prompts, cfg["max_new_tokens"], cfg["max_rows"], cfg["compile"])
         print(f"{r['prompts']} prompts, {r['tokens']} tokens, greedy: one prompt at a time "
               f"{r['plain_tok_s']:.0f} tok/s, {r['batched_rows']} rows batched "
               f"{r['batched_tok_s']:.0f} tok/s (identical: {r['batched_identical']})")
+        if "compiled_tok_s" in r:
+            print(f"batched with the compiled decode step {r['compiled_tok_s']:.0f} tok/s (identical: "
+                  f"{r['compiled_identical']}; compiling and the first batch took {r['compile_s']:.0f} s)")
         if "spec_tok_s" in r:
             print(f"speculative {r['spec_tok_s']:.0f} tok/s (identical: {r['spec_identical']}), "
                   "draft acceptance per head: " + ", ".join(
                       f"head {k + 1}: {a:.2f}" for k, a in enumerate(r["acceptance"]) if a is not None))
         sys.exit(0)
+    if cfg["compile"]:
+        model.compile_decode()
     gen = make_generate(model, enc, seed=cfg["seed"], max_rows=cfg["max_rows"])
     for p in prompts:
         outs = gen([p], n=cfg["num_samples"], temperature=cfg["temperature"], top_p=cfg["top_p"],
