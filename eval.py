@@ -1305,6 +1305,8 @@ def run_command(args):
     problems = load_task(args.task, path, args.limit)
     run_dir = meta["run"] if os.path.isdir(meta["run"]) else "out"
     out_dir = args.out_dir or os.path.join(run_dir, f"eval-{args.task}")
+    if args.compile:
+        model.compile_decode()
     generate = sample.make_generate(model, enc, seed=args.seed, max_rows=args.max_rows,
                                     speculative=args.speculative)
     # prompts per generate call: enough to fill a batch of rows (greedy decodes a prompt once)
@@ -1363,6 +1365,8 @@ def main(argv=None):
     r.add_argument("--device", default="cpu", help="'cpu', 'cuda', ... or 'auto'")
     r.add_argument("--max_rows", type=int, help="rows (prompts x samples) decoded together "
                    "(default 256 on CUDA, 32 on CPU)")
+    r.add_argument("--compile", action="store_true", help="decode through torch.compile("
+                   "model.decode_step): static shapes, one graph per batch shape")
     r.add_argument("--speculative", action="store_true", help="greedy: decode one prompt at a "
                    "time with the MTP heads drafting (the same tokens; batching is faster)")
     r.add_argument("--out_dir", help="default: <run dir>/eval-<task>")

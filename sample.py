@@ -143,7 +143,7 @@ def bench_decoding(model, enc, prompts, max_new_tokens, max_rows=32, compile=Fal
            "batched_tok_s": n_tok / t_batched, "batched_identical": batched == plain,
            "batched_rows": min(max_rows, len(ids))}
     if compile:   # the same batches through torch.compile(decode_step), after one to compile
-        model.compile_decode(**({"mode": "reduce-overhead"} if ids and model.rope_cos.is_cuda else {}))
+        model.compile_decode()
         t0 = time.time()
         model.generate_batch(ids[:max_rows], max_new_tokens, **kw)
         out["compile_s"] = time.time() - t0
