@@ -215,6 +215,30 @@ def test_cli_selfcheck_and_score_report_base_and_plus(data, tmp_path):
     assert (s["pass@1"]["mean"], s["base_pass@1"]["mean"]) == (0.25, 1.0)
 
 
+def test_evaluate_task_cuts_at_evalplus_stops_and_records_base(data, tmp_path):
+    files, problems, _, _ = data
+    by_prompt = {problems[pid]["prompt"]: pid for pid in ("Mbpp/2", "Mbpp/787")}
+    answers = {"Mbpp/2": ["def similar_elements(a, b):\n    return tuple(set(a) & set(b))\n"
+                          "assert similar_elements((1,), (1,)) == (1,)\n",     # cut at "\nassert"
+                          "def similar_elements(a, b):\n    return a\n"],
+               "Mbpp/787": ["def text_match_three(text):\n    return 'abbb' in text\n\"\"\"\nmore",
+                            "def text_match_three(text):\n    return None\n"]}
+
+    def generate(prompts, *, n, temperature, top_p, max_new_tokens, stop):
+        assert stop == E.TASKS["mbpp+"]["stop"] and max_new_tokens == 768 and temperature == 0.0
+        return [answers[by_prompt[p]][:n] for p in prompts]
+
+    probs = [problems["Mbpp/2"], problems["Mbpp/787"]]
+    s = E.evaluate_task("mbpp+", probs, generate, n_samples=2, ks=[1], temperature=0.0, top_p=1.0,
+                        max_new_tokens=768, out_dir=str(tmp_path), workers=2, n_boot=10)
+    rows = E.read_results(str(tmp_path / "results.jsonl"))
+    assert rows["Mbpp/2"]["completions"][0] == answers["Mbpp/2"][0].split("\nassert")[0]
+    assert rows["Mbpp/787"]["completions"][0] == answers["Mbpp/787"][0].split('\n"""')[0]
+    # Mbpp/2 "return a": not a set of the shared elements; Mbpp/787 None: fails where a match is
+    assert [(r["correct"], r["base"]) for r in rows.values()] == [([True, False], [True, False])] * 2
+    assert s["pass@1"]["mean"] == s["base_pass@1"]["mean"] == 0.5
+
+
 def test_prompt_and_inputs_as_evalplus_gives_them(data):
     _, problems, _, _ = data
     p = problems["Mbpp/2"]
