@@ -125,7 +125,11 @@ _EVALPLUS_DIFFERS = ("EvalPlus's codegen also replaces tabs by 4 spaces and runs
                      "completion, as `evalplus.evaluate` scores a {task_id, completion} sample, so "
                      "a completion with code after its solution can score otherwise. A test's time "
                      "limit comes from the canonical solution timed in our sandbox, not in "
-                     "EvalPlus's process")
+                     "EvalPlus's process. The sandbox's Python has no site-packages: a solution "
+                     "importing numpy fails here (EvalPlus runs it in its own interpreter), and "
+                     "numpy.allclose is our Python copy. The solution runs ~11 frames less deep "
+                     "than in EvalPlus's forked process (a plain recursion: 997 levels here, 986 "
+                     "under untrusted_check called from a script): only ~1000-deep recursion differs")
 TASKS["humaneval+"] = dict(
     harness="EvalPlus 0.3.1 `evalplus.evaluate --dataset humaneval` (HumanEval+ v0.1.10)",
     prompt="{prompt}.strip() + newline", timeout=1.0,
