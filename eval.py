@@ -21,10 +21,15 @@ pass@k averaged over each scheme's seeds) and, where both schemes ran the same s
 by seed (Wilcoxon on per-seed means; with fewer than 6 seeds it cannot reach p < 0.05).
 """
 import argparse
+import base64
+import cmath
 import gzip
 import hashlib
+import itertools
 import json
+import math
 import os
+import pickle
 import re
 import sys
 from concurrent.futures import ThreadPoolExecutor
@@ -111,6 +116,36 @@ TASKS["mbpp_sanitized"] = dict(
     differs="bigcode has no sanitized task; the prompt uses the sanitized `prompt` text, and "
             "test_imports run after the completion (a `from __future__` line must come first)")
 TASKS["math_full"] = TASKS["math"]        # the 5000-problem MATH test set, scored the same
+# EvalPlus (Liu et al. 2023) as evalplus 0.3.1 runs a base model: codegen.py prompts with the
+# release's `prompt` stripped + "\n"; provider/utility.py stops at EOS + the direct-completion
+# extras; evaluate.py calls the entry point on every base_input and plus_input, each output
+# compared with the canonical solution's (evalplus_passes below); a sample passes "+" when it
+# passes the base tests and the plus tests. `timeout`: the least time limit of one test
+# (config.py DEFAULT_MIN_TIME_LIMIT); a test's limit is max(it, 4 x the canonical's time).
+EVALPLUS_EOS = ["<|endoftext|>", "<|endofmask|>", "</s>", "\nif __name__", "\ndef main(", "\nprint("]
+_EVALPLUS_DIFFERS = ("EvalPlus's codegen also replaces tabs by 4 spaces and runs its tree-sitter "
+                     "sanitizer (keeps imports and what the entry point reaches, drops other "
+                     "top-level code and a trailing syntax error) before scoring; we score prompt + "
+                     "completion, as `evalplus.evaluate` scores a {task_id, completion} sample, so "
+                     "a completion with code after its solution can score otherwise. A test's time "
+                     "limit comes from the canonical solution timed in our sandbox, not in "
+                     "EvalPlus's process. The sandbox's Python has no site-packages: a solution "
+                     "importing numpy fails here (EvalPlus runs it in its own interpreter), and "
+                     "numpy.allclose is our Python copy. The solution runs ~11 frames less deep "
+                     "than in EvalPlus's forked process (a plain recursion: 997 levels here, 986 "
+                     "under untrusted_check called from a script): only ~1000-deep recursion differs")
+TASKS["humaneval+"] = dict(
+    harness="EvalPlus 0.3.1 `evalplus.evaluate --dataset humaneval` (HumanEval+ v0.1.10)",
+    prompt="{prompt}.strip() + newline", timeout=1.0,
+    answer="execute prompt + completion, call entry_point on base_input then plus_input, outputs "
+           "compared with the canonical solution's as EvalPlus does",
+    stop=EVALPLUS_EOS + ["\ndef ", "\nclass ", "\nimport ", "\nfrom ", "\nassert "] + EOT,
+    differs=_EVALPLUS_DIFFERS + ". HumanEval/32 (find_zero): pip's evalplus 0.3.1 fails every "
+            "sample (its oracle skips the pass bookkeeping); we pass a root within atol, as "
+            "evalplus's repository has since fixed it")
+TASKS["mbpp+"] = dict(
+    TASKS["humaneval+"], harness="EvalPlus 0.3.1 `evalplus.evaluate --dataset mbpp` (MBPP+ v0.2.0)",
+    stop=EVALPLUS_EOS + ['\n"""', "\nassert"] + EOT, differs=_EVALPLUS_DIFFERS)
 
 # Generation settings of the community protocols, chosen with `eval.py run --preset=NAME`
 # (explicit flags override a preset; settings.json records both). max_new_tokens: bigcode's
@@ -135,6 +170,10 @@ PRESETS = {
     # AlphaCode-style sampling is 10^5..10^6 samples; greedy pass@1 is the reproducible number
     "code_contests-greedy": dict(task="code_contests", n_samples=1, temperature=0.0, top_p=1.0, k=[1],
                                  max_new_tokens=1024),
+    # EvalPlus codegen --greedy: n=1, temperature 0; DecoderBase's max_new_tokens=768
+    "humaneval+-greedy": dict(task="humaneval+", n_samples=1, temperature=0.0, top_p=1.0, k=[1],
+                              max_new_tokens=768),
+    "mbpp+-greedy": dict(task="mbpp+", n_samples=1, temperature=0.0, top_p=1.0, k=[1], max_new_tokens=768),
 }
 
 GSM8K_SHOTS = [  # Wei et al. 2022, table 20: (question, chain of thought + "The answer is N.")
@@ -359,12 +398,113 @@ def code_contests_tests(row):
     return tests, limit if limit > 0 else 2.0
 
 
+# EvalPlus's release files (evalplus/data/{humaneval,mbpp}.py): the version pip's evalplus
+# 0.3.1 reads, the variable that overrides its path, the dataset name evaluate.py passes on
+EVALPLUS_RELEASES = {
+    "humaneval+": dict(name="HumanEvalPlus", version="v0.1.10", env="HUMANEVAL_OVERRIDE_PATH",
+                       dataset="humaneval"),
+    "mbpp+": dict(name="MbppPlus", version="v0.2.0", env="MBPP_OVERRIDE_PATH", dataset="mbpp"),
+}
+EVALPLUS_FIELDS = ["task_id", "prompt", "entry_point", "canonical_solution", "base_input",
+                   "plus_input", "atol"]
+
+
+def evalplus_file(task, path=None):
+    """The EvalPlus release file to read: `path`, else evalplus's override variable, else the
+    copy evalplus caches (appdirs' user_cache_dir on Linux). Never downloads: a missing file
+    is an error that says which file, where to get it and where to put it."""
+    rel = EVALPLUS_RELEASES[task]
+    if path is not None or os.environ.get(rel["env"]):
+        given = path if path is not None else os.environ[rel["env"]]
+        if not os.path.isfile(given):
+            how = "--path" if path is not None else f"${rel['env']}"
+            raise FileNotFoundError(f"{task}: {how} names {given}, which is not a file")
+        return given
+    cache = os.path.join(os.environ.get("XDG_CACHE_HOME") or os.path.expanduser("~/.cache"), "evalplus")
+    cached = os.path.join(cache, f"{rel['name']}-{rel['version']}.jsonl")
+    if os.path.isfile(cached):
+        return cached
+    url = (f"https://github.com/evalplus/{rel['name'].lower()}_release/releases/download/"
+           f"{rel['version']}/{rel['name']}.jsonl.gz")
+    others = sorted(f for f in (os.listdir(cache) if os.path.isdir(cache) else [])
+                    if f.startswith(rel["name"] + "-v"))
+    raise FileNotFoundError(
+        f"{task} needs EvalPlus's {rel['name']} {rel['version']} release (the one evalplus 0.3.1 "
+        f"scores), and it is not here: no --path, no ${rel['env']}, no {cached}. Download {url} "
+        f"and pass --path FILE (.jsonl or .jsonl.gz), or set {rel['env']}=FILE, or gunzip it to "
+        f"{cached}, where evalplus itself caches it."
+        + (f" {cache} holds other versions ({', '.join(others)}): pass one with --path to use it."
+           if others else ""))
+
+
+def load_evalplus(task, path=None):
+    """HumanEval+ / MBPP+ problems from EvalPlus's own release file (one json object a line:
+    task_id, prompt, entry_point, canonical_solution, base_input, plus_input, atol, ...)."""
+    file = evalplus_file(task, path)
+    rows = read_jsonl(file)
+    print(f"{task}: {len(rows)} problems from {file}")
+    problems = []
+    for i, r in enumerate(rows):
+        missing = [k for k in EVALPLUS_FIELDS if k not in r]
+        if missing:
+            raise ValueError(f"{file}: {r.get('task_id', f'line {i + 1}')} has no {', '.join(missing)}; "
+                             f"EvalPlus's release rows have {', '.join(EVALPLUS_FIELDS)}")
+        inputs = {k: mbpp_plus_inputs(r["task_id"], r[k]) if task == "mbpp+" else r[k]
+                  for k in ("base_input", "plus_input")}
+        problems.append({
+            "task": task, "problem_id": r["task_id"], "entry_point": r["entry_point"],
+            "prompt": r["prompt"].strip() + "\n",             # codegen.py: what the model sees
+            "reference": r["canonical_solution"], "atol": r["atol"], **inputs,
+            # evaluate.py get_groundtruth runs the released prompt + the canonical solution
+            "truth_code": r["prompt"] + r["canonical_solution"],
+            "data_sha": _sha(json.dumps(r, sort_keys=True))})
+    return problems
+
+
+def mbpp_plus_inputs(task_id, inputs):
+    """MBPP+ inputs as the solutions get them: json has no tuples, sets or complex numbers, so
+    evalplus/data/mbpp.py mbpp_deserialize_inputs rebuilds them for the problems that take
+    them. `inputs` is a list of argument lists; the conversion is chosen by the task number."""
+    n = int(task_id.split("/")[-1])
+    if n in (2, 116, 132, 143, 222, 261, 273, 394, 399, 421, 424, 429, 470, 560, 579, 596, 616,
+             630, 726, 740, 744, 809):                  # every argument a tuple
+        return [[tuple(a) for a in inp] for inp in inputs]
+    if n in (63, 64, 70, 94, 120, 237, 272, 299, 400, 409, 417, 438, 473, 614, 780):
+        return [[[tuple(x) for x in a] for a in inp] for inp in inputs]     # lists of tuples
+    if n in (259, 401, 445):                            # tuples of tuples
+        return [[tuple(tuple(x) for x in a) for a in inp] for inp in inputs]
+    if n in (75, 413, 444, 753):                        # (list of tuples, second argument)
+        return [[[tuple(x) for x in inp[0]], inp[1]] for inp in inputs]
+    if n in (250, 405, 446, 617, 720, 763, 808):        # (tuple, second argument)
+        return [[tuple(inp[0]), inp[1]] for inp in inputs]
+    if n in (106, 750):                                 # (first argument, tuple)
+        return [[inp[0], tuple(inp[1])] for inp in inputs]
+    if n == 307:
+        return [[tuple(inp[0]), inp[1], inp[2]] for inp in inputs]
+    if n == 115:   # a list of sets; an empty list becomes {} (a dict), as evalplus has it
+        return [[[set(x) if isinstance(x, list) and x else {} for x in inp[0]]] for inp in inputs]
+    if n == 124:
+        return [(float(inp[0]), complex(inp[1])) for inp in inputs]
+    if n == 252:
+        return [[complex(inp[0])] for inp in inputs]
+    if n == 278:   # one tuple whose list items are tuples
+        return [[tuple(tuple(x) if isinstance(x, list) else x for x in inp[0])] for inp in inputs]
+    if n == 722:   # a dict whose values are tuples, then the other arguments
+        return [[{k: tuple(v) for k, v in inp[0].items()}] + inp[1:] for inp in inputs]
+    if n in (580, 615, 791):                            # every list, however deep, a tuple
+        deep = lambda x: tuple(deep(y) for y in x) if isinstance(x, list) else x  # noqa: E731
+        return [deep(inp) for inp in inputs]
+    return inputs
+
+
 LOADERS = {
     "tinycode": load_tinycode, "humaneval": load_humaneval, "mbpp": load_mbpp,
     "mbpp_sanitized": lambda path=None: load_mbpp(path, sanitized=True),
     "gsm8k": load_gsm8k, "math": load_math,
     "math_full": lambda path=None: load_math(path, full=True),
     "code_contests": load_code_contests,
+    "humaneval+": lambda path=None: load_evalplus("humaneval+", path),
+    "mbpp+": lambda path=None: load_evalplus("mbpp+", path),
 }
 
 
@@ -710,6 +850,311 @@ def outputs_match(output, expected):
     return True
 
 
+# ---- EvalPlus: a solution called on its inputs, its outputs compared -----------------------
+# evalplus/eval/__init__.py (0.3.1, and the repository's main since) runs each sample once on
+# the base inputs and once on the plus inputs, each in a fresh process: exec the solution,
+# then per input call the entry point under a time limit and compare its output with the
+# canonical solution's. We run the same steps as a program in our sandbox (check_many:
+# passing is reaching its end), so the comparison runs inside the solution's process, as
+# there. The comparison is written as plain functions below; the program holds their source.
+EVALPLUS_FACTOR = 4.0          # config.py DEFAULT_GT_TIME_LIMIT_FACTOR
+EVALPLUS_TASK_CAP_S = 60.0     # untrusted_check: EVALPLUS_TIMEOUT_PER_TASK caps a whole run
+EVALPLUS_MEMORY_MB = 4096      # query_maximum_memory_bytes: 4 GB
+EVALPLUS_STARTUP_S = 1.0       # ours, on top of its cap: interpreter start, unpickling inputs
+# _special_oracle.py: MBPP+ problems (by entry point) whose outputs compare as sets, or only
+# as "not None" (the canonical's output is recorded as `output is not None`)
+MBPP_SET_EQ = ["similar_elements", "find_char_long", "common_in_nested_lists", "extract_singly",
+               "larg_nnum", "intersection_array", "find_dissimilar", "Diff"]
+MBPP_NOT_NONE = ["check_str", "text_match_three", "text_starta_endb"]
+
+
+def evalplus_is_floats(x):
+    """evalplus.eval.is_floats: a float, or a non-empty list/tuple of floats (or a float ndarray,
+    which can only exist where numpy is loaded)."""
+    if isinstance(x, float):
+        return True
+    if isinstance(x, (list, tuple)) and x:
+        return all(isinstance(i, float) for i in x)
+    np_ = sys.modules.get("numpy")
+    if np_ is not None and isinstance(x, np_.ndarray):
+        return x.dtype == np_.float64 or x.dtype == np_.float32
+    return False
+
+
+def _as_array(v):
+    """(shape, flat values, kind) of numpy.asarray(v) for numbers and nested lists/tuples of
+    them; kind: b bool, i int64, u uint64, f float64, c complex128. Raises where numpy's array
+    would be ragged, text or object (an int no int64/uint64 holds): isclose fails on those."""
+    if isinstance(v, (list, tuple)):
+        parts = [_as_array(x) for x in v]
+        if len({p[0] for p in parts}) > 1:
+            raise ValueError("an inhomogeneous shape")
+        kinds = {p[2] for p in parts}
+        kind = ("c" if "c" in kinds else "f" if "f" in kinds or {"i", "u"} <= kinds or not kinds
+                else "u" if "u" in kinds else "i" if "i" in kinds else "b")
+        return (len(v),) + (parts[0][0] if parts else ()), [x for p in parts for x in p[1]], kind
+    if isinstance(v, bool):
+        return (), [v], "b"
+    if isinstance(v, int):
+        if not -2 ** 63 <= v < 2 ** 64:
+            raise TypeError("an int beyond 64 bits: an object array")
+        return (), [v], "i" if v < 2 ** 63 else "u"
+    if isinstance(v, (float, complex)):
+        return (), [v], "f" if isinstance(v, float) else "c"
+    raise TypeError(f"{type(v).__name__} is not a number")
+
+
+def evalplus_allclose(a, b, rtol, atol):
+    """numpy 2's allclose(a, b, rtol, atol) on what Python code returns, written out because
+    the sandbox's Python has no numpy: numbers stay Python numbers (an int b becomes a float),
+    lists and tuples become arrays (broadcast as numpy does); element-wise
+    |a - b| <= atol + rtol |b| where b is finite, or a == b. Raises where numpy raises."""
+    arrays = [(((), [v], None) if isinstance(v, (int, float, complex)) else _as_array(v)) for v in (a, b)]
+    (sa, xa, _), (sb, xb, kb) = arrays
+    if kb is None:     # b a Python number
+        xb = [float(xb[0]) if isinstance(xb[0], int) else xb[0]]
+    else:              # b an array: numpy makes it inexact, and a's values follow it
+        xb = [complex(v) if kb == "c" else float(v) for v in xb]
+        if arrays[0][2] is not None:
+            xa = [v if isinstance(v, complex) else float(v) for v in xa]
+    ndim = max(len(sa), len(sb))
+    sa, sb = (1,) * (ndim - len(sa)) + sa, (1,) * (ndim - len(sb)) + sb
+    if any(m != n and 1 not in (m, n) for m, n in zip(sa, sb)):
+        raise ValueError(f"shapes {sa} and {sb} do not broadcast")
+
+    def flat(index, shape):   # position in a row-major array of `shape`; size-1 axes broadcast
+        pos = 0
+        for i, n in zip(index, shape):
+            pos = pos * n + (i if n > 1 else 0)
+        return pos
+
+    for index in itertools.product(*(range(max(m, n)) for m, n in zip(sa, sb))):
+        x, y = xa[flat(index, sa)], xb[flat(index, sb)]
+        finite = cmath.isfinite(y) if isinstance(y, complex) else math.isfinite(y)
+        if not ((abs(x - y) <= atol + rtol * abs(y)) and finite or x == y):
+            return False
+    return True
+
+
+def _poly(xs, x):   # _special_oracle.py _poly: HumanEval/32 checks the root it returns
+    return sum(c * math.pow(x, i) for i, c in enumerate(xs))
+
+
+def _mbpp_surface_area(base_edge, height):   # Mbpp/581's other reading: height, not slant
+    slant = math.sqrt((base_edge / 2) ** 2 + height ** 2)
+    return round(base_edge ** 2 + 4 * (base_edge * slant) / 2)
+
+
+def _mbpp_digit_distance(a, b):   # Mbpp/558's other reading: the shorter number zero-padded
+    a, b = str(a), str(b)
+    a, b = a.zfill(len(b)), b.zfill(len(a))
+    return sum(abs(int(x) - int(y)) for x, y in zip(a, b))
+
+
+def evalplus_passes(out, exp, inp, atol, dataset, entry):
+    """(passed, atol): unsafe_execute's verdict on one output. A float expected output raises
+    atol to 1e-6 for this and every later input of the run, as its loop does; a mismatch under
+    a nonzero atol needs the same type (and length) and allclose with rtol 1e-7."""
+    exact = out == exp
+    if dataset == "mbpp":
+        if entry == "are_equivalent":       # Mbpp/164: any output
+            exact = exact or True
+        elif entry == "sum_div":            # Mbpp/295
+            exact = exact or out == 0
+        elif entry == "surface_Area":       # Mbpp/581
+            exact = exact or abs(out - _mbpp_surface_area(*inp)) <= atol
+        elif entry == "digit_distance_nums":   # Mbpp/558
+            exact = exact or out == _mbpp_digit_distance(*inp)
+        elif entry in MBPP_SET_EQ:
+            exact = set(out) == set(exp)
+        elif entry in MBPP_NOT_NONE:        # exp: was the canonical's output not None
+            exact = out == exp if isinstance(out, bool) else exp == (out is not None)
+    if dataset == "humaneval" and entry == "find_zero":
+        return abs(_poly(*inp, out)) <= atol, atol
+    if atol == 0 and evalplus_is_floats(exp):
+        atol = 1e-6
+    if not exact and atol != 0:
+        return (type(out) == type(exp) and (not isinstance(exp, (list, tuple)) or len(out) == len(exp))
+                and evalplus_allclose(out, exp, rtol=1e-07, atol=atol)), atol
+    return bool(exact), atol
+
+
+# evaluate.py get_groundtruth -> gen/util trusted_exec: the canonical solution on a deep copy
+# of each input, timed per call (wall clock); for MBPP's not-None problems only whether its
+# output is not None. One json line back: per input set its times and pickled outputs.
+_EVALPLUS_TRUTH = """
+import base64, copy, io, json, pickle, time
+report, out, sys.stdout = [], sys.stdout, io.StringIO()   # what the code prints is not the report
+for inputs in pickle.loads(base64.b64decode(INPUTS)):
+    g = {}
+    exec(CODE, g)
+    fn = g[ENTRY]
+    outputs, times = [], []
+    for inp in inputs:
+        inp = copy.deepcopy(inp)
+        t0 = time.time()
+        outputs.append(fn(*inp))
+        times.append(time.time() - t0)
+    if NOT_NONE:
+        outputs = [o is not None for o in outputs]
+    report.append({"times": times, "floats": any(evalplus_is_floats(o) for o in outputs),
+                   "outputs": base64.b64encode(pickle.dumps(outputs)).decode()})
+out.write(json.dumps(report) + "\\n")
+"""
+
+# eval/__init__.py unsafe_execute with fast_check (evaluate.py's default): reliability_guard
+# (eval/utils.py: the functions it switches off, its data and stack limits; its 4 GB address
+# space is the sandbox's memory_mb), exec under swallowed io, then each input under its own
+# SIGALRM limit; the first failing input ends the run.
+_EVALPLUS_CHECK = """
+import base64, builtins, contextlib, faulthandler, io, os, pickle, resource, shutil, signal, subprocess
+INPUTS = pickle.loads(base64.b64decode(INPUTS))
+EXPECTED = pickle.loads(base64.b64decode(EXPECTED))
+
+
+class WriteOnly(io.StringIO):   # swallow_io's stream: reading it raises
+    def read(self, *args, **kwargs):
+        raise IOError
+
+    readline = readlines = read
+
+    def readable(self, *args, **kwargs):
+        return False
+
+
+@contextlib.contextmanager
+def swallow_io():
+    stream = WriteOnly()
+    with contextlib.redirect_stdout(stream), contextlib.redirect_stderr(stream):
+        stdin, sys.stdin = sys.stdin, stream
+        try:
+            yield
+        finally:
+            sys.stdin = stdin
+
+
+class TimeoutException(Exception):
+    pass
+
+
+def alarm(signum, frame):
+    raise TimeoutException("Timed out!")
+
+
+def guard():
+    for limit in (resource.RLIMIT_DATA, resource.RLIMIT_STACK):
+        try:
+            resource.setrlimit(limit, (4 << 30, 4 << 30))
+        except (ValueError, OSError):
+            pass   # a lower hard limit stays
+    faulthandler.disable()
+    os.environ["OMP_NUM_THREADS"] = "1"
+    for module, names in ((builtins, "exit quit open help"), (shutil, "rmtree move chown"),
+                          (subprocess, "Popen"),
+                          (os, "kill system putenv remove removedirs rmdir fchdir setuid fork "
+                               "forkpty killpg rename renames truncate replace unlink fchmod "
+                               "fchown chmod chown chroot lchflags lchmod lchown getcwd chdir")):
+        for name in names.split():
+            setattr(module, name, None)
+    for name in ("ipdb", "joblib", "resource", "psutil", "tkinter"):
+        sys.modules[name] = None
+
+
+def run():
+    atol, g = ATOL, {}
+    with swallow_io():
+        exec(CODE, g)
+        fn = g[ENTRY]
+    for inp, exp, limit in zip(INPUTS, EXPECTED, LIMITS):
+        signal.setitimer(signal.ITIMER_REAL, limit)
+        signal.signal(signal.SIGALRM, alarm)
+        try:
+            with swallow_io():
+                out = fn(*inp)
+        finally:
+            signal.setitimer(signal.ITIMER_REAL, 0)
+        passed, atol = evalplus_passes(out, exp, inp, atol, DATASET, ENTRY)
+        if not passed:
+            return False
+    return True
+
+
+guard()
+if not run():
+    raise SystemExit(1)
+"""
+
+
+def _evalplus_source(body, **constants):
+    """A sandbox program: `constants` as literals, the comparison functions' source, `body`."""
+    import inspect
+    funcs = [evalplus_is_floats, _as_array, evalplus_allclose, _poly, _mbpp_surface_area,
+             _mbpp_digit_distance, evalplus_passes]
+    return ("import cmath, itertools, math, sys\n"
+            + "".join(f"{k} = {v!r}\n" for k, v in dict(constants, MBPP_SET_EQ=MBPP_SET_EQ,
+                                                         MBPP_NOT_NONE=MBPP_NOT_NONE).items())
+            + "\n\n" + "\n\n".join(inspect.getsource(f) for f in funcs) + body)
+
+
+_EVALPLUS_TRUTHS = {}   # (problem_id, data_sha) -> the canonical solution's outputs and times
+
+
+def evalplus_truth(problem):
+    """{"base": ..., "plus": ...}, each {times, floats, outputs}: the canonical solution run on
+    the problem's inputs in the sandbox, its outputs pickled there and never loaded here.
+    Once per problem and process (evalplus caches it per dataset on disk)."""
+    key = (problem["problem_id"], problem["data_sha"])
+    if key not in _EVALPLUS_TRUTHS:
+        import sandbox
+        not_none = (EVALPLUS_RELEASES[problem["task"]]["dataset"] == "mbpp"
+                    and problem["entry_point"] in MBPP_NOT_NONE)
+        inputs = base64.b64encode(pickle.dumps([problem["base_input"], problem["plus_input"]]))
+        src = _evalplus_source(_EVALPLUS_TRUTH, CODE=problem["truth_code"], NOT_NONE=not_none,
+                               ENTRY=problem["entry_point"], INPUTS=inputs.decode())
+        r = sandbox.run_program(src, timeout=600, memory_mb=EVALPLUS_MEMORY_MB, max_output_bytes=1 << 28)
+        if r.status != "passed" or r.truncated:
+            raise RuntimeError(f"{problem['problem_id']}: its canonical solution did not run on its "
+                               f"own inputs in the sandbox ({r.status}): {r.stderr.strip()[-500:]}")
+        base, plus = json.loads(r.stdout)
+        _EVALPLUS_TRUTHS[key] = {"base": base, "plus": plus}
+    return _EVALPLUS_TRUTHS[key]
+
+
+def evalplus_program(problem, completion, part, min_time_limit):
+    """(program, wall seconds): prompt + completion checked on the `part` ("base" or "plus")
+    inputs, each input's limit max(min_time_limit, 4 x the canonical's time), the whole run
+    capped as untrusted_check caps it (its join's +1 s and +1 s) plus our start-up."""
+    truth = evalplus_truth(problem)[part]
+    limits = [max(min_time_limit, EVALPLUS_FACTOR * t) for t in truth["times"]]
+    src = _evalplus_source(_EVALPLUS_CHECK, DATASET=EVALPLUS_RELEASES[problem["task"]]["dataset"],
+                           ENTRY=problem["entry_point"], ATOL=problem["atol"], LIMITS=limits,
+                           CODE=problem["prompt"] + completion, EXPECTED=truth["outputs"],
+                           INPUTS=base64.b64encode(pickle.dumps(problem[f"{part}_input"])).decode())
+    return src, min(EVALPLUS_TASK_CAP_S, sum(limits)) + 2 + EVALPLUS_STARTUP_S
+
+
+def score_evalplus(items, workers, min_time_limit):
+    """[{correct, base, isolation}] for (problem, completion) pairs: `base` passes the base
+    tests, `correct` the base and the plus tests (EvalPlus's "+" score). The plus run is
+    skipped where the base run failed: it cannot change either verdict."""
+    import sandbox
+    # the canonical solutions first, one at a time (evalplus times them with nothing else running)
+    for p in {p["problem_id"]: p for p, _ in items}.values():
+        evalplus_truth(p)
+
+    def check(problem, completion, part):
+        src, wall = evalplus_program(problem, completion, part, min_time_limit)
+        return sandbox.check_many([src], timeout=wall, workers=1, memory_mb=EVALPLUS_MEMORY_MB)[0]
+
+    def one(item):
+        base = check(*item, "base")
+        return {"correct": base and check(*item, "plus"), "base": base,
+                "isolation": sandbox.setup().isolation}
+
+    with ThreadPoolExecutor(workers) as ex:   # the work is in child processes
+        return list(ex.map(one, items))
+
+
 # ---- scoring ------------------------------------------------------------------------------
 def program(task, problem, completion):
     """The program that decides a code completion (code_contests: run once per test's stdin)."""
@@ -782,6 +1227,8 @@ def score_batch(task, items, workers=None, timeout=None):
     if task == "code_contests":
         with ThreadPoolExecutor(workers) as ex:   # the work is in child processes
             return list(ex.map(lambda pc: _run_contest(*pc), items))
+    if task in EVALPLUS_RELEASES:   # `timeout` is the least time limit of one test there
+        return score_evalplus(items, workers, timeout or TASKS[task]["timeout"])
     import sandbox
     programs = [program(task, p, c) for p, c in items]
     if task != "tinycode":
@@ -1021,9 +1468,10 @@ def evaluate_task(task, problems, generate, *, n_samples, ks=(1,), temperature, 
     with open(tmp, "w") as f:
         json.dump(summary, f, indent=1)
     os.replace(tmp, os.path.join(out_dir, "summary.json"))
-    print(f"{task}: " + ", ".join(f"pass@{k} {summary[f'pass@{k}']['mean']:.4f} "
-                                  f"[{summary[f'pass@{k}']['ci95'][0]:.4f}, {summary[f'pass@{k}']['ci95'][1]:.4f}]"
-                                  for k in ks) + f" over {len(rows)} problems -> {out_dir}")
+    print(f"{task}: " + ", ".join(f"{m} {summary[m]['mean']:.4f} [{summary[m]['ci95'][0]:.4f}, "
+                                  f"{summary[m]['ci95'][1]:.4f}]" for k in ks
+                                  for m in (f"pass@{k}", f"base_pass@{k}") if m in summary)
+          + f" over {len(rows)} problems -> {out_dir}")
     return summary
 
 
@@ -1037,6 +1485,9 @@ def summarize(task, rows, ks, n_boot=10000):
     for k in ks:
         mean, lo, hi = bootstrap_ci([pass_at_k(r["n"], r["c"], k) for r in rows], n_boot, seed=0)
         out[f"pass@{k}"] = {"mean": mean, "ci95": [lo, hi]}
+        if rows and all("base" in r for r in rows):   # EvalPlus: the base tests alone, beside "+"
+            mean, lo, hi = bootstrap_ci([pass_at_k(r["n"], sum(r["base"]), k) for r in rows], n_boot, seed=0)
+            out[f"base_pass@{k}"] = {"mean": mean, "ci95": [lo, hi]}
     # the reference harness's own scores, beside ours: mean over samples, CI over problems
     for key in ("strict-match", "flexible-extract", "minerva_exact_match", "lm_eval_math_verify",
                 "math_verify"):
@@ -1101,7 +1552,8 @@ def score_samples(task, problems, samples_path, out_dir, ks=(1,), workers=None, 
     with open(os.path.join(out_dir, "summary.json"), "w") as f:
         json.dump(summary, f, indent=1)
     print(f"{task}: {len(pids)} of {len(problems)} problems, {len(items)} samples from {samples_path}: "
-          + ", ".join(f"pass@{k} {summary[f'pass@{k}']['mean']:.4f}" for k in sorted(set(ks))))
+          + ", ".join(f"{m} {summary[m]['mean']:.4f}" for k in sorted(set(ks))
+                      for m in (f"pass@{k}", f"base_pass@{k}") if m in summary))
     return summary
 
 
@@ -1341,7 +1793,8 @@ def main(argv=None):
     s.add_argument("--path", help="local data instead of the hub")
     s.add_argument("--limit", type=int)
     s.add_argument("--workers", type=int)
-    s.add_argument("--timeout", type=float, help="seconds per program (default: the task's)")
+    s.add_argument("--timeout", type=float, help="seconds per program (default: the task's); "
+                   "humaneval+/mbpp+: the least time limit of one test (EvalPlus's min_time_limit)")
     r = sub.add_parser("run", help="sample a checkpoint or a pretrained model on a task and "
                        "score it (resumable)")
     r.add_argument("ckpt", help="a run dir (its ckpt.pt), a checkpoint file, or a pretrained "
