@@ -61,7 +61,7 @@ def data_section(exp_dir):
            "| train samples (problems) | val samples (problems) |", "|---|---|---|---|---|---|"]
     for s, v in zip(train["sources"], val["sources"]):
         c = s["counts"]   # per source, counted before the split (the same in both metas)
-        overlap = ", ".join(f"{k.rsplit('_', 1)[-1]} {n}" for k, n in c.items()
+        overlap = ", ".join(f"{k.removeprefix('dropped_problems_overlap_')} {n}" for k, n in c.items()
                             if k.startswith("dropped_problems_overlap_")) or "0"
         md.append(f"| {s['source']} | {c.get('problems', 0)} | {overlap} | "
                   f"{c.get('dropped_longer_than_block_size', 0)} | {s['kept_train']} ({s['problems_train']}) "
