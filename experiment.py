@@ -17,7 +17,8 @@ Steps, each skipped when its output is already there (a killed experiment contin
   3. train the Rho-1 reference on correct solutions (its CE is scored on first use)
   4. train every arm for every seed: same config except the arm's keys (ARMS)
   5. evaluate the base and every run on each of the setting's evaluations (eval.py run)
-  6. write exp_dir/report.md with the tables (the base model's own score a row) and pictures
+  6. per-head top-1 accuracy of the base and every run on the validation split (heads.json)
+  7. write exp_dir/report.md with the tables (the base model's own score a row) and pictures
 Runs are subprocesses (`python train.py ...`, or torchrun with nproc_per_node > 1);
 on CPU `jobs` of them run side by side, each with cores/jobs threads.
 """
@@ -279,6 +280,40 @@ def progress(out_dir):
         return "starting"
 
 
+def head_accuracies(cfg, models, data_dir, start_keys):
+    """Step 6: each model's per-head top-1 accuracy on the validation split's correct
+    solutions (eval.head_accuracy: overall and by the target token's frequency in the train
+    split) into <out dir>/heads.json, skipped where that is there. models: [(out dir, model)],
+    a run dir or a pretrained model; a pretrained model is loaded as every run starts from
+    it, with start_keys' heads (a finished run's config: n_future, head_init, block_size)."""
+    todo = [(d, m) for d, m in models if not os.path.exists(os.path.join(d, "heads.json"))]
+    if not todo:
+        return
+    import data
+    import eval as ev
+    import pretrained
+    import sample
+    import train
+    device = train.resolve_device(cfg["device"])
+    # a relative data_dir is relative to this directory, as for train.py (run from here)
+    val, train_split = (data.PreparedSplit(os.path.join(HERE, data_dir, s)) for s in ("val", "train"))
+    for out_dir, source in todo:
+        print(f"per-head accuracy on the validation split: {source}")
+        if pretrained.is_pretrained_source(source):
+            model = pretrained.load_pretrained(source, n_future=start_keys["n_future"],
+                                               head_init=start_keys["head_init"],
+                                               max_seq_len=start_keys["block_size"], device=device)[0]
+        else:
+            model = sample.load_model(source, device)[0]
+        c = model.config
+        # the forward pass holds (B, T, H, V) logits: at most ~2**28 of them (1 GB in fp32)
+        batch = max(1, min(32, 2**28 // (start_keys["block_size"] * c.n_future * c.vocab_size)))
+        acc = ev.head_accuracy(model, val, train_split, device=device, batch_size=batch)
+        with open(os.path.join(out_dir, "heads.json"), "w") as f:
+            json.dump(dict(acc, model=source, batch_size=batch), f, indent=1)
+        del model
+
+
 def prepare_real(cfg, setting, source, data_dir):
     """A real setting's data, each step skipped when its output is there: the base model's
     own samples on MBPP train, labelled by MBPP's tests (selflabel.py: resumable), then the
@@ -392,7 +427,11 @@ def main(argv):
                dynamic_ncols=True)
     run_all(cfg, jobs, bar)
     bar.close()
-    # 6. the report
+    # 6. per-head accuracy on the validation split: the base (as the runs start from it) and every run
+    start_keys = json.load(open(os.path.join(ref_dir, "config.json")))
+    head_accuracies(cfg, [(base_dir, base["init_from"])] + [(d, d) for _, _, d in runs], base["data_dir"],
+                    start_keys)
+    # 7. the report
     import report
     table = report.write(cfg, arms, seeds, runs, ref_dir, wall_s=time.time() - t0,
                          evals=[(n, e, a) for n, e, a in evals])
