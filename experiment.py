@@ -20,7 +20,7 @@ Steps, each skipped when its output is already there (a killed experiment contin
   6. per-head top-1 accuracy of the base and every run on the validation split (heads.json)
   7. write exp_dir/report.md with the tables (the base model's own score a row) and pictures
 Runs are subprocesses (`python train.py ...`, or torchrun with nproc_per_node > 1);
-on CPU `jobs` of them run side by side, each with cores/jobs threads.
+on CPU `jobs` of them run side by side, each with cores/jobs threads (at most OMP_NUM_THREADS).
 """
 import importlib.util
 import json
@@ -227,6 +227,11 @@ def run_all(cfg, jobs, bar):
     finished jobs."""
     queue, running = list(jobs), []
     cores = os.cpu_count() or 1
+    # a caller's OMP_NUM_THREADS caps each job's threads (the tests: one per xdist worker).
+    # OpenMP threads on a core another process holds wait at every barrier: with 2 threads
+    # beside one busy process on 2 cores, the smoke's 2-problem MBPP evaluation of one run
+    # took 95 s, the same evaluation of the other runs 7 s
+    cap = int(os.environ.get("OMP_NUM_THREADS") or cores)
 
     def start(out_dir, steps):
         """Start the job's first step not done yet; False if none is left. A job that runs
@@ -236,7 +241,7 @@ def run_all(cfg, jobs, bar):
             return False
         (cmd, done), rest = steps[0], steps[1:]
         alone = not running and not any(all(finished(d) for d in j[2]) for j in queue)
-        threads = cores if alone else max(1, cores // max(1, cfg["jobs"]))
+        threads = min(cap, cores if alone else max(1, cores // max(1, cfg["jobs"])))
         env = {**os.environ, "OMP_NUM_THREADS": str(threads), "PYTHONUNBUFFERED": "1"}
         os.makedirs(out_dir, exist_ok=True)
         log = open(os.path.join(out_dir, "train.log"), "a")
