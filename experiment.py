@@ -98,9 +98,12 @@ SETTINGS = {
         # 16 samples x ~200 tokens = ~3K tokens a step; 300 steps = 4,800 samples, ~1.4
         # epochs of the ~3.4K samples (366 references + 374 x 8 self-labelled; the
         # baseline and the reference see the correct ones only, more epochs of fewer)
+        # value_surprise=False: on a pretrained model the surprise features add nothing to
+        # the trunk state's AUC (dev/LOG.md, the critic's inputs), as in config/critic_1b.py
         train=dict(n_future=4, head_init="copy", block_size=2048, batch_size=16, max_iters=300,
                    lr_decay_iters=300, warmup_iters=20, learning_rate=2e-5, min_lr=2e-6,
-                   weight_decay=0.0, eval_interval=100, eval_samples=128, log_interval=10),
+                   weight_decay=0.0, eval_interval=100, eval_samples=128, log_interval=10,
+                   value_surprise=False),
         # whole test sets (limit 0), as published numbers are
         # eval.py's presets (the harnesses' protocols); sampled: the pass@100 protocol's T=0.8
         # with 10 samples instead of 200 (pass@1 and pass@10 only), to fit the hour
@@ -120,7 +123,7 @@ SETTINGS = {
         train=dict(n_future=4, head_init="copy", block_size=512, batch_size=2, max_iters=2,
                    lr_decay_iters=2, warmup_iters=1, learning_rate=1e-5, min_lr=1e-6,
                    eval_interval=2, eval_samples=2, log_interval=1, ref_ce_mode="online",
-                   critic_pretrain_epochs=0.01, dtype="float32"),
+                   critic_pretrain_epochs=0.01, dtype="float32", value_surprise=False),
         evals={"mbpp": dict(task="mbpp", path="{mbpp}", max_new_tokens=12, limit=2, **GREEDY),
                "humaneval_sampled": dict(task="humaneval", max_new_tokens=12, limit=2, n_samples=2,
                                          temperature=0.8, top_p=0.95, k=[1, 2])},
