@@ -112,17 +112,25 @@ SETTINGS = {
                "humaneval_sampled": dict(preset="humaneval-pass100", limit=0, **SAMPLED),
                "mbpp_sampled": dict(preset="mbpp-pass100", path="{mbpp}", limit=0, **SAMPLED)},
     ),
-    # the coder setting's whole code path on a CPU in ~2 minutes: SmolLM2-135M (offline),
+    # the coder setting's whole code path on a CPU in a few minutes: SmolLM2-135M (offline),
     # a few problems, a few steps, tiny completions. Plumbing, not evidence: SmolLM2 passes
-    # 0 of 164 HumanEval problems (dev/LOG.md)
+    # 0 of 164 HumanEval problems (dev/LOG.md). Its time goes to forward passes of a 135M
+    # model on one core and, in each of its ~13 processes, loading torch, the model and its
+    # tokenizer: ~6 s from the .gguf (its 300K-string tokenizer header parsed, the weights
+    # dequantized), < 1 s from an HF dir (tests/test_experiment_real.py writes one)
     "smoke": dict(
+        # val_frac 0.01: 3 MBPP problems. The critic's AUC and drift probes read the whole
+        # validation split (up to 256 / 64 samples) at every evaluation and log line: at
+        # 0.05 (18 samples) they took 70% of the critic run's time
         data=dict(mbpp=SHARED_MBPP, selflabel=dict(n=2, temperature=0.8, top_p=0.95, max_new_tokens=24, limit=3),
-                  block_size=512, n_samples=0, val_frac=0.05),
+                  block_size=512, n_samples=0, val_frac=0.01),
         base="pretrained", pretrained=SMOLLM2_GGUF,
-        # online reference CE: scoring all ~400 samples once would cost more than the 2 steps
+        # online reference CE: scoring all ~400 samples once would cost more than the 2 steps;
+        # eval_interval past the end: evaluated (and the 1.7 GB checkpoint written) at the
+        # start and the end only
         train=dict(n_future=4, head_init="copy", block_size=512, batch_size=2, max_iters=2,
                    lr_decay_iters=2, warmup_iters=1, learning_rate=1e-5, min_lr=1e-6,
-                   eval_interval=2, eval_samples=2, log_interval=1, ref_ce_mode="online",
+                   eval_interval=100, eval_samples=2, log_interval=1, ref_ce_mode="online",
                    critic_pretrain_epochs=0.01, dtype="float32", value_surprise=False),
         evals={"mbpp": dict(task="mbpp", path="{mbpp}", max_new_tokens=12, limit=2, **GREEDY),
                "humaneval_sampled": dict(task="humaneval", max_new_tokens=12, limit=2, n_samples=2,
