@@ -376,4 +376,4 @@ if __name__ == "__main__":
             continue
         name, seed = d.rsplit("-s", 1)
         runs.append((name, int(seed), os.path.join(runs_dir, d)))
-    print(write(cfg, {n for n, _, _ in runs}, sorted({s for _, s, _ in runs}), runs, None, evals))
+    print(write(cfg, {n for n, _, _ in runs}, sorted({s for _, s, _ in runs}), runs, None, evals=evals))

@@ -8,6 +8,8 @@ import json
 import math
 import os
 import re
+import subprocess
+import sys
 
 import numpy as np
 import pytest
@@ -132,6 +134,12 @@ def test_experiment_end_to_end_and_resume(small_tinycode, tmp_path, capsys):
     for p in pictures:
         assert os.path.getsize(os.path.join(exp_dir, p)) > 1000
     check_heads_and_auc(exp_dir, report, ("baseline", "critic", "rho1"), (0, 1))
+    # `python report.py exp_dir` rebuilds the same results from the finished runs
+    os.rename(os.path.join(exp_dir, "report.md"), os.path.join(exp_dir, "report-experiment.md"))
+    subprocess.run([sys.executable, os.path.join(experiment.HERE, "report.py"), exp_dir], check=True,
+                   capture_output=True)
+    rebuilt = open(os.path.join(exp_dir, "report.md")).read()
+    assert rebuilt.split("## Results", 1)[1] == report.split("## Results", 1)[1]
 
     # a rerun trains and evaluates nothing again
     def stamps():
