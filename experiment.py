@@ -17,9 +17,10 @@ Steps, each skipped when its output is already there (a killed experiment contin
   3. train the Rho-1 reference on correct solutions (its CE is scored on first use)
   4. train every arm for every seed: same config except the arm's keys (ARMS)
   5. evaluate the base and every run on each of the setting's evaluations (eval.py run)
-  6. write exp_dir/report.md with the tables (the base model's own score a row) and pictures
+  6. per-head top-1 accuracy of the base and every run on the validation split (heads.json)
+  7. write exp_dir/report.md with the tables (the base model's own score a row) and pictures
 Runs are subprocesses (`python train.py ...`, or torchrun with nproc_per_node > 1);
-on CPU `jobs` of them run side by side, each with cores/jobs threads.
+on CPU `jobs` of them run side by side, each with cores/jobs threads (at most OMP_NUM_THREADS).
 """
 import importlib.util
 import json
@@ -97,9 +98,12 @@ SETTINGS = {
         # 16 samples x ~200 tokens = ~3K tokens a step; 300 steps = 4,800 samples, ~1.4
         # epochs of the ~3.4K samples (366 references + 374 x 8 self-labelled; the
         # baseline and the reference see the correct ones only, more epochs of fewer)
+        # value_surprise=False: on a pretrained model the surprise features add nothing to
+        # the trunk state's AUC (dev/LOG.md, the critic's inputs), as in config/critic_1b.py
         train=dict(n_future=4, head_init="copy", block_size=2048, batch_size=16, max_iters=300,
                    lr_decay_iters=300, warmup_iters=20, learning_rate=2e-5, min_lr=2e-6,
-                   weight_decay=0.0, eval_interval=100, eval_samples=128, log_interval=10),
+                   weight_decay=0.0, eval_interval=100, eval_samples=128, log_interval=10,
+                   value_surprise=False),
         # whole test sets (limit 0), as published numbers are
         # eval.py's presets (the harnesses' protocols); sampled: the pass@100 protocol's T=0.8
         # with 10 samples instead of 200 (pass@1 and pass@10 only), to fit the hour
@@ -108,18 +112,26 @@ SETTINGS = {
                "humaneval_sampled": dict(preset="humaneval-pass100", limit=0, **SAMPLED),
                "mbpp_sampled": dict(preset="mbpp-pass100", path="{mbpp}", limit=0, **SAMPLED)},
     ),
-    # the coder setting's whole code path on a CPU in ~2 minutes: SmolLM2-135M (offline),
+    # the coder setting's whole code path on a CPU in a few minutes: SmolLM2-135M (offline),
     # a few problems, a few steps, tiny completions. Plumbing, not evidence: SmolLM2 passes
-    # 0 of 164 HumanEval problems (dev/LOG.md)
+    # 0 of 164 HumanEval problems (dev/LOG.md). Its time goes to forward passes of a 135M
+    # model on one core and, in each of its ~13 processes, loading torch, the model and its
+    # tokenizer: ~6 s from the .gguf (its 300K-string tokenizer header parsed, the weights
+    # dequantized), < 1 s from an HF dir (tests/test_experiment_real.py writes one)
     "smoke": dict(
+        # val_frac 0.01: 3 MBPP problems. The critic's AUC and drift probes read the whole
+        # validation split (up to 256 / 64 samples) at every evaluation and log line: at
+        # 0.05 (18 samples) they took 70% of the critic run's time
         data=dict(mbpp=SHARED_MBPP, selflabel=dict(n=2, temperature=0.8, top_p=0.95, max_new_tokens=24, limit=3),
-                  block_size=512, n_samples=0, val_frac=0.05),
+                  block_size=512, n_samples=0, val_frac=0.01),
         base="pretrained", pretrained=SMOLLM2_GGUF,
-        # online reference CE: scoring all ~400 samples once would cost more than the 2 steps
+        # online reference CE: scoring all ~400 samples once would cost more than the 2 steps;
+        # eval_interval past the end: evaluated (and the 1.7 GB checkpoint written) at the
+        # start and the end only
         train=dict(n_future=4, head_init="copy", block_size=512, batch_size=2, max_iters=2,
                    lr_decay_iters=2, warmup_iters=1, learning_rate=1e-5, min_lr=1e-6,
-                   eval_interval=2, eval_samples=2, log_interval=1, ref_ce_mode="online",
-                   critic_pretrain_epochs=0.01, dtype="float32"),
+                   eval_interval=100, eval_samples=2, log_interval=1, ref_ce_mode="online",
+                   critic_pretrain_epochs=0.01, dtype="float32", value_surprise=False),
         evals={"mbpp": dict(task="mbpp", path="{mbpp}", max_new_tokens=12, limit=2, **GREEDY),
                "humaneval_sampled": dict(task="humaneval", max_new_tokens=12, limit=2, n_samples=2,
                                          temperature=0.8, top_p=0.95, k=[1, 2])},
@@ -226,6 +238,11 @@ def run_all(cfg, jobs, bar):
     finished jobs."""
     queue, running = list(jobs), []
     cores = os.cpu_count() or 1
+    # a caller's OMP_NUM_THREADS caps each job's threads (the tests: one per xdist worker).
+    # OpenMP threads on a core another process holds wait at every barrier: with 2 threads
+    # beside one busy process on 2 cores, the smoke's 2-problem MBPP evaluation of one run
+    # took 95 s, the same evaluation of the other runs 7 s
+    cap = int(os.environ.get("OMP_NUM_THREADS") or cores)
 
     def start(out_dir, steps):
         """Start the job's first step not done yet; False if none is left. A job that runs
@@ -235,7 +252,7 @@ def run_all(cfg, jobs, bar):
             return False
         (cmd, done), rest = steps[0], steps[1:]
         alone = not running and not any(all(finished(d) for d in j[2]) for j in queue)
-        threads = cores if alone else max(1, cores // max(1, cfg["jobs"]))
+        threads = min(cap, cores if alone else max(1, cores // max(1, cfg["jobs"])))
         env = {**os.environ, "OMP_NUM_THREADS": str(threads), "PYTHONUNBUFFERED": "1"}
         os.makedirs(out_dir, exist_ok=True)
         log = open(os.path.join(out_dir, "train.log"), "a")
@@ -277,6 +294,40 @@ def progress(out_dir):
         return str(max(r["iter"] for r in rows))
     except (OSError, ValueError):
         return "starting"
+
+
+def head_accuracies(cfg, models, data_dir, start_keys):
+    """Step 6: each model's per-head top-1 accuracy on the validation split's correct
+    solutions (eval.head_accuracy: overall and by the target token's frequency in the train
+    split) into <out dir>/heads.json, skipped where that is there. models: [(out dir, model)],
+    a run dir or a pretrained model; a pretrained model is loaded as every run starts from
+    it, with start_keys' heads (a finished run's config: n_future, head_init, block_size)."""
+    todo = [(d, m) for d, m in models if not os.path.exists(os.path.join(d, "heads.json"))]
+    if not todo:
+        return
+    import data
+    import eval as ev
+    import pretrained
+    import sample
+    import train
+    device = train.resolve_device(cfg["device"])
+    # a relative data_dir is relative to this directory, as for train.py (run from here)
+    val, train_split = (data.PreparedSplit(os.path.join(HERE, data_dir, s)) for s in ("val", "train"))
+    for out_dir, source in todo:
+        print(f"per-head accuracy on the validation split: {source}")
+        if pretrained.is_pretrained_source(source):
+            model = pretrained.load_pretrained(source, n_future=start_keys["n_future"],
+                                               head_init=start_keys["head_init"],
+                                               max_seq_len=start_keys["block_size"], device=device)[0]
+        else:
+            model = sample.load_model(source, device)[0]
+        c = model.config
+        # the forward pass holds (B, T, H, V) logits: at most ~2**28 of them (1 GB in fp32)
+        batch = max(1, min(32, 2**28 // (start_keys["block_size"] * c.n_future * c.vocab_size)))
+        acc = ev.head_accuracy(model, val, train_split, device=device, batch_size=batch)
+        with open(os.path.join(out_dir, "heads.json"), "w") as f:
+            json.dump(dict(acc, model=source, batch_size=batch), f, indent=1)
+        del model
 
 
 def prepare_real(cfg, setting, source, data_dir):
@@ -392,7 +443,11 @@ def main(argv):
                dynamic_ncols=True)
     run_all(cfg, jobs, bar)
     bar.close()
-    # 6. the report
+    # 6. per-head accuracy on the validation split: the base (as the runs start from it) and every run
+    start_keys = json.load(open(os.path.join(ref_dir, "config.json")))
+    head_accuracies(cfg, [(base_dir, base["init_from"])] + [(d, d) for _, _, d in runs], base["data_dir"],
+                    start_keys)
+    # 7. the report
     import report
     table = report.write(cfg, arms, seeds, runs, ref_dir, wall_s=time.time() - t0,
                          evals=[(n, e, a) for n, e, a in evals])

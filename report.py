@@ -1,5 +1,5 @@
 """
-The experiment's report: one table and five pictures, written next to each other.
+The experiment's report: tables and five pictures, written next to each other.
 
     python report.py out/experiment           # rebuild report.md from finished runs
 
@@ -9,7 +9,9 @@ CE, weight distributions (per scheme and head), the critic's value drift, and pa
 resample both the training seeds and the test problems (eval.bootstrap_ci_seeds), so they
 hold the seed-to-seed spread; Δ vs baseline has a Wilcoxon signed-rank p paired by seed
 (the test that can support a claim; with 3 seeds it cannot go below 0.25) and one paired
-by problem on seed-averaged pass@1 (which ignores the seed spread).
+by problem on seed-averaged pass@1 (which ignores the seed spread). Two more tables: each
+head's top-1 accuracy on the validation split (the base included), and the critic's
+value-head AUC per seed.
 """
 import json
 import os
@@ -17,6 +19,8 @@ import sys
 from datetime import date
 
 import numpy as np
+
+HERE = os.path.dirname(os.path.abspath(__file__))
 
 
 def read_jsonl(path):
@@ -37,6 +41,8 @@ def load(run, edirs=("eval",), trained=True):
         r["evals"][e] = {"eval": json.load(open(os.path.join(run, e, "summary.json"))),
                          "nc": {pid: (x["n"], x["c"]) for pid, x in rows.items()}}
     r.update(r["evals"][edirs[0]])
+    if os.path.exists(os.path.join(run, "heads.json")):   # experiment.py step 6
+        r["heads"] = json.load(open(os.path.join(run, "heads.json")))
     return r
 
 
@@ -61,7 +67,7 @@ def data_section(exp_dir):
            "| train samples (problems) | val samples (problems) |", "|---|---|---|---|---|---|"]
     for s, v in zip(train["sources"], val["sources"]):
         c = s["counts"]   # per source, counted before the split (the same in both metas)
-        overlap = ", ".join(f"{k.rsplit('_', 1)[-1]} {n}" for k, n in c.items()
+        overlap = ", ".join(f"{k.removeprefix('dropped_problems_overlap_')} {n}" for k, n in c.items()
                             if k.startswith("dropped_problems_overlap_")) or "0"
         md.append(f"| {s['source']} | {c.get('problems', 0)} | {overlap} | "
                   f"{c.get('dropped_longer_than_block_size', 0)} | {s['kept_train']} ({s['problems_train']}) "
@@ -114,6 +120,64 @@ def table(by_scheme, ks, baseline="baseline"):
             cells += ["—", "—", "—"]
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)
+
+
+def mean_sd(values, scale=100):
+    """'mean ± sd' over seeds (sample sd), or the one value."""
+    v = scale * np.asarray(values, float)
+    return f"{v.mean():.1f} ± {v.std(ddof=1):.1f}" if len(v) > 1 else f"{v[0]:.1f}"
+
+
+def heads_table(by_scheme):
+    """Markdown lines: per-head top-1 accuracy on the validation split (each run's
+    heads.json), mean ± sd over seeds, a row per scheme; [] where a run has none."""
+    if not all("heads" in r for runs in by_scheme.values() for r in runs):
+        return []
+    rows = {s: [r["heads"] for r in runs] for s, runs in by_scheme.items()}
+    H = len(next(iter(rows.values()))[0]["heads"])
+    n_tokens = sorted({h["n_tokens"] for hs in rows.values() for h in hs})
+    md = ["### Per-head accuracy", "",
+          f"Top-1 accuracy of head k (predicting x_t+k) on the validation split's correct "
+          f"solutions ({' / '.join(map(str, n_tokens))} targets of head 1; eval.head_accuracy), in %, "
+          f"mean ± sd over seeds. The base row is the model every run starts from.", "",
+          "| scheme | seeds | " + " | ".join(f"head {k + 1}" for k in range(H)) + " |",
+          "|" + "---|" * (H + 2)]
+    for s, hs in rows.items():
+        md.append(f"| {s} | {len(hs)} | " + " | ".join(
+            mean_sd([h["heads"][k]["accuracy"] for h in hs]) for k in range(H)) + " |")
+    return md + [""]
+
+
+def auc_table(by_scheme):
+    """Markdown lines: each critic run's value-head AUC on the validation solutions (train.py
+    logs val_value_auc: V just before the last token, correct vs incorrect) at its first,
+    best and last evaluation; [] without critic runs."""
+    md, val = [], None
+    for s, runs in by_scheme.items():
+        for r in runs:
+            auc = [(x["iter"], x["val_value_auc"]) for x in r["log"] if "val_value_auc" in x]
+            if not auc:
+                continue
+            best = max(auc, key=lambda a: -np.inf if np.isnan(a[1]) else a[1])
+            md.append(f"| {s} | {r['seed']} | {fmt_auc(auc[0])} | {fmt_auc(best)} | {fmt_auc(auc[-1])} |")
+            cfg = json.load(open(os.path.join(r["train"]["out_dir"], "config.json")))
+            val = os.path.join(HERE, cfg["data_dir"], "val", "meta.json")   # relative: to train.py's dir
+    if not md:
+        return []
+    what = ""
+    if os.path.exists(val):
+        m = json.load(open(val))
+        what = (f" (the validation split: {m['n_samples']} solutions, {m['n_correct']} correct; "
+                f"train.py reads the first 256)")
+    return ["### Value-head AUC", "",
+            f"How well the critic's value just before the last token tells the correct from the "
+            f"incorrect validation solutions{what}; 0.5 is chance, nan: one class only. "
+            f"Per seed, at the run's first, best and last evaluation (step).", "",
+            "| scheme | seed | first | best | last |", "|---|---|---|---|---|", *md, ""]
+
+
+def fmt_auc(step_auc):
+    return f"{step_auc[1]:.3f} ({step_auc[0]})"
 
 
 # ---- pictures --------------------------------------------------------------------------------
@@ -242,7 +306,7 @@ def write(cfg, arms, seeds, runs, ref_dir, wall_s=None, evals=None):
     by_scheme = {}
     for name, seed, d in runs:
         r = load(d, edirs)
-        r["train"]["out_dir"] = d
+        r["train"]["out_dir"], r["seed"] = d, seed
         by_scheme.setdefault(name, []).append(r)
     base_dir = os.path.join(cfg["exp_dir"], "runs", "base")
     base_trained = os.path.exists(os.path.join(base_dir, "summary.json"))
@@ -282,12 +346,7 @@ def write(cfg, arms, seeds, runs, ref_dir, wall_s=None, evals=None):
                f"the {sum(map(len, by_scheme.values()))} runs (not the base or the reference): {train_min:.0f} min.", ""]
     md += data_section(cfg["exp_dir"])
     md += ["## Results", "", tab, ""]
-    for name, rs in by_scheme.items():   # how well each critic's value head tells correct from incorrect
-        auc = [[row["val_value_auc"] for row in r["log"] if "val_value_auc" in row] for r in rs]
-        if all(auc):
-            md += [f"{name}: value-head AUC on the validation solutions (V just before the last "
-                   f"token), per seed, first / best / last evaluation: " +
-                   "; ".join(f"{a[0]:.2f} / {max(a):.2f} / {a[-1]:.2f}" for a in auc), ""]
+    md += heads_table({**base_row, **by_scheme}) + auc_table(by_scheme)
     md += ["## Pictures", ""]
     captions = {"passk": "pass@k with 95% CIs", "loss": "Training loss over seeds",
                 "val_ce": "Per-head validation CE", "weights": "Weight distributions per scheme and head",
@@ -317,4 +376,4 @@ if __name__ == "__main__":
             continue
         name, seed = d.rsplit("-s", 1)
         runs.append((name, int(seed), os.path.join(runs_dir, d)))
-    print(write(cfg, {n for n, _, _ in runs}, sorted({s for _, s, _ in runs}), runs, None, evals))
+    print(write(cfg, {n for n, _, _ in runs}, sorted({s for _, s, _ in runs}), runs, None, evals=evals))

@@ -1,16 +1,24 @@
 """experiment.py end to end on a very small tinycode: every arm trains and is evaluated,
-report.md and its pictures appear, and a rerun redoes only what is missing.
+report.md and its pictures appear, its per-head accuracy and value-AUC tables hold what the
+saved checkpoints and the critic's logs say, and a rerun redoes only what is missing.
 
     python -m pytest tests/test_experiment.py -q
 """
 import json
+import math
 import os
 import re
+import subprocess
+import sys
 
+import numpy as np
 import pytest
 
 import data
+import eval as ev
 import experiment
+import pretrained
+import sample
 
 
 @pytest.fixture(scope="module")
@@ -28,6 +36,55 @@ def argv(exp_dir, data_dir, **kw):
                max_new_tokens=12, device="cpu", jobs=2,
                overrides=",".join(f"{k}={v}" for k, v in train.items()), **kw)
     return [f"--{k}={v}" for k, v in cfg.items()]
+
+
+def report_rows(report, heading):
+    """The rows (lists of cells) of the markdown table under '### heading', header excluded."""
+    section = report.split(f"### {heading}\n", 1)[1].split("\n### ", 1)[0]
+    return [[c.strip() for c in line.strip("|").split("|")] for line in section.splitlines()
+            if line.startswith("| ") and not line.startswith("| scheme")]
+
+
+def check_heads_and_auc(exp_dir, report, schemes, seeds):
+    """report.md's per-head accuracy table equals eval.head_accuracy recomputed here on the
+    saved checkpoints (and on the base as every run starts from it: a run dir, or the
+    pretrained model with the runs' heads), mean and sample sd over seeds; its value-AUC
+    table equals the critic runs' logs (first, best, last evaluation)."""
+    runs = os.path.join(exp_dir, "runs")
+    ref = json.load(open(os.path.join(runs, "reference", "config.json")))
+    val, train = (data.PreparedSplit(os.path.join(experiment.HERE, ref["data_dir"], s)) for s in ("val", "train"))
+
+    def accuracy(source):
+        if pretrained.is_pretrained_source(source):
+            model = pretrained.load_pretrained(source, n_future=ref["n_future"], head_init=ref["head_init"],
+                                               max_seq_len=ref["block_size"])[0]
+        else:
+            model = sample.load_model(source)[0]
+        return [h["accuracy"] for h in ev.head_accuracy(model, val, train, batch_size=1)["heads"]]
+
+    table = {row[0]: row[1:] for row in report_rows(report, "Per-head accuracy")}
+    expected = {"base": [accuracy(ref["init_from"])]}
+    expected.update({s: [accuracy(os.path.join(runs, f"{s}-s{i}")) for i in seeds] for s in schemes})
+    assert set(table) == set(expected)
+    for scheme, accs in expected.items():
+        a = 100 * np.array(accs)                                   # (seeds, H)
+        assert table[scheme][0] == str(len(accs)) and len(table[scheme]) == 1 + a.shape[1] == 1 + ref["n_future"]
+        for k, cell in enumerate(table[scheme][1:]):
+            mean, _, sd = cell.partition(" ± ")
+            assert abs(float(mean) - a[:, k].mean()) <= 0.05 + 1e-9, (scheme, k, cell)
+            if len(accs) > 1:
+                assert abs(float(sd) - a[:, k].std(ddof=1)) <= 0.05 + 1e-9, (scheme, k, cell)
+    # the critic's value-head AUC per seed, as its log has it
+    rows = report_rows(report, "Value-head AUC")
+    assert [(r[0], int(r[1])) for r in rows] == [("critic", i) for i in seeds]
+    for scheme, seed, *cells in rows:
+        log = [json.loads(line) for line in open(os.path.join(runs, f"{scheme}-s{seed}", "log.jsonl"))]
+        auc = [(x["iter"], x["val_value_auc"]) for x in log if "val_value_auc" in x]
+        best = max(auc, key=lambda a: -math.inf if math.isnan(a[1]) else a[1])
+        for cell, (step, value) in zip(cells, [auc[0], best, auc[-1]]):
+            got, got_step = re.fullmatch(r"(\S+) \((\d+)\)", cell).groups()
+            assert int(got_step) == step
+            assert (math.isnan(value) and got == "nan") or abs(float(got) - value) <= 5e-4 + 1e-9, (cell, value)
 
 
 def test_parse_overrides():
@@ -76,6 +133,13 @@ def test_experiment_end_to_end_and_resume(small_tinycode, tmp_path, capsys):
     assert len(pictures) == 5
     for p in pictures:
         assert os.path.getsize(os.path.join(exp_dir, p)) > 1000
+    check_heads_and_auc(exp_dir, report, ("baseline", "critic", "rho1"), (0, 1))
+    # `python report.py exp_dir` rebuilds the same results from the finished runs
+    os.rename(os.path.join(exp_dir, "report.md"), os.path.join(exp_dir, "report-experiment.md"))
+    subprocess.run([sys.executable, os.path.join(experiment.HERE, "report.py"), exp_dir], check=True,
+                   capture_output=True)
+    rebuilt = open(os.path.join(exp_dir, "report.md")).read()
+    assert rebuilt.split("## Results", 1)[1] == report.split("## Results", 1)[1]
 
     # a rerun trains and evaluates nothing again
     def stamps():

@@ -96,15 +96,51 @@ def write_parquet(path, rows):
     return str(path)
 
 
+def code_contests_features():
+    """deepmind/code_contests' columns as `datasets` types, from its dataset card (Data
+    Fields: source, difficulty and a solution's language are class labels, 0 = UNKNOWN_*)
+    and contest_problem.proto for the numeric widths. `datasets` stores a sequence of
+    {input, output} / {language, solution} as a struct of lists, as the hub's parquet has it."""
+    import datasets as hf
+    tests = hf.Sequence({"input": hf.Value("string"), "output": hf.Value("string")})
+    solutions = hf.Sequence({"language": hf.ClassLabel(names=list(sources.CC_LANGUAGES.values())),
+                             "solution": hf.Value("string")})
+    difficulty = ["UNKNOWN_DIFFICULTY", "EASY", "MEDIUM", "HARD", "HARDER", "HARDEST", "EXTERNAL",
+                  *"ABCDEFGHIJKLMNOPQRSTUV"]
+    return hf.Features({
+        "name": hf.Value("string"), "description": hf.Value("string"),
+        "public_tests": tests, "private_tests": tests, "generated_tests": tests,
+        "source": hf.ClassLabel(names=["UNKNOWN_SOURCE", "CODECHEF", "CODEFORCES", "HACKEREARTH",
+                                       "CODEJAM", "ATCODER", "AIZU"]),
+        "difficulty": hf.ClassLabel(names=difficulty),
+        "solutions": solutions, "incorrect_solutions": solutions,
+        "cf_contest_id": hf.Value("int32"), "cf_index": hf.Value("string"),
+        "cf_points": hf.Value("float32"), "cf_rating": hf.Value("int32"),
+        "cf_tags": hf.Sequence(hf.Value("string")),
+        "is_description_translated": hf.Value("bool"), "untranslated_description": hf.Value("string"),
+        "time_limit": {"seconds": hf.Value("int64"), "nanos": hf.Value("int32")},
+        "memory_limit_bytes": hf.Value("int64"), "input_file": hf.Value("string"),
+        "output_file": hf.Value("string")})
+
+
+def write_code_contests(d, splits):
+    """{split: [[rows of shard 0], [rows of shard 1], ...]} -> d/<split>-0000i-of-0000n.parquet
+    as the hub names its shards, each written by `datasets` with the hub's column types."""
+    import datasets as hf
+    features = code_contests_features()
+    for split, shards in splits.items():
+        for i, rows in enumerate(shards):
+            path = os.path.join(d, f"{split}-{i:05d}-of-{len(shards):05d}.parquet")
+            os.makedirs(d, exist_ok=True)
+            hf.Dataset.from_list(rows, features=features).to_parquet(path)
+    return str(d)
+
+
 @pytest.fixture
 def cc_dir(tmp_path):
-    """The hub's layout: data/{train,valid,test}-0000n-of-0000m.parquet."""
-    d = tmp_path / "code_contests" / "data"
-    write_parquet(str(d / "train-00000-of-00002.parquet"), CC_TRAIN[:2])
-    write_parquet(str(d / "train-00001-of-00002.parquet"), CC_TRAIN[2:])
-    write_parquet(str(d / "valid-00000-of-00001.parquet"), CC_VALID)
-    write_parquet(str(d / "test-00000-of-00001.parquet"), CC_TEST)
-    return str(d)
+    """The hub's layout and column types: data/{train,valid,test}-0000n-of-0000m.parquet."""
+    return write_code_contests(str(tmp_path / "code_contests" / "data"),
+                               {"train": [CC_TRAIN[:2], CC_TRAIN[2:]], "valid": [CC_VALID], "test": [CC_TEST]})
 
 
 def run_source(name, path, **options):
@@ -130,6 +166,21 @@ def test_code_contests_labels_languages_duplicates(cc_dir):
     # Python 2 only on request
     out2, _ = run_source("code_contests", cc_dir, languages=(1, 3))
     assert "print sum(map(int, raw_input().split()))\n" in [s["completion"] for s in out2[0][1]]
+
+
+def test_code_contests_parquet_reads_as_the_hub_stream_does(cc_dir):
+    """The local path (pyarrow, sources.file_rows) gives code_contests() the rows that
+    `datasets` gives from the same parquet, which is what the hub path streams; every
+    column of the schema is there, and a problem without a time limit gets the default."""
+    import datasets as hf
+    files = sources.local_files(cc_dir, "train")
+    ours = [r for f in files for r in sources.file_rows(f)]
+    theirs = list(hf.load_dataset("parquet", data_files=files, split="train", streaming=True))
+    assert ours == theirs == CC_TRAIN
+    assert set(ours[0]) == set(code_contests_features())
+    assert ours[0]["solutions"]["language"][:2] == [3, 3]      # class labels stay ints
+    no_limit = {**CC_TRAIN[0], "time_limit": None}               # "None if not defined" (the card)
+    assert ev.code_contests_tests(no_limit)[1] == 2.0
 
 
 def test_code_contests_caps_are_seeded_and_order_free(cc_dir, tmp_path):
