@@ -29,6 +29,14 @@ What it costs over 'simple', per head: one more forward of the head block (pass 
 recomputes what pass 1 threw away) and one more vocabulary projection (the backward
 recomputes the logits pass 1 threw away). bench.py measures it.
 
+One pass, `forward_backward`, when the weights are known before the CE (the baseline's
+w = 1): Gloeckle et al.'s order exactly, each head's forward and backward in turn after the
+trunk's forward, and nothing recomputed. With w known, d loss / d logits = w / N *
+(softmax - onehot) is known as soon as a chunk's logits are, so the chunk loop computes the
+CE and both gradients from the same logits (Liger's fused linear CE does the same): three
+vocabulary projections per head, as in 'simple' (forward, d/dh, d/dW), and no head block
+twice. train.py takes this path for the schemes whose weights do not read the CE.
+
 Dropout: pass 2 restores the random state each head had in pass 1, so it draws the same
 masks and the gradients are those of the CE the weights were computed from.
 
@@ -84,6 +92,23 @@ def ce_and_lse(h, weight, target, chunk, dtype):
     return ce, lse
 
 
+@torch.no_grad()
+def chunk_grads(softmax, target, g, h_c, w_c, grad_w, dtype, want_h=True):
+    """The backward of sum_i g[i] * ce[i] through one chunk's logits = h_c @ W.T, from
+    their softmax (n, V) fp32, overwritten: d ce / d logits = softmax - onehot(target),
+    zero where target = -1. Adds d/dW into grad_w (V, D) fp32; returns d/dh_c (n, D) in
+    `dtype` (None unless want_h). In place throughout: no (n, V) or (V, D) temporaries."""
+    t = target.clamp(min=0)[:, None]
+    d = softmax.scatter_add_(1, t, -torch.ones_like(t, dtype=softmax.dtype))   # - onehot
+    d.mul_(torch.where(target >= 0, g, 0.0)[:, None])
+    d = d.to(dtype)
+    if d.dtype == grad_w.dtype:
+        grad_w.addmm_(d.T, h_c)                                     # (V, D) += (V, n) @ (n, D)
+    else:   # bf16 products, summed in fp32
+        grad_w += (d.T @ h_c.to(dtype)).to(grad_w.dtype)
+    return d @ w_c if want_h else None
+
+
 class LinearCE(torch.autograd.Function):
     """ce (N,) = logsumexp(h @ W.T) - (h @ W.T)[target], with the forward's results known
     from pass 1 (ce, lse): the forward only records what the backward needs. The backward
@@ -104,7 +129,7 @@ class LinearCE(torch.autograd.Function):
     @staticmethod
     def backward(ctx, grad_ce):
         h, weight, target, lse = ctx.saved_tensors
-        g = torch.where(target >= 0, grad_ce, 0.0).to(lse.dtype)           # (N,)
+        g = grad_ce.to(lse.dtype)                     # (N,); chunk_grads zeroes rows without target
         grad_h = torch.empty_like(h) if ctx.needs_input_grad[0] else None
         if ctx.grad_w_sum[0] is None:
             ctx.grad_w_sum[0] = torch.zeros(weight.shape, dtype=lse.dtype, device=weight.device)
@@ -112,19 +137,12 @@ class LinearCE(torch.autograd.Function):
         w_c = weight.to(ctx.dtype)
         for s in range(0, h.shape[0], ctx.chunk):
             h_c = h[s:s + ctx.chunk]
-            # in place throughout: one (n, V) buffer per chunk, no (V, D) temporaries
-            d = chunk_logits(h_c, weight, ctx.dtype)                        # (n, V) fp32
-            d.sub_(lse[s:s + ctx.chunk, None]).exp_()                       # softmax
-            t = target[s:s + ctx.chunk].clamp(min=0)[:, None]
-            d.scatter_add_(1, t, -torch.ones_like(t, dtype=d.dtype))        # - onehot
-            d.mul_(g[s:s + ctx.chunk, None])
-            d = d.to(ctx.dtype)
+            logits = chunk_logits(h_c, weight, ctx.dtype)                   # (n, V) fp32
+            softmax = logits.sub_(lse[s:s + ctx.chunk, None]).exp_()        # in place
+            grad_h_c = chunk_grads(softmax, target[s:s + ctx.chunk], g[s:s + ctx.chunk],
+                                   h_c, w_c, grad_w, ctx.dtype, grad_h is not None)
             if grad_h is not None:
-                grad_h[s:s + ctx.chunk] = (d @ w_c).to(h.dtype)
-            if d.dtype == grad_w.dtype:
-                grad_w.addmm_(d.T, h_c)                                     # (V, D) += (V, n) @ (n, D)
-            else:   # bf16 products, summed in fp32
-                grad_w += (d.T @ h_c.to(ctx.dtype)).to(grad_w.dtype)
+                grad_h[s:s + ctx.chunk] = grad_h_c.to(h.dtype)
         if not ctx.last:
             return grad_h, None, None, None, None, None, None, None, None
         ctx.grad_w_sum[0] = None
@@ -214,6 +232,73 @@ def next_token_ce(model, idx, chunk=0):
     ce, _ = ce_and_lse(h, W, nxt.flatten(), chunk_rows(chunk, W.shape[0]),
                        compute_dtype(idx.device.type, W.dtype))
     return ce.view(B, T)
+
+
+def forward_backward(model, idx, targets, w, n_valid, chunk=0, kernel="torch", scale=None,
+                     ctx=None):
+    """The whole loss in one pass, for weights known before the CE: the gradient of
+
+        sum_{t,k} w[t, k] * CE[t, k] / n_valid
+
+    into every parameter, and the CE (B, T, H) fp32 detached (what mtp_cross_entropy(
+    model(idx), targets) gives, for the logged loss). idx (B, T), targets (B, T, H), w
+    (B, T, H) detached; scale(loss) -> the tensor to backpropagate (loss scaling, world
+    size; a constant factor); ctx the autocast context. Gloeckle et al. 2024, sec. 2: the
+    trunk's forward, then each head's forward and backward in turn (its graph freed before
+    the next head's), then one backward through the trunk. The vocabulary projection runs
+    in chunks of rows: each chunk's logits give its CE and, w being known, their gradient
+    at once (chunk_grads), so no logits are recomputed. Dropout draws what the two-pass
+    path's pass 1 draws: the trunk's masks, then each head's in order."""
+    B, T, H = targets.shape
+    W = model.output.weight
+    dev = idx.device
+    rows = chunk_rows(chunk, W.shape[0])
+    dtype = compute_dtype(dev.type, W.dtype)
+    acc = torch.promote_types(dtype, torch.float32)              # the logits' and sums' dtype
+    with ctx or nullcontext():
+        trunk, cos, sin = model.trunk_forward(idx)               # (B, T, D), with graph
+    x = trunk.detach().requires_grad_()                          # every head's input
+    # scale is a constant factor (GradScaler's scale times the world size): the gradient of
+    # scale(loss) is that factor times the loss's
+    factor = scale(torch.ones((), device=dev)) if scale else 1.0
+    ce = torch.zeros(B, T, H, dtype=torch.float32, device=dev)
+    grad_w = None                       # (V, D) fp32: d/dW summed over heads, then W.grad
+    for k in range(H):
+        with ctx or nullcontext():
+            h = model.head_hidden(k, x, cos, sin).flatten(0, 1)      # (B*T, D), with graph
+        t = targets[..., k].flatten()
+        g = w[..., k].detach().flatten().to(acc) * factor / n_valid  # (B*T,) d loss / d ce
+        if kernel != "torch":   # a fused kernel's own autograd: its forward, then backward
+            with ctx or nullcontext():
+                ce_k = cce_per_token(h, W, t)
+            (g * ce_k).sum().backward()
+            ce[..., k] = ce_k.detach().view(B, T)
+            continue
+        if grad_w is None:
+            grad_w = torch.zeros(W.shape, dtype=acc, device=dev)
+        grad_h = torch.empty_like(h)
+        ce_k = torch.empty(h.shape[0], dtype=acc, device=dev)
+        w_c = W.detach().to(dtype)
+        with torch.no_grad():
+            for s in range(0, h.shape[0], rows):
+                h_c, t_c = h[s:s + rows], t[s:s + rows]
+                logits = chunk_logits(h_c, W.detach(), dtype)            # (n, V) fp32
+                lsm = logits.log_softmax(dim=-1)
+                del logits
+                ce_k[s:s + rows] = torch.where(
+                    t_c >= 0, -lsm.gather(1, t_c.clamp(min=0)[:, None]).squeeze(1), 0.0)
+                grad_h[s:s + rows] = chunk_grads(lsm.exp_(), t_c, g[s:s + rows], h_c, w_c,
+                                                 grad_w, dtype).to(h.dtype)
+        ce[..., k] = ce_k.view(B, T)
+        h.backward(grad_h)              # head k's block and the norm; frees its graph
+    if grad_w is not None:              # the unembedding's gradient, as autograd would add it
+        if W.grad is None:
+            W.grad = grad_w.to(W.dtype)
+        else:
+            W.grad += grad_w.to(W.dtype)
+    if x.grad is not None:
+        trunk.backward(x.grad)          # Gloeckle et al. sec. 2: the trunk last
+    return ce
 
 
 def backward(p, model, w, n_valid, term=None, extra_loss=None, scale=None, heads=True, ctx=None):

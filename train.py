@@ -128,6 +128,12 @@ wandb_run_name = ""
 # -----------------------------------------------------------------------------
 DEFAULTS = {k: v for k, v in globals().items()
             if not k.startswith("_") and isinstance(v, (int, float, bool, str))}
+# weightings whose w reads nothing the forward computes (no CE, no values, no random draw
+# after it): with loss_impl='chunked' their step is one pass (mtp_loss.forward_backward),
+# the others' two (CE first, weights, then the backward). 'random_matched' reads no CE
+# but draws its weights after the forward's dropout masks, as the baseline's masks: kept
+# on two passes so that the arms keep drawing the same masks.
+WEIGHTS_BEFORE_CE = ("uniform",)
 MODEL_KEYS = ("n_layer", "n_future", "n_head", "n_kv_head", "d_model", "d_ff",
               "rope_theta", "tie_embeddings", "dropout", "value_detach", "value_surprise")
 
@@ -584,6 +590,7 @@ def train(cfg):
     if family not in weights.SCHEMES:
         raise ValueError(f"control_of={c.control_of!r} is not a scheme: {sorted(weights.SCHEMES)}")
     use_critic, use_ref = family == "critic", family == "rho1"
+    one_pass = c.loss_impl == "chunked" and c.weighting in WEIGHTS_BEFORE_CE
     for key, allowed in (("train_on", ("correct", "all")), ("weight_norm", ("heads", "tokens")),
                          ("loss_impl", ("chunked", "simple")), ("loss_kernel", ("torch", "cce")),
                          ("data_parallel", ("ddp", "fsdp")), ("checkpoint_format", ("file", "dcp")),
@@ -845,7 +852,8 @@ def train(cfg):
 
     @torch.no_grad()
     def scheme_weights(mb, ce, values, norm_stats=None):
-        """w (B, T, H) of one micro-batch, and the critic's values (V = 0 at terminal states)."""
+        """w (B, T, H) of one micro-batch, and the critic's values (V = 0 at terminal states).
+        ce None: the weights are asked for before the CE (WEIGHTS_BEFORE_CE)."""
         valid, kw, v = mb["targets"] >= 0, {}, None
         if use_ref:
             kw["ref_ce"] = online_ref_ce(ref, mb["tokens"], ctx, c.loss_chunk) if ref is not None \
@@ -855,7 +863,7 @@ def train(cfg):
             kw.update(values=v, rewards=mb["rewards"], moments=moments)
         if c.weighting == "random_matched":
             return weights.random_matched(valid, matched), v
-        w = scheme(ce.detach(), valid, cfg=c, norm_stats=norm_stats, **kw)
+        w = scheme(None if ce is None else ce.detach(), valid, cfg=c, norm_stats=norm_stats, **kw)
         return (weights.shuffled(w, valid) if c.weighting == "shuffled" else w), v
 
     while True:
@@ -940,46 +948,55 @@ def train(cfg):
                 parallel.set_gradient_sync(raw_model, last)
             with model.no_sync() if wrapped and not last else nullcontext():
                 torch.manual_seed(seed_of(i))
-                ce, values, heads = forward(model, mb)
-                valid = mb["targets"] >= 0
-                with torch.no_grad():
-                    norm_stats = {} if step_norm else None
-                    w, v = scheme_weights(mb, ce, values, norm_stats)
-                    if step_norm:
-                        w = w * weights.step_scale(norm_stats, *step_norm)
-                    if use_critic:
-                        delta = weights.td_errors(v, mb["rewards"], H, c.gamma)[valid]
-                        delta_stats += torch.stack([torch.tensor(delta.numel(), device=device),
-                                                    delta.sum(), delta.pow(2).sum()]).double()
-                    if pretraining:
-                        w = torch.zeros_like(w)                       # LM loss off
-                    bad |= ~torch.isfinite(w).all()          # on the device: no sync here
-                lm_ce, term = ce, None
-                if use_critic and c.incorrect_mode == "signed":
-                    # advantage sign kept: where the TD error of an incorrect solution is
-                    # negative, push the token's probability down instead of pulling it up
-                    neg = (weights.td_errors(v, mb["rewards"], H, c.gamma) < 0) & \
-                        (mb["is_correct"].to(device) == 0)[:, None, None]
-                    lm_ce = unlikelihood_where(ce, neg)
-                    term = lambda ce_k, k: unlikelihood_where(ce_k, neg[..., k])
-                if pretraining and c.value_detach and not wrapped:
-                    loss = ce.new_zeros(())   # w = 0 and the LM waits: skip its backward pass
-                else:                         # (DDP needs every parameter in the graph)
-                    loss = weights.weighted_loss(lm_ce, w, n_valid)   # 'chunked': the value only
-                value_loss = None
-                if use_critic:
-                    value_loss = critic_value_loss(values, v, mb, value_memory, train_split, c, n_states)
-                    loss = loss + c.value_coef * value_loss
-                    seen.append((mb["sample_ids"], mb["lengths"], values.detach().float()))
-                    stats[2] += value_loss.detach().double()
                 # DDP averages gradients over ranks; the loss is already a global mean
                 scale = lambda l: scaler.scale(l * world_size)
-                if heads is None:
-                    scale(loss).backward()
-                else:   # the same gradient, head by head (mtp_loss.py)
-                    mtp_loss.backward(heads, raw_model, w, n_valid, term=term, scale=scale, ctx=ctx,
-                                      extra_loss=c.value_coef * value_loss if use_critic else None,
-                                      heads=not pretraining)
+                if one_pass:   # w known before the CE: each head's forward and backward at once
+                    valid = mb["targets"] >= 0
+                    with torch.no_grad():
+                        w = scheme_weights(mb, None, None)[0]
+                        bad |= ~torch.isfinite(w).all()
+                    ce = mtp_loss.forward_backward(raw_model, mb["tokens"], mb["targets"], w, n_valid,
+                                                   c.loss_chunk, c.loss_kernel, scale=scale, ctx=ctx)
+                    loss = weights.weighted_loss(ce, w, n_valid)      # the value only
+                else:
+                    ce, values, heads = forward(model, mb)
+                    valid = mb["targets"] >= 0
+                    with torch.no_grad():
+                        norm_stats = {} if step_norm else None
+                        w, v = scheme_weights(mb, ce, values, norm_stats)
+                        if step_norm:
+                            w = w * weights.step_scale(norm_stats, *step_norm)
+                        if use_critic:
+                            delta = weights.td_errors(v, mb["rewards"], H, c.gamma)[valid]
+                            delta_stats += torch.stack([torch.tensor(delta.numel(), device=device),
+                                                        delta.sum(), delta.pow(2).sum()]).double()
+                        if pretraining:
+                            w = torch.zeros_like(w)                       # LM loss off
+                        bad |= ~torch.isfinite(w).all()          # on the device: no sync here
+                    lm_ce, term = ce, None
+                    if use_critic and c.incorrect_mode == "signed":
+                        # advantage sign kept: where the TD error of an incorrect solution is
+                        # negative, push the token's probability down instead of pulling it up
+                        neg = (weights.td_errors(v, mb["rewards"], H, c.gamma) < 0) & \
+                            (mb["is_correct"].to(device) == 0)[:, None, None]
+                        lm_ce = unlikelihood_where(ce, neg)
+                        term = lambda ce_k, k: unlikelihood_where(ce_k, neg[..., k])
+                    if pretraining and c.value_detach and not wrapped:
+                        loss = ce.new_zeros(())   # w = 0 and the LM waits: skip its backward pass
+                    else:                         # (DDP needs every parameter in the graph)
+                        loss = weights.weighted_loss(lm_ce, w, n_valid)   # 'chunked': the value only
+                    value_loss = None
+                    if use_critic:
+                        value_loss = critic_value_loss(values, v, mb, value_memory, train_split, c, n_states)
+                        loss = loss + c.value_coef * value_loss
+                        seen.append((mb["sample_ids"], mb["lengths"], values.detach().float()))
+                        stats[2] += value_loss.detach().double()
+                    if heads is None:
+                        scale(loss).backward()
+                    else:   # the same gradient, head by head (mtp_loss.py)
+                        mtp_loss.backward(heads, raw_model, w, n_valid, term=term, scale=scale, ctx=ctx,
+                                          extra_loss=c.value_coef * value_loss if use_critic else None,
+                                          heads=not pretraining)
             with torch.no_grad():
                 stats[0] += loss.double()
                 stats[1] += mb["lengths"].sum()

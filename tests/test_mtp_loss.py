@@ -141,6 +141,49 @@ def test_float32_gradients_within_1e_5():
     assert_same_grads(g_b, g_a, rtol=1e-5)
 
 
+# ---- one pass: the weights known before the CE ------------------------------------------
+@pytest.mark.parametrize("case", ["uniform", "random_w", "untied", "dropout", "float32", "scaled"])
+def test_one_pass_gradients_equal_the_simple_path(case):
+    """forward_backward (each head's forward and backward at once, no pass 1) gives the
+    simple path's CE and gradients: every head, tied or untied unembedding, dropout (the
+    same masks), chunks that do not divide B*T, float32 at a larger V, and a loss scale."""
+    kw = {"untied": dict(tie_embeddings=False), "dropout": dict(dropout=0.3),
+          "float32": dict(vocab_size=512)}.get(case, {})
+    m = tiny_model(**kw)
+    V = m.config.vocab_size
+    if case == "float32":
+        m = m.float()
+    tokens, mask, targets = batch(V=V)
+    valid = targets >= 0
+    n = valid.sum().float()
+    dt = next(m.parameters()).dtype
+    w = valid.to(dt) if case in ("uniform", "dropout") else torch.rand(targets.shape, dtype=dt) * valid
+    factor = 3.0 if case == "scaled" else 1.0     # train.py's world size / GradScaler's scale
+    torch.manual_seed(5)
+    ce_a, g_a = simple_step(m, tokens, targets, w * factor, n)
+    m.zero_grad(set_to_none=True)
+    torch.manual_seed(5)
+    ce_b = mtp_loss.forward_backward(m, tokens, targets, w, n, chunk=5,
+                                     scale=lambda loss: loss * factor)
+    torch.testing.assert_close(ce_b, ce_a, rtol=1e-6, atol=1e-6)
+    assert_same_grads(grads(m), g_a, rtol=1e-5)
+
+
+def test_one_pass_adds_to_existing_gradients():
+    """Gradient accumulation: a second micro-batch's gradient adds to the first's in every
+    parameter, the unembedding's (written by hand) included."""
+    m = tiny_model(tie_embeddings=False)
+    tokens, mask, targets = batch()
+    valid = targets >= 0
+    w, n = valid.double(), valid.sum().float()
+    half = [slice(0, 1), slice(1, 3)]
+    _, want = simple_step(m, tokens, targets, w, n)
+    m.zero_grad(set_to_none=True)
+    for s in half:
+        mtp_loss.forward_backward(m, tokens[s], targets[s], w[s], n, chunk=4)
+    assert_same_grads(grads(m), want, rtol=1e-5)
+
+
 # ---- the training loop: 'chunked' trains as 'simple' does ------------------------------
 from test_schemes import toy  # noqa: E402,F401  (the module fixture: toy data + a reference)
 from test_train import read_log, tiny_cfg, train_rows  # noqa: E402
@@ -182,4 +225,28 @@ def test_training_steps_equal_the_simple_path(toy, tmp_path, arm):
     wb = train.load_checkpoint(str(tmp_path / "chunked"))["model"]
     # after 5 AdamW steps, relative to each tensor's scale: Adam divides by sqrt(v), so an
     # entry whose gradient is ~0 turns float rounding into an lr-sized step (3.6e-5 seen)
+    assert_same_grads(wb, wa, rtol=1e-4)
+
+
+def test_baseline_one_pass_takes_the_two_pass_steps(toy, tmp_path, monkeypatch):
+    """The baseline's step through one pass (train.WEIGHTS_BEFORE_CE) and through the
+    two-pass path every other scheme takes: the same losses, gradient norms, validation
+    and final weights, with gradient accumulation and dropout on."""
+    toy_data, _ = toy
+    keys = dict(max_iters=4, eval_interval=4, loss_chunk=7, dropout=0.1)
+    calls = []
+    one_pass = mtp_loss.forward_backward
+    monkeypatch.setattr(mtp_loss, "forward_backward", lambda *a, **k: calls.append(1) or one_pass(*a, **k))
+    train.train(tiny_cfg(toy_data, tmp_path / "one", **keys))
+    assert len(calls) == 4 * 2          # every micro-batch of every step took the one pass
+    monkeypatch.setattr(train, "WEIGHTS_BEFORE_CE", ())
+    train.train(tiny_cfg(toy_data, tmp_path / "two", **keys))
+    assert len(calls) == 4 * 2
+    a, b = train_rows(tmp_path / "two"), train_rows(tmp_path / "one")
+    assert sorted(a) == sorted(b) == [1, 2, 3, 4]
+    for it in a:
+        assert b[it][0] == pytest.approx(a[it][0], rel=1e-6), it
+        assert b[it][1] == pytest.approx(a[it][1], rel=1e-5), it
+    wa = train.load_checkpoint(str(tmp_path / "two"))["model"]
+    wb = train.load_checkpoint(str(tmp_path / "one"))["model"]
     assert_same_grads(wb, wa, rtol=1e-4)
