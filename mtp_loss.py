@@ -73,6 +73,19 @@ def chunk_logits(h, weight, dtype):
     return F.linear(h.to(dtype), weight.to(dtype)).to(torch.promote_types(dtype, torch.float32))
 
 
+def chunk_ce_lse(logits, target):
+    """One chunk's per-row CE and log-sum-exp from its logits (n, V) fp32 (left as they
+    are), target (n,) with -1 = none -> ce (0 where no target, mtp_cross_entropy's
+    ignore_index=-1), lse (n,). Both loss paths call this, so their CE and softmax are
+    the same floats."""
+    # F.cross_entropy's fused log-softmax is ~3x faster than torch.logsumexp on CPU;
+    # every row gets a target (0 for none) so that every row's lse is finite
+    t0 = target.clamp(min=0)
+    ce_all = F.cross_entropy(logits, t0, reduction="none")
+    lse = ce_all + logits.gather(1, t0[:, None]).squeeze(1)
+    return torch.where(target >= 0, ce_all, 0.0), lse
+
+
 @torch.no_grad()
 def ce_and_lse(h, weight, target, chunk, dtype):
     """Per-row CE and log-sum-exp of logits h @ weight.T, chunk rows at a time.
@@ -82,13 +95,7 @@ def ce_and_lse(h, weight, target, chunk, dtype):
     lse = torch.empty_like(ce)
     for s in range(0, h.shape[0], chunk):
         logits = chunk_logits(h[s:s + chunk], weight, dtype)            # (n, V) fp32
-        t = target[s:s + chunk]
-        # F.cross_entropy's fused log-softmax is ~3x faster than torch.logsumexp on CPU;
-        # every row gets a target (0 for none) so that every row's lse is finite
-        t0 = t.clamp(min=0)
-        ce_all = F.cross_entropy(logits, t0, reduction="none")
-        lse[s:s + chunk] = ce_all + logits.gather(1, t0[:, None]).squeeze(1)
-        ce[s:s + chunk] = torch.where(t >= 0, ce_all, 0.0)
+        ce[s:s + chunk], lse[s:s + chunk] = chunk_ce_lse(logits, target[s:s + chunk])
     return ce, lse
 
 
@@ -260,14 +267,15 @@ def forward_backward(model, idx, targets, w, n_valid, chunk=0, kernel="torch", s
     x = trunk.detach().requires_grad_()                          # every head's input
     # scale is a constant factor (GradScaler's scale times the world size): the gradient of
     # scale(loss) is that factor times the loss's
-    factor = scale(torch.ones((), device=dev)) if scale else 1.0
+    factor = scale(torch.ones((), device=dev)) if scale else torch.ones((), device=dev)
     ce = torch.zeros(B, T, H, dtype=torch.float32, device=dev)
     grad_w = None                       # (V, D) fp32: d/dW summed over heads, then W.grad
     for k in range(H):
         with ctx or nullcontext():
             h = model.head_hidden(k, x, cos, sin).flatten(0, 1)      # (B*T, D), with graph
         t = targets[..., k].flatten()
-        g = w[..., k].detach().flatten().to(acc) * factor / n_valid  # (B*T,) d loss / d ce
+        # d loss / d ce (B*T,), the floats autograd gives two-pass's backward: w * (factor / N)
+        g = (w[..., k].detach() * (factor / n_valid)).flatten().to(acc)
         if kernel != "torch":   # a fused kernel's own autograd: its forward, then backward
             with ctx or nullcontext():
                 ce_k = cce_per_token(h, W, t)
@@ -283,11 +291,9 @@ def forward_backward(model, idx, targets, w, n_valid, chunk=0, kernel="torch", s
             for s in range(0, h.shape[0], rows):
                 h_c, t_c = h[s:s + rows], t[s:s + rows]
                 logits = chunk_logits(h_c, W.detach(), dtype)            # (n, V) fp32
-                lsm = logits.log_softmax(dim=-1)
-                del logits
-                ce_k[s:s + rows] = torch.where(
-                    t_c >= 0, -lsm.gather(1, t_c.clamp(min=0)[:, None]).squeeze(1), 0.0)
-                grad_h[s:s + rows] = chunk_grads(lsm.exp_(), t_c, g[s:s + rows], h_c, w_c,
+                ce_k[s:s + rows], lse = chunk_ce_lse(logits, t_c)
+                softmax = logits.sub_(lse[:, None]).exp_()               # in place
+                grad_h[s:s + rows] = chunk_grads(softmax, t_c, g[s:s + rows], h_c, w_c,
                                                  grad_w, dtype).to(h.dtype)
         ce[..., k] = ce_k.view(B, T)
         h.backward(grad_h)              # head k's block and the norm; frees its graph

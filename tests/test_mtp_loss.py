@@ -230,8 +230,9 @@ def test_training_steps_equal_the_simple_path(toy, tmp_path, arm):
 
 def test_baseline_one_pass_takes_the_two_pass_steps(toy, tmp_path, monkeypatch):
     """The baseline's step through one pass (train.WEIGHTS_BEFORE_CE) and through the
-    two-pass path every other scheme takes: the same losses, gradient norms, validation
-    and final weights, with gradient accumulation and dropout on."""
+    two-pass path every other scheme takes: bit for bit the same losses, gradient norms and
+    final weights, with gradient accumulation and dropout on (the same floats in the same
+    order: the arms differ only in their weights, as before the one pass existed)."""
     toy_data, _ = toy
     keys = dict(max_iters=4, eval_interval=4, loss_chunk=7, dropout=0.1)
     calls = []
@@ -244,9 +245,7 @@ def test_baseline_one_pass_takes_the_two_pass_steps(toy, tmp_path, monkeypatch):
     assert len(calls) == 4 * 2
     a, b = train_rows(tmp_path / "two"), train_rows(tmp_path / "one")
     assert sorted(a) == sorted(b) == [1, 2, 3, 4]
-    for it in a:
-        assert b[it][0] == pytest.approx(a[it][0], rel=1e-6), it
-        assert b[it][1] == pytest.approx(a[it][1], rel=1e-5), it
+    assert a == b
     wa = train.load_checkpoint(str(tmp_path / "two"))["model"]
     wb = train.load_checkpoint(str(tmp_path / "one"))["model"]
-    assert_same_grads(wb, wa, rtol=1e-4)
+    assert wa.keys() == wb.keys() and all(torch.equal(wa[k], wb[k]) for k in wa)
