@@ -191,9 +191,10 @@ def save_checkpoint(path, state):
     os.replace(tmp, path)
 
 
-def load_checkpoint(path, map_location="cpu", sharded_ok=False):
+def load_checkpoint(path, map_location="cpu", sharded_ok=False, mmap=False):
     """A checkpoint file, or a run dir's ckpt.pt. sharded_ok: a 'dcp' checkpoint (its
-    weights in a directory beside it) is fine: only resuming reads those."""
+    weights in a directory beside it) is fine: only resuming reads those. mmap: tensors
+    stay in the file until read (FSDP's ranks other than 0 never read the weights)."""
     if not path.endswith(".pt"):
         path = os.path.join(path, "ckpt.pt")
     if not os.path.exists(path):
@@ -201,7 +202,7 @@ def load_checkpoint(path, map_location="cpu", sharded_ok=False):
                                 f"(with ckpt.pt), a .pt file, or a pretrained model (an HF dir with "
                                 f"config.json, a Meta dir with params.json, a .gguf file, hf:ORG/NAME)")
     try:
-        ckpt = torch.load(path, map_location=map_location, weights_only=False)
+        ckpt = torch.load(path, map_location=map_location, weights_only=False, mmap=mmap)
     except Exception as e:
         raise RuntimeError(f"checkpoint {path} is corrupt or truncated and cannot be read "
                            f"({type(e).__name__}: {e}); delete it to start from scratch") from None
@@ -663,20 +664,33 @@ def train(cfg):
     value_memory = np.full((2, len(train_split.tokens)), np.nan, dtype=np.float32) if use_critic else None
     ckpt, source_model, model_source, init_weights = None, None, None, None
     value_args = {k: v for k, v in model_args.items() if k.startswith("value_") or k == "dropout"}
-    if c.init_from not in ("scratch", "resume") and pretrained.is_pretrained_source(c.init_from):
+    # FSDP: only rank 0 builds the weights, in host memory, and parallel.materialize sends
+    # every rank its shards: at 7B no rank holds the whole model on its GPU, and only rank 0
+    # holds it at all. Checkpoints are memory-mapped, so the other ranks read only what
+    # they use (the optimizer state: the page cache is shared).
+    fsdp = ddp and c.data_parallel == "fsdp"
+    build = master or not fsdp
+    host = "cpu" if fsdp else device
+    from_pretrained = c.init_from not in ("scratch", "resume") and pretrained.is_pretrained_source(c.init_from)
+    if from_pretrained:
         # a pretrained model: its architecture, with this run's heads, dropout and value head
         check_source_tokenizer(c.init_from, tok_id, "init_from")
-        torch.manual_seed(c.seed)       # a fresh value head (and 'random' heads) seeded as a run
-        source_model, model_args, model_source = pretrained.load_pretrained(
-            c.init_from, n_future=c.n_future, head_init=c.head_init, max_seq_len=c.block_size,
-            device=device, **value_args)
+        if build:
+            torch.manual_seed(c.seed)   # a fresh value head (and 'random' heads) seeded as a run
+            source_model, model_args, model_source = pretrained.load_pretrained(
+                c.init_from, n_future=c.n_future, head_init=c.head_init, max_seq_len=c.block_size,
+                device=host, **value_args)
+        if fsdp:   # the other ranks learn the architecture, not the weights
+            box = [(model_args, model_source)]
+            dist.broadcast_object_list(box, src=0)
+            model_args, model_source = box[0]
         if enc.n_vocab > model_args["vocab_size"]:
             raise ValueError(f"init_from={c.init_from!r} has {model_args['vocab_size']} embedding rows, "
                              f"fewer than the tokenizer's {enc.n_vocab} tokens")
         say(f"init_from {c.init_from}: {model_source['format']} checkpoint; its architecture replaces "
             f"n_layer/n_head/d_model/...: {model_args}")
     if c.init_from == "resume":
-        ckpt = load_checkpoint(ckpt_path, map_location=device, sharded_ok=True)
+        ckpt = load_checkpoint(ckpt_path, map_location=host, sharded_ok=True, mmap=fsdp)
         data.check_tokenizer(ckpt["tokenizer"], tok_id, f"checkpoint {ckpt_path}")
         if ckpt["data_hash"] != train_split.meta["hash"]:
             raise ValueError(f"checkpoint {ckpt_path} was trained on other data (hash "
@@ -694,8 +708,8 @@ def train(cfg):
         probe_start = ckpt["probe_start"]
         if use_critic:
             value_memory = np.load(os.path.join(c.out_dir, "value_memory.npy"))
-    elif c.init_from != "scratch" and source_model is None:   # fine-tune another run: fresh optimizer, step 0
-        init = load_checkpoint(c.init_from, map_location=device)
+    elif c.init_from != "scratch" and not from_pretrained:   # fine-tune another run: fresh optimizer, step 0
+        init = load_checkpoint(c.init_from, map_location=host, mmap=fsdp)
         data.check_tokenizer(init["tokenizer"], tok_id, f"init_from checkpoint {c.init_from}")
         model_source = init.get("model_source")
         if model_source:   # a run that started from a pretrained model: its architecture
@@ -707,20 +721,27 @@ def train(cfg):
         init_weights = {k: v for k, v in init["model"].items() if not k.startswith("value_head.")}
         init = None
     torch.manual_seed(c.seed)   # same initial weights on every rank
-    raw_model = source_model.train() if source_model else Transformer(ModelConfig(**model_args)).to(device)
-    source_model = None
-    if ckpt and ckpt["model"] != "dcp":
-        raw_model.load_state_dict(ckpt["model"])
-    elif init_weights is not None:   # a value head is new here: it keeps its fresh init
-        missing, unexpected = raw_model.load_state_dict(init_weights, strict=False)
-        assert not unexpected and all(k.startswith("value_head.") for k in missing), (missing, unexpected)
-        init_weights = None
+    raw_model = None
+    if build:
+        raw_model = source_model.train() if source_model else Transformer(ModelConfig(**model_args)).to(host)
+        if ckpt and ckpt["model"] != "dcp":
+            raw_model.load_state_dict(ckpt["model"])
+        elif init_weights is not None:   # a value head is new here: it keeps its fresh init
+            missing, unexpected = raw_model.load_state_dict(init_weights, strict=False)
+            assert not unexpected and all(k.startswith("value_head.") for k in missing), (missing, unexpected)
+    source_model = init_weights = None
     # checkpointing, compile, FSDP2: before the optimizer, which must see the sharded parameters
-    fsdp = ddp and c.data_parallel == "fsdp"
     collective_save = fsdp or c.checkpoint_format == "dcp"   # every rank takes part in a save
-    parallel.parallelize(raw_model, c, ptdtype, fsdp)
-    if fsdp:
+    if fsdp:   # shards only: built with no memory, sharded, then given rank 0's weights
+        source = raw_model
+        with torch.device("meta"):
+            raw_model = Transformer(ModelConfig(**model_args))
+        parallel.parallelize(raw_model, c, ptdtype, fsdp)
+        parallel.materialize(raw_model, source, device)
+        source = None
         say(f"FSDP2: {len(parallel.blocks(raw_model))} blocks sharded over {world_size} processes")
+    else:
+        parallel.parallelize(raw_model, c, ptdtype, fsdp)
     optimizer = raw_model.configure_optimizers(c.weight_decay, c.learning_rate,
                                                (c.beta1, c.beta2), device_type)
     if ckpt and ckpt["model"] == "dcp":   # shards, resharded onto this world size
