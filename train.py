@@ -658,10 +658,10 @@ def train(cfg):
     iter_num, best_val, tokens_seen = 0, float("inf"), 0
     moments = weights.RunningMoments()
     probe_start = None    # the critic's values on the probe batch when main training starts
-    # the critic's values for each training token (NaN = not seen yet): row 0 at its
-    # sample's previous visit (the centre of the clipping trust region), row 1 frozen when
-    # main training starts (the anchor)
-    value_memory = np.full((2, len(train_split.tokens)), np.nan, dtype=np.float32) if use_critic else None
+    # the critic's values per training token at the previous visit and at main start, for
+    # value_clip and the anchor, sharded over the ranks; none when neither reads it
+    value_memory = ValueMemory(train_split, loader.ids, c.value_anchor_coef > 0, rank, world_size, device) \
+        if use_critic and (c.value_clip > 0 or c.value_anchor_coef > 0) else None
     ckpt, source_model, model_source, init_weights = None, None, None, None
     value_args = {k: v for k, v in model_args.items() if k.startswith("value_") or k == "dropout"}
     # FSDP: only rank 0 builds the weights, in host memory, and parallel.materialize sends
@@ -706,8 +706,8 @@ def train(cfg):
         loader.load_state_dict(ckpt["loader"])
         moments.load_state_dict(ckpt["moments"])
         probe_start = ckpt["probe_start"]
-        if use_critic:
-            value_memory = np.load(os.path.join(c.out_dir, "value_memory.npy"))
+        if value_memory is not None:
+            value_memory.load(os.path.join(c.out_dir, "value_memory.npy"))
     elif c.init_from != "scratch" and not from_pretrained:   # fine-tune another run: fresh optimizer, step 0
         init = load_checkpoint(c.init_from, map_location=host, mmap=fsdp)
         data.check_tokenizer(init["tokenizer"], tok_id, f"init_from checkpoint {c.init_from}")
@@ -731,7 +731,8 @@ def train(cfg):
             assert not unexpected and all(k.startswith("value_head.") for k in missing), (missing, unexpected)
     source_model = init_weights = None
     # checkpointing, compile, FSDP2: before the optimizer, which must see the sharded parameters
-    collective_save = fsdp or c.checkpoint_format == "dcp"   # every rank takes part in a save
+    # every rank takes part in a save: FSDP's and 'dcp''s shards, the value memory's
+    collective_save = fsdp or c.checkpoint_format == "dcp" or (ddp and value_memory is not None)
     if fsdp:   # shards only: built with no memory, sharded, then given rank 0's weights
         source = raw_model
         with torch.device("meta"):
@@ -804,14 +805,12 @@ def train(cfg):
                 "data_hash": train_split.meta["hash"], "git": git_hash()}
 
     def save_all(loader_state):
-        """Rank 0 writes ckpt.pt; under FSDP or 'dcp' every rank calls this (its shards)."""
+        """Rank 0 writes ckpt.pt; under collective_save every rank calls this (its shards)."""
         state = checkpoint_state(loader_state)
+        if value_memory is not None:   # beside the checkpoint; written first so a checkpoint never lacks it
+            value_memory.save(os.path.join(c.out_dir, "value_memory.npy"))
         if not master:
             return
-        if use_critic:   # beside the checkpoint; written first so a checkpoint never lacks it
-            tmp = os.path.join(c.out_dir, "value_memory.tmp.npy")
-            np.save(tmp, value_memory)
-            os.replace(tmp, os.path.join(c.out_dir, "value_memory.npy"))
         save_checkpoint(ckpt_path, state)   # the commit point: it names the shards to read
         if c.checkpoint_format == "dcp":     # older shard directories are no longer named
             for old in os.listdir(c.out_dir):
@@ -917,7 +916,8 @@ def train(cfg):
         # -- one optimizer step
         pretraining = iter_num < pretrain_iters        # the critic's value-only stage
         if use_critic and iter_num == pretrain_iters:
-            value_memory[1] = value_memory[0]             # the anchor: values at main start
+            if value_memory is not None:
+                value_memory.freeze_anchor()              # the anchor: values at main start
             if master or fsdp:
                 probe_start = probe_values(eval_model(), val_split, probe_ids, c, ctx, device, pad_id)[2]
         lr = get_lr(min(iter_num, c.warmup_iters) if pretraining else iter_num - pretrain_iters, c)
@@ -938,6 +938,8 @@ def train(cfg):
                 if c.incorrect_mode == "value_only":   # incorrect solutions train only the critic
                     mb["targets"][mb["is_correct"].to(device) == 0] = -1
                 mb["states"], mb["rewards"] = critic_inputs(mb, c, reward_stats)
+        if value_memory is not None:   # each micro-batch's remembered values, from their owners
+            value_memory.recall(micro, ddp)
         # N = valid (t, k) terms in the whole step over all ranks, counted before the
         # forward pass; the same for every scheme, so all arms share the loss scale
         n_valid = all_reduce_sum(sum((mb["targets"] >= 0).sum() for mb in micro).float(), ddp)
@@ -1008,7 +1010,7 @@ def train(cfg):
                         loss = weights.weighted_loss(lm_ce, w, n_valid)   # 'chunked': the value only
                     value_loss = None
                     if use_critic:
-                        value_loss = critic_value_loss(values, v, mb, value_memory, train_split, c, n_states)
+                        value_loss = critic_value_loss(values, v, mb, c, n_states)
                         loss = loss + c.value_coef * value_loss
                         seen.append((mb["sample_ids"], mb["lengths"], values.detach().float()))
                         stats[2] += value_loss.detach().double()
@@ -1050,7 +1052,8 @@ def train(cfg):
         optimizer.zero_grad(set_to_none=True)
         if use_critic:
             moments.update(*all_reduce_sum(delta_stats, ddp).tolist())
-            remember_values(value_memory, seen, train_split, ddp, world_size)
+            if value_memory is not None:
+                value_memory.store(seen, ddp)
         iter_num += 1
         tokens_since += int(step_tokens)
         iters_since += 1
@@ -1104,57 +1107,159 @@ def train(cfg):
     return {**summary, "train_losses": history, "out_dir": c.out_dir}
 
 
-def critic_value_loss(values, v_detached, mb, memory, split, c, n_states):
+def critic_value_loss(values, v_detached, mb, c, n_states):
     """Squared error to the GAE value targets over non-terminal states, divided by the
     step's global state count. value_clip > 0: PPO's clipped value loss around the values
     this sample got at its previous visit (a trust region against drift);
-    value_anchor_coef > 0: plus a pull towards the values at the start of main training."""
+    value_anchor_coef > 0: plus a pull towards the values at the start of main training.
+    Those come from ValueMemory.recall (mb['value_prev'], mb['value_anchor'], NaN where
+    none is stored: the current values stand in, so the term is plain there)."""
     _, returns = weights.gae(v_detached, mb["rewards"], c.gamma, c.lam)  # targets, no gradient
     err = (values - returns).pow(2)
+    known = lambda old: torch.where(torch.isnan(old), v_detached, old)
     if c.value_clip > 0:
-        old = remembered(memory[0], mb, split, v_detached)
+        old = known(mb["value_prev"])
         clipped = old + (values - old).clamp(-c.value_clip, c.value_clip)
         err = torch.maximum(err, (clipped - returns).pow(2))
     if c.value_anchor_coef > 0:
-        err = err + c.value_anchor_coef * (values - remembered(memory[1], mb, split, v_detached)).pow(2)
+        err = err + c.value_anchor_coef * (values - known(mb["value_anchor"])).pow(2)
     return (err * mb["states"]).sum() / n_states
 
 
-def token_positions(sample_ids, lengths, T, split):
-    """Where each (b, t) of a batch lives in the split's token arrays, and which (b, t) are
-    real tokens: (B, T) int64 positions, (B, T) bool. Vectorised: no loop over samples."""
-    starts = split.index[np.asarray(sample_ids), 0]
-    t = np.arange(T)
-    return starts[:, None] + t[None, :], t[None, :] < np.asarray(lengths)[:, None]
+class ValueMemory:
+    """The critic's value of every training token at its sample's previous visit (the
+    centre of value_clip's trust region) and, with value_anchor_coef > 0, at the start of
+    main training (the anchor); NaN until the sample is seen.
 
+    Sharded so that it scales with the data: rank r keeps the tokens of the samples
+    ids[r::world_size] (ids: the Loader's samples, sorted) in one flat float32 array per
+    kept row, 1/world_size of the training tokens, and no row nobody reads (the anchor's
+    only with the anchor on; none at all without clip and anchor: train() then makes no
+    ValueMemory). Per step, vectorised, with tensor collectives only:
+      recall  before the step: every rank's sample ids (all-gather), then one all-reduce
+              in which each token's owner gives its stored values and the others zeros,
+              so each rank gets exactly the floats the owner holds (x + 0 = x);
+      store   after the step: the step's values from every rank (all-gather), each owner
+              writing its own samples'.
+    The checkpoint holds one (2, split tokens) file in the split's token layout, written
+    by rank 0 from every rank's shard in turn: it resumes on any number of processes."""
 
-def remembered(memory, mb, split, fallback):
-    """Per-token values from a memory row, as (B, T); `fallback` where none is stored."""
-    pos, real = token_positions(mb["sample_ids"].numpy(), mb["lengths"].numpy(), fallback.shape[1], split)
-    out = np.full(pos.shape, np.nan, dtype=np.float32)
-    out[real] = memory[pos[real]]
-    out = torch.from_numpy(out).to(fallback.device)
-    return torch.where(torch.isnan(out), fallback, out)
+    def __init__(self, split, ids, anchor, rank, world_size, device):
+        self.split, self.all_ids, self.anchor = split, ids, anchor
+        self.rank, self.world, self.device = rank, world_size, device
+        self.ids, self.starts, self.lengths = self.layout(rank)
+        self.values = np.full((2 if anchor else 1, int(self.lengths.sum())), np.nan, dtype=np.float32)
 
+    def layout(self, rank):
+        """Rank `rank`'s samples (sorted), where each starts in its flat arrays, their lengths."""
+        ids = self.all_ids[rank::self.world]
+        lengths = self.split.index[ids, 1].astype(np.int64)
+        return ids, np.cumsum(lengths) - lengths, lengths
 
-def remember_values(memory, seen, split, ddp, world_size):
-    """Store this step's values per training token, gathered from every rank so that all
-    ranks (and the checkpoint) hold the same memory: one tensor all-gather per step (rows
-    padded to the longest on any rank) and one vectorised write, no Python objects."""
-    ids = torch.cat([s for s, _, _ in seen]).to(seen[0][2].device)
-    lengths = torch.cat([n for _, n, _ in seen]).to(ids.device)
-    T = torch.tensor([max(v.shape[1] for _, _, v in seen)], device=ids.device)
-    if ddp:
-        dist.all_reduce(T, op=dist.ReduceOp.MAX)
-    T = int(T.item())
-    values = torch.cat([F.pad(v, (0, T - v.shape[1])) for _, _, v in seen])   # (N, T)
-    if ddp:   # every rank holds the same number of rows per step (the Loader's contract)
-        parts = [[torch.empty_like(x) for _ in range(world_size)] for x in (ids, lengths, values)]
-        for out, x in zip(parts, (ids, lengths, values)):
-            dist.all_gather(out, x)
-        ids, lengths, values = (torch.cat(p) for p in parts)
-    pos, real = token_positions(ids.cpu().numpy(), lengths.cpu().numpy(), T, split)
-    memory[0, pos[real]] = values.cpu().numpy()[real]
+    def positions(self, rank):
+        """For each entry of rank `rank`'s flat arrays, its token's position in the split."""
+        ids, starts, lengths = self.layout(rank)
+        return np.arange(int(lengths.sum())) + np.repeat(self.split.index[ids, 0] - starts, lengths)
+
+    def _gather(self, x, ddp):
+        """(n, ...) on every rank -> (world_size * n, ...) in rank order (equal n per rank:
+        the Loader's contract), a host tensor."""
+        if not ddp:
+            return x
+        x = x.to(self.device)
+        parts = [torch.empty_like(x) for _ in range(self.world)]
+        dist.all_gather(parts, x)
+        return torch.cat(parts).cpu()
+
+    def _mine(self, ids, lengths, T):
+        """(N, T) indices into this rank's arrays for the tokens of samples `ids`, and the
+        (N, T) mask of those this rank holds (its samples' real tokens)."""
+        j = np.searchsorted(self.ids, ids).clip(max=max(len(self.ids) - 1, 0))
+        t = np.arange(T)
+        held = (self.ids[j] == ids) if len(self.ids) else np.zeros(len(ids), dtype=bool)
+        return self.starts[j][:, None] + t, held[:, None] & (t < lengths[:, None])
+
+    def recall(self, micro, ddp):
+        """Set each micro-batch's mb['value_prev'] (and mb['value_anchor']) (B, T) on the
+        device: the stored values of its tokens, NaN where none is stored or t >= length."""
+        ids = self._gather(torch.cat([mb["sample_ids"] for mb in micro]), ddp).numpy()
+        lengths = self._gather(torch.cat([mb["lengths"] for mb in micro]), ddp).numpy()
+        T = int(lengths.max())
+        idx, held = self._mine(ids, lengths, T)
+        out = np.zeros((len(self.values), len(ids), T), dtype=np.float32)   # (rows, N, T)
+        for row, vals in zip(out, self.values):
+            row[held] = vals[idx[held]]
+        out = torch.from_numpy(out).to(self.device)
+        if ddp:   # one owner per token, zeros from the others: the owner's floats exactly
+            dist.all_reduce(out, op=dist.ReduceOp.SUM)
+        out[:, ~torch.from_numpy(np.arange(T) < lengths[:, None]).to(self.device)] = float("nan")
+        n = len(ids) // self.world
+        out = out[:, self.rank * n:(self.rank + 1) * n]               # this rank's rows
+        names = ("value_prev", "value_anchor")[:len(self.values)]
+        s = 0
+        for mb in micro:
+            B, T_mb = mb["tokens"].shape
+            part = F.pad(out[:, s:s + B], (0, max(0, T_mb - T)), value=float("nan"))[..., :T_mb]
+            mb.update(zip(names, part))
+            s += B
+
+    def store(self, seen, ddp):
+        """Write this step's values (seen: (sample_ids, lengths, values (B, T)) per
+        micro-batch) into their owners' arrays."""
+        T = max(v.shape[1] for _, _, v in seen)
+        if ddp:   # rows padded to the longest on any rank
+            T_all = torch.tensor([T], device=self.device)
+            dist.all_reduce(T_all, op=dist.ReduceOp.MAX)
+            T = int(T_all.item())
+        values = torch.cat([F.pad(v, (0, T - v.shape[1])) for _, _, v in seen])   # (N, T)
+        ids = self._gather(torch.cat([s for s, _, _ in seen]), ddp).numpy()
+        lengths = self._gather(torch.cat([n for _, n, _ in seen]), ddp).numpy()
+        values = self._gather(values, ddp).cpu().numpy() if ddp else values.cpu().numpy()
+        idx, held = self._mine(ids, lengths, T)
+        self.values[0, idx[held]] = values[held]
+
+    def freeze_anchor(self):
+        """Main training starts: the anchor is the values as they are now."""
+        if self.anchor:
+            self.values[1] = self.values[0]
+
+    def save(self, path):
+        """A collective: rank 0 writes `path`, a (2, split tokens) float32 .npy in the
+        split's token layout (row 1 NaN without the anchor), taking every rank's shard in
+        turn, so no rank holds more than one shard; written beside, then renamed."""
+        if self.rank == 0:
+            tmp = f"{path}.tmp.{os.getpid()}.npy"
+            out = np.lib.format.open_memmap(tmp, mode="w+", dtype=np.float32,
+                                            shape=(2, len(self.split.tokens)))
+            out[:] = np.nan
+        for r in range(self.world):
+            if r == self.rank == 0:
+                shard = self.values
+            elif self.rank == 0:   # the sender's shard: its size is known from the layout
+                n = int(self.layout(r)[2].sum())
+                buf = torch.empty(len(self.values), n, device=self.device)
+                dist.recv(buf, src=r)
+                shard = buf.cpu().numpy()
+            elif self.rank == r:
+                dist.send(torch.from_numpy(self.values).to(self.device), dst=0)
+                continue
+            else:
+                continue
+            pos = self.positions(r)
+            for row, vals in enumerate(shard):
+                out[row, pos] = vals
+        if self.rank == 0:
+            out.flush()
+            del out
+            os.replace(tmp, path)
+
+    def load(self, path):
+        """This rank's shard from save()'s file (memory-mapped: only the shard is read),
+        whatever the number of processes that wrote it."""
+        saved = np.load(path, mmap_mode="r")
+        pos = self.positions(self.rank)
+        for row in range(len(self.values)):
+            self.values[row] = saved[row, pos]
 
 
 def main(argv=None):
