@@ -40,10 +40,15 @@ twice. train.py takes this path for the schemes whose weights do not read the CE
 Dropout: pass 2 restores the random state each head had in pass 1, so it draws the same
 masks and the gradients are those of the CE the weights were computed from.
 
-Optional fused kernel (loss_kernel='cce', CUDA only): Apple's cut-cross-entropy
-`linear_cross_entropy(..., reduction='none')` computes each head's per-token CE in pass 1
-and its forward + backward in pass 2 (it recomputes the forward: one projection more).
+Optional fused kernels (CUDA only), chosen by loss_kernel: 'cce', Apple's cut-cross-entropy
+`linear_cross_entropy(..., reduction='none')`, or 'liger', Liger's fused linear CE with
+reduction='none' (from liger-kernel 0.8.2: see LIGER_MIN). Each computes a head's per-token
+CE in pass 1 and its forward + backward in pass 2 (the forward again: one projection
+more), or forward + backward once in the one-pass path.
 """
+import functools
+import importlib.metadata
+import re
 from contextlib import nullcontext
 from types import SimpleNamespace
 
@@ -156,16 +161,55 @@ class LinearCE(torch.autograd.Function):
         return grad_h, grad_w.to(weight.dtype), None, None, None, None, None, None, None
 
 
-def cce_per_token(h, weight, target):
-    """cut-cross-entropy's fused linear CE per row (CUDA only), -1 ignored, fp32 out."""
+# liger-kernel's first release whose reduction='none' gradients are right: before it, the
+# fused linear CE computed the gradient in its forward, summed over tokens, and scaled it in
+# the backward by grad_output[0] alone, so per-token weights were silently lost
+# (linkedin/Liger-Kernel#968, fixed by #1298, first released in 0.8.2)
+LIGER_MIN = (0, 8, 2)
+KERNELS = ("torch", "cce", "liger")
+
+
+def version_tuple(version):
+    """'0.8.2', '0.8.2.post1', '0.10.0rc1' -> (0, 8, 2), (0, 8, 2), (0, 10, 0)."""
+    return tuple(int(x) for x in re.findall(r"\d+", version.split("+")[0])[:3])
+
+
+@functools.lru_cache(maxsize=None)
+def check_kernel(kernel, device_type):
+    """Refuse, with what to do, a loss_kernel that cannot run here: unknown, its package
+    missing, a liger-kernel before LIGER_MIN, or a fused kernel off CUDA. Called once at
+    start by train.py, and by kernel_ce."""
+    if kernel not in KERNELS:
+        raise ValueError(f"loss_kernel must be one of {KERNELS}, got {kernel!r}")
+    if kernel == "torch":
+        return
+    need = {"cce": "cut-cross-entropy", "liger": "liger-kernel"}[kernel]
     try:
+        version = importlib.metadata.version(need)
+    except importlib.metadata.PackageNotFoundError:
+        at_least = ">=" + ".".join(map(str, LIGER_MIN)) if kernel == "liger" else ""
+        raise ImportError(f"loss_kernel={kernel!r} needs {need} (pip install '{need}{at_least}') "
+                          f"and CUDA; loss_kernel='torch' needs nothing") from None
+    if kernel == "liger" and version_tuple(version) < LIGER_MIN:
+        raise ImportError(f"loss_kernel='liger' needs liger-kernel >= {'.'.join(map(str, LIGER_MIN))}: "
+                          f"{version} is installed, whose fused linear CE with reduction='none' "
+                          f"returns wrong gradients for per-token weights (Liger-Kernel#968); "
+                          f"pip install -U liger-kernel, or use loss_kernel='cce' or 'torch'")
+    if device_type != "cuda":
+        raise ValueError(f"loss_kernel={kernel!r} runs on CUDA only (Triton kernels); "
+                         f"use loss_kernel='torch' on {device_type}")
+
+
+def kernel_ce(kernel, h, weight, target):
+    """A fused kernel's linear CE per row, with its own autograd: h (N, D), weight (V, D),
+    target (N,) with -1 ignored -> ce (N,) fp32, 0 where ignored."""
+    check_kernel(kernel, h.device.type)
+    if kernel == "cce":
         from cut_cross_entropy import linear_cross_entropy
-    except ImportError:
-        raise ImportError("loss_kernel='cce' needs cut-cross-entropy "
-                          "(pip install cut-cross-entropy) and CUDA") from None
-    if h.device.type != "cuda":
-        raise ValueError("loss_kernel='cce' runs on CUDA only; use loss_kernel='torch' on CPU")
-    return linear_cross_entropy(h, weight, target, ignore_index=-1, reduction="none").float()
+        return linear_cross_entropy(h, weight, target, ignore_index=-1, reduction="none").float()
+    from liger_kernel.transformers.functional import liger_fused_linear_cross_entropy
+    return liger_fused_linear_cross_entropy(h, weight, target, ignore_index=-1,
+                                            reduction="none").float()
 
 
 def _rng_state(device):
@@ -205,8 +249,8 @@ def forward(model, idx, targets, chunk=0, kernel="torch", with_values=False, val
             rng.append(_rng_state(dev) if redraw else None)
             h = model.head_hidden(k, x, cos, sin).flatten(0, 1)     # (B*T, D)
             t = (nxt if k == 0 else targets[..., k]).flatten()
-            if kernel == "cce":
-                ce_k = cce_per_token(h, W, t)
+            if kernel != "torch":
+                ce_k = kernel_ce(kernel, h, W, t)
             else:
                 ce_k, lse_k = ce_and_lse(h, W, t, rows, dtype)
                 lse[..., k] = lse_k.view(B, T)
@@ -278,7 +322,7 @@ def forward_backward(model, idx, targets, w, n_valid, chunk=0, kernel="torch", s
         g = (w[..., k].detach() * (factor / n_valid)).flatten().to(acc)
         if kernel != "torch":   # a fused kernel's own autograd: its forward, then backward
             with ctx or nullcontext():
-                ce_k = cce_per_token(h, W, t)
+                ce_k = kernel_ce(kernel, h, W, t)
             (g * ce_k).sum().backward()
             ce[..., k] = ce_k.detach().view(B, T)
             continue
@@ -332,8 +376,8 @@ def backward(p, model, w, n_valid, term=None, extra_loss=None, scale=None, heads
             with ctx or nullcontext():
                 h = model.head_hidden(k, p.x, p.cos, p.sin).flatten(0, 1)   # (B*T, D), with graph
                 t = p.targets[..., k].flatten()
-                if p.kernel == "cce":
-                    ce_k = cce_per_token(h, W, t)
+                if p.kernel != "torch":
+                    ce_k = kernel_ce(p.kernel, h, W, t)
                 else:
                     ce_k = LinearCE.apply(h, W, t, p.ce[..., k].flatten(), p.lse[..., k].flatten(),
                                           p.rows, p.dtype, grad_w_sum, k == H - 1)

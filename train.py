@@ -115,7 +115,7 @@ length_buckets = False          # pad T up to a power of two (>= 64, <= block_si
 # the loss path (mtp_loss.py): same loss and gradients, different memory
 loss_impl = "chunked"           # 'chunked': heads in turn, vocabulary in chunks; 'simple': (B, T, H, V) logits
 loss_chunk = 0                  # rows per vocabulary chunk of the 'chunked' loss; 0 = 2**24 logits a chunk
-loss_kernel = "torch"           # 'torch' chunks, or 'cce': cut-cross-entropy's fused linear CE (CUDA only)
+loss_kernel = "torch"           # 'torch' chunks; fused linear CE (CUDA only): 'cce' (cut-cross-entropy), 'liger' (>= 0.8.2)
 # scale (parallel.py)
 data_parallel = "ddp"           # with several processes: 'ddp' (replicas, small models) or 'fsdp' (FSDP2 per block)
 activation_checkpointing = "none"  # per block: 'none', 'selective' (keep matmul/attention outputs), 'full'
@@ -593,7 +593,7 @@ def train(cfg):
     use_critic, use_ref = family == "critic", family == "rho1"
     one_pass = c.loss_impl == "chunked" and c.weighting in WEIGHTS_BEFORE_CE
     for key, allowed in (("train_on", ("correct", "all")), ("weight_norm", ("heads", "tokens")),
-                         ("loss_impl", ("chunked", "simple")), ("loss_kernel", ("torch", "cce")),
+                         ("loss_impl", ("chunked", "simple")), ("loss_kernel", mtp_loss.KERNELS),
                          ("data_parallel", ("ddp", "fsdp")), ("checkpoint_format", ("file", "dcp")),
                          ("activation_checkpointing", ("none", "selective", "full")),
                          ("rho1_mode", ("abs", "signed", "topk")), ("reward", ("binary", "pm1", "zscore")),
@@ -602,6 +602,8 @@ def train(cfg):
         if getattr(c, key) not in allowed:
             raise ValueError(f"{key} must be one of {allowed}, got {getattr(c, key)!r}")
     device_type = "cuda" if device.startswith("cuda") else "cpu"
+    if c.loss_impl == "chunked":   # a fused kernel that cannot run here fails now, not at step 1
+        mtp_loss.check_kernel(c.loss_kernel, device_type)
     if c.dtype == "auto":
         c.dtype = "bfloat16" if device_type == "cuda" and torch.cuda.is_bf16_supported() else "float32"
     ptdtype = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}[c.dtype]

@@ -249,3 +249,65 @@ def test_baseline_one_pass_takes_the_two_pass_steps(toy, tmp_path, monkeypatch):
     wa = train.load_checkpoint(str(tmp_path / "two"))["model"]
     wb = train.load_checkpoint(str(tmp_path / "one"))["model"]
     assert wa.keys() == wb.keys() and all(torch.equal(wa[k], wb[k]) for k in wa)
+
+
+# ---- optional fused kernels: refused clearly where they cannot run ----------------------
+@pytest.fixture
+def installed(monkeypatch):
+    """Pretend a package version is installed (None: not installed), for the kernel gate."""
+    import importlib.metadata
+
+    def pretend(versions):
+        def version(name):
+            if versions.get(name) is None:
+                raise importlib.metadata.PackageNotFoundError(name)
+            return versions[name]
+        monkeypatch.setattr(importlib.metadata, "version", version)
+        mtp_loss.check_kernel.cache_clear()
+    yield pretend
+    mtp_loss.check_kernel.cache_clear()
+
+
+def test_version_tuple():
+    assert mtp_loss.version_tuple("0.8.2") == (0, 8, 2)
+    assert mtp_loss.version_tuple("0.8.2.post1") == (0, 8, 2)
+    assert mtp_loss.version_tuple("0.10.0rc1") == (0, 10, 0)
+    assert mtp_loss.version_tuple("0.8.1+cu121") == (0, 8, 1)
+    assert mtp_loss.version_tuple("0.10.0") > mtp_loss.version_tuple("0.8.2") > mtp_loss.version_tuple("0.8.1")
+
+
+def test_liger_before_the_reduction_none_fix_is_refused(installed):
+    """liger-kernel < 0.8.2 scaled every row's gradient by grad_output[0] under
+    reduction='none': refused whatever the device, with what to install."""
+    for old in ("0.8.1", "0.7.0", "0.5.10"):
+        installed({"liger-kernel": old})
+        with pytest.raises(ImportError, match=f"needs liger-kernel >= 0.8.2: {old} is installed"):
+            mtp_loss.check_kernel("liger", "cuda")
+    installed({"liger-kernel": None})
+    with pytest.raises(ImportError, match=r"pip install 'liger-kernel>=0.8.2'"):
+        mtp_loss.check_kernel("liger", "cuda")
+    installed({"cut-cross-entropy": None})
+    with pytest.raises(ImportError, match="pip install 'cut-cross-entropy'"):
+        mtp_loss.check_kernel("cce", "cuda")
+
+
+def test_fused_kernels_refuse_the_cpu(installed):
+    installed({"liger-kernel": "0.8.2", "cut-cross-entropy": "25.1.1"})
+    for kernel in ("liger", "cce"):
+        with pytest.raises(ValueError, match="runs on CUDA only"):
+            mtp_loss.check_kernel(kernel, "cpu")
+        m = tiny_model()
+        tokens, mask, targets = batch()
+        with pytest.raises(ValueError, match="runs on CUDA only"):   # before any import
+            mtp_loss.forward(m, tokens, targets, kernel=kernel)
+    with pytest.raises(ValueError, match="loss_kernel must be one of"):
+        mtp_loss.check_kernel("triton", "cuda")
+    assert mtp_loss.check_kernel("torch", "cpu") is None
+
+
+def test_train_refuses_a_kernel_it_cannot_run_before_training(toy, tmp_path, installed):
+    toy_data, _ = toy
+    installed({"liger-kernel": "0.8.0"})
+    with pytest.raises(ImportError, match="0.8.0 is installed"):
+        train.train(tiny_cfg(toy_data, tmp_path, loss_kernel="liger"))
+    assert not (tmp_path / "log.jsonl").exists()
