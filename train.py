@@ -1216,7 +1216,7 @@ class ValueMemory:
         values = torch.cat([F.pad(v, (0, T - v.shape[1])) for _, _, v in seen])   # (N, T)
         ids = self._gather(torch.cat([s for s, _, _ in seen]), ddp).numpy()
         lengths = self._gather(torch.cat([n for _, n, _ in seen]), ddp).numpy()
-        values = self._gather(values, ddp).cpu().numpy() if ddp else values.cpu().numpy()
+        values = self._gather(values, ddp).cpu().numpy()
         idx, held = self._mine(ids, lengths, T)
         self.values[0, idx[held]] = values[held]
 
