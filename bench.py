@@ -6,7 +6,10 @@ arms alternate repeat by repeat and every ratio is taken between neighbours.
 
   loss     step time (forward + backward of the uniform MTP loss) of H=4 against H=1 at
            equal blocks, next to the FLOP ratio (6N + attention, every head's unembedding),
-           for loss_impl 'simple' and 'chunked'; 'chunked' against 'simple'; tokens/s
+           for the three loss paths: 'simple' ((B, T, H, V) logits), 'chunked' in two
+           passes (mtp_loss.forward + backward: what Rho-1 and the critic run) and in one
+           pass (mtp_loss.forward_backward: what the baseline runs); each against
+           'simple'; tokens/s
   memory   peak memory of one such step against V, H=4 over H=1, each loss path; each
            measurement in its own process (growth of peak RSS over the step on CPU,
            max_memory_allocated on CUDA)
@@ -17,8 +20,8 @@ arms alternate repeat by repeat and every ratio is taken between neighbours.
     python bench.py --gpu=True                              # the prepared GPU check (below)
 
 --gpu=True is the check for one H200 (~8 minutes, not yet run): a ~1B shape (16 blocks,
-d=2048, V=128K, 4 x 2048 tokens a step) in bf16 with per-block torch.compile: H=1, H=4
-'simple' and H=4 'chunked', tokens/s, MFU against the device's dense bf16 peak, and peak
+d=2048, V=128K, 4 x 2048 tokens a step) in bf16 with per-block torch.compile: H=1 and
+H=4 by each loss path, tokens/s, MFU against the device's dense bf16 peak, and peak
 memory (the memory part runs eager: each measurement is a fresh process).
 """
 import json
@@ -81,8 +84,12 @@ def model_for(c, V, H, compile=False):
     return m
 
 
+IMPLS = ("simple", "two-pass", "one-pass")   # the loss paths compared
+
+
 def make_step(model, impl, B, T, c):
-    """One training step's forward + backward of the uniform loss, on random tokens."""
+    """One training step's forward + backward of the uniform loss, on random tokens, by
+    one of IMPLS: 'simple', or loss_impl='chunked' in two passes or in one."""
     H, V = model.config.n_future, model.config.vocab_size
     g = torch.Generator().manual_seed(1)
     tokens = torch.randint(0, V, (B, T), generator=g).to(c["device"])
@@ -100,22 +107,24 @@ def make_step(model, impl, B, T, c):
                 loss = weights.weighted_loss(mtp_cross_entropy(model(tokens), targets), w, n)
         if impl == "simple":
             loss.backward()
-        else:
+        elif impl == "two-pass":
             with ctx:
                 p = mtp_loss.forward(model, tokens, targets, c["loss_chunk"])
             mtp_loss.backward(p, model, w, n, ctx=ctx)
+        else:
+            mtp_loss.forward_backward(model, tokens, targets, w, n, c["loss_chunk"], ctx=ctx)
         if dev.type == "cuda":
             torch.cuda.synchronize(dev)
     return step
 
 
 def bench_loss(c):
-    """Step times of H in (1, 4) x loss_impl in (simple, chunked), per V, interleaved."""
+    """Step times of H in (1, 4) x the loss paths, per V, interleaved repeat by repeat."""
     B, T = c["batch_size"], c["seq_len"]
     rows = []
     for V in [int(v) for v in c["vocab_sizes"].split(",")]:
         arms = {(H, impl): make_step(model_for(c, V, H, c["compile"]), impl, B, T, c)
-                for H in (1, 4) for impl in ("simple", "chunked")}
+                for H in (1, 4) for impl in IMPLS}
         for step in arms.values():          # warm-up: allocator, kernels, (compile)
             step()
         times = {a: [] for a in arms}
@@ -129,23 +138,22 @@ def bench_loss(c):
         ratio = lambda a, b: statistics.median(x / y for x, y in zip(times[a], times[b]))
         med = {a: statistics.median(t) for a, t in times.items()}
         peak = train_peak_flops(c["device"])
-        mfu = {f"H{H} {impl}": B * T / med[(H, impl)] * flops[H == 4] / peak
-               for (H, impl) in med} if peak else None
-        rows.append(dict(V=V, flop_ratio=flops[1] / flops[0], mfu=mfu,
-                         h4_h1_simple=ratio((4, "simple"), (1, "simple")),
-                         h4_h1_chunked=ratio((4, "chunked"), (1, "chunked")),
-                         chunked_simple_h1=ratio((1, "chunked"), (1, "simple")),
-                         chunked_simple_h4=ratio((4, "chunked"), (4, "simple")),
-                         tok_s={f"H{H} {impl}": B * T / med[(H, impl)] for (H, impl) in med}))
+        rows.append(dict(V=V, flop_ratio=flops[1] / flops[0],
+                         h4_h1={i: ratio((4, i), (1, i)) for i in IMPLS},
+                         vs_simple={(H, i): ratio((H, i), (H, "simple")) for H in (1, 4) for i in IMPLS},
+                         tok_s={f"H{H} {i}": B * T / med[(H, i)] for (H, i) in med},
+                         mfu={f"H{H} {i}": B * T / med[(H, i)] * flops[H == 4] / peak
+                              for (H, i) in med} if peak else None))
     print(f"\n## loss path: step time (forward + backward), B={B}, T={T}, d={c['d_model']}, "
           f"{c['n_layer']} blocks, {c['device']} {c['dtype']}, median of {c['repeats']} paired repeats")
-    print("| V | FLOP ratio H4/H1 | H4/H1 simple | H4/H1 chunked | chunked/simple H1 | "
-          "chunked/simple H4 | tok/s H1 chunked | tok/s H4 chunked |")
-    print("|---|---|---|---|---|---|---|---|")
+    print("H4/H1: step time of H=4 over H=1; / FLOP: that over the FLOP ratio (target <= 1.05)")
+    print("| V | FLOP ratio H4/H1 | " + " | ".join(f"H4/H1 {i} (/ FLOP)" for i in IMPLS) + " | "
+          + " | ".join(f"{i}/simple H{H}" for i in IMPLS[1:] for H in (1, 4)) + " |")
+    print("|---" * (2 + len(IMPLS) + 2 * (len(IMPLS) - 1)) + "|")
     for r in rows:
-        print(f"| {r['V']:,} | {r['flop_ratio']:.2f} | {r['h4_h1_simple']:.2f} | "
-              f"{r['h4_h1_chunked']:.2f} | {r['chunked_simple_h1']:.2f} | {r['chunked_simple_h4']:.2f} | "
-              f"{r['tok_s']['H1 chunked']:,.0f} | {r['tok_s']['H4 chunked']:,.0f} |")
+        print(f"| {r['V']:,} | {r['flop_ratio']:.2f} | "
+              + " | ".join(f"{r['h4_h1'][i]:.2f} ({r['h4_h1'][i] / r['flop_ratio']:.2f})" for i in IMPLS)
+              + " | " + " | ".join(f"{r['vs_simple'][(H, i)]:.2f}" for i in IMPLS[1:] for H in (1, 4)) + " |")
     for r in rows:
         print(f"V={r['V']:,} tokens/s: " + ", ".join(f"{a} {v:,.0f}" for a, v in r["tok_s"].items())
               + ("; MFU: " + ", ".join(f"{a} {v:.1%}" for a, v in r["mfu"].items()) if r["mfu"] else ""))
@@ -185,7 +193,7 @@ def bench_memory(c):
     for V in [int(v) for v in c["mem_vocab_sizes"].split(",")]:
         mb = {}
         for H in (1, 4):
-            for impl in ("simple", "chunked"):
+            for impl in IMPLS:
                 code = f"import bench; bench.memory_child({c!r}, {V}, {H}, {impl!r})"
                 out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                                      cwd=os.path.dirname(os.path.abspath(__file__)))
@@ -195,15 +203,12 @@ def bench_memory(c):
         rows.append(dict(V=V, mb=mb))
     print(f"\n## peak memory of one step, B={c['mem_batch_size']}, T={c['seq_len']}, "
           f"d={c['d_model']}, {c['n_layer']} blocks, {c['device']} {c['dtype']} (MB over the model)")
-    print("| V | H1 simple | H4 simple | H4/H1 simple | H1 chunked | H4 chunked | H4/H1 chunked | "
-          "H4 simple/chunked |")
-    print("|---|---|---|---|---|---|---|---|")
+    print("| V | " + " | ".join(f"H1 {i} | H4 {i} | H4/H1 {i}" for i in IMPLS) + " |")
+    print("|---" * (1 + 3 * len(IMPLS)) + "|")
     for r in rows:
         m = r["mb"]
-        print(f"| {r['V']:,} | {m[(1, 'simple')]:.0f} | {m[(4, 'simple')]:.0f} | "
-              f"{m[(4, 'simple')] / m[(1, 'simple')]:.2f} | {m[(1, 'chunked')]:.0f} | "
-              f"{m[(4, 'chunked')]:.0f} | {m[(4, 'chunked')] / m[(1, 'chunked')]:.2f} | "
-              f"{m[(4, 'simple')] / m[(4, 'chunked')]:.1f}x |")
+        print(f"| {r['V']:,} | " + " | ".join(
+            f"{m[(1, i)]:.0f} | {m[(4, i)]:.0f} | {m[(4, i)] / m[(1, i)]:.2f}" for i in IMPLS) + " |")
     return rows
 
 

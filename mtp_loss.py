@@ -29,13 +29,26 @@ What it costs over 'simple', per head: one more forward of the head block (pass 
 recomputes what pass 1 threw away) and one more vocabulary projection (the backward
 recomputes the logits pass 1 threw away). bench.py measures it.
 
+One pass, `forward_backward`, when the weights are known before the CE (the baseline's
+w = 1): Gloeckle et al.'s order exactly, each head's forward and backward in turn after the
+trunk's forward, and nothing recomputed. With w known, d loss / d logits = w / N *
+(softmax - onehot) is known as soon as a chunk's logits are, so the chunk loop computes the
+CE and both gradients from the same logits (Liger's fused linear CE does the same): three
+vocabulary projections per head, as in 'simple' (forward, d/dh, d/dW), and no head block
+twice. train.py takes this path for the schemes whose weights do not read the CE.
+
 Dropout: pass 2 restores the random state each head had in pass 1, so it draws the same
 masks and the gradients are those of the CE the weights were computed from.
 
-Optional fused kernel (loss_kernel='cce', CUDA only): Apple's cut-cross-entropy
-`linear_cross_entropy(..., reduction='none')` computes each head's per-token CE in pass 1
-and its forward + backward in pass 2 (it recomputes the forward: one projection more).
+Optional fused kernels (CUDA only), chosen by loss_kernel: 'cce', Apple's cut-cross-entropy
+`linear_cross_entropy(..., reduction='none')`, or 'liger', Liger's fused linear CE with
+reduction='none' (from liger-kernel 0.8.2: see LIGER_MIN). Each computes a head's per-token
+CE in pass 1 and its forward + backward in pass 2 (the forward again: one projection
+more), or forward + backward once in the one-pass path.
 """
+import functools
+import importlib.metadata
+import re
 from contextlib import nullcontext
 from types import SimpleNamespace
 
@@ -65,6 +78,19 @@ def chunk_logits(h, weight, dtype):
     return F.linear(h.to(dtype), weight.to(dtype)).to(torch.promote_types(dtype, torch.float32))
 
 
+def chunk_ce_lse(logits, target):
+    """One chunk's per-row CE and log-sum-exp from its logits (n, V) fp32 (left as they
+    are), target (n,) with -1 = none -> ce (0 where no target, mtp_cross_entropy's
+    ignore_index=-1), lse (n,). Both loss paths call this, so their CE and softmax are
+    the same floats."""
+    # F.cross_entropy's fused log-softmax is ~3x faster than torch.logsumexp on CPU;
+    # every row gets a target (0 for none) so that every row's lse is finite
+    t0 = target.clamp(min=0)
+    ce_all = F.cross_entropy(logits, t0, reduction="none")
+    lse = ce_all + logits.gather(1, t0[:, None]).squeeze(1)
+    return torch.where(target >= 0, ce_all, 0.0), lse
+
+
 @torch.no_grad()
 def ce_and_lse(h, weight, target, chunk, dtype):
     """Per-row CE and log-sum-exp of logits h @ weight.T, chunk rows at a time.
@@ -74,14 +100,25 @@ def ce_and_lse(h, weight, target, chunk, dtype):
     lse = torch.empty_like(ce)
     for s in range(0, h.shape[0], chunk):
         logits = chunk_logits(h[s:s + chunk], weight, dtype)            # (n, V) fp32
-        t = target[s:s + chunk]
-        # F.cross_entropy's fused log-softmax is ~3x faster than torch.logsumexp on CPU;
-        # every row gets a target (0 for none) so that every row's lse is finite
-        t0 = t.clamp(min=0)
-        ce_all = F.cross_entropy(logits, t0, reduction="none")
-        lse[s:s + chunk] = ce_all + logits.gather(1, t0[:, None]).squeeze(1)
-        ce[s:s + chunk] = torch.where(t >= 0, ce_all, 0.0)
+        ce[s:s + chunk], lse[s:s + chunk] = chunk_ce_lse(logits, target[s:s + chunk])
     return ce, lse
+
+
+@torch.no_grad()
+def chunk_grads(softmax, target, g, h_c, w_c, grad_w, dtype, want_h=True):
+    """The backward of sum_i g[i] * ce[i] through one chunk's logits = h_c @ W.T, from
+    their softmax (n, V) fp32, overwritten: d ce / d logits = softmax - onehot(target),
+    zero where target = -1. Adds d/dW into grad_w (V, D) fp32; returns d/dh_c (n, D) in
+    `dtype` (None unless want_h). In place throughout: no (n, V) or (V, D) temporaries."""
+    t = target.clamp(min=0)[:, None]
+    d = softmax.scatter_add_(1, t, -torch.ones_like(t, dtype=softmax.dtype))   # - onehot
+    d.mul_(torch.where(target >= 0, g, 0.0)[:, None])
+    d = d.to(dtype)
+    if d.dtype == grad_w.dtype:
+        grad_w.addmm_(d.T, h_c)                                     # (V, D) += (V, n) @ (n, D)
+    else:   # bf16 products, summed in fp32
+        grad_w += (d.T @ h_c.to(dtype)).to(grad_w.dtype)
+    return d @ w_c if want_h else None
 
 
 class LinearCE(torch.autograd.Function):
@@ -104,7 +141,7 @@ class LinearCE(torch.autograd.Function):
     @staticmethod
     def backward(ctx, grad_ce):
         h, weight, target, lse = ctx.saved_tensors
-        g = torch.where(target >= 0, grad_ce, 0.0).to(lse.dtype)           # (N,)
+        g = grad_ce.to(lse.dtype)                     # (N,); chunk_grads zeroes rows without target
         grad_h = torch.empty_like(h) if ctx.needs_input_grad[0] else None
         if ctx.grad_w_sum[0] is None:
             ctx.grad_w_sum[0] = torch.zeros(weight.shape, dtype=lse.dtype, device=weight.device)
@@ -112,35 +149,67 @@ class LinearCE(torch.autograd.Function):
         w_c = weight.to(ctx.dtype)
         for s in range(0, h.shape[0], ctx.chunk):
             h_c = h[s:s + ctx.chunk]
-            # in place throughout: one (n, V) buffer per chunk, no (V, D) temporaries
-            d = chunk_logits(h_c, weight, ctx.dtype)                        # (n, V) fp32
-            d.sub_(lse[s:s + ctx.chunk, None]).exp_()                       # softmax
-            t = target[s:s + ctx.chunk].clamp(min=0)[:, None]
-            d.scatter_add_(1, t, -torch.ones_like(t, dtype=d.dtype))        # - onehot
-            d.mul_(g[s:s + ctx.chunk, None])
-            d = d.to(ctx.dtype)
+            logits = chunk_logits(h_c, weight, ctx.dtype)                   # (n, V) fp32
+            softmax = logits.sub_(lse[s:s + ctx.chunk, None]).exp_()        # in place
+            grad_h_c = chunk_grads(softmax, target[s:s + ctx.chunk], g[s:s + ctx.chunk],
+                                   h_c, w_c, grad_w, ctx.dtype, grad_h is not None)
             if grad_h is not None:
-                grad_h[s:s + ctx.chunk] = (d @ w_c).to(h.dtype)
-            if d.dtype == grad_w.dtype:
-                grad_w.addmm_(d.T, h_c)                                     # (V, D) += (V, n) @ (n, D)
-            else:   # bf16 products, summed in fp32
-                grad_w += (d.T @ h_c.to(ctx.dtype)).to(grad_w.dtype)
+                grad_h[s:s + ctx.chunk] = grad_h_c.to(h.dtype)
         if not ctx.last:
             return grad_h, None, None, None, None, None, None, None, None
         ctx.grad_w_sum[0] = None
         return grad_h, grad_w.to(weight.dtype), None, None, None, None, None, None, None
 
 
-def cce_per_token(h, weight, target):
-    """cut-cross-entropy's fused linear CE per row (CUDA only), -1 ignored, fp32 out."""
+# liger-kernel's first release whose reduction='none' gradients are right: before it, the
+# fused linear CE computed the gradient in its forward, summed over tokens, and scaled it in
+# the backward by grad_output[0] alone, so per-token weights were silently lost
+# (linkedin/Liger-Kernel#968, fixed by #1298, first released in 0.8.2)
+LIGER_MIN = (0, 8, 2)
+KERNELS = ("torch", "cce", "liger")
+
+
+def version_tuple(version):
+    """'0.8.2', '0.8.2.post1', '0.10.0rc1' -> (0, 8, 2), (0, 8, 2), (0, 10, 0)."""
+    return tuple(int(x) for x in re.findall(r"\d+", version.split("+")[0])[:3])
+
+
+@functools.lru_cache(maxsize=None)
+def check_kernel(kernel, device_type):
+    """Refuse, with what to do, a loss_kernel that cannot run here: unknown, its package
+    missing, a liger-kernel before LIGER_MIN, or a fused kernel off CUDA. Called once at
+    start by train.py, and by kernel_ce."""
+    if kernel not in KERNELS:
+        raise ValueError(f"loss_kernel must be one of {KERNELS}, got {kernel!r}")
+    if kernel == "torch":
+        return
+    need = {"cce": "cut-cross-entropy", "liger": "liger-kernel"}[kernel]
     try:
+        version = importlib.metadata.version(need)
+    except importlib.metadata.PackageNotFoundError:
+        at_least = ">=" + ".".join(map(str, LIGER_MIN)) if kernel == "liger" else ""
+        raise ImportError(f"loss_kernel={kernel!r} needs {need} (pip install '{need}{at_least}') "
+                          f"and CUDA; loss_kernel='torch' needs nothing") from None
+    if kernel == "liger" and version_tuple(version) < LIGER_MIN:
+        raise ImportError(f"loss_kernel='liger' needs liger-kernel >= {'.'.join(map(str, LIGER_MIN))}: "
+                          f"{version} is installed, whose fused linear CE with reduction='none' "
+                          f"returns wrong gradients for per-token weights (Liger-Kernel#968); "
+                          f"pip install -U liger-kernel, or use loss_kernel='cce' or 'torch'")
+    if device_type != "cuda":
+        raise ValueError(f"loss_kernel={kernel!r} runs on CUDA only (Triton kernels); "
+                         f"use loss_kernel='torch' on {device_type}")
+
+
+def kernel_ce(kernel, h, weight, target):
+    """A fused kernel's linear CE per row, with its own autograd: h (N, D), weight (V, D),
+    target (N,) with -1 ignored -> ce (N,) fp32, 0 where ignored."""
+    check_kernel(kernel, h.device.type)
+    if kernel == "cce":
         from cut_cross_entropy import linear_cross_entropy
-    except ImportError:
-        raise ImportError("loss_kernel='cce' needs cut-cross-entropy "
-                          "(pip install cut-cross-entropy) and CUDA") from None
-    if h.device.type != "cuda":
-        raise ValueError("loss_kernel='cce' runs on CUDA only; use loss_kernel='torch' on CPU")
-    return linear_cross_entropy(h, weight, target, ignore_index=-1, reduction="none").float()
+        return linear_cross_entropy(h, weight, target, ignore_index=-1, reduction="none").float()
+    from liger_kernel.transformers.functional import liger_fused_linear_cross_entropy
+    return liger_fused_linear_cross_entropy(h, weight, target, ignore_index=-1,
+                                            reduction="none").float()
 
 
 def _rng_state(device):
@@ -180,8 +249,8 @@ def forward(model, idx, targets, chunk=0, kernel="torch", with_values=False, val
             rng.append(_rng_state(dev) if redraw else None)
             h = model.head_hidden(k, x, cos, sin).flatten(0, 1)     # (B*T, D)
             t = (nxt if k == 0 else targets[..., k]).flatten()
-            if kernel == "cce":
-                ce_k = cce_per_token(h, W, t)
+            if kernel != "torch":
+                ce_k = kernel_ce(kernel, h, W, t)
             else:
                 ce_k, lse_k = ce_and_lse(h, W, t, rows, dtype)
                 lse[..., k] = lse_k.view(B, T)
@@ -216,6 +285,72 @@ def next_token_ce(model, idx, chunk=0):
     return ce.view(B, T)
 
 
+def forward_backward(model, idx, targets, w, n_valid, chunk=0, kernel="torch", scale=None,
+                     ctx=None):
+    """The whole loss in one pass, for weights known before the CE: the gradient of
+
+        sum_{t,k} w[t, k] * CE[t, k] / n_valid
+
+    into every parameter, and the CE (B, T, H) fp32 detached (what mtp_cross_entropy(
+    model(idx), targets) gives, for the logged loss). idx (B, T), targets (B, T, H), w
+    (B, T, H) detached; scale(loss) -> the tensor to backpropagate (loss scaling, world
+    size; a constant factor); ctx the autocast context. Gloeckle et al. 2024, sec. 2: the
+    trunk's forward, then each head's forward and backward in turn (its graph freed before
+    the next head's), then one backward through the trunk. The vocabulary projection runs
+    in chunks of rows: each chunk's logits give its CE and, w being known, their gradient
+    at once (chunk_grads), so no logits are recomputed. Dropout draws what the two-pass
+    path's pass 1 draws: the trunk's masks, then each head's in order."""
+    B, T, H = targets.shape
+    W = model.output.weight
+    dev = idx.device
+    rows = chunk_rows(chunk, W.shape[0])
+    dtype = compute_dtype(dev.type, W.dtype)
+    acc = torch.promote_types(dtype, torch.float32)              # the logits' and sums' dtype
+    with ctx or nullcontext():
+        trunk, cos, sin = model.trunk_forward(idx)               # (B, T, D), with graph
+    x = trunk.detach().requires_grad_()                          # every head's input
+    # scale is a constant factor (GradScaler's scale times the world size): the gradient of
+    # scale(loss) is that factor times the loss's
+    factor = scale(torch.ones((), device=dev)) if scale else torch.ones((), device=dev)
+    ce = torch.zeros(B, T, H, dtype=torch.float32, device=dev)
+    grad_w = None                       # (V, D) fp32: d/dW summed over heads, then W.grad
+    for k in range(H):
+        with ctx or nullcontext():
+            h = model.head_hidden(k, x, cos, sin).flatten(0, 1)      # (B*T, D), with graph
+        t = targets[..., k].flatten()
+        # d loss / d ce (B*T,), the floats autograd gives two-pass's backward: w * (factor / N)
+        g = (w[..., k].detach() * (factor / n_valid)).flatten().to(acc)
+        if kernel != "torch":   # a fused kernel's own autograd: its forward, then backward
+            with ctx or nullcontext():
+                ce_k = kernel_ce(kernel, h, W, t)
+            (g * ce_k).sum().backward()
+            ce[..., k] = ce_k.detach().view(B, T)
+            continue
+        if grad_w is None:
+            grad_w = torch.zeros(W.shape, dtype=acc, device=dev)
+        grad_h = torch.empty_like(h)
+        ce_k = torch.empty(h.shape[0], dtype=acc, device=dev)
+        w_c = W.detach().to(dtype)
+        with torch.no_grad():
+            for s in range(0, h.shape[0], rows):
+                h_c, t_c = h[s:s + rows], t[s:s + rows]
+                logits = chunk_logits(h_c, W.detach(), dtype)            # (n, V) fp32
+                ce_k[s:s + rows], lse = chunk_ce_lse(logits, t_c)
+                softmax = logits.sub_(lse[:, None]).exp_()               # in place
+                grad_h[s:s + rows] = chunk_grads(softmax, t_c, g[s:s + rows], h_c, w_c,
+                                                 grad_w, dtype).to(h.dtype)
+        ce[..., k] = ce_k.view(B, T)
+        h.backward(grad_h)              # head k's block and the norm; frees its graph
+    if grad_w is not None:              # the unembedding's gradient, as autograd would add it
+        if W.grad is None:
+            W.grad = grad_w.to(W.dtype)
+        else:
+            W.grad += grad_w.to(W.dtype)
+    if x.grad is not None:
+        trunk.backward(x.grad)          # Gloeckle et al. sec. 2: the trunk last
+    return ce
+
+
 def backward(p, model, w, n_valid, term=None, extra_loss=None, scale=None, heads=True, ctx=None):
     """Pass 2: the gradient of
 
@@ -241,8 +376,8 @@ def backward(p, model, w, n_valid, term=None, extra_loss=None, scale=None, heads
             with ctx or nullcontext():
                 h = model.head_hidden(k, p.x, p.cos, p.sin).flatten(0, 1)   # (B*T, D), with graph
                 t = p.targets[..., k].flatten()
-                if p.kernel == "cce":
-                    ce_k = cce_per_token(h, W, t)
+                if p.kernel != "torch":
+                    ce_k = kernel_ce(p.kernel, h, W, t)
                 else:
                     ce_k = LinearCE.apply(h, W, t, p.ce[..., k].flatten(), p.lse[..., k].flatten(),
                                           p.rows, p.dtype, grad_w_sum, k == H - 1)

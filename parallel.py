@@ -3,6 +3,7 @@ Parallelism, activation checkpointing and compilation, applied to the model from
 (torchtitan's lesson: model.py stays a plain Llama with MTP heads and knows nothing of it).
 
     parallelize(model, c, ptdtype, fsdp)   # in place, before the optimizer is built
+    materialize(model, source, device)     # FSDP: a meta-device model gets rank 0's weights
 
 FSDP2 (`torch.distributed.fsdp.fully_shard`, Zhao et al. 2023; the per-parameter DTensor
 rewrite) shards every block (trunk blocks and each head) over the ranks: its parameters
@@ -79,6 +80,35 @@ def parallelize(model, c, ptdtype, fsdp):
                                   reduce_dtype=torch.float32)
         for b in blocks(model):
             fully_shard(b, mp_policy=mp)
+    return model
+
+
+def materialize(model, source, device):
+    """Give a model built on the meta device and sharded by parallelize (no memory yet) its
+    weights: every rank allocates its shards (and the replicated parts) on `device`, then
+    rank 0's `source` (a model holding the full weights on the host: a fresh init with the
+    run's seed, a checkpoint, a pretrained model; None on the other ranks) is sent tensor
+    by tensor, each rank keeping its shards (torch.distributed.checkpoint's
+    broadcast_from_rank0). So no rank but 0 ever holds the whole model, and rank 0 only
+    in host memory; the weights are bit for bit the source's, as one process would have
+    them. Buffers (the rotary tables: not in a state dict) come from rank 0 too."""
+    from torch.distributed.checkpoint.state_dict import StateDictOptions, set_model_state_dict
+    shared = {}   # one parameter under several names (tied embeddings): to_empty unties them
+    for name, p in model.named_parameters(remove_duplicate=False):
+        shared.setdefault(id(p), []).append(name)
+    model.to_empty(device=device)
+    for first, *others in shared.values():
+        for name in others:
+            owner, _, attr = name.rpartition(".")
+            setattr(model.get_submodule(owner), attr, model.get_parameter(first))
+    set_model_state_dict(model, source.state_dict() if source is not None else {},
+                         options=StateDictOptions(full_state_dict=True, broadcast_from_rank0=True))
+    theirs = dict(source.named_buffers()) if source is not None else {}
+    with torch.no_grad():
+        for name, buf in model.named_buffers():
+            if source is not None:
+                buf.copy_(theirs[name])
+            dist.broadcast(buf, src=0)
     return model
 
 

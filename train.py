@@ -115,7 +115,7 @@ length_buckets = False          # pad T up to a power of two (>= 64, <= block_si
 # the loss path (mtp_loss.py): same loss and gradients, different memory
 loss_impl = "chunked"           # 'chunked': heads in turn, vocabulary in chunks; 'simple': (B, T, H, V) logits
 loss_chunk = 0                  # rows per vocabulary chunk of the 'chunked' loss; 0 = 2**24 logits a chunk
-loss_kernel = "torch"           # 'torch' chunks, or 'cce': cut-cross-entropy's fused linear CE (CUDA only)
+loss_kernel = "torch"           # 'torch' chunks; fused linear CE (CUDA only): 'cce' (cut-cross-entropy), 'liger' (>= 0.8.2)
 # scale (parallel.py)
 data_parallel = "ddp"           # with several processes: 'ddp' (replicas, small models) or 'fsdp' (FSDP2 per block)
 activation_checkpointing = "none"  # per block: 'none', 'selective' (keep matmul/attention outputs), 'full'
@@ -128,6 +128,12 @@ wandb_run_name = ""
 # -----------------------------------------------------------------------------
 DEFAULTS = {k: v for k, v in globals().items()
             if not k.startswith("_") and isinstance(v, (int, float, bool, str))}
+# weightings whose w reads nothing the forward computes (no CE, no values, no random draw
+# after it): with loss_impl='chunked' their step is one pass (mtp_loss.forward_backward),
+# the others' two (CE first, weights, then the backward). 'random_matched' reads no CE
+# but draws its weights after the forward's dropout masks, as the baseline's masks: kept
+# on two passes so that the arms keep drawing the same masks.
+WEIGHTS_BEFORE_CE = ("uniform",)
 MODEL_KEYS = ("n_layer", "n_future", "n_head", "n_kv_head", "d_model", "d_ff",
               "rope_theta", "tie_embeddings", "dropout", "value_detach", "value_surprise")
 
@@ -185,9 +191,10 @@ def save_checkpoint(path, state):
     os.replace(tmp, path)
 
 
-def load_checkpoint(path, map_location="cpu", sharded_ok=False):
+def load_checkpoint(path, map_location="cpu", sharded_ok=False, mmap=False):
     """A checkpoint file, or a run dir's ckpt.pt. sharded_ok: a 'dcp' checkpoint (its
-    weights in a directory beside it) is fine: only resuming reads those."""
+    weights in a directory beside it) is fine: only resuming reads those. mmap: tensors
+    stay in the file until read (FSDP's ranks other than 0 never read the weights)."""
     if not path.endswith(".pt"):
         path = os.path.join(path, "ckpt.pt")
     if not os.path.exists(path):
@@ -195,7 +202,7 @@ def load_checkpoint(path, map_location="cpu", sharded_ok=False):
                                 f"(with ckpt.pt), a .pt file, or a pretrained model (an HF dir with "
                                 f"config.json, a Meta dir with params.json, a .gguf file, hf:ORG/NAME)")
     try:
-        ckpt = torch.load(path, map_location=map_location, weights_only=False)
+        ckpt = torch.load(path, map_location=map_location, weights_only=False, mmap=mmap)
     except Exception as e:
         raise RuntimeError(f"checkpoint {path} is corrupt or truncated and cannot be read "
                            f"({type(e).__name__}: {e}); delete it to start from scratch") from None
@@ -584,8 +591,9 @@ def train(cfg):
     if family not in weights.SCHEMES:
         raise ValueError(f"control_of={c.control_of!r} is not a scheme: {sorted(weights.SCHEMES)}")
     use_critic, use_ref = family == "critic", family == "rho1"
+    one_pass = c.loss_impl == "chunked" and c.weighting in WEIGHTS_BEFORE_CE
     for key, allowed in (("train_on", ("correct", "all")), ("weight_norm", ("heads", "tokens")),
-                         ("loss_impl", ("chunked", "simple")), ("loss_kernel", ("torch", "cce")),
+                         ("loss_impl", ("chunked", "simple")), ("loss_kernel", mtp_loss.KERNELS),
                          ("data_parallel", ("ddp", "fsdp")), ("checkpoint_format", ("file", "dcp")),
                          ("activation_checkpointing", ("none", "selective", "full")),
                          ("rho1_mode", ("abs", "signed", "topk")), ("reward", ("binary", "pm1", "zscore")),
@@ -594,6 +602,8 @@ def train(cfg):
         if getattr(c, key) not in allowed:
             raise ValueError(f"{key} must be one of {allowed}, got {getattr(c, key)!r}")
     device_type = "cuda" if device.startswith("cuda") else "cpu"
+    if c.loss_impl == "chunked":   # a fused kernel that cannot run here fails now, not at step 1
+        mtp_loss.check_kernel(c.loss_kernel, device_type)
     if c.dtype == "auto":
         c.dtype = "bfloat16" if device_type == "cuda" and torch.cuda.is_bf16_supported() else "float32"
     ptdtype = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}[c.dtype]
@@ -650,26 +660,39 @@ def train(cfg):
     iter_num, best_val, tokens_seen = 0, float("inf"), 0
     moments = weights.RunningMoments()
     probe_start = None    # the critic's values on the probe batch when main training starts
-    # the critic's values for each training token (NaN = not seen yet): row 0 at its
-    # sample's previous visit (the centre of the clipping trust region), row 1 frozen when
-    # main training starts (the anchor)
-    value_memory = np.full((2, len(train_split.tokens)), np.nan, dtype=np.float32) if use_critic else None
+    # the critic's values per training token at the previous visit and at main start, for
+    # value_clip and the anchor, sharded over the ranks; none when neither reads it
+    value_memory = ValueMemory(train_split, loader.ids, c.value_anchor_coef > 0, rank, world_size, device) \
+        if use_critic and (c.value_clip > 0 or c.value_anchor_coef > 0) else None
     ckpt, source_model, model_source, init_weights = None, None, None, None
     value_args = {k: v for k, v in model_args.items() if k.startswith("value_") or k == "dropout"}
-    if c.init_from not in ("scratch", "resume") and pretrained.is_pretrained_source(c.init_from):
+    # FSDP: only rank 0 builds the weights, in host memory, and parallel.materialize sends
+    # every rank its shards: at 7B no rank holds the whole model on its GPU, and only rank 0
+    # holds it at all. Checkpoints are memory-mapped, so the other ranks read only what
+    # they use (the optimizer state: the page cache is shared).
+    fsdp = ddp and c.data_parallel == "fsdp"
+    build = master or not fsdp
+    host = "cpu" if fsdp else device
+    from_pretrained = c.init_from not in ("scratch", "resume") and pretrained.is_pretrained_source(c.init_from)
+    if from_pretrained:
         # a pretrained model: its architecture, with this run's heads, dropout and value head
         check_source_tokenizer(c.init_from, tok_id, "init_from")
-        torch.manual_seed(c.seed)       # a fresh value head (and 'random' heads) seeded as a run
-        source_model, model_args, model_source = pretrained.load_pretrained(
-            c.init_from, n_future=c.n_future, head_init=c.head_init, max_seq_len=c.block_size,
-            device=device, **value_args)
+        if build:
+            torch.manual_seed(c.seed)   # a fresh value head (and 'random' heads) seeded as a run
+            source_model, model_args, model_source = pretrained.load_pretrained(
+                c.init_from, n_future=c.n_future, head_init=c.head_init, max_seq_len=c.block_size,
+                device=host, **value_args)
+        if fsdp:   # the other ranks learn the architecture, not the weights
+            box = [(model_args, model_source)]
+            dist.broadcast_object_list(box, src=0)
+            model_args, model_source = box[0]
         if enc.n_vocab > model_args["vocab_size"]:
             raise ValueError(f"init_from={c.init_from!r} has {model_args['vocab_size']} embedding rows, "
                              f"fewer than the tokenizer's {enc.n_vocab} tokens")
         say(f"init_from {c.init_from}: {model_source['format']} checkpoint; its architecture replaces "
             f"n_layer/n_head/d_model/...: {model_args}")
     if c.init_from == "resume":
-        ckpt = load_checkpoint(ckpt_path, map_location=device, sharded_ok=True)
+        ckpt = load_checkpoint(ckpt_path, map_location=host, sharded_ok=True, mmap=fsdp)
         data.check_tokenizer(ckpt["tokenizer"], tok_id, f"checkpoint {ckpt_path}")
         if ckpt["data_hash"] != train_split.meta["hash"]:
             raise ValueError(f"checkpoint {ckpt_path} was trained on other data (hash "
@@ -685,10 +708,10 @@ def train(cfg):
         loader.load_state_dict(ckpt["loader"])
         moments.load_state_dict(ckpt["moments"])
         probe_start = ckpt["probe_start"]
-        if use_critic:
-            value_memory = np.load(os.path.join(c.out_dir, "value_memory.npy"))
-    elif c.init_from != "scratch" and source_model is None:   # fine-tune another run: fresh optimizer, step 0
-        init = load_checkpoint(c.init_from, map_location=device)
+        if value_memory is not None:
+            value_memory.load(os.path.join(c.out_dir, "value_memory.npy"))
+    elif c.init_from != "scratch" and not from_pretrained:   # fine-tune another run: fresh optimizer, step 0
+        init = load_checkpoint(c.init_from, map_location=host, mmap=fsdp)
         data.check_tokenizer(init["tokenizer"], tok_id, f"init_from checkpoint {c.init_from}")
         model_source = init.get("model_source")
         if model_source:   # a run that started from a pretrained model: its architecture
@@ -700,20 +723,28 @@ def train(cfg):
         init_weights = {k: v for k, v in init["model"].items() if not k.startswith("value_head.")}
         init = None
     torch.manual_seed(c.seed)   # same initial weights on every rank
-    raw_model = source_model.train() if source_model else Transformer(ModelConfig(**model_args)).to(device)
-    source_model = None
-    if ckpt and ckpt["model"] != "dcp":
-        raw_model.load_state_dict(ckpt["model"])
-    elif init_weights is not None:   # a value head is new here: it keeps its fresh init
-        missing, unexpected = raw_model.load_state_dict(init_weights, strict=False)
-        assert not unexpected and all(k.startswith("value_head.") for k in missing), (missing, unexpected)
-        init_weights = None
+    raw_model = None
+    if build:
+        raw_model = source_model.train() if source_model else Transformer(ModelConfig(**model_args)).to(host)
+        if ckpt and ckpt["model"] != "dcp":
+            raw_model.load_state_dict(ckpt["model"])
+        elif init_weights is not None:   # a value head is new here: it keeps its fresh init
+            missing, unexpected = raw_model.load_state_dict(init_weights, strict=False)
+            assert not unexpected and all(k.startswith("value_head.") for k in missing), (missing, unexpected)
+    source_model = init_weights = None
     # checkpointing, compile, FSDP2: before the optimizer, which must see the sharded parameters
-    fsdp = ddp and c.data_parallel == "fsdp"
-    collective_save = fsdp or c.checkpoint_format == "dcp"   # every rank takes part in a save
-    parallel.parallelize(raw_model, c, ptdtype, fsdp)
-    if fsdp:
+    # every rank takes part in a save: FSDP's and 'dcp''s shards, the value memory's
+    collective_save = fsdp or c.checkpoint_format == "dcp" or (ddp and value_memory is not None)
+    if fsdp:   # shards only: built with no memory, sharded, then given rank 0's weights
+        source = raw_model
+        with torch.device("meta"):
+            raw_model = Transformer(ModelConfig(**model_args))
+        parallel.parallelize(raw_model, c, ptdtype, fsdp)
+        parallel.materialize(raw_model, source, device)
+        source = None
         say(f"FSDP2: {len(parallel.blocks(raw_model))} blocks sharded over {world_size} processes")
+    else:
+        parallel.parallelize(raw_model, c, ptdtype, fsdp)
     optimizer = raw_model.configure_optimizers(c.weight_decay, c.learning_rate,
                                                (c.beta1, c.beta2), device_type)
     if ckpt and ckpt["model"] == "dcp":   # shards, resharded onto this world size
@@ -776,14 +807,12 @@ def train(cfg):
                 "data_hash": train_split.meta["hash"], "git": git_hash()}
 
     def save_all(loader_state):
-        """Rank 0 writes ckpt.pt; under FSDP or 'dcp' every rank calls this (its shards)."""
+        """Rank 0 writes ckpt.pt; under collective_save every rank calls this (its shards)."""
         state = checkpoint_state(loader_state)
+        if value_memory is not None:   # beside the checkpoint; written first so a checkpoint never lacks it
+            value_memory.save(os.path.join(c.out_dir, "value_memory.npy"))
         if not master:
             return
-        if use_critic:   # beside the checkpoint; written first so a checkpoint never lacks it
-            tmp = os.path.join(c.out_dir, "value_memory.tmp.npy")
-            np.save(tmp, value_memory)
-            os.replace(tmp, os.path.join(c.out_dir, "value_memory.npy"))
         save_checkpoint(ckpt_path, state)   # the commit point: it names the shards to read
         if c.checkpoint_format == "dcp":     # older shard directories are no longer named
             for old in os.listdir(c.out_dir):
@@ -845,7 +874,8 @@ def train(cfg):
 
     @torch.no_grad()
     def scheme_weights(mb, ce, values, norm_stats=None):
-        """w (B, T, H) of one micro-batch, and the critic's values (V = 0 at terminal states)."""
+        """w (B, T, H) of one micro-batch, and the critic's values (V = 0 at terminal states).
+        ce None: the weights are asked for before the CE (WEIGHTS_BEFORE_CE)."""
         valid, kw, v = mb["targets"] >= 0, {}, None
         if use_ref:
             kw["ref_ce"] = online_ref_ce(ref, mb["tokens"], ctx, c.loss_chunk) if ref is not None \
@@ -855,7 +885,7 @@ def train(cfg):
             kw.update(values=v, rewards=mb["rewards"], moments=moments)
         if c.weighting == "random_matched":
             return weights.random_matched(valid, matched), v
-        w = scheme(ce.detach(), valid, cfg=c, norm_stats=norm_stats, **kw)
+        w = scheme(None if ce is None else ce.detach(), valid, cfg=c, norm_stats=norm_stats, **kw)
         return (weights.shuffled(w, valid) if c.weighting == "shuffled" else w), v
 
     while True:
@@ -888,7 +918,8 @@ def train(cfg):
         # -- one optimizer step
         pretraining = iter_num < pretrain_iters        # the critic's value-only stage
         if use_critic and iter_num == pretrain_iters:
-            value_memory[1] = value_memory[0]             # the anchor: values at main start
+            if value_memory is not None:
+                value_memory.freeze_anchor()              # the anchor: values at main start
             if master or fsdp:
                 probe_start = probe_values(eval_model(), val_split, probe_ids, c, ctx, device, pad_id)[2]
         lr = get_lr(min(iter_num, c.warmup_iters) if pretraining else iter_num - pretrain_iters, c)
@@ -909,6 +940,8 @@ def train(cfg):
                 if c.incorrect_mode == "value_only":   # incorrect solutions train only the critic
                     mb["targets"][mb["is_correct"].to(device) == 0] = -1
                 mb["states"], mb["rewards"] = critic_inputs(mb, c, reward_stats)
+        if value_memory is not None:   # each micro-batch's remembered values, from their owners
+            value_memory.recall(micro, ddp)
         # N = valid (t, k) terms in the whole step over all ranks, counted before the
         # forward pass; the same for every scheme, so all arms share the loss scale
         n_valid = all_reduce_sum(sum((mb["targets"] >= 0).sum() for mb in micro).float(), ddp)
@@ -940,46 +973,55 @@ def train(cfg):
                 parallel.set_gradient_sync(raw_model, last)
             with model.no_sync() if wrapped and not last else nullcontext():
                 torch.manual_seed(seed_of(i))
-                ce, values, heads = forward(model, mb)
-                valid = mb["targets"] >= 0
-                with torch.no_grad():
-                    norm_stats = {} if step_norm else None
-                    w, v = scheme_weights(mb, ce, values, norm_stats)
-                    if step_norm:
-                        w = w * weights.step_scale(norm_stats, *step_norm)
-                    if use_critic:
-                        delta = weights.td_errors(v, mb["rewards"], H, c.gamma)[valid]
-                        delta_stats += torch.stack([torch.tensor(delta.numel(), device=device),
-                                                    delta.sum(), delta.pow(2).sum()]).double()
-                    if pretraining:
-                        w = torch.zeros_like(w)                       # LM loss off
-                    bad |= ~torch.isfinite(w).all()          # on the device: no sync here
-                lm_ce, term = ce, None
-                if use_critic and c.incorrect_mode == "signed":
-                    # advantage sign kept: where the TD error of an incorrect solution is
-                    # negative, push the token's probability down instead of pulling it up
-                    neg = (weights.td_errors(v, mb["rewards"], H, c.gamma) < 0) & \
-                        (mb["is_correct"].to(device) == 0)[:, None, None]
-                    lm_ce = unlikelihood_where(ce, neg)
-                    term = lambda ce_k, k: unlikelihood_where(ce_k, neg[..., k])
-                if pretraining and c.value_detach and not wrapped:
-                    loss = ce.new_zeros(())   # w = 0 and the LM waits: skip its backward pass
-                else:                         # (DDP needs every parameter in the graph)
-                    loss = weights.weighted_loss(lm_ce, w, n_valid)   # 'chunked': the value only
-                value_loss = None
-                if use_critic:
-                    value_loss = critic_value_loss(values, v, mb, value_memory, train_split, c, n_states)
-                    loss = loss + c.value_coef * value_loss
-                    seen.append((mb["sample_ids"], mb["lengths"], values.detach().float()))
-                    stats[2] += value_loss.detach().double()
                 # DDP averages gradients over ranks; the loss is already a global mean
                 scale = lambda l: scaler.scale(l * world_size)
-                if heads is None:
-                    scale(loss).backward()
-                else:   # the same gradient, head by head (mtp_loss.py)
-                    mtp_loss.backward(heads, raw_model, w, n_valid, term=term, scale=scale, ctx=ctx,
-                                      extra_loss=c.value_coef * value_loss if use_critic else None,
-                                      heads=not pretraining)
+                if one_pass:   # w known before the CE: each head's forward and backward at once
+                    valid = mb["targets"] >= 0
+                    with torch.no_grad():
+                        w = scheme_weights(mb, None, None)[0]
+                        bad |= ~torch.isfinite(w).all()
+                    ce = mtp_loss.forward_backward(raw_model, mb["tokens"], mb["targets"], w, n_valid,
+                                                   c.loss_chunk, c.loss_kernel, scale=scale, ctx=ctx)
+                    loss = weights.weighted_loss(ce, w, n_valid)      # the value only
+                else:
+                    ce, values, heads = forward(model, mb)
+                    valid = mb["targets"] >= 0
+                    with torch.no_grad():
+                        norm_stats = {} if step_norm else None
+                        w, v = scheme_weights(mb, ce, values, norm_stats)
+                        if step_norm:
+                            w = w * weights.step_scale(norm_stats, *step_norm)
+                        if use_critic:
+                            delta = weights.td_errors(v, mb["rewards"], H, c.gamma)[valid]
+                            delta_stats += torch.stack([torch.tensor(delta.numel(), device=device),
+                                                        delta.sum(), delta.pow(2).sum()]).double()
+                        if pretraining:
+                            w = torch.zeros_like(w)                       # LM loss off
+                        bad |= ~torch.isfinite(w).all()          # on the device: no sync here
+                    lm_ce, term = ce, None
+                    if use_critic and c.incorrect_mode == "signed":
+                        # advantage sign kept: where the TD error of an incorrect solution is
+                        # negative, push the token's probability down instead of pulling it up
+                        neg = (weights.td_errors(v, mb["rewards"], H, c.gamma) < 0) & \
+                            (mb["is_correct"].to(device) == 0)[:, None, None]
+                        lm_ce = unlikelihood_where(ce, neg)
+                        term = lambda ce_k, k: unlikelihood_where(ce_k, neg[..., k])
+                    if pretraining and c.value_detach and not wrapped:
+                        loss = ce.new_zeros(())   # w = 0 and the LM waits: skip its backward pass
+                    else:                         # (DDP needs every parameter in the graph)
+                        loss = weights.weighted_loss(lm_ce, w, n_valid)   # 'chunked': the value only
+                    value_loss = None
+                    if use_critic:
+                        value_loss = critic_value_loss(values, v, mb, c, n_states)
+                        loss = loss + c.value_coef * value_loss
+                        seen.append((mb["sample_ids"], mb["lengths"], values.detach().float()))
+                        stats[2] += value_loss.detach().double()
+                    if heads is None:
+                        scale(loss).backward()
+                    else:   # the same gradient, head by head (mtp_loss.py)
+                        mtp_loss.backward(heads, raw_model, w, n_valid, term=term, scale=scale, ctx=ctx,
+                                          extra_loss=c.value_coef * value_loss if use_critic else None,
+                                          heads=not pretraining)
             with torch.no_grad():
                 stats[0] += loss.double()
                 stats[1] += mb["lengths"].sum()
@@ -1012,7 +1054,8 @@ def train(cfg):
         optimizer.zero_grad(set_to_none=True)
         if use_critic:
             moments.update(*all_reduce_sum(delta_stats, ddp).tolist())
-            remember_values(value_memory, seen, train_split, ddp, world_size)
+            if value_memory is not None:
+                value_memory.store(seen, ddp)
         iter_num += 1
         tokens_since += int(step_tokens)
         iters_since += 1
@@ -1066,57 +1109,159 @@ def train(cfg):
     return {**summary, "train_losses": history, "out_dir": c.out_dir}
 
 
-def critic_value_loss(values, v_detached, mb, memory, split, c, n_states):
+def critic_value_loss(values, v_detached, mb, c, n_states):
     """Squared error to the GAE value targets over non-terminal states, divided by the
     step's global state count. value_clip > 0: PPO's clipped value loss around the values
     this sample got at its previous visit (a trust region against drift);
-    value_anchor_coef > 0: plus a pull towards the values at the start of main training."""
+    value_anchor_coef > 0: plus a pull towards the values at the start of main training.
+    Those come from ValueMemory.recall (mb['value_prev'], mb['value_anchor'], NaN where
+    none is stored: the current values stand in, so the term is plain there)."""
     _, returns = weights.gae(v_detached, mb["rewards"], c.gamma, c.lam)  # targets, no gradient
     err = (values - returns).pow(2)
+    known = lambda old: torch.where(torch.isnan(old), v_detached, old)
     if c.value_clip > 0:
-        old = remembered(memory[0], mb, split, v_detached)
+        old = known(mb["value_prev"])
         clipped = old + (values - old).clamp(-c.value_clip, c.value_clip)
         err = torch.maximum(err, (clipped - returns).pow(2))
     if c.value_anchor_coef > 0:
-        err = err + c.value_anchor_coef * (values - remembered(memory[1], mb, split, v_detached)).pow(2)
+        err = err + c.value_anchor_coef * (values - known(mb["value_anchor"])).pow(2)
     return (err * mb["states"]).sum() / n_states
 
 
-def token_positions(sample_ids, lengths, T, split):
-    """Where each (b, t) of a batch lives in the split's token arrays, and which (b, t) are
-    real tokens: (B, T) int64 positions, (B, T) bool. Vectorised: no loop over samples."""
-    starts = split.index[np.asarray(sample_ids), 0]
-    t = np.arange(T)
-    return starts[:, None] + t[None, :], t[None, :] < np.asarray(lengths)[:, None]
+class ValueMemory:
+    """The critic's value of every training token at its sample's previous visit (the
+    centre of value_clip's trust region) and, with value_anchor_coef > 0, at the start of
+    main training (the anchor); NaN until the sample is seen.
 
+    Sharded so that it scales with the data: rank r keeps the tokens of the samples
+    ids[r::world_size] (ids: the Loader's samples, sorted) in one flat float32 array per
+    kept row, 1/world_size of the training tokens, and no row nobody reads (the anchor's
+    only with the anchor on; none at all without clip and anchor: train() then makes no
+    ValueMemory). Per step, vectorised, with tensor collectives only:
+      recall  before the step: every rank's sample ids (all-gather), then one all-reduce
+              in which each token's owner gives its stored values and the others zeros,
+              so each rank gets exactly the floats the owner holds (x + 0 = x);
+      store   after the step: the step's values from every rank (all-gather), each owner
+              writing its own samples'.
+    The checkpoint holds one (2, split tokens) file in the split's token layout, written
+    by rank 0 from every rank's shard in turn: it resumes on any number of processes."""
 
-def remembered(memory, mb, split, fallback):
-    """Per-token values from a memory row, as (B, T); `fallback` where none is stored."""
-    pos, real = token_positions(mb["sample_ids"].numpy(), mb["lengths"].numpy(), fallback.shape[1], split)
-    out = np.full(pos.shape, np.nan, dtype=np.float32)
-    out[real] = memory[pos[real]]
-    out = torch.from_numpy(out).to(fallback.device)
-    return torch.where(torch.isnan(out), fallback, out)
+    def __init__(self, split, ids, anchor, rank, world_size, device):
+        self.split, self.all_ids, self.anchor = split, ids, anchor
+        self.rank, self.world, self.device = rank, world_size, device
+        self.ids, self.starts, self.lengths = self.layout(rank)
+        self.values = np.full((2 if anchor else 1, int(self.lengths.sum())), np.nan, dtype=np.float32)
 
+    def layout(self, rank):
+        """Rank `rank`'s samples (sorted), where each starts in its flat arrays, their lengths."""
+        ids = self.all_ids[rank::self.world]
+        lengths = self.split.index[ids, 1].astype(np.int64)
+        return ids, np.cumsum(lengths) - lengths, lengths
 
-def remember_values(memory, seen, split, ddp, world_size):
-    """Store this step's values per training token, gathered from every rank so that all
-    ranks (and the checkpoint) hold the same memory: one tensor all-gather per step (rows
-    padded to the longest on any rank) and one vectorised write, no Python objects."""
-    ids = torch.cat([s for s, _, _ in seen]).to(seen[0][2].device)
-    lengths = torch.cat([n for _, n, _ in seen]).to(ids.device)
-    T = torch.tensor([max(v.shape[1] for _, _, v in seen)], device=ids.device)
-    if ddp:
-        dist.all_reduce(T, op=dist.ReduceOp.MAX)
-    T = int(T.item())
-    values = torch.cat([F.pad(v, (0, T - v.shape[1])) for _, _, v in seen])   # (N, T)
-    if ddp:   # every rank holds the same number of rows per step (the Loader's contract)
-        parts = [[torch.empty_like(x) for _ in range(world_size)] for x in (ids, lengths, values)]
-        for out, x in zip(parts, (ids, lengths, values)):
-            dist.all_gather(out, x)
-        ids, lengths, values = (torch.cat(p) for p in parts)
-    pos, real = token_positions(ids.cpu().numpy(), lengths.cpu().numpy(), T, split)
-    memory[0, pos[real]] = values.cpu().numpy()[real]
+    def positions(self, rank):
+        """For each entry of rank `rank`'s flat arrays, its token's position in the split."""
+        ids, starts, lengths = self.layout(rank)
+        return np.arange(int(lengths.sum())) + np.repeat(self.split.index[ids, 0] - starts, lengths)
+
+    def _gather(self, x, ddp):
+        """(n, ...) on every rank -> (world_size * n, ...) in rank order (equal n per rank:
+        the Loader's contract), a host tensor."""
+        if not ddp:
+            return x
+        x = x.to(self.device)
+        parts = [torch.empty_like(x) for _ in range(self.world)]
+        dist.all_gather(parts, x)
+        return torch.cat(parts).cpu()
+
+    def _mine(self, ids, lengths, T):
+        """(N, T) indices into this rank's arrays for the tokens of samples `ids`, and the
+        (N, T) mask of those this rank holds (its samples' real tokens)."""
+        j = np.searchsorted(self.ids, ids).clip(max=max(len(self.ids) - 1, 0))
+        t = np.arange(T)
+        held = (self.ids[j] == ids) if len(self.ids) else np.zeros(len(ids), dtype=bool)
+        return self.starts[j][:, None] + t, held[:, None] & (t < lengths[:, None])
+
+    def recall(self, micro, ddp):
+        """Set each micro-batch's mb['value_prev'] (and mb['value_anchor']) (B, T) on the
+        device: the stored values of its tokens, NaN where none is stored or t >= length."""
+        ids = self._gather(torch.cat([mb["sample_ids"] for mb in micro]), ddp).numpy()
+        lengths = self._gather(torch.cat([mb["lengths"] for mb in micro]), ddp).numpy()
+        T = int(lengths.max())
+        idx, held = self._mine(ids, lengths, T)
+        out = np.zeros((len(self.values), len(ids), T), dtype=np.float32)   # (rows, N, T)
+        for row, vals in zip(out, self.values):
+            row[held] = vals[idx[held]]
+        out = torch.from_numpy(out).to(self.device)
+        if ddp:   # one owner per token, zeros from the others: the owner's floats exactly
+            dist.all_reduce(out, op=dist.ReduceOp.SUM)
+        out[:, ~torch.from_numpy(np.arange(T) < lengths[:, None]).to(self.device)] = float("nan")
+        n = len(ids) // self.world
+        out = out[:, self.rank * n:(self.rank + 1) * n]               # this rank's rows
+        names = ("value_prev", "value_anchor")[:len(self.values)]
+        s = 0
+        for mb in micro:
+            B, T_mb = mb["tokens"].shape
+            part = F.pad(out[:, s:s + B], (0, max(0, T_mb - T)), value=float("nan"))[..., :T_mb]
+            mb.update(zip(names, part))
+            s += B
+
+    def store(self, seen, ddp):
+        """Write this step's values (seen: (sample_ids, lengths, values (B, T)) per
+        micro-batch) into their owners' arrays."""
+        T = max(v.shape[1] for _, _, v in seen)
+        if ddp:   # rows padded to the longest on any rank
+            T_all = torch.tensor([T], device=self.device)
+            dist.all_reduce(T_all, op=dist.ReduceOp.MAX)
+            T = int(T_all.item())
+        values = torch.cat([F.pad(v, (0, T - v.shape[1])) for _, _, v in seen])   # (N, T)
+        ids = self._gather(torch.cat([s for s, _, _ in seen]), ddp).numpy()
+        lengths = self._gather(torch.cat([n for _, n, _ in seen]), ddp).numpy()
+        values = self._gather(values, ddp).cpu().numpy()
+        idx, held = self._mine(ids, lengths, T)
+        self.values[0, idx[held]] = values[held]
+
+    def freeze_anchor(self):
+        """Main training starts: the anchor is the values as they are now."""
+        if self.anchor:
+            self.values[1] = self.values[0]
+
+    def save(self, path):
+        """A collective: rank 0 writes `path`, a (2, split tokens) float32 .npy in the
+        split's token layout (row 1 NaN without the anchor), taking every rank's shard in
+        turn, so no rank holds more than one shard; written beside, then renamed."""
+        if self.rank == 0:
+            tmp = f"{path}.tmp.{os.getpid()}.npy"
+            out = np.lib.format.open_memmap(tmp, mode="w+", dtype=np.float32,
+                                            shape=(2, len(self.split.tokens)))
+            out[:] = np.nan
+        for r in range(self.world):
+            if r == self.rank == 0:
+                shard = self.values
+            elif self.rank == 0:   # the sender's shard: its size is known from the layout
+                n = int(self.layout(r)[2].sum())
+                buf = torch.empty(len(self.values), n, device=self.device)
+                dist.recv(buf, src=r)
+                shard = buf.cpu().numpy()
+            elif self.rank == r:
+                dist.send(torch.from_numpy(self.values).to(self.device), dst=0)
+                continue
+            else:
+                continue
+            pos = self.positions(r)
+            for row, vals in enumerate(shard):
+                out[row, pos] = vals
+        if self.rank == 0:
+            out.flush()
+            del out
+            os.replace(tmp, path)
+
+    def load(self, path):
+        """This rank's shard from save()'s file (memory-mapped: only the shard is read),
+        whatever the number of processes that wrote it."""
+        saved = np.load(path, mmap_mode="r")
+        pos = self.positions(self.rank)
+        for row in range(len(self.values)):
+            self.values[row] = saved[row, pos]
 
 
 def main(argv=None):

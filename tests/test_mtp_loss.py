@@ -141,6 +141,49 @@ def test_float32_gradients_within_1e_5():
     assert_same_grads(g_b, g_a, rtol=1e-5)
 
 
+# ---- one pass: the weights known before the CE ------------------------------------------
+@pytest.mark.parametrize("case", ["uniform", "random_w", "untied", "dropout", "float32", "scaled"])
+def test_one_pass_gradients_equal_the_simple_path(case):
+    """forward_backward (each head's forward and backward at once, no pass 1) gives the
+    simple path's CE and gradients: every head, tied or untied unembedding, dropout (the
+    same masks), chunks that do not divide B*T, float32 at a larger V, and a loss scale."""
+    kw = {"untied": dict(tie_embeddings=False), "dropout": dict(dropout=0.3),
+          "float32": dict(vocab_size=512)}.get(case, {})
+    m = tiny_model(**kw)
+    V = m.config.vocab_size
+    if case == "float32":
+        m = m.float()
+    tokens, mask, targets = batch(V=V)
+    valid = targets >= 0
+    n = valid.sum().float()
+    dt = next(m.parameters()).dtype
+    w = valid.to(dt) if case in ("uniform", "dropout") else torch.rand(targets.shape, dtype=dt) * valid
+    factor = 3.0 if case == "scaled" else 1.0     # train.py's world size / GradScaler's scale
+    torch.manual_seed(5)
+    ce_a, g_a = simple_step(m, tokens, targets, w * factor, n)
+    m.zero_grad(set_to_none=True)
+    torch.manual_seed(5)
+    ce_b = mtp_loss.forward_backward(m, tokens, targets, w, n, chunk=5,
+                                     scale=lambda loss: loss * factor)
+    torch.testing.assert_close(ce_b, ce_a, rtol=1e-6, atol=1e-6)
+    assert_same_grads(grads(m), g_a, rtol=1e-5)
+
+
+def test_one_pass_adds_to_existing_gradients():
+    """Gradient accumulation: a second micro-batch's gradient adds to the first's in every
+    parameter, the unembedding's (written by hand) included."""
+    m = tiny_model(tie_embeddings=False)
+    tokens, mask, targets = batch()
+    valid = targets >= 0
+    w, n = valid.double(), valid.sum().float()
+    half = [slice(0, 1), slice(1, 3)]
+    _, want = simple_step(m, tokens, targets, w, n)
+    m.zero_grad(set_to_none=True)
+    for s in half:
+        mtp_loss.forward_backward(m, tokens[s], targets[s], w[s], n, chunk=4)
+    assert_same_grads(grads(m), want, rtol=1e-5)
+
+
 # ---- the training loop: 'chunked' trains as 'simple' does ------------------------------
 from test_schemes import toy  # noqa: E402,F401  (the module fixture: toy data + a reference)
 from test_train import read_log, tiny_cfg, train_rows  # noqa: E402
@@ -183,3 +226,88 @@ def test_training_steps_equal_the_simple_path(toy, tmp_path, arm):
     # after 5 AdamW steps, relative to each tensor's scale: Adam divides by sqrt(v), so an
     # entry whose gradient is ~0 turns float rounding into an lr-sized step (3.6e-5 seen)
     assert_same_grads(wb, wa, rtol=1e-4)
+
+
+def test_baseline_one_pass_takes_the_two_pass_steps(toy, tmp_path, monkeypatch):
+    """The baseline's step through one pass (train.WEIGHTS_BEFORE_CE) and through the
+    two-pass path every other scheme takes: bit for bit the same losses, gradient norms and
+    final weights, with gradient accumulation and dropout on (the same floats in the same
+    order: the arms differ only in their weights, as before the one pass existed)."""
+    toy_data, _ = toy
+    keys = dict(max_iters=4, eval_interval=4, loss_chunk=7, dropout=0.1)
+    calls = []
+    one_pass = mtp_loss.forward_backward
+    monkeypatch.setattr(mtp_loss, "forward_backward", lambda *a, **k: calls.append(1) or one_pass(*a, **k))
+    train.train(tiny_cfg(toy_data, tmp_path / "one", **keys))
+    assert len(calls) == 4 * 2          # every micro-batch of every step took the one pass
+    monkeypatch.setattr(train, "WEIGHTS_BEFORE_CE", ())
+    train.train(tiny_cfg(toy_data, tmp_path / "two", **keys))
+    assert len(calls) == 4 * 2
+    a, b = train_rows(tmp_path / "two"), train_rows(tmp_path / "one")
+    assert sorted(a) == sorted(b) == [1, 2, 3, 4]
+    assert a == b
+    wa = train.load_checkpoint(str(tmp_path / "two"))["model"]
+    wb = train.load_checkpoint(str(tmp_path / "one"))["model"]
+    assert wa.keys() == wb.keys() and all(torch.equal(wa[k], wb[k]) for k in wa)
+
+
+# ---- optional fused kernels: refused clearly where they cannot run ----------------------
+@pytest.fixture
+def installed(monkeypatch):
+    """Pretend a package version is installed (None: not installed), for the kernel gate."""
+    import importlib.metadata
+
+    def pretend(versions):
+        def version(name):
+            if versions.get(name) is None:
+                raise importlib.metadata.PackageNotFoundError(name)
+            return versions[name]
+        monkeypatch.setattr(importlib.metadata, "version", version)
+        mtp_loss.check_kernel.cache_clear()
+    yield pretend
+    mtp_loss.check_kernel.cache_clear()
+
+
+def test_version_tuple():
+    assert mtp_loss.version_tuple("0.8.2") == (0, 8, 2)
+    assert mtp_loss.version_tuple("0.8.2.post1") == (0, 8, 2)
+    assert mtp_loss.version_tuple("0.10.0rc1") == (0, 10, 0)
+    assert mtp_loss.version_tuple("0.8.1+cu121") == (0, 8, 1)
+    assert mtp_loss.version_tuple("0.10.0") > mtp_loss.version_tuple("0.8.2") > mtp_loss.version_tuple("0.8.1")
+
+
+def test_liger_before_the_reduction_none_fix_is_refused(installed):
+    """liger-kernel < 0.8.2 scaled every row's gradient by grad_output[0] under
+    reduction='none': refused whatever the device, with what to install."""
+    for old in ("0.8.1", "0.7.0", "0.5.10"):
+        installed({"liger-kernel": old})
+        with pytest.raises(ImportError, match=f"needs liger-kernel >= 0.8.2: {old} is installed"):
+            mtp_loss.check_kernel("liger", "cuda")
+    installed({"liger-kernel": None})
+    with pytest.raises(ImportError, match=r"pip install 'liger-kernel>=0.8.2'"):
+        mtp_loss.check_kernel("liger", "cuda")
+    installed({"cut-cross-entropy": None})
+    with pytest.raises(ImportError, match="pip install 'cut-cross-entropy'"):
+        mtp_loss.check_kernel("cce", "cuda")
+
+
+def test_fused_kernels_refuse_the_cpu(installed):
+    installed({"liger-kernel": "0.8.2", "cut-cross-entropy": "25.1.1"})
+    for kernel in ("liger", "cce"):
+        with pytest.raises(ValueError, match="runs on CUDA only"):
+            mtp_loss.check_kernel(kernel, "cpu")
+        m = tiny_model()
+        tokens, mask, targets = batch()
+        with pytest.raises(ValueError, match="runs on CUDA only"):   # before any import
+            mtp_loss.forward(m, tokens, targets, kernel=kernel)
+    with pytest.raises(ValueError, match="loss_kernel must be one of"):
+        mtp_loss.check_kernel("triton", "cuda")
+    assert mtp_loss.check_kernel("torch", "cpu") is None
+
+
+def test_train_refuses_a_kernel_it_cannot_run_before_training(toy, tmp_path, installed):
+    toy_data, _ = toy
+    installed({"liger-kernel": "0.8.0"})
+    with pytest.raises(ImportError, match="0.8.0 is installed"):
+        train.train(tiny_cfg(toy_data, tmp_path, loss_kernel="liger"))
+    assert not (tmp_path / "log.jsonl").exists()

@@ -1,7 +1,8 @@
 """
 Parallelism applied from outside the model (parallel.py): activation checkpointing leaves
-the gradients alone; FSDP2 over 2 processes (gloo on CPU) takes the steps one process
-takes, and its checkpoint resumes on another world size.
+the gradients alone; FSDP2 over 2 processes (gloo on CPU) builds the model on the meta
+device and gets rank 0's weights (a fresh init, a run, a pretrained model) bit for bit,
+takes the steps one process takes, and its checkpoint resumes on another world size.
 
     OMP_NUM_THREADS=1 python -m pytest tests/test_parallel.py -q     # -m "not slow" skips torchrun
 """
@@ -145,3 +146,82 @@ def test_fsdp_sharded_checkpoint_resumes_on_one_process(toy_data, tmp_path):
     """Shards written by 2 FSDP processes, read back by 1 process (resharded by DCP)."""
     keys = dict(max_iters=6, eval_interval=3, checkpoint_format="dcp")
     fsdp_then_one(tiny_cfg(toy_data, tmp_path / "one", **keys), tmp_path)
+
+
+# ---- FSDP: built on the meta device, weights from rank 0 -----------------------------------
+META_CFG = dict(vocab_size=40, n_layer=3, n_future=2, n_head=2, n_kv_head=1, d_model=16, d_ff=32,
+                max_seq_len=16, value_head=True)
+
+
+def _materialize_worker(rank, init_file, out):
+    import torch.distributed as dist
+    from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
+    dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=2)
+    try:
+        c = type("C", (), dict(activation_checkpointing="none", compile=False))
+        source = None
+        if rank == 0:   # only rank 0 builds the weights, as train.py does
+            torch.manual_seed(3)
+            source = Transformer(ModelConfig(**META_CFG))
+        with torch.device("meta"):
+            m = Transformer(ModelConfig(**META_CFG))
+        parallel.parallelize(m, c, torch.float32, fsdp=True)
+        parallel.materialize(m, source, "cpu")
+        sd = get_model_state_dict(m, options=StateDictOptions(full_state_dict=True))
+        torch.save({"sd": sd, "tied": m.output.weight is m.tok_embeddings.weight,
+                    "sharded": parallel.is_sharded(m.layers[0].attention.wq.weight),
+                    "buffers": {n: b.clone() for n, b in m.named_buffers()}}, f"{out}.{rank}")
+    finally:
+        dist.destroy_process_group()
+
+
+def test_materialize_gives_every_rank_rank0s_weights(tmp_path):
+    """A model built on the meta device and sharded over 2 gloo processes, then
+    materialized from rank 0's freshly initialised model: every rank's gathered weights
+    and buffers are bit for bit one process's model with the same seed, the blocks are
+    sharded, and the tied unembedding is tied again."""
+    import torch.multiprocessing as mp
+    mp.spawn(_materialize_worker, args=(str(tmp_path / "init"), str(tmp_path / "out")), nprocs=2)
+    torch.manual_seed(3)
+    want = Transformer(ModelConfig(**META_CFG))
+    for rank in range(2):
+        got = torch.load(tmp_path / f"out.{rank}")
+        assert got["tied"] and got["sharded"], rank
+        assert got["sd"].keys() == want.state_dict().keys()
+        for k, v in want.state_dict().items():
+            assert torch.equal(got["sd"][k], v), (rank, k)
+        for n, b in want.named_buffers():
+            assert torch.equal(got["buffers"][n], b), (rank, n)
+
+
+def start_weights_under_fsdp(one, tmp_path):
+    """The weights a run starts from, in 1 process and under FSDP on 2: learning rate 0
+    (AdamW moves nothing: its decay is lr * wd), one step, the checkpoint's weights."""
+    one = dict(one, learning_rate=0.0, min_lr=0.0, max_iters=1, eval_interval=1)
+    train.train(one)
+    two = dict(one, out_dir=str(tmp_path / "two"), data_parallel="fsdp")
+    p = run_train(["-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
+                   "train.py", *overrides(two)])
+    out, _ = p.communicate(timeout=300)
+    assert p.returncode == 0, out
+    return (train.load_checkpoint(one["out_dir"])["model"],
+            train.load_checkpoint(two["out_dir"])["model"])
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("source", ["scratch", "run"])
+def test_fsdp_starts_from_the_one_process_weights(toy_data, tmp_path, source):
+    """FSDP builds on the meta device and takes rank 0's weights: a fresh init with the
+    run's seed (the critic's value head included), or a run's checkpoint (init_from), bit
+    for bit what one process starts from."""
+    keys = dict(weighting="critic", train_on="all", critic_pretrain_epochs=0.0)
+    if source == "run":
+        train.train(tiny_cfg(toy_data, tmp_path / "base", max_iters=2, eval_interval=2, seed=7))
+        keys["init_from"] = str(tmp_path / "base")
+    a, b = start_weights_under_fsdp(tiny_cfg(toy_data, tmp_path / "one", **keys), tmp_path)
+    assert a.keys() == b.keys() and any(k.startswith("value_head.") for k in a)
+    for k in a:
+        assert torch.equal(a[k], b[k]), k
+    if source == "run":   # and they are the run's, not a fresh init
+        base = train.load_checkpoint(str(tmp_path / "base"))["model"]
+        assert all(torch.equal(a[k], base[k]) for k in base)
