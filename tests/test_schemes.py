@@ -270,28 +270,6 @@ def test_controls(toy, tmp_path):
                          control_weights=str(tmp_path / "nowhere")))
 
 
-def test_value_loss_clip_and_anchor_by_hand():
-    from types import SimpleNamespace
-    split = SimpleNamespace(index=np.array([[0, 3, 1, 1]]))
-    memory = np.array([[0.0, 0.5, np.nan], [0.2, 0.2, 0.2]], dtype=np.float32)
-    mb = {"sample_ids": torch.tensor([0]), "lengths": torch.tensor([3]),
-          "rewards": torch.tensor([[0.0, 1.0, 0.0]]), "states": torch.tensor([[True, True, False]])}
-    values = torch.tensor([[0.9, 0.1, 0.0]], requires_grad=True)
-    v = values.detach() * mb["states"]
-    c = SimpleNamespace(gamma=1.0, lam=1.0, value_clip=0.2, value_anchor_coef=0.0)
-    # gamma = lambda = 1: the returns are the reward-to-go, [1, 1, 0]
-    ret = torch.tensor([1.0, 1.0])
-    err0 = max((0.9 - 1) ** 2, (0.0 + 0.2 - 1) ** 2)      # clipped around old 0.0 -> 0.2
-    err1 = max((0.1 - 1) ** 2, (0.5 - 0.2 - 1) ** 2)      # clipped around old 0.5 -> 0.3
-    loss = train.critic_value_loss(values, v, mb, memory, split, c, n_states=2)
-    assert loss.item() == pytest.approx((err0 + err1) / 2, rel=1e-5)
-    c.value_clip, c.value_anchor_coef = 0.0, 0.5
-    loss = train.critic_value_loss(values, v, mb, memory, split, c, n_states=2)
-    plain = ((torch.tensor([0.9, 0.1]) - ret) ** 2).sum()
-    anchor = 0.5 * ((0.9 - 0.2) ** 2 + (0.1 - 0.2) ** 2)
-    assert loss.item() == pytest.approx((plain.item() + anchor) / 2, rel=1e-5)
-
-
 @pytest.mark.slow
 @pytest.mark.parametrize("arm", ["rho1", "critic", "shuffled", "random_matched", "rho1_tokens"])
 def test_torchrun_two_processes_match_one(toy, tmp_path, arm):
