@@ -49,7 +49,8 @@ def load_model(path, device="cpu"):
         ckpt = {"model_args": model_args, "iter_num": 0, "model_source": info,
                 "config": {"tokenizer": tok, "weighting": "pretrained", "seed": 0, "data_dir": ""}}
         return model, enc, ckpt
-    ckpt = train.load_checkpoint(path, map_location=device)
+    # memory-mapped: the AdamW state a run's checkpoint also holds (2x the weights) is never read
+    ckpt = train.load_checkpoint(path, map_location=device, mmap=True)
     model = Transformer(ModelConfig(**ckpt["model_args"]))
     model.load_state_dict(ckpt["model"])
     model.to(device).eval()
