@@ -15,6 +15,8 @@ arms alternate repeat by repeat and every ratio is taken between neighbours.
            max_memory_allocated on CUDA)
   schemes  train.py's real step for every scheme against uniform, arms alternating in
            rounds, and the one-off cost of scoring the Rho-1 reference
+  compile  per-block torch.compile against eager (H=4, both chunked paths)
+  decode   greedy tokens/s, one row against batches, eager and with the compiled step
 
     OMP_NUM_THREADS=1 python bench.py                       # all parts, minutes on one core
     python bench.py --gpu=True                              # the prepared GPU check (below)
@@ -22,7 +24,8 @@ arms alternate repeat by repeat and every ratio is taken between neighbours.
 --gpu=True is the check for one H200 (~8 minutes, not yet run): a ~1B shape (16 blocks,
 d=2048, V=128K, 4 x 2048 tokens a step) in bf16 with per-block torch.compile: H=1 and
 H=4 by each loss path, tokens/s, MFU against the device's dense bf16 peak, and peak
-memory (the memory part runs eager: each measurement is a fresh process).
+memory (the memory part runs eager: each measurement is a fresh process); decoding speed,
+1 / 16 / 128 rows, eager and compiled.
 """
 import json
 import os
@@ -64,7 +67,7 @@ defaults = dict(
     rounds=2,
     gpu=False,                     # the prepared one-GPU check: sets the keys in GPU below
 )
-GPU = dict(parts="loss,memory", device="cuda", dtype="bfloat16", compile=True, repeats=5,
+GPU = dict(parts="loss,memory,decode", device="cuda", dtype="bfloat16", compile=True, repeats=5,
            n_layer=16, d_model=2048, batch_size=4, seq_len=2048, vocab_sizes="131072",
            mem_vocab_sizes="32768,131072", mem_batch_size=4)
 
@@ -275,6 +278,56 @@ def bench_schemes(c):
         shutil.rmtree(root, ignore_errors=True)
 
 
+def bench_compile(c):
+    """compile=True's per-block torch.compile against eager, H=4, both chunked paths, at the
+    first of vocab_sizes, interleaved: the ratio issue 13 asks for (compile time apart)."""
+    B, T, V = c["batch_size"], c["seq_len"], int(c["vocab_sizes"].split(",")[0])
+    arms = {(impl, comp): make_step(model_for(c, V, 4, comp), impl, B, T, c)
+            for impl in ("one-pass", "two-pass") for comp in (False, True)}
+    t0 = time.perf_counter()
+    for step in arms.values():              # warm-up; compiles the blocks
+        step()
+    warm = time.perf_counter() - t0
+    times = {a: [] for a in arms}
+    for _ in range(c["repeats"]):
+        for a, step in arms.items():
+            t0 = time.perf_counter()
+            step()
+            times[a].append(time.perf_counter() - t0)
+    for impl in ("one-pass", "two-pass"):
+        r = statistics.median(x / y for x, y in zip(times[(impl, True)], times[(impl, False)]))
+        print(f"compile, V={V}, H=4 {impl}: compiled / eager step time {r:.2f} "
+              f"(eager {statistics.median(times[(impl, False)]) * 1e3:.0f} ms)")
+    print(f"compile: warm-up of the four arms (compiling included) {warm:.0f} s")
+
+
+def bench_decode(c):
+    """Greedy decoding of a random model at the loss part's shape (H=1, the first of
+    vocab_sizes, prompts of T/2 tokens, T/2 new): tokens/s one row at a time against
+    batches of rows, eager and through the compiled decode step."""
+    V, T = int(c["vocab_sizes"].split(",")[0]), c["seq_len"]
+    model = model_for(c, V, 1).eval()
+    g = torch.Generator().manual_seed(0)
+    rows = [1, 16] + ([128] if c["device"] == "cuda" else [])
+    prompts = [torch.randint(0, V, (T // 2,), generator=g).tolist() for _ in range(max(rows))]
+
+    def tok_s(n_rows):
+        t0 = time.perf_counter()
+        out = model.generate_batch(prompts[:n_rows], T // 2)
+        if c["device"] == "cuda":
+            torch.cuda.synchronize()
+        return sum(len(r) for (r,) in out) / (time.perf_counter() - t0)
+
+    for label in ("eager", "compiled"):
+        if label == "compiled":
+            model.compile_decode()
+            for n in rows:                    # compile each batch shape first
+                tok_s(n)
+        speeds = {n: tok_s(n) for n in rows}
+        print(f"decode ({label}), V={V}, {T // 2}-token prompts, {T // 2} new: " + ", ".join(
+            f"{n} rows {v:,.0f} tok/s" for n, v in speeds.items()))
+
+
 def main(argv):
     c = configurator.configure(defaults, argv)
     if c["gpu"]:   # the preset, then the command line again so its keys still win
@@ -288,6 +341,10 @@ def main(argv):
         bench_memory(c)
     if "schemes" in parts:
         bench_schemes(c)
+    if "compile" in parts:
+        bench_compile(c)
+    if "decode" in parts:
+        bench_decode(c)
 
 
 if __name__ == "__main__":
