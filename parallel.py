@@ -68,8 +68,8 @@ def parallelize(model, c, ptdtype, fsdp):
         for b in blocks(model):
             checkpoint_block(b, c.activation_checkpointing)
     if c.compile:   # per block: one graph per shape serves every block; the loss stays eager
-        # static shapes: with dynamic T, Attention's `is_causal=causal and T > 1` becomes a
-        # SymBool that scaled_dot_product_attention refuses; length_buckets bounds the shapes
+        # static shapes, the fastest kernels, one graph per length; length_buckets bounds the
+        # lengths (dynamic shapes would work too: one graph for all, tests/test_model.py)
         torch._dynamo.config.recompile_limit = max(torch._dynamo.config.recompile_limit, 16)
         for b in blocks(model):
             b.compile(dynamic=False)
