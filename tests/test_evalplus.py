@@ -18,6 +18,7 @@ import numpy as np
 import pytest
 
 import eval as E
+import evalplus_harness
 
 WORKERS = max(2, os.cpu_count() or 1)
 
@@ -338,7 +339,7 @@ def test_allclose_is_numpys_on_python_values():
             except Exception:
                 want = "raises"
             try:
-                got = E.evalplus_allclose(a, b, rtol=1e-7, atol=atol)
+                got = evalplus_harness.evalplus_allclose(a, b, rtol=1e-7, atol=atol)
             except Exception:
                 got = "raises"
             assert got == want, (a, b, atol)
