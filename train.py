@@ -1134,10 +1134,12 @@ class ValueMemory:
     main training (the anchor); NaN until the sample is seen.
 
     Sharded so that it scales with the data: rank r keeps the tokens of the samples
-    ids[r::world_size] (ids: the Loader's samples, sorted) in one flat float32 array per
-    kept row, 1/world_size of the training tokens, and no row nobody reads (the anchor's
-    only with the anchor on; none at all without clip and anchor: train() then makes no
-    ValueMemory). Per step, vectorised, with tensor collectives only:
+    ids[r::world_size] (ids: the Loader's samples, sorted) in one flat float32 row per kept
+    value, 1/world_size of the training tokens, on the device, and no row nobody reads (the
+    anchor's only with the anchor on; none at all without clip and anchor: train() then
+    makes no ValueMemory). Per step, on the device, without a host sync: shapes are fixed
+    by the longest training sample, and a token this rank does not hold reads and writes one
+    spare slot at the end of its rows instead of being masked out (a boolean mask would sync).
       recall  before the step: every rank's sample ids (all-gather), then one all-reduce
               in which each token's owner gives its stored values and the others zeros,
               so each rank gets exactly the floats the owner holds (x + 0 = x);
@@ -1150,75 +1152,82 @@ class ValueMemory:
         self.split, self.all_ids, self.anchor = split, ids, anchor
         self.rank, self.world, self.device = rank, world_size, device
         self.ids, self.starts, self.lengths = self.layout(rank)
-        self.values = np.full((2 if anchor else 1, int(self.lengths.sum())), np.nan, dtype=np.float32)
+        self.T = int(split.index[ids, 1].max()) if len(ids) else 1   # the longest sample
+        n = int(self.lengths.sum())
+        self.values = torch.full((2 if anchor else 1, n + 1), float("nan"), device=device)
+        self.spare = n                                                  # the slot at the end
+        self.ids_d = torch.from_numpy(self.ids).to(device)
+        self.starts_d = torch.from_numpy(self.starts).to(device)
 
     def layout(self, rank):
-        """Rank `rank`'s samples (sorted), where each starts in its flat arrays, their lengths."""
+        """Rank `rank`'s samples (sorted), where each starts in its flat rows, their lengths."""
         ids = self.all_ids[rank::self.world]
         lengths = self.split.index[ids, 1].astype(np.int64)
         return ids, np.cumsum(lengths) - lengths, lengths
 
     def positions(self, rank):
-        """For each entry of rank `rank`'s flat arrays, its token's position in the split."""
+        """For each entry of rank `rank`'s flat rows, its token's position in the split."""
         ids, starts, lengths = self.layout(rank)
         return np.arange(int(lengths.sum())) + np.repeat(self.split.index[ids, 0] - starts, lengths)
 
+    def host(self):
+        """This rank's rows as a numpy array (rows, its tokens), without the spare slot."""
+        return self.values[:, :-1].cpu().numpy()
+
     def _gather(self, x, ddp):
         """(n, ...) on every rank -> (world_size * n, ...) in rank order (equal n per rank:
-        the Loader's contract), a host tensor."""
+        the Loader's contract), on the device."""
+        x = x.to(self.device)
         if not ddp:
             return x
-        x = x.to(self.device)
         parts = [torch.empty_like(x) for _ in range(self.world)]
         dist.all_gather(parts, x)
-        return torch.cat(parts).cpu()
+        return torch.cat(parts)
 
-    def _mine(self, ids, lengths, T):
-        """(N, T) indices into this rank's arrays for the tokens of samples `ids`, and the
-        (N, T) mask of those this rank holds (its samples' real tokens)."""
-        j = np.searchsorted(self.ids, ids).clip(max=max(len(self.ids) - 1, 0))
-        t = np.arange(T)
-        held = (self.ids[j] == ids) if len(self.ids) else np.zeros(len(ids), dtype=bool)
-        return self.starts[j][:, None] + t, held[:, None] & (t < lengths[:, None])
+    def _mine(self, ids, lengths):
+        """(N, T) indices into this rank's rows for the tokens of samples `ids` (the spare
+        slot where this rank does not hold the token, or t >= length), and the (N, T) mask
+        of those it holds."""
+        t = torch.arange(self.T, device=self.device)
+        if not len(self.ids):
+            held = torch.zeros(len(ids), self.T, dtype=torch.bool, device=self.device)
+            return torch.full_like(held, self.spare, dtype=torch.long), held
+        j = torch.searchsorted(self.ids_d, ids).clamp(max=len(self.ids) - 1)
+        held = (self.ids_d[j] == ids)[:, None] & (t < lengths[:, None])
+        return torch.where(held, self.starts_d[j][:, None] + t, self.spare), held
 
     def recall(self, micro, ddp):
         """Set each micro-batch's mb['value_prev'] (and mb['value_anchor']) (B, T) on the
         device: the stored values of its tokens, NaN where none is stored or t >= length."""
-        ids = self._gather(torch.cat([mb["sample_ids"] for mb in micro]), ddp).numpy()
-        lengths = self._gather(torch.cat([mb["lengths"] for mb in micro]), ddp).numpy()
-        T = int(lengths.max())
-        idx, held = self._mine(ids, lengths, T)
-        out = np.zeros((len(self.values), len(ids), T), dtype=np.float32)   # (rows, N, T)
-        for row, vals in zip(out, self.values):
-            row[held] = vals[idx[held]]
-        out = torch.from_numpy(out).to(self.device)
+        ids = self._gather(torch.cat([mb["sample_ids"] for mb in micro]), ddp)
+        lengths = self._gather(torch.cat([mb["lengths"] for mb in micro]), ddp)
+        idx, held = self._mine(ids, lengths)
+        out = torch.where(held, self.values[:, idx], 0.0)            # (rows, N, T)
         if ddp:   # one owner per token, zeros from the others: the owner's floats exactly
             dist.all_reduce(out, op=dist.ReduceOp.SUM)
-        out[:, ~torch.from_numpy(np.arange(T) < lengths[:, None]).to(self.device)] = float("nan")
+        real = torch.arange(self.T, device=self.device) < lengths[:, None]
+        out = out.masked_fill(~real, float("nan"))
         n = len(ids) // self.world
         out = out[:, self.rank * n:(self.rank + 1) * n]               # this rank's rows
         names = ("value_prev", "value_anchor")[:len(self.values)]
         s = 0
         for mb in micro:
             B, T_mb = mb["tokens"].shape
-            part = F.pad(out[:, s:s + B], (0, max(0, T_mb - T)), value=float("nan"))[..., :T_mb]
+            part = F.pad(out[:, s:s + B], (0, max(0, T_mb - self.T)), value=float("nan"))[..., :T_mb]
             mb.update(zip(names, part))
             s += B
 
     def store(self, seen, ddp):
         """Write this step's values (seen: (sample_ids, lengths, values (B, T)) per
-        micro-batch) into their owners' arrays."""
-        T = max(v.shape[1] for _, _, v in seen)
-        if ddp:   # rows padded to the longest on any rank
-            T_all = torch.tensor([T], device=self.device)
-            dist.all_reduce(T_all, op=dist.ReduceOp.MAX)
-            T = int(T_all.item())
-        values = torch.cat([F.pad(v, (0, T - v.shape[1])) for _, _, v in seen])   # (N, T)
-        ids = self._gather(torch.cat([s for s, _, _ in seen]), ddp).numpy()
-        lengths = self._gather(torch.cat([n for _, n, _ in seen]), ddp).numpy()
-        values = self._gather(values, ddp).cpu().numpy()
-        idx, held = self._mine(ids, lengths, T)
-        self.values[0, idx[held]] = values[held]
+        micro-batch) into their owners' rows."""
+        values = torch.cat([F.pad(v[:, :self.T], (0, self.T - min(v.shape[1], self.T)))
+                            for _, _, v in seen])                     # (N, T), every rank alike
+        ids = self._gather(torch.cat([s for s, _, _ in seen]), ddp)
+        lengths = self._gather(torch.cat([n for _, n, _ in seen]), ddp)
+        values = self._gather(values, ddp)
+        idx, _ = self._mine(ids, lengths)
+        self.values[0].index_put_((idx.flatten(),), values.flatten().to(self.values.dtype))
+        self.values[0, self.spare] = float("nan")                     # what landed there is nobody's
 
     def freeze_anchor(self):
         """Main training starts: the anchor is the values as they are now."""
@@ -1236,14 +1245,14 @@ class ValueMemory:
             out[:] = np.nan
         for r in range(self.world):
             if r == self.rank == 0:
-                shard = self.values
+                shard = self.host()
             elif self.rank == 0:   # the sender's shard: its size is known from the layout
                 n = int(self.layout(r)[2].sum())
                 buf = torch.empty(len(self.values), n, device=self.device)
                 dist.recv(buf, src=r)
                 shard = buf.cpu().numpy()
             elif self.rank == r:
-                dist.send(torch.from_numpy(self.values).to(self.device), dst=0)
+                dist.send(self.values[:, :-1].contiguous(), dst=0)
                 continue
             else:
                 continue
@@ -1261,7 +1270,7 @@ class ValueMemory:
         saved = np.load(path, mmap_mode="r")
         pos = self.positions(self.rank)
         for row in range(len(self.values)):
-            self.values[row] = saved[row, pos]
+            self.values[row, :-1] = torch.from_numpy(np.ascontiguousarray(saved[row, pos])).to(self.device)
 
 
 def main(argv=None):

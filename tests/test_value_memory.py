@@ -79,11 +79,11 @@ def replay(split, ids, rank, world_size, anchor_at, memory=None, steps=STEPS):
 def test_one_process_recalls_what_the_full_array_holds(tmp_path):
     split, ids = toy_split()
     memory, full = replay(split, ids, 0, 1, anchor_at=5)
-    assert memory.values.shape == (2, split.index[ids, 1].sum())   # the trained samples' tokens only
+    assert memory.host().shape == (2, split.index[ids, 1].sum())   # the trained samples' tokens only
     memory.save(str(tmp_path / "m.npy"))
     np.testing.assert_array_equal(np.load(tmp_path / "m.npy"), full)
     without = train.ValueMemory(split, ids, False, 0, 1, "cpu")      # no anchor: one row
-    assert without.values.shape == (1, split.index[ids, 1].sum())
+    assert without.host().shape == (1, split.index[ids, 1].sum())
 
 
 def _two_ranks(rank, init_file, out):
@@ -94,7 +94,7 @@ def _two_ranks(rank, init_file, out):
         memory, full = replay(split, ids, rank, 2, anchor_at=5)
         memory.save(out)
         np.save(f"{out}.full{rank}.npy", full)
-        np.save(f"{out}.size{rank}.npy", np.array(memory.values.shape))
+        np.save(f"{out}.size{rank}.npy", np.array(memory.host().shape))
     finally:
         dist.destroy_process_group()
 
@@ -113,7 +113,7 @@ def test_two_ranks_shard_it_and_one_resumes_it(tmp_path):
     assert sum(sizes) == split.index[ids, 1].sum() and max(sizes) < 0.7 * sum(sizes)
     one = train.ValueMemory(split, ids, True, 0, 1, "cpu")
     one.load(out)
-    np.testing.assert_array_equal(one.values, full[:, one.positions(0)])
+    np.testing.assert_array_equal(one.host(), full[:, one.positions(0)])
 
 
 def test_value_loss_clip_and_anchor_by_hand():
@@ -134,3 +134,43 @@ def test_value_loss_clip_and_anchor_by_hand():
     plain = ((torch.tensor([0.9, 0.1]) - ret) ** 2).sum()
     anchor = 0.5 * ((0.9 - 0.2) ** 2 + (0.1 - 0.2) ** 2)
     assert loss.item() == pytest.approx((plain.item() + anchor) / 2, rel=1e-5)
+
+
+def test_recall_and_store_never_read_the_device(monkeypatch):
+    """The step's value memory stays on the device: recall and store never bring a tensor
+    to the host (.item, .tolist, .numpy, .cpu are what would; on CUDA the sync-debug check
+    below also catches the implicit syncs, like boolean-mask indexing)."""
+    split, ids = toy_split()
+    memory = train.ValueMemory(split, ids, True, 0, 1, "cpu")
+    micro = step_batches(ids, 0, 1)[0]
+    for mb in micro:
+        mb["lengths"] = torch.as_tensor(split.index[mb["sample_ids"].numpy(), 1])
+
+    def host(*a, **k):
+        raise AssertionError("a host read in the step")
+    for name in ("item", "tolist", "numpy", "cpu"):
+        monkeypatch.setattr(torch.Tensor, name, host)
+    memory.store([(mb["sample_ids"], mb["lengths"], mb["values"]) for mb in micro], False)
+    memory.recall(micro, False)
+    monkeypatch.undo()
+    sids = torch.cat([mb["sample_ids"] for mb in micro]).tolist()
+    once = [(mb, b) for mb in micro for b, s in enumerate(mb["sample_ids"].tolist()) if sids.count(s) == 1]
+    assert once
+    for mb, b in once:   # what was stored comes back (the first 3 tokens: every sample has them)
+        assert torch.equal(mb["value_prev"][b, :3], mb["values"][b, :3])
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="the sync check needs CUDA")
+def test_no_sync_on_cuda():
+    split, ids = toy_split()
+    memory = train.ValueMemory(split, ids, True, 0, 1, "cuda")
+    micro = step_batches(ids, 0, 1)[0]
+    for mb in micro:
+        mb["lengths"] = torch.as_tensor(split.index[mb["sample_ids"].numpy(), 1]).cuda()
+        mb["sample_ids"], mb["values"] = mb["sample_ids"].cuda(), mb["values"].cuda()
+    torch.cuda.set_sync_debug_mode("error")
+    try:
+        memory.store([(mb["sample_ids"], mb["lengths"], mb["values"]) for mb in micro], False)
+        memory.recall(micro, False)
+    finally:
+        torch.cuda.set_sync_debug_mode(0)
