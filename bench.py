@@ -121,6 +121,23 @@ def make_step(model, impl, B, T, c):
     return step
 
 
+def interleaved(arms, repeats):
+    """{arm: [seconds] * repeats}: every arm's step once per round, rounds in a row, so
+    neighbouring repeats share the machine's state of the moment."""
+    times = {a: [] for a in arms}
+    for _ in range(repeats):
+        for a, step in arms.items():
+            t0 = time.perf_counter()
+            step()
+            times[a].append(time.perf_counter() - t0)
+    return times
+
+
+def paired_ratio(times, a, b):
+    """Median over rounds of arm a's time over arm b's in the same round."""
+    return statistics.median(x / y for x, y in zip(times[a], times[b]))
+
+
 def bench_loss(c):
     """Step times of H in (1, 4) x the loss paths, per V, interleaved repeat by repeat."""
     B, T = c["batch_size"], c["seq_len"]
@@ -130,15 +147,10 @@ def bench_loss(c):
                 for H in (1, 4) for impl in IMPLS}
         for step in arms.values():          # warm-up: allocator, kernels, (compile)
             step()
-        times = {a: [] for a in arms}
-        for _ in range(c["repeats"]):
-            for a, step in arms.items():
-                t0 = time.perf_counter()
-                step()
-                times[a].append(time.perf_counter() - t0)
+        times = interleaved(arms, c["repeats"])
         flops = [model_for(c, V, H).flops_per_token(T) for H in (1, 4)]
         # ratios between neighbours: repeat r of one arm against repeat r of the other
-        ratio = lambda a, b: statistics.median(x / y for x, y in zip(times[a], times[b]))
+        ratio = lambda a, b: paired_ratio(times, a, b)
         med = {a: statistics.median(t) for a, t in times.items()}
         peak = train_peak_flops(c["device"])
         rows.append(dict(V=V, flop_ratio=flops[1] / flops[0],
@@ -288,14 +300,9 @@ def bench_compile(c):
     for step in arms.values():              # warm-up; compiles the blocks
         step()
     warm = time.perf_counter() - t0
-    times = {a: [] for a in arms}
-    for _ in range(c["repeats"]):
-        for a, step in arms.items():
-            t0 = time.perf_counter()
-            step()
-            times[a].append(time.perf_counter() - t0)
+    times = interleaved(arms, c["repeats"])
     for impl in ("one-pass", "two-pass"):
-        r = statistics.median(x / y for x, y in zip(times[(impl, True)], times[(impl, False)]))
+        r = paired_ratio(times, (impl, True), (impl, False))
         print(f"compile, V={V}, H=4 {impl}: compiled / eager step time {r:.2f} "
               f"(eager {statistics.median(times[(impl, False)]) * 1e3:.0f} ms)")
     print(f"compile: warm-up of the four arms (compiling included) {warm:.0f} s")
