@@ -58,6 +58,26 @@ def encode_samples(enc, samples, threads=8):
     return out
 
 
+def noise_flags(enc, sample, tokens, n_prompt):
+    """(len(tokens),) uint8: 1 on the tokens that overlap a character span of
+    sample['noise_spans'] (offsets into its completion: what a data generator corrupted on
+    purpose and knows), 0 elsewhere; all 0 for a sample without spans."""
+    flags = np.zeros(len(tokens), dtype=np.uint8)
+    spans = sample.get("noise_spans") or []
+    if not spans:
+        return flags
+    if not hasattr(enc, "decode_single_token_bytes"):
+        raise ValueError(f"noise_spans need a tokenizer that maps tokens to bytes "
+                         f"(tiktoken's decode_single_token_bytes); {enc!r} has none")
+    text = sample["completion"]
+    ends = np.cumsum([len(enc.decode_single_token_bytes(int(t))) for t in tokens[n_prompt:]])
+    starts = ends - np.diff(ends, prepend=0)                    # byte range of each completion token
+    for a, b in spans:
+        a, b = len(text[:a].encode()), len(text[:b].encode())  # characters -> bytes
+        flags[n_prompt:][(starts < b) & (ends > a)] = 1
+    return flags
+
+
 class SplitWriter:
     """Writes one prepared split sample by sample, so a dataset of any size is prepared in
     bounded memory: tokens and masks go straight to disk, only index.npy (32 bytes a
@@ -70,7 +90,8 @@ class SplitWriter:
         os.makedirs(self.tmp)
         self.dtype = np.uint16 if enc.n_vocab <= 2**16 else np.uint32
         self.files = {name: open(os.path.join(self.tmp, name), "wb" if name.endswith(".bin") else "w")
-                      for name in ("tokens.bin", "loss_mask.bin", "samples.jsonl")}
+                      for name in ("tokens.bin", "loss_mask.bin", "noise.bin", "samples.jsonl")}
+        self.n_noisy = 0   # samples with noise_spans; noise.bin is kept only where there are any
         self.index, self.start = [], 0
         self.hash = hashlib.sha256()   # of tokens.bin, then index.npy's array (see close)
 
@@ -82,6 +103,9 @@ class SplitWriter:
         self.files["tokens.bin"].write(t.tobytes())
         self.hash.update(t.tobytes())
         self.files["loss_mask.bin"].write(np.asarray(mask, dtype=np.uint8).tobytes())
+        noise = noise_flags(self.enc, sample, tokens, list(mask).index(1))
+        self.n_noisy += bool(noise.any())
+        self.files["noise.bin"].write(noise.tobytes())
         self.index.append((self.start, len(t), list(mask).index(1), int(bool(sample["is_correct"]))))
         self.start += len(t)
         self.files["samples.jsonl"].write(
@@ -91,6 +115,8 @@ class SplitWriter:
         """Write index, problems and meta.json, rename into place; -> meta."""
         for f in self.files.values():
             f.close()
+        if not self.n_noisy:
+            os.remove(os.path.join(self.tmp, "noise.bin"))
         index = np.asarray(self.index, dtype=np.int64).reshape(-1, 4)
         np.save(os.path.join(self.tmp, "index.npy"), index)
         n_problems = 0
@@ -111,6 +137,7 @@ class SplitWriter:
             "mean_len": float(lengths.mean()) if len(index) else 0.0,
             # identity of the token data: a reference-CE cache is valid only for this hash
             "hash": self.hash.hexdigest()[:16],
+            "n_noisy": self.n_noisy,
             **source_info,
         }
         with open(os.path.join(self.tmp, "meta.json"), "w") as f:
@@ -144,10 +171,12 @@ TINYCODE_PRETRAIN_FAMILIES = ("arithmetic", "strings")
 def prepare_tinycode(data_dir, tokenizer="bytes", n_train=3000, n_val=200, n_test=200,
                      n_incorrect=2, seed=0, workers=None, families=TINYCODE_FAMILIES,
                      max_const=TINYCODE_MAX_CONST, n_pretrain=TINYCODE_PRETRAIN,
-                     pretrain_families=TINYCODE_PRETRAIN_FAMILIES):
+                     pretrain_families=TINYCODE_PRETRAIN_FAMILIES, noise=0.0):
     """Generate tinycode problems, label every solution variant by execution, and write
     the train/val/test splits, and with n_pretrain > 0 a 'pretrain' split of canonical
-    solutions only, from pretrain_families, disjoint from the others. Returns {split: meta}."""
+    solutions only, from pretrain_families, disjoint from the others. noise > 0: that share
+    of the train split's correct solutions carry a corrupted constant, still labelled
+    correct, and noise.bin marks its tokens (tinycode.make_samples). Returns {split: meta}."""
     import tinycode
 
     def family_list(f):
@@ -160,8 +189,10 @@ def prepare_tinycode(data_dir, tokenizer="bytes", n_train=3000, n_val=200, n_tes
     metas = {}
     for split, problems in splits.items():
         k = 0 if split == "pretrain" else n_incorrect
-        samples = tinycode.make_samples(problems, n_incorrect=k, seed=seed, workers=workers)
+        samples = tinycode.make_samples(problems, n_incorrect=k, seed=seed, workers=workers,
+                                        noise=noise if split == "train" else 0.0)
         info = {"source": "tinycode", "split": split, "seed": seed, "n_incorrect": k,
+                "noise": noise if split == "train" else 0.0,
                 "families": list(pretrain_families if split == "pretrain" else families),
                 "max_const": max_const}
         metas[split] = write_split(os.path.join(data_dir, split), enc, samples, problems, info)
@@ -187,6 +218,8 @@ class PreparedSplit:
         self.index = np.load(os.path.join(path, "index.npy"))
         self.tokens = np.memmap(os.path.join(path, "tokens.bin"), dtype=self.meta["dtype"], mode="r")
         self.loss_mask = np.memmap(os.path.join(path, "loss_mask.bin"), dtype=np.uint8, mode="r")
+        noise = os.path.join(path, "noise.bin")   # per token: corrupted on purpose (tinycode noise)
+        self.noise = np.memmap(noise, dtype=np.uint8, mode="r") if os.path.exists(noise) else None
         n_tok = int(self.index[:, 1].sum()) if len(self.index) else 0
         if len(self.tokens) != n_tok or len(self.loss_mask) != n_tok:
             raise ValueError(f"{path} is inconsistent: index.npy covers {n_tok} tokens but "
@@ -327,8 +360,9 @@ class Loader:
 
     def collate(self, sample_ids):
         """-> dict of tokens (B, T) int64, loss_mask (B, T) bool, is_correct (B,) float,
-        lengths (B,) int64, sample_ids (B,) int64, and ref_ce (B, T) float32 when the
-        loader has a reference cache; T = longest sample in the batch."""
+        lengths (B,) int64, sample_ids (B,) int64, ref_ce (B, T) float32 when the
+        loader has a reference cache, and noise (B, T) bool when the split has noise.bin;
+        T = longest sample in the batch."""
         pairs = [self.split.sample(i) for i in sample_ids]
         T = max(len(t) for t, _ in pairs)
         tokens = np.full((len(pairs), T), self.pad_id, dtype=np.int64)
@@ -343,6 +377,12 @@ class Loader:
                 start, length = self.split.index[i, :2]
                 ref[b, :length] = self.ref_ce[start:start + length]
             extra["ref_ce"] = torch.from_numpy(ref)
+        if self.split.noise is not None:   # (B, T) bool: the tokens the data's generator corrupted
+            noise = np.zeros((len(pairs), T), dtype=bool)
+            for b, i in enumerate(sample_ids):
+                start, length = self.split.index[i, :2]
+                noise[b, :length] = self.split.noise[start:start + length]
+            extra["noise"] = torch.from_numpy(noise)
         return {**extra,
             "tokens": torch.from_numpy(tokens),
             "loss_mask": torch.from_numpy(mask),
@@ -384,6 +424,7 @@ defaults = dict(
     families=TINYCODE_FAMILIES,     # tinycode families, comma-separated, or 'all'
     max_const=TINYCODE_MAX_CONST,   # largest integer constant (0: the templates' own ranges)
     n_pretrain=TINYCODE_PRETRAIN,   # problems in the base model's 'pretrain' split; 0 = none
+    noise=0.0,                      # share of train's correct solutions with a corrupted constant (tinycode.corrupt)
     pretrain_families=",".join(TINYCODE_PRETRAIN_FAMILIES),
     seed=0,
     cache_tokenizer="",             # set to a tiktoken name to cache local BPE files ...
@@ -432,4 +473,4 @@ if __name__ == "__main__":
     prepare_tinycode(cfg["data_dir"], cfg["tokenizer"], cfg["n_train"], cfg["n_val"],
                      cfg["n_test"], cfg["n_incorrect"], cfg["seed"], families=cfg["families"],
                      max_const=cfg["max_const"], n_pretrain=cfg["n_pretrain"],
-                     pretrain_families=cfg["pretrain_families"])
+                     pretrain_families=cfg["pretrain_families"], noise=cfg["noise"])

@@ -580,13 +580,39 @@ def _label(problems, n_incorrect, seed, workers, progress):
 
 
 def make_samples(problems: list[dict], n_incorrect: int, seed: int, workers: int | None = None,
-                 progress: bool = True) -> list[dict]:
+                 progress: bool = True, noise: float = 0.0) -> list[dict]:
     """The canonical solution and up to n_incorrect mutants of each problem, each labelled
     by running it against the problem's asserts in the sandbox (a mutant that still
-    passes is labelled correct)."""
-    return [dict(problem_id=p["problem_id"], prompt=p["prompt"], completion=c,
+    passes is labelled correct). noise > 0: that share of the problems (drawn per problem,
+    seeded) have their canonical solution replaced by a noisy copy (corrupt), still
+    labelled correct; such a sample carries `noise_spans`, the corrupted characters of its
+    completion, which only the generator knows (the oracle scheme reads them)."""
+    out = []
+    for p, kind, c, ok in _label(problems, n_incorrect, seed, workers, progress):
+        s = dict(problem_id=p["problem_id"], prompt=p["prompt"], completion=c,
                  is_correct=ok, source="tinycode")
-            for p, _, c, ok in _label(problems, n_incorrect, seed, workers, progress)]
+        noisy = kind == "canonical" and noise > 0 and \
+            random.Random(f"{seed}/noise/{p['problem_id']}").random() < noise
+        if noisy and (bad := corrupt(c)) is not None:
+            s.update(completion=bad[0], noise_spans=[bad[1]])
+        out.append(s)
+    return out
+
+
+def corrupt(body: str):
+    """The noise of a noisy training set: body with its last integer constant off by one
+    (v -> v + 1), the commonest bug in code, systematic so that it competes with the right
+    constant instead of spreading over many. -> (new body, (start, end) of the new
+    constant's characters), or None where the body has no integer constant."""
+    toks = [t for t in tokenize.generate_tokens(io.StringIO(body).readline) if t.type == tokenize.NUMBER]
+    if not toks:
+        return None
+    tok = toks[-1]
+    lines = body.splitlines(keepends=True)
+    a = sum(map(len, lines[:tok.start[0] - 1])) + tok.start[1]
+    b = a + len(tok.string)
+    new = str(int(tok.string) + 1)
+    return body[:a] + new + body[b:], (a, a + len(new))
 
 
 if __name__ == "__main__":
