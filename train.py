@@ -65,7 +65,7 @@ dropout = 0.0
 head_init = "copy"              # heads 2..H added to a pretrained model: 'copy' its last block, or 'random'
 # (init_from a pretrained model: its architecture replaces n_layer .. tie_embeddings; n_future stays)
 # weighting (weights.py): the only thing that differs between arms
-weighting = "uniform"           # 'uniform', 'rho1', 'critic', or a control: 'shuffled', 'random_matched'
+weighting = "uniform"           # 'uniform', 'rho1', 'critic', 'oracle', or a control: 'shuffled', 'random_matched'
 control_of = "rho1"             # 'shuffled': the scheme whose own weights are permuted
 control_weights = ""            # 'random_matched': the run dir whose weights_sample.npy is drawn from
 weight_norm = "heads"           # 'heads': sum_k w[t, k] = 1 (times #heads); 'tokens': over the whole step
@@ -883,10 +883,12 @@ def train(cfg):
         if use_critic:
             v = values.detach() * mb["states"]
             kw.update(values=v, rewards=mb["rewards"], moments=moments)
+        if "noise" in mb:
+            kw["noise"] = mb["noise"].to(device)
         if c.weighting == "random_matched":
-            return weights.random_matched(valid, matched), v
+            return weights.random_matched(valid, matched, c.weight_norm), v
         w = scheme(None if ce is None else ce.detach(), valid, cfg=c, norm_stats=norm_stats, **kw)
-        return (weights.shuffled(w, valid) if c.weighting == "shuffled" else w), v
+        return (weights.shuffled(w, valid, c.weight_norm) if c.weighting == "shuffled" else w), v
 
     while True:
         # -- evaluate and checkpoint

@@ -12,6 +12,7 @@ gradient. Every scheme is called with the same keyword arguments and takes what 
     ref_ce   (B, T)     frozen reference's next-token CE of token j, from its logits at j-1
     values   (B, T)     the critic's V(s_t) on the trunk states, detached
     rewards  (B, T)     per-token rewards: the sample's reward on its last transition
+    noise    (B, T)     bool: the token was corrupted on purpose by the data's generator (oracle)
     cfg                 the run's config namespace (temperature, clipping, ...)
     norm_stats          a dict for normalize's step statistics (weight_norm='tokens'), or None
 
@@ -240,29 +241,55 @@ def critic(ce, valid, values=None, rewards=None, moments=None, cfg=None, norm_st
     return finish(delta.abs(), valid, cfg, temperature=None, stats=norm_stats)
 
 
+def oracle(ce, valid, noise=None, cfg=None, norm_stats=None, **_):
+    """Positive control: w = 0 on every term whose target the data's generator corrupted
+    (noise (B, T), from the split's noise.bin), the rest normalised like any scheme. It
+    reads what the task generator knows and no model could: an experiment in which it
+    does not beat the baseline cannot detect a weighting effect."""
+    if noise is None:
+        raise ValueError("weighting='oracle' needs data that marks its noise (noise.bin): "
+                         "prepare tinycode with noise > 0 (python data.py --noise=0.5)")
+    clean = 1.0 - future(noise.float(), ce.shape[-1], fill=1.0)    # (B, T, H): x_{t+k} clean
+    return finish(clean, valid, cfg, temperature=None, stats=norm_stats)
+
+
 SCHEMES = {
     "uniform": uniform,
     "rho1": rho1,
     "critic": critic,
+    "oracle": oracle,
 }
 
 
 # ---- controls --------------------------------------------------------------------------
-def shuffled(w, valid):
-    """Control: a scheme's own weights permuted among the valid terms of each sequence,
-    which keeps their distribution and breaks their link to the tokens."""
-    out = torch.zeros_like(w)
-    for b in range(w.shape[0]):
-        v = w[b][valid[b]]
-        out[b][valid[b]] = v[torch.randperm(v.numel(), device=w.device)]
-    return out
+def _groups(x, weight_norm):
+    """x (B, T, H) -> rows of one normalisation group each: (B*T, H) for 'heads' (the
+    terms of one position), (1, B*T*H) for 'tokens' (the micro-batch)."""
+    return x.reshape(-1, x.shape[-1]) if weight_norm == "heads" else x.reshape(1, -1)
 
 
-def random_matched(valid, sample):
+def shuffled(w, valid, weight_norm="heads"):
+    """Control: a scheme's own weights permuted among the valid terms of each
+    normalisation group (weight_norm), which keeps what the scheme keeps (each group's
+    total, the distribution of values within it) and breaks their link to the tokens.
+    Under 'heads' the weights move between the heads of a position only, as the scheme's do."""
+    g, ok = _groups(w, weight_norm), _groups(valid, weight_norm)
+    rows, cols = g.shape
+    slot = torch.arange(cols, device=w.device).expand(rows, cols).float()
+    big = torch.tensor(float("inf"), device=w.device)
+    by_slot = torch.where(ok, slot, big).argsort(dim=1)              # valid slots first, in order
+    drawn = torch.where(ok, torch.rand(rows, cols, device=w.device), big).argsort(dim=1)  # ... at random
+    out = torch.zeros_like(g).scatter(1, by_slot, g.gather(1, drawn))  # i-th valid slot <- a random valid value
+    return (out * ok).view_as(w)
+
+
+def random_matched(valid, sample, weight_norm="heads"):
     """Control: i.i.d. draws from another run's logged weight values (`sample`, 1-D),
-    so the weights have that run's distribution but no information."""
+    renormalised to mean 1 within each normalisation group as the scheme's weights are:
+    that run's kind of values, no information, and the same group totals."""
     idx = torch.randint(0, sample.numel(), valid.shape, device=valid.device)
-    return sample.to(valid.device)[idx] * valid
+    draws = sample.to(valid.device)[idx] * valid
+    return normalize(draws, valid, weight_norm)
 
 
 def weighted_loss(ce, w, n_valid):

@@ -269,16 +269,68 @@ def test_sparsity_keeps_the_loss_scale(sparsity, norm):
             assert w[b].sum().item() == pytest.approx(valid[b].sum().item(), rel=1e-5)
 
 
-def test_controls_keep_the_distribution():
-    ce, valid, _ = random_case(seed=5)
-    w = weights.normalize(torch.rand_like(ce), valid, "heads", 1.0)
-    s = weights.shuffled(w, valid)
-    for b in range(w.shape[0]):
-        assert torch.equal(s[b][valid[b]].sort().values, w[b][valid[b]].sort().values)
-    assert not torch.equal(s, w) and (s[~valid] == 0).all()
+@pytest.mark.parametrize("norm", ["heads", "tokens"])
+def test_controls_keep_what_their_scheme_keeps(norm):
+    """A control differs from its scheme in the link of weights to tokens only: the
+    shuffled weights are the scheme's own, permuted within each normalisation group (one
+    position's heads under 'heads', the micro-batch under 'tokens'), so every group keeps
+    its total and its values; random-matched draws are renormalised per group likewise."""
+    ce, valid, _ = random_case(B=4, T=12, H=3, seed=5)
+    w = weights.normalize(torch.rand_like(ce), valid, norm, 1.0)
+    torch.manual_seed(0)
+    s = weights.shuffled(w, valid, norm)
+    assert (s[~valid] == 0).all() and not torch.equal(s, w)
+    groups = [(b, t) for b in range(4) for t in range(12)] if norm == "heads" else [None]
+    for g in groups:   # a plain loop over the groups: the same multiset of values in each
+        sel = (lambda x: x[g[0], g[1]][valid[g[0], g[1]]]) if g else (lambda x: x[valid])
+        assert torch.equal(sel(s).sort().values, sel(w).sort().values)
+    if norm == "heads":   # something moved within a position, and nothing across positions
+        assert any(not torch.equal(s[b, t], w[b, t]) for b, t in groups)
+        assert torch.allclose(s.sum(-1), w.sum(-1))
     sample = torch.tensor([0.5, 2.0])
-    r = weights.random_matched(valid, sample)
-    assert set(r[valid].unique().tolist()) <= {0.5, 2.0} and (r[~valid] == 0).all()
+    r = weights.random_matched(valid, sample, norm)
+    assert (r[~valid] == 0).all()
+    dims = (-1,) if norm == "heads" else (0, 1, 2)
+    assert torch.allclose(r.sum(dims), valid.float().sum(dims))   # mean 1 per group
+    for g in groups:                       # still the sample's values, up to the group's scale
+        v = r[g[0], g[1]][valid[g[0], g[1]]] if g else r[valid]
+        assert v.numel() == 0 or {round(x, 4) for x in (v / v.min()).tolist()} <= {1.0, 4.0}
+
+
+def test_shuffled_is_a_permutation_by_hand():
+    """One position with three valid heads and one invalid: the valid values are permuted
+    among the valid slots, the invalid slot stays 0."""
+    w = torch.tensor([[[0.0, 1.0, 2.0, 3.0]]])
+    valid = torch.tensor([[[False, True, True, True]]])
+    seen = set()
+    for seed in range(30):
+        torch.manual_seed(seed)
+        s = weights.shuffled(w, valid, "heads")
+        assert s[0, 0, 0] == 0 and sorted(s[0, 0, 1:].tolist()) == [1.0, 2.0, 3.0]
+        seen.add(tuple(s[0, 0].tolist()))
+    assert len(seen) == 6                  # every permutation of three values turns up
+
+
+def test_oracle_zeroes_the_corrupted_targets():
+    """oracle: w[t, k] = 0 where x_{t+k} is a token the generator corrupted; the other
+    heads of that position share its weight (mean 1 per position under 'heads')."""
+    T, H = 8, 2
+    mask = torch.tensor([[False, False, True, True, True, True, True, True]])
+    valid = mtp_targets(torch.zeros(1, T, dtype=torch.long), mask, H) >= 0
+    noise = torch.zeros(1, T, dtype=torch.bool)
+    noise[0, 5] = True                      # token 5 is the corrupted one
+    w = weights.oracle(torch.rand(1, T, H), valid, noise=noise, cfg=cfg())
+    expect = valid.float().clone()
+    for t in range(T):                      # by hand: head k at t targets token t + k
+        for k in range(1, H + 1):
+            if t + k == 5:
+                expect[0, t, k - 1] = 0.0
+                other = 2 - k               # the other head's index at this position
+                if valid[0, t, other]:
+                    expect[0, t, other] = float(valid[0, t].sum())   # it takes the position's mass
+    assert torch.allclose(w, expect)
+    with pytest.raises(ValueError, match="noise"):
+        weights.oracle(torch.rand(1, T, H), valid, cfg=cfg())
 
 
 def test_running_moments_equal_numpy():
