@@ -35,22 +35,44 @@ import configurator
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 
-# the arms: the keys in which a run differs from the setting; nothing else may differ
-ARMS = {
-    "baseline": dict(weighting="uniform", train_on="correct"),
-    "critic": dict(weighting="critic", train_on="all"),
-    "rho1": dict(weighting="rho1", train_on="correct"),
-}
-CONTROLS = {   # --controls=True: without them no gain can be attributed to the weighting
-    "rho1_shuffled": dict(weighting="shuffled", control_of="rho1", train_on="correct"),
-    "rho1_random": dict(weighting="random_matched", train_on="correct", _matched="rho1"),
-    "critic_shuffled": dict(weighting="shuffled", control_of="critic", train_on="all"),
-    "critic_random": dict(weighting="random_matched", train_on="all", _matched="critic"),
-}
-ABLATION = {   # --ablation=True: normalise over all terms of the step instead of over heads
-    "rho1_tokens": dict(weighting="rho1", train_on="correct", weight_norm="tokens"),
-    "critic_tokens": dict(weighting="critic", train_on="all", weight_norm="tokens"),
-}
+# the arms: the keys in which a run differs from the setting; nothing else may differ.
+# A scheme trains on the data its method names: the critic on correct and incorrect
+# solutions (it learns from the labels), every other scheme on the correct ones.
+TRAIN_ON = {"critic": "all"}
+SCHEME_OF = {"baseline": "uniform"}   # an arm's name -> its weights.SCHEMES entry, where they differ
+
+
+def arm(name):
+    """The train.py keys of an arm: a scheme ('baseline', 'rho1', 'critic', 'oracle', ...),
+    or a control of one: '<scheme>_shuffled' (its own weights permuted within each
+    normalisation group), '<scheme>_random' (i.i.d. draws from its run's weights,
+    renormalised per group), '<scheme>_tokens' (normalised over the whole step)."""
+    import weights
+    base, _, kind = name.rpartition("_")
+    if kind not in ("shuffled", "random", "tokens"):
+        base, kind = name, ""
+    scheme = SCHEME_OF.get(base, base)
+    if scheme not in weights.SCHEMES:
+        raise ValueError(f"arm {name!r}: {base!r} is no scheme; the schemes are {sorted(weights.SCHEMES)} "
+                         f"('baseline' = 'uniform'), each with _shuffled, _random and _tokens controls")
+    keys = dict(weighting=scheme, train_on=TRAIN_ON.get(scheme, "correct"))
+    if kind == "shuffled":
+        keys.update(weighting="shuffled", control_of=scheme)
+    elif kind == "random":   # draws from the scheme's run of the same seed
+        keys.update(weighting="random_matched", _matched=base)
+    elif kind == "tokens":
+        keys.update(weight_norm="tokens")
+    return keys
+
+
+# the arms every experiment runs: the three schemes, and the positive control with its own
+# control. The oracle (weights.oracle) zeroes the tokens the data's generator corrupted:
+# if it does not beat the baseline, the setting cannot detect a weighting effect at all;
+# if oracle_shuffled (the same weights, their link to the tokens broken) does too, the
+# oracle's gain is not the information in its weights
+ARMS = ("baseline", "critic", "rho1", "oracle", "oracle_shuffled")
+CONTROLS = ("rho1_shuffled", "rho1_random", "critic_shuffled", "critic_random")   # --controls=True
+ABLATION = ("rho1_tokens", "critic_tokens")   # --ablation=True: normalised over the whole step
 
 # The real settings' base models. Qwen2.5-Coder-0.5B (README, "The comparison on a real
 # model": why this one) as a local HF dir: `huggingface-cli download Qwen/Qwen2.5-Coder-0.5B
@@ -142,7 +164,8 @@ defaults = dict(
     exp_dir="out/experiment",   # everything the experiment writes
     setting="tiny",             # a key of SETTINGS
     seeds=3,                    # seeds per arm; the method asks for >= 5 before any claim
-    controls=False,             # add the shuffled and random-matched control arms
+    arms=",".join(ARMS),        # the arms to run (see arm()): schemes and '<scheme>_shuffled' / '_random' / '_tokens'
+    controls=False,             # add the shuffled and random-matched control arms of rho1 and the critic
     ablation=False,             # add the weight_norm='tokens' arms
     n_samples=5,                # completions per test problem
     ks="1,5",                   # pass@k reported
@@ -399,7 +422,11 @@ def main(argv):
         prepare_real(cfg, setting, source, data_dir)
         base = dict(setting["train"], data_dir=data_dir, tokenizer=source, init_from=source, **overrides)
     # 2.-5. the base, the reference, then every arm and seed, each run evaluated once trained
-    arms = dict(ARMS, **(CONTROLS if cfg["controls"] else {}), **(ABLATION if cfg["ablation"] else {}))
+    names = [a for a in cfg["arms"].split(",") if a] + list(CONTROLS if cfg["controls"] else ()) \
+        + list(ABLATION if cfg["ablation"] else ())
+    arms = {name: arm(name) for name in dict.fromkeys(names)}
+    if "baseline" not in arms:
+        raise ValueError(f"--arms={cfg['arms']!r}: every comparison is against 'baseline'; add it")
     ref_dir = os.path.join(runs_dir, "reference")
     seeds = list(range(cfg["seeds"]))
 

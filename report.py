@@ -176,6 +176,51 @@ def auc_table(by_scheme):
             "| scheme | seed | first | best | last |", "|---|---|---|---|---|", *md, ""]
 
 
+def head_mass_table(by_scheme):
+    """Markdown lines: the share of each arm's weight that each head holds (train.py's
+    w_head_mass at every log line of main training), mean over the log lines and seeds.
+    Uniform weights give every head its share of the valid terms; a scheme that moves
+    weight to far heads for their horizon alone shows it here."""
+    rows = {}
+    for s, runs in by_scheme.items():
+        m = [x["w_head_mass"] for r in runs for x in r.get("log", []) if "w_head_mass" in x]
+        if m:
+            rows[s] = np.mean(m, axis=0)
+    if not rows:
+        return []
+    H = len(next(iter(rows.values())))
+    return ["### Weight mass per head", "",
+            "The share of each arm's weight on head k's terms (w_head_mass in log.jsonl), mean "
+            "over main training's log lines and the seeds.", "",
+            "| scheme | " + " | ".join(f"head {k + 1}" for k in range(H)) + " |", "|" + "---|" * (H + 1),
+            *[f"| {s} | " + " | ".join(f"{v:.3f}" for v in m) + " |" for s, m in rows.items()], ""]
+
+
+def robustness(dir_a, dir_b, k=1):
+    """Markdown lines: does experiment dir_b reproduce dir_a (the same command under another
+    float order, e.g. another thread count)? Per arm, each run's mean pass@k with its 95% CI
+    (seeds x problems), and whether each mean lies inside the other run's CI."""
+    import eval as ev
+    out = [f"| arm | {dir_a} pass@{k} [95% CI] | {dir_b} pass@{k} [95% CI] | each inside the other's CI |",
+           "|---|---|---|---|"]
+    ok = True
+    arms = sorted({d.rsplit("-s", 1)[0] for d in os.listdir(os.path.join(dir_a, "runs"))
+                   if "-s" in d} & {d.rsplit("-s", 1)[0] for d in os.listdir(os.path.join(dir_b, "runs")) if "-s" in d})
+    stats = {}
+    for name in arms:
+        for root in (dir_a, dir_b):
+            runs = [load(os.path.join(root, "runs", d), trained=False) for d in sorted(os.listdir(os.path.join(root, "runs")))
+                    if d.rsplit("-s", 1)[0] == name and os.path.exists(os.path.join(root, "runs", d, "eval", "summary.json"))]
+            pids = sorted(set.intersection(*(set(r["nc"]) for r in runs)))
+            stats[name, root] = ev.bootstrap_ci_seeds(matrix(runs, k, pids))
+        (ma, la, ha), (mb, lb, hb) = stats[name, dir_a], stats[name, dir_b]
+        inside = la <= mb <= ha and lb <= ma <= hb
+        ok &= inside
+        out.append(f"| {name} | {100 * ma:.1f} [{100 * la:.1f}, {100 * ha:.1f}] | "
+                   f"{100 * mb:.1f} [{100 * lb:.1f}, {100 * hb:.1f}] | {'yes' if inside else 'NO'} |")
+    return out, ok
+
+
 def fmt_auc(step_auc):
     return f"{step_auc[1]:.3f} ({step_auc[0]})"
 
@@ -346,7 +391,7 @@ def write(cfg, arms, seeds, runs, ref_dir, wall_s=None, evals=None):
                f"the {sum(map(len, by_scheme.values()))} runs (not the base or the reference): {train_min:.0f} min.", ""]
     md += data_section(cfg["exp_dir"])
     md += ["## Results", "", tab, ""]
-    md += heads_table({**base_row, **by_scheme}) + auc_table(by_scheme)
+    md += heads_table({**base_row, **by_scheme}) + head_mass_table(by_scheme) + auc_table(by_scheme)
     md += ["## Pictures", ""]
     captions = {"passk": "pass@k with 95% CIs", "loss": "Training loss over seeds",
                 "val_ce": "Per-head validation CE", "weights": "Weight distributions per scheme and head",
@@ -360,6 +405,11 @@ def write(cfg, arms, seeds, runs, ref_dir, wall_s=None, evals=None):
 
 
 if __name__ == "__main__":
+    if sys.argv[1] == "--compare":   # python report.py --compare EXP_A EXP_B
+        lines, ok = robustness(sys.argv[2], sys.argv[3])
+        print("\n".join(lines))
+        print("every arm's mean lies inside the other run's CI" if ok else "NOT reproduced within the CIs")
+        sys.exit(0 if ok else 1)
     exp_dir = sys.argv[1]
     runs_dir = os.path.join(exp_dir, "runs")
     cfg = json.load(open(os.path.join(exp_dir, "experiment.json"))) if \
