@@ -948,7 +948,7 @@ def train(cfg):
         n_valid = n_valid.clamp(min=1)   # a step with no LM term (critic, 'value_only'): loss 0, not 0/0
         n_states = all_reduce_sum(sum(mb["states"].sum() for mb in micro).float(), ddp) if use_critic else None
         H = c.n_future
-        # loss, tokens, value loss, CE per head, count per head, sum of the step's weights
+        # LM loss, tokens, value loss, CE per head, count per head, sum of the step's weights
         stats = torch.zeros(4 + 2 * H, dtype=torch.float64, device=device)
         delta_stats = torch.zeros(3, dtype=torch.float64, device=device)   # count, sum, sum of squares
         seen, bad = [], torch.zeros((), dtype=torch.bool, device=device)   # bad: non-finite weights
@@ -1010,14 +1010,13 @@ def train(cfg):
                         loss = ce.new_zeros(())   # w = 0 and the LM waits: skip its backward pass
                     else:                         # (DDP needs every parameter in the graph)
                         loss = weights.weighted_loss(lm_ce, w, n_valid)   # 'chunked': the value only
-                    value_loss = None
-                    if use_critic:
+                    value_loss = None   # the critic's: trained with the LM loss, logged apart
+                    if use_critic:      # (`loss` is the weighted LM loss in every arm)
                         value_loss = critic_value_loss(values, v, mb, c, n_states)
-                        loss = loss + c.value_coef * value_loss
                         seen.append((mb["sample_ids"], mb["lengths"], values.detach().float()))
                         stats[2] += value_loss.detach().double()
                     if heads is None:
-                        scale(loss).backward()
+                        scale(loss if value_loss is None else loss + c.value_coef * value_loss).backward()
                     else:   # the same gradient, head by head (mtp_loss.py)
                         mtp_loss.backward(heads, raw_model, w, n_valid, term=term, scale=scale, ctx=ctx,
                                           extra_loss=c.value_coef * value_loss if use_critic else None,
@@ -1036,15 +1035,17 @@ def train(cfg):
                 p.grad = None
         scaler.unscale_(optimizer)
         grad_norm, value_grad_norm = clip_gradients(raw_model, c.grad_clip)
-        # the step's one host-device sync: the update must not happen on non-finite values
-        step_loss, gn, step_tokens, bad_weights = torch.stack(
-            [stats[0], grad_norm.double(), stats[1], bad.double()]).tolist()
-        if not (math.isfinite(step_loss) and math.isfinite(gn)):
+        # the update must not happen on non-finite values: loss, value loss, gradient norm
+        # and the finite-weights flag come to the host in one transfer
+        step_loss, step_value_loss, gn, step_tokens, bad_weights = torch.stack(
+            [stats[0], stats[2], grad_norm.double(), stats[1], bad.double()]).tolist()
+        if not (math.isfinite(step_loss) and math.isfinite(step_value_loss) and math.isfinite(gn)):
             # the parameters are still those of the last good step: keep them
             if master or collective_save:
                 save_all(loader_state)
             raise FloatingPointError(
-                f"non-finite training loss ({step_loss}) or gradient norm ({gn}) at "
+                f"non-finite training loss ({step_loss}), value loss ({step_value_loss}) "
+                f"or gradient norm ({gn}) at "
                 f"iter {iter_num}" + (f" (scheme {c.weighting!r} returned non-finite weights)"
                                       if bad_weights else "") +
                 f"; the last good state is saved in {ckpt_path}. Lower learning_rate, check "
