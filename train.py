@@ -856,7 +856,7 @@ def train(cfg):
     bar = tqdm(total=total_iters, initial=iter_num, disable=None if master else True, desc="train",
                dynamic_ncols=True)
     history, last_val = [], None
-    t_last, tokens_since, iters_since = time.time(), 0, 0
+    t_last, tokens_since, iters_since, skipped_since = time.time(), 0, 0, 0
     eval_model = lambda: model.module if wrapped else model  # DDP's forward would sync buffers
 
     def forward(m, mb):
@@ -1035,17 +1035,25 @@ def train(cfg):
                 p.grad = None
         scaler.unscale_(optimizer)
         grad_norm, value_grad_norm = clip_gradients(raw_model, c.grad_clip)
-        # the update must not happen on non-finite values: loss, value loss, gradient norm
-        # and the finite-weights flag come to the host in one transfer
-        step_loss, step_value_loss, gn, step_tokens, bad_weights = torch.stack(
-            [stats[0], stats[2], grad_norm.double(), stats[1], bad.double()]).tolist()
-        if not (math.isfinite(step_loss) and math.isfinite(step_value_loss) and math.isfinite(gn)):
+        # the update must not happen on non-finite values: losses, gradient norms and the
+        # finite-weights flag come to the host in one transfer
+        vgn = grad_norm.new_zeros(()) if value_grad_norm is None else value_grad_norm
+        step_loss, step_value_loss, gn, vgn, step_tokens, bad_weights = torch.stack(
+            [stats[0], stats[2], grad_norm.double(), vgn.double(), stats[1], bad.double()]).tolist()
+        finite_grads = math.isfinite(gn) and math.isfinite(vgn)
+        # fp16: an inf/nan gradient is GradScaler's routine overflow (its scale is too high):
+        # scaler.step skips the update and scaler.update halves the scale. Anywhere else,
+        # and a non-finite loss always, it is an error.
+        overflow = scaler.is_enabled() and not finite_grads
+        skipped_since += overflow
+        if not (math.isfinite(step_loss) and math.isfinite(step_value_loss) and (finite_grads or overflow)):
             # the parameters are still those of the last good step: keep them
             if master or collective_save:
                 save_all(loader_state)
             raise FloatingPointError(
-                f"non-finite training loss ({step_loss}), value loss ({step_value_loss}) "
-                f"or gradient norm ({gn}) at "
+                f"non-finite training loss ({step_loss})" +
+                (f", value loss ({step_value_loss}), value head gradient norm ({vgn})" if use_critic else "") +
+                f" or gradient norm ({gn}) at "
                 f"iter {iter_num}" + (f" (scheme {c.weighting!r} returned non-finite weights)"
                                       if bad_weights else "") +
                 f"; the last good state is saved in {ckpt_path}. Lower learning_rate, check "
@@ -1074,6 +1082,8 @@ def train(cfg):
                    "step_ms": 1000 * dt / iters_since,
                    "epoch": loader.epoch(), "tokens_seen": tokens_seen,
                    "stage": "value_pretrain" if pretraining else "main"}
+            if scaler.is_enabled():   # fp16: steps skipped on overflow since the last row
+                row.update(skipped_steps=skipped_since, loss_scale=scaler.get_scale())
             if not pretraining:
                 row.update(wlog.record(w, valid))
                 # the step's mean weight over its N terms: 1 for every scheme unless clipping
@@ -1089,7 +1099,7 @@ def train(cfg):
             log(row)
             bar.set_postfix(loss=f"{step_loss:.4f}", tok_s=f"{tok_s:,.0f}",
                             **({"mfu": f"{mfu:.1%}"} if mfu else {}))
-            t_last, tokens_since, iters_since = time.time(), 0, 0
+            t_last, tokens_since, iters_since, skipped_since = time.time(), 0, 0, 0
 
     bar.close()
     signal.signal(signal.SIGTERM, old_handler)

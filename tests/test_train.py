@@ -4,6 +4,7 @@ process, NaN stop, corrupt checkpoints, tokenizer mismatch, SIGTERM.
 
     python -m pytest tests/test_train.py -q            # add -m "not slow" to skip torchrun
 """
+import functools
 import json
 import os
 import random
@@ -12,6 +13,7 @@ import subprocess
 import sys
 import time
 
+import numpy as np
 import pytest
 import torch
 
@@ -305,3 +307,33 @@ def test_float16_resume_keeps_the_loss_scale(toy_data, tmp_path):
     full = train.load_checkpoint(str(tmp_path / "full"))["scaler"]
     assert train.load_checkpoint(str(tmp_path / "part"))["scaler"] == full
     assert train_rows(tmp_path / "full") == train_rows(tmp_path / "part")
+
+
+def test_float16_overflow_skips_the_step(toy_data, tmp_path, monkeypatch):
+    """fp16: an inf gradient after unscaling is GradScaler's routine overflow, not an error:
+    the step is skipped (logged), the scale halves, training goes on. A scale of 2**24 is
+    too high for this model: its first steps overflow, then it trains."""
+    monkeypatch.setattr(torch.amp, "GradScaler", functools.partial(torch.amp.GradScaler,
+                                                                   init_scale=2.0 ** 24))
+    out = train.train(tiny_cfg(toy_data, tmp_path, dtype="float16", max_iters=8, eval_interval=8))
+    assert out["finished"]
+    rows = [r for r in read_log(tmp_path) if "loss" in r]
+    skipped = [r["skipped_steps"] for r in rows]
+    assert len(rows) == 8 and skipped[0] == 1 and 0 in skipped
+    # each skip halves the scale (no growth within 2000 steps): 2**24 * 0.5**(skips so far)
+    assert [r["loss_scale"] for r in rows] == [2.0 ** (24 - s) for s in np.cumsum(skipped)]
+    assert train.load_checkpoint(str(tmp_path))["scaler"]["scale"] == rows[-1]["loss_scale"]
+    vals = [r["val_loss"] for r in read_log(tmp_path) if "val_loss" in r]
+    assert vals[-1] < vals[0] - 0.1                                   # the other steps trained
+
+
+def test_float32_inf_gradient_stops(toy_data, tmp_path, monkeypatch):
+    """Without a loss scaler (fp32, bf16) a non-finite gradient norm is an error, even with
+    a finite loss: weights of 1e36 at iter 3 give a loss of ~6e36 and an inf norm."""
+    calls = {"n": 0}
+    def spike(ce, valid, **kw):
+        calls["n"] += 1
+        return valid.float() * (1e36 if calls["n"] in (5, 6) else 1.0)   # 2 micro-steps per iter
+    monkeypatch.setitem(weights.SCHEMES, "spike", spike)
+    with pytest.raises(FloatingPointError, match=r"loss \(5\.\d+e\+36\) or gradient norm \(inf\) at iter 2"):
+        train.train(tiny_cfg(toy_data, tmp_path, weighting="spike", dtype="float32", max_iters=6))
