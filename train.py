@@ -856,7 +856,7 @@ def train(cfg):
     bar = tqdm(total=total_iters, initial=iter_num, disable=None if master else True, desc="train",
                dynamic_ncols=True)
     history, last_val = [], None
-    t_last, tokens_since, iters_since, skipped_since = time.time(), 0, 0, 0
+    t_last, tokens_since, iters_since, skipped_since, sq_since = time.time(), 0, 0, 0, 0.0
     eval_model = lambda: model.module if wrapped else model  # DDP's forward would sync buffers
 
     def forward(m, mb):
@@ -948,8 +948,9 @@ def train(cfg):
         n_valid = n_valid.clamp(min=1)   # a step with no LM term (critic, 'value_only'): loss 0, not 0/0
         n_states = all_reduce_sum(sum(mb["states"].sum() for mb in micro).float(), ddp) if use_critic else None
         H = c.n_future
-        # LM loss, tokens, value loss, CE per head, count per head, sum of the step's weights
-        stats = torch.zeros(4 + 2 * H, dtype=torch.float64, device=device)
+        # LM loss, tokens, value loss, CE per head, count per head, sum of squared sample
+        # lengths (MFU's attention cost), sum of the step's weights
+        stats = torch.zeros(5 + 2 * H, dtype=torch.float64, device=device)
         delta_stats = torch.zeros(3, dtype=torch.float64, device=device)   # count, sum, sum of squares
         seen, bad = [], torch.zeros((), dtype=torch.bool, device=device)   # bad: non-finite weights
 
@@ -1026,6 +1027,7 @@ def train(cfg):
                 stats[1] += mb["lengths"].sum()
                 stats[3:3 + H] += ce.sum(dim=(0, 1)).double()
                 stats[3 + H:3 + 2 * H] += valid.sum(dim=(0, 1)).double()
+                stats[-2] += mb["lengths"].double().pow(2).sum()
                 stats[-1] += w.sum().double()
         if ddp and not wrapped:
             parallel.all_reduce_replicated(raw_model, world_size)
@@ -1038,8 +1040,9 @@ def train(cfg):
         # the update must not happen on non-finite values: losses, gradient norms and the
         # finite-weights flag come to the host in one transfer
         vgn = grad_norm.new_zeros(()) if value_grad_norm is None else value_grad_norm
-        step_loss, step_value_loss, gn, vgn, step_tokens, bad_weights = torch.stack(
-            [stats[0], stats[2], grad_norm.double(), vgn.double(), stats[1], bad.double()]).tolist()
+        step_loss, step_value_loss, gn, vgn, step_tokens, step_sq, bad_weights = torch.stack(
+            [stats[0], stats[2], grad_norm.double(), vgn.double(), stats[1], stats[-2],
+             bad.double()]).tolist()
         finite_grads = math.isfinite(gn) and math.isfinite(vgn)
         # fp16: an inf/nan gradient is GradScaler's routine overflow (its scale is too high):
         # scaler.step skips the update and scaler.update halves the scale. Anywhere else,
@@ -1067,6 +1070,7 @@ def train(cfg):
                 value_memory.store(seen, ddp)
         iter_num += 1
         tokens_since += int(step_tokens)
+        sq_since += step_sq
         iters_since += 1
         tokens_seen += int(step_tokens)   # real (non-padding) tokens, all ranks
         bar.update(1)
@@ -1076,7 +1080,11 @@ def train(cfg):
             dt = time.time() - t_last
             tok_s = tokens_since / dt
             ce_head = (stats[3:3 + H] / stats[3 + H:3 + 2 * H].clamp(min=1)).tolist()
-            mfu = raw_model.estimate_mfu(tok_s, c.block_size, peak) if peak else None
+            # each row holds one sample, its padding after it: a token's attention cost is
+            # its sample's length n, so the FLOPs use the token-weighted mean n (sum n^2 /
+            # sum n, real tokens); tok_s is every rank's, MFU one device's
+            mfu = raw_model.estimate_mfu(tok_s, sq_since / max(tokens_since, 1), peak,
+                                         world_size) if peak else None
             row = {"iter": iter_num, "loss": step_loss, "ce_head": ce_head, "lr": lr,
                    "grad_norm": grad_norm.item(), "tokens_per_s": tok_s, "mfu": mfu,
                    "step_ms": 1000 * dt / iters_since,
@@ -1099,7 +1107,7 @@ def train(cfg):
             log(row)
             bar.set_postfix(loss=f"{step_loss:.4f}", tok_s=f"{tok_s:,.0f}",
                             **({"mfu": f"{mfu:.1%}"} if mfu else {}))
-            t_last, tokens_since, iters_since, skipped_since = time.time(), 0, 0, 0
+            t_last, tokens_since, iters_since, skipped_since, sq_since = time.time(), 0, 0, 0, 0.0
 
     bar.close()
     signal.signal(signal.SIGTERM, old_handler)

@@ -110,6 +110,34 @@ def test_weights_never_carry_gradient():
     torch.testing.assert_close(ce.grad, (w.detach() / 6))
 
 
+def test_mfu_counts_the_real_length_and_one_device(tmp_path):
+    """MFU: FLOPs per token at the samples' real length (every sample here is 9 tokens,
+    block_size 24), and the throughput of all devices over all their peaks."""
+    enc = data.get_tokenizer("bytes")
+    rng = random.Random(0)
+    for split, n in (("train", 64), ("val", 16)):   # "ab+cd=", 2 digits, <eot>: 9 bytes
+        pairs = [(rng.randint(10, 44), rng.randint(10, 44)) for _ in range(n)]
+        data.write_split(os.path.join(tmp_path, "data", split), enc, [
+            {"problem_id": f"fixed/{i}", "prompt": f"{a}+{b}=", "completion": str(a + b),
+             "is_correct": True, "source": "toy"} for i, (a, b) in enumerate(pairs)], [],
+            {"source": "toy"})
+    lengths = data.PreparedSplit(os.path.join(tmp_path, "data", "train")).index[:, 1]
+    assert set(lengths.tolist()) == {9}
+    train.train(tiny_cfg(str(tmp_path / "data"), tmp_path / "out", max_iters=3, eval_interval=3,
+                         eval_samples=4, peak_flops=1e9))
+    m = Transformer(ModelConfig(**train.load_checkpoint(str(tmp_path / "out"))["model_args"]))
+    # 6 FLOPs per weight a token passes (blocks, H unembeddings) + attention over its n = 9
+    c = m.config
+    weights_ = sum(p.numel() for p in (*m.layers.parameters(), *m.extra_heads.parameters()))
+    per_token = 6 * (weights_ + c.n_future * c.vocab_size * c.d_model) + 12 * c.n_layer * c.d_model * 9
+    rows = [r for r in read_log(tmp_path / "out") if "mfu" in r]
+    assert len(rows) == 3
+    for r in rows:
+        assert r["mfu"] == pytest.approx(per_token * r["tokens_per_s"] / 1e9, rel=1e-9)
+    # 2 devices at 3000 tokens/s together: each does 1500 of its own
+    assert m.estimate_mfu(3000.0, 9, 1e9, n_devices=2) == pytest.approx(per_token * 1500 / 1e9, rel=1e-12)
+
+
 # ---- the loop ---------------------------------------------------------------------------
 def test_training_learns(toy_data, tmp_path):
     out = train.train(tiny_cfg(toy_data, tmp_path, max_iters=60, eval_interval=30,
