@@ -132,7 +132,8 @@ DEFAULTS = {k: v for k, v in globals().items()
 # after it): with loss_impl='chunked' their step is one pass (mtp_loss.forward_backward),
 # the others' two (CE first, weights, then the backward). 'random_matched' reads no CE
 # but draws its weights after the forward's dropout masks, as the baseline's masks: kept
-# on two passes so that the arms keep drawing the same masks.
+# on two passes so that the arms keep drawing the same masks. Under weight_norm='tokens'
+# they are rescaled to the step's mass like the others (their pre-pass needs no forward).
 WEIGHTS_BEFORE_CE = ("uniform",)
 MODEL_KEYS = ("n_layer", "n_future", "n_head", "n_kv_head", "d_model", "d_ff",
               "rope_theta", "tie_embeddings", "dropout", "value_detach", "value_surprise")
@@ -591,7 +592,8 @@ def train(cfg):
     if family not in weights.SCHEMES:
         raise ValueError(f"control_of={c.control_of!r} is not a scheme: {sorted(weights.SCHEMES)}")
     use_critic, use_ref = family == "critic", family == "rho1"
-    one_pass = c.loss_impl == "chunked" and c.weighting in WEIGHTS_BEFORE_CE
+    before_ce = c.weighting in WEIGHTS_BEFORE_CE          # w needs nothing the forward computes
+    one_pass = c.loss_impl == "chunked" and before_ce
     for key, allowed in (("train_on", ("correct", "all")), ("weight_norm", ("heads", "tokens")),
                          ("loss_impl", ("chunked", "simple")), ("loss_kernel", mtp_loss.KERNELS),
                          ("data_parallel", ("ddp", "fsdp")), ("checkpoint_format", ("file", "dcp")),
@@ -873,9 +875,11 @@ def train(cfg):
         return mtp_cross_entropy(logits, mb["targets"]), values, None
 
     @torch.no_grad()
-    def scheme_weights(mb, ce, values, norm_stats=None):
+    def scheme_weights(mb, ce, values, norm_stats=None, step_norm=None):
         """w (B, T, H) of one micro-batch, and the critic's values (V = 0 at terminal states).
-        ce None: the weights are asked for before the CE (WEIGHTS_BEFORE_CE)."""
+        ce None: the weights are asked for before the CE (WEIGHTS_BEFORE_CE). norm_stats: a
+        dict for normalize's statistics (the 'tokens' pre-pass); step_norm: the step's totals
+        from it (step_mass): w rescaled to this micro-batch's share of the step's mass."""
         valid, kw, v = mb["targets"] >= 0, {}, None
         if use_ref:
             kw["ref_ce"] = online_ref_ce(ref, mb["tokens"], ctx, c.loss_chunk) if ref is not None \
@@ -885,8 +889,13 @@ def train(cfg):
             kw.update(values=v, rewards=mb["rewards"], moments=moments)
         if c.weighting == "random_matched":
             return weights.random_matched(valid, matched), v
-        w = scheme(None if ce is None else ce.detach(), valid, cfg=c, norm_stats=norm_stats, **kw)
-        return (weights.shuffled(w, valid) if c.weighting == "shuffled" else w), v
+        stats = {} if step_norm else norm_stats
+        w = scheme(None if ce is None else ce.detach(), valid, cfg=c, norm_stats=stats, **kw)
+        if c.weighting == "shuffled":
+            w = weights.shuffled(w, valid)
+        if step_norm:
+            w = w * weights.step_scale(stats, *step_norm)
+        return w, v
 
     while True:
         # -- evaluate and checkpoint
@@ -955,16 +964,19 @@ def train(cfg):
         seen, bad = [], torch.zeros((), dtype=torch.bool, device=device)   # bad: non-finite weights
 
         # weight_norm='tokens' normalises over the whole step: a pass over every
-        # micro-batch first gives each one's share of the step's weight mass (an extra
-        # forward pass, only with accumulation or several processes)
+        # micro-batch first gives each one's share of the step's weight mass (only with
+        # accumulation or several processes; an extra forward pass unless the weights read
+        # none: WEIGHTS_BEFORE_CE, one pass or two alike). 'random_matched' draws weights
+        # that no normalisation made: nothing to rescale
         step_norm = None
         if c.weight_norm == "tokens" and (len(micro) > 1 or ddp) and not pretraining \
-                and c.weighting not in ("uniform", "random_matched"):
+                and c.weighting != "random_matched":
             parts = [{} for _ in micro]
             with torch.no_grad():
                 for i, (mb, part) in enumerate(zip(micro, parts)):
                     torch.manual_seed(seed_of(i))          # the main pass's dropout masks
-                    scheme_weights(mb, *forward(raw_model, mb)[:2], norm_stats=part)
+                    ce_values = (None, None) if before_ce else forward(raw_model, mb)[:2]
+                    scheme_weights(mb, *ce_values, norm_stats=part)
             step_norm = step_mass(parts, device, ddp)
 
         for i, mb in enumerate(micro):
@@ -979,7 +991,7 @@ def train(cfg):
                 if one_pass:   # w known before the CE: each head's forward and backward at once
                     valid = mb["targets"] >= 0
                     with torch.no_grad():
-                        w = scheme_weights(mb, None, None)[0]
+                        w = scheme_weights(mb, None, None, step_norm=step_norm)[0]
                         bad |= ~torch.isfinite(w).all()
                     ce = mtp_loss.forward_backward(raw_model, mb["tokens"], mb["targets"], w, n_valid,
                                                    c.loss_chunk, c.loss_kernel, scale=scale, ctx=ctx)
@@ -988,10 +1000,7 @@ def train(cfg):
                     ce, values, heads = forward(model, mb)
                     valid = mb["targets"] >= 0
                     with torch.no_grad():
-                        norm_stats = {} if step_norm else None
-                        w, v = scheme_weights(mb, ce, values, norm_stats)
-                        if step_norm:
-                            w = w * weights.step_scale(norm_stats, *step_norm)
+                        w, v = scheme_weights(mb, ce, values, step_norm=step_norm)
                         if use_critic:
                             delta = weights.td_errors(v, mb["rewards"], H, c.gamma)[valid]
                             delta_stats += torch.stack([torch.tensor(delta.numel(), device=device),

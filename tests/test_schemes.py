@@ -108,6 +108,26 @@ def test_tokens_norm_over_the_whole_step(toy, tmp_path, monkeypatch, arm):
         same_losses(tmp_path / "one", tmp_path / "micro", rel=1e-5)
 
 
+def test_tokens_norm_one_pass_is_the_two_pass_step(toy, tmp_path, monkeypatch):
+    """A scheme listed in WEIGHTS_BEFORE_CE (one pass) whose weights vary, under
+    weight_norm='tokens' with accumulation, gets the step-wide rescale too: it trains as on
+    two passes, bit for bit, not with each micro-batch normalised on its own."""
+    toy_data, _ = toy
+    def by_position(ce, valid, cfg=None, norm_stats=None, **_):   # reads no CE
+        score = torch.arange(1.0, valid.shape[1] + 1, device=valid.device)[None, :, None]
+        return weights.normalize(score.expand(valid.shape), valid, cfg.weight_norm, stats=norm_stats)
+    monkeypatch.setitem(weights.SCHEMES, "by_position", by_position)
+    keys = dict(weighting="by_position", weight_norm="tokens", max_iters=4, eval_interval=100)
+    train.train(tiny_cfg(toy_data, tmp_path / "two", **keys))
+    calls = []
+    one_pass = train.mtp_loss.forward_backward
+    monkeypatch.setattr(train.mtp_loss, "forward_backward", lambda *a, **k: calls.append(1) or one_pass(*a, **k))
+    monkeypatch.setattr(train, "WEIGHTS_BEFORE_CE", ("uniform", "by_position"))
+    train.train(tiny_cfg(toy_data, tmp_path / "one", **keys))
+    assert len(calls) == 4 * 2                                       # one pass, every micro-batch
+    same_losses(tmp_path / "two", tmp_path / "one")
+
+
 def bigram_reference(path, enc, V=320, seed=0):
     """A reference whose CE is known per token: every block is switched off (zero output
     projections), so its logits at j depend on x_j alone through a table we choose."""
