@@ -526,7 +526,9 @@ def probe_values(model, split, ids, c, ctx, device, pad_id):
 
 class WeightLog:
     """Weight diagnostics: per-log statistics, per-head histograms and a sample of weight
-    values (what the 'random_matched' control of this run draws from)."""
+    values (what the 'random_matched' control of this run draws from). The histogram's
+    last bin, from 7.875, also holds every larger weight ('tokens' gives some), so that it
+    counts every term."""
     BINS = np.linspace(0, 8, 65)
 
     def __init__(self, n_future, seed, cap=200_000):
@@ -534,18 +536,22 @@ class WeightLog:
         self.sample, self.cap = [], cap
         self.rng = np.random.default_rng(seed)
 
-    def record(self, w, valid):
-        """Statistics of one micro-batch's weights over its valid terms."""
-        v = w[valid]
+    def record(self, step):
+        """Statistics of a step's weights over their valid terms: step is its micro-batches'
+        (w (B, T, H), valid (B, T, H)) pairs, each with its own T."""
+        v = torch.cat([w[valid] for w, valid in step])
         if v.numel() == 0:
             return {}
-        wn = w / w.sum(-1, keepdim=True).clamp(min=1e-12)                # share per head at t
-        multi = valid.sum(-1) > 1
-        ent = -(wn * wn.clamp(min=1e-12).log()).sum(-1)[multi]           # entropy over heads
-        mass = w.sum(dim=(0, 1))
-        for k in range(w.shape[-1]):
-            self.hist[k] += np.histogram(w[..., k][valid[..., k]].float().cpu().numpy(),
-                                         self.BINS)[0]
+        ent, mass = [], 0.0
+        for w, valid in step:
+            wn = w / w.sum(-1, keepdim=True).clamp(min=1e-12)            # share per head at t
+            multi = valid.sum(-1) > 1
+            ent.append(-(wn * wn.clamp(min=1e-12).log()).sum(-1)[multi])  # entropy over heads
+            mass = mass + w.sum(dim=(0, 1))
+            for k in range(w.shape[-1]):
+                x = w[..., k][valid[..., k]].float().cpu().numpy()
+                self.hist[k] += np.histogram(np.minimum(x, self.BINS[-1]), self.BINS)[0]
+        ent = torch.cat(ent)
         if sum(len(s) for s in self.sample) < self.cap:
             vals = v.float().cpu().numpy()
             self.sample.append(self.rng.choice(vals, size=min(len(vals), 2000), replace=False))
@@ -962,6 +968,8 @@ def train(cfg):
         stats = torch.zeros(5 + 2 * H, dtype=torch.float64, device=device)
         delta_stats = torch.zeros(3, dtype=torch.float64, device=device)   # count, sum, sum of squares
         seen, bad = [], torch.zeros((), dtype=torch.bool, device=device)   # bad: non-finite weights
+        logs = (iter_num + 1) % c.log_interval == 0 or iter_num + 1 == total_iters
+        logged = []   # a log step's (w, valid) of every micro-batch, for WeightLog
 
         # weight_norm='tokens' normalises over the whole step: a pass over every
         # micro-batch first gives each one's share of the step's weight mass (only with
@@ -1038,6 +1046,8 @@ def train(cfg):
                 stats[3 + H:3 + 2 * H] += valid.sum(dim=(0, 1)).double()
                 stats[-2] += mb["lengths"].double().pow(2).sum()
                 stats[-1] += w.sum().double()
+                if logs and not pretraining:
+                    logged.append((w, valid))
         if ddp and not wrapped:
             parallel.all_reduce_replicated(raw_model, world_size)
         all_reduce_sum(stats, ddp)
@@ -1085,7 +1095,7 @@ def train(cfg):
         bar.update(1)
         history.append(step_loss)
 
-        if iter_num % c.log_interval == 0 or iter_num == total_iters:
+        if logs:
             dt = time.time() - t_last
             tok_s = tokens_since / dt
             ce_head = (stats[3:3 + H] / stats[3 + H:3 + 2 * H].clamp(min=1)).tolist()
@@ -1102,7 +1112,7 @@ def train(cfg):
             if scaler.is_enabled():   # fp16: steps skipped on overflow since the last row
                 row.update(skipped_steps=skipped_since, loss_scale=scaler.get_scale())
             if not pretraining:
-                row.update(wlog.record(w, valid))
+                row.update(wlog.record(logged))
                 # the step's mean weight over its N terms: 1 for every scheme unless clipping
                 # moved it (README, stabilisers)
                 row["w_step_mean"] = (stats[-1] / n_valid).item()

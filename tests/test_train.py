@@ -138,6 +138,41 @@ def test_mfu_counts_the_real_length_and_one_device(tmp_path):
     assert m.estimate_mfu(3000.0, 9, 1e9, n_devices=2) == pytest.approx(per_token * 1500 / 1e9, rel=1e-12)
 
 
+def test_weight_log_counts_every_term_of_the_step():
+    """WeightLog.record takes all micro-batches of a step (their T differ) and its
+    histogram counts every valid term, weights above its top bin (8) in the last bin."""
+    w1 = torch.tensor([[[1.0, 20.0], [0.5, 0.0]]])               # (1, 2, 2); 0 where invalid
+    v1 = torch.tensor([[[True, True], [True, False]]])
+    w2 = torch.tensor([[[2.0, 0.25], [3.0, 1.0], [0.0, 0.0]]])   # (1, 3, 2)
+    v2 = torch.tensor([[[True, True], [True, True], [False, False]]])
+    log = train.WeightLog(2, seed=0)
+    row = log.record([(w1, v1), (w2, v2)])
+    assert log.hist.sum(1).tolist() == [4, 3]                     # valid terms per head
+    assert log.hist[1, -1] == 1                                    # the 20, in the last bin
+    assert log.hist[0, np.searchsorted(log.BINS, 3.0, side="right") - 1] == 1
+    vals = [1.0, 20.0, 0.5, 2.0, 0.25, 3.0, 1.0]
+    assert row["w_mean"] == pytest.approx(np.mean(vals)) and row["w_max"] == 20.0
+    assert row["w_std"] == pytest.approx(np.std(vals, ddof=1), rel=1e-6)
+    assert row["w_head_mass"] == pytest.approx([6.5 / 27.75, 21.25 / 27.75])
+    assert sorted(log.sample[0].tolist()) == sorted(vals)
+
+
+def test_weight_histogram_covers_every_micro_batch(toy_data, tmp_path):
+    """The run's histograms hold every valid term of its logged steps, all micro-batches
+    (counted again from the loader's batches), not the last micro-batch of each."""
+    cfg = tiny_cfg(toy_data, tmp_path, max_iters=3, eval_interval=3)
+    train.train(cfg)
+    split = data.PreparedSplit(os.path.join(toy_data, "train"))
+    loader = data.Loader(split, cfg["batch_size"], cfg["block_size"], seed=cfg["seed"],
+                         correct_only=True, pad_id=data.eot_token(data.get_tokenizer("bytes")))
+    want = torch.zeros(2, dtype=torch.long)
+    for _ in range(3):                                             # log_interval 1: every step
+        for mb in loader.next_step(2):
+            want += (mtp_targets(mb["tokens"], mb["loss_mask"], 2) >= 0).sum(dim=(0, 1))
+    counts = np.load(tmp_path / "weight_hist.npz")["counts"]
+    assert counts.sum(1).tolist() == want.tolist()
+
+
 # ---- the loop ---------------------------------------------------------------------------
 def test_training_learns(toy_data, tmp_path):
     out = train.train(tiny_cfg(toy_data, tmp_path, max_iters=60, eval_interval=30,
