@@ -73,7 +73,8 @@ temperature = 1.0               # T of Rho-1's softmax(excess / T)
 w_min = 0.0                     # clip weights to [w_min, w_max]; 0 = no bound
 w_max = 0.0
 weight_top_frac = 0.0           # keep only this top fraction of each sequence's terms; 0 = all
-weight_top_p = 1.0              # keep the smallest set of terms holding this share of weight mass
+weight_top_p = 1.0              # keep each sequence's smallest set of terms holding this share of its
+                                # score mass (raw scores: Rho-1's excess, the critic's |delta|; not w)
 # Rho-1
 ref_init_from = ""              # reference: a run dir (its ckpt.pt) or a pretrained model; same tokenizer, frozen
 ref_ce_mode = "cache"           # 'cache': score the data once, read memmaps; 'online': every step
