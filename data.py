@@ -261,7 +261,9 @@ def score_reference(model, split, device="cpu", batch_size=16, out_path=None):
     """Per-token CE of a frozen reference on every token of a split, with full context:
     ref_ce[j] = CE(ref(x_<j), x_j) from head 1's logits at j-1; the first token of each
     sample gets 0 (nothing predicts it). Aligned with tokens.bin, float32. Written
-    atomically with a .json identity when out_path is given."""
+    atomically to out_path when given, the CE alone: no .json identity, so it is not a cache
+    train.reference_cache accepts (that one scores with score_reference_sharded and writes
+    the identity it checks)."""
     from tqdm import tqdm
     import torch.nn.functional as F
     ref = np.zeros(len(split.tokens), dtype=np.float32)

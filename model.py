@@ -540,9 +540,10 @@ class Transformer(nn.Module):
         attention = 12 * c.n_layer * c.n_head * c.head_size * seq_len
         return 6 * (blocks + unembed) + attention
 
-    def estimate_mfu(self, tokens_per_s, seq_len, peak_flops):
-        """Model FLOPs utilisation: achieved FLOP/s over the device's peak FLOP/s."""
-        return self.flops_per_token(seq_len) * tokens_per_s / peak_flops
+    def estimate_mfu(self, tokens_per_s, seq_len, peak_flops, n_devices=1):
+        """Model FLOPs utilisation: achieved FLOP/s per device over one device's peak FLOP/s.
+        tokens_per_s: the throughput of all n_devices together."""
+        return self.flops_per_token(seq_len) * tokens_per_s / (n_devices * peak_flops)
 
     def configure_optimizers(self, weight_decay, learning_rate, betas, device_type):
         # decay matrices (weights, embeddings); never gains or biases

@@ -73,7 +73,8 @@ temperature = 1.0               # T of Rho-1's softmax(excess / T)
 w_min = 0.0                     # clip weights to [w_min, w_max]; 0 = no bound
 w_max = 0.0
 weight_top_frac = 0.0           # keep only this top fraction of each sequence's terms; 0 = all
-weight_top_p = 1.0              # keep the smallest set of terms holding this share of weight mass
+weight_top_p = 1.0              # keep each sequence's smallest set of terms holding this share of its
+                                # score mass (raw scores: Rho-1's excess, the critic's |delta|; not w)
 # Rho-1
 ref_init_from = ""              # reference: a run dir (its ckpt.pt) or a pretrained model; same tokenizer, frozen
 ref_ce_mode = "cache"           # 'cache': score the data once, read memmaps; 'online': every step
@@ -132,7 +133,8 @@ DEFAULTS = {k: v for k, v in globals().items()
 # after it): with loss_impl='chunked' their step is one pass (mtp_loss.forward_backward),
 # the others' two (CE first, weights, then the backward). 'random_matched' reads no CE
 # but draws its weights after the forward's dropout masks, as the baseline's masks: kept
-# on two passes so that the arms keep drawing the same masks.
+# on two passes so that the arms keep drawing the same masks. Under weight_norm='tokens'
+# they are rescaled to the step's mass like the others (their pre-pass needs no forward).
 WEIGHTS_BEFORE_CE = ("uniform",)
 MODEL_KEYS = ("n_layer", "n_future", "n_head", "n_kv_head", "d_model", "d_ff",
               "rope_theta", "tie_embeddings", "dropout", "value_detach", "value_surprise")
@@ -525,7 +527,9 @@ def probe_values(model, split, ids, c, ctx, device, pad_id):
 
 class WeightLog:
     """Weight diagnostics: per-log statistics, per-head histograms and a sample of weight
-    values (what the 'random_matched' control of this run draws from)."""
+    values (what the 'random_matched' control of this run draws from). The histogram's
+    last bin, from 7.875, also holds every larger weight ('tokens' gives some), so that it
+    counts every term."""
     BINS = np.linspace(0, 8, 65)
 
     def __init__(self, n_future, seed, cap=200_000):
@@ -533,18 +537,22 @@ class WeightLog:
         self.sample, self.cap = [], cap
         self.rng = np.random.default_rng(seed)
 
-    def record(self, w, valid):
-        """Statistics of one micro-batch's weights over its valid terms."""
-        v = w[valid]
+    def record(self, step):
+        """Statistics of a step's weights over their valid terms: step is its micro-batches'
+        (w (B, T, H), valid (B, T, H)) pairs, each with its own T."""
+        v = torch.cat([w[valid] for w, valid in step])
         if v.numel() == 0:
             return {}
-        wn = w / w.sum(-1, keepdim=True).clamp(min=1e-12)                # share per head at t
-        multi = valid.sum(-1) > 1
-        ent = -(wn * wn.clamp(min=1e-12).log()).sum(-1)[multi]           # entropy over heads
-        mass = w.sum(dim=(0, 1))
-        for k in range(w.shape[-1]):
-            self.hist[k] += np.histogram(w[..., k][valid[..., k]].float().cpu().numpy(),
-                                         self.BINS)[0]
+        ent, mass = [], 0.0
+        for w, valid in step:
+            wn = w / w.sum(-1, keepdim=True).clamp(min=1e-12)            # share per head at t
+            multi = valid.sum(-1) > 1
+            ent.append(-(wn * wn.clamp(min=1e-12).log()).sum(-1)[multi])  # entropy over heads
+            mass = mass + w.sum(dim=(0, 1))
+            for k in range(w.shape[-1]):
+                x = w[..., k][valid[..., k]].float().cpu().numpy()
+                self.hist[k] += np.histogram(np.minimum(x, self.BINS[-1]), self.BINS)[0]
+        ent = torch.cat(ent)
         if sum(len(s) for s in self.sample) < self.cap:
             vals = v.float().cpu().numpy()
             self.sample.append(self.rng.choice(vals, size=min(len(vals), 2000), replace=False))
@@ -591,7 +599,8 @@ def train(cfg):
     if family not in weights.SCHEMES:
         raise ValueError(f"control_of={c.control_of!r} is not a scheme: {sorted(weights.SCHEMES)}")
     use_critic, use_ref = family == "critic", family == "rho1"
-    one_pass = c.loss_impl == "chunked" and c.weighting in WEIGHTS_BEFORE_CE
+    before_ce = c.weighting in WEIGHTS_BEFORE_CE          # w needs nothing the forward computes
+    one_pass = c.loss_impl == "chunked" and before_ce
     for key, allowed in (("train_on", ("correct", "all")), ("weight_norm", ("heads", "tokens")),
                          ("loss_impl", ("chunked", "simple")), ("loss_kernel", mtp_loss.KERNELS),
                          ("data_parallel", ("ddp", "fsdp")), ("checkpoint_format", ("file", "dcp")),
@@ -856,7 +865,7 @@ def train(cfg):
     bar = tqdm(total=total_iters, initial=iter_num, disable=None if master else True, desc="train",
                dynamic_ncols=True)
     history, last_val = [], None
-    t_last, tokens_since, iters_since = time.time(), 0, 0
+    t_last, tokens_since, iters_since, skipped_since, sq_since = time.time(), 0, 0, 0, 0.0
     eval_model = lambda: model.module if wrapped else model  # DDP's forward would sync buffers
 
     def forward(m, mb):
@@ -873,9 +882,11 @@ def train(cfg):
         return mtp_cross_entropy(logits, mb["targets"]), values, None
 
     @torch.no_grad()
-    def scheme_weights(mb, ce, values, norm_stats=None):
+    def scheme_weights(mb, ce, values, norm_stats=None, step_norm=None):
         """w (B, T, H) of one micro-batch, and the critic's values (V = 0 at terminal states).
-        ce None: the weights are asked for before the CE (WEIGHTS_BEFORE_CE)."""
+        ce None: the weights are asked for before the CE (WEIGHTS_BEFORE_CE). norm_stats: a
+        dict for normalize's statistics (the 'tokens' pre-pass); step_norm: the step's totals
+        from it (step_mass): w rescaled to this micro-batch's share of the step's mass."""
         valid, kw, v = mb["targets"] >= 0, {}, None
         if use_ref:
             kw["ref_ce"] = online_ref_ce(ref, mb["tokens"], ctx, c.loss_chunk) if ref is not None \
@@ -887,8 +898,13 @@ def train(cfg):
             kw["noise"] = mb["noise"].to(device)
         if c.weighting == "random_matched":
             return weights.random_matched(valid, matched, c.weight_norm), v
-        w = scheme(None if ce is None else ce.detach(), valid, cfg=c, norm_stats=norm_stats, **kw)
-        return (weights.shuffled(w, valid, c.weight_norm) if c.weighting == "shuffled" else w), v
+        stats = {} if step_norm else norm_stats
+        w = scheme(None if ce is None else ce.detach(), valid, cfg=c, norm_stats=stats, **kw)
+        if c.weighting == "shuffled":   # permuted within each group: the group's mass is kept
+            w = weights.shuffled(w, valid, c.weight_norm)
+        if step_norm:
+            w = w * weights.step_scale(stats, *step_norm)
+        return w, v
 
     while True:
         # -- evaluate and checkpoint
@@ -950,22 +966,28 @@ def train(cfg):
         n_valid = n_valid.clamp(min=1)   # a step with no LM term (critic, 'value_only'): loss 0, not 0/0
         n_states = all_reduce_sum(sum(mb["states"].sum() for mb in micro).float(), ddp) if use_critic else None
         H = c.n_future
-        # loss, tokens, value loss, CE per head, count per head, sum of the step's weights
-        stats = torch.zeros(4 + 2 * H, dtype=torch.float64, device=device)
+        # LM loss, tokens, value loss, CE per head, count per head, sum of squared sample
+        # lengths (MFU's attention cost), sum of the step's weights
+        stats = torch.zeros(5 + 2 * H, dtype=torch.float64, device=device)
         delta_stats = torch.zeros(3, dtype=torch.float64, device=device)   # count, sum, sum of squares
         seen, bad = [], torch.zeros((), dtype=torch.bool, device=device)   # bad: non-finite weights
+        logs = (iter_num + 1) % c.log_interval == 0 or iter_num + 1 == total_iters
+        logged = []   # a log step's (w, valid) of every micro-batch, for WeightLog
 
         # weight_norm='tokens' normalises over the whole step: a pass over every
-        # micro-batch first gives each one's share of the step's weight mass (an extra
-        # forward pass, only with accumulation or several processes)
+        # micro-batch first gives each one's share of the step's weight mass (only with
+        # accumulation or several processes; an extra forward pass unless the weights read
+        # none: WEIGHTS_BEFORE_CE, one pass or two alike). 'random_matched' draws weights
+        # that no normalisation made: nothing to rescale
         step_norm = None
         if c.weight_norm == "tokens" and (len(micro) > 1 or ddp) and not pretraining \
-                and c.weighting not in ("uniform", "random_matched"):
+                and c.weighting != "random_matched":
             parts = [{} for _ in micro]
             with torch.no_grad():
                 for i, (mb, part) in enumerate(zip(micro, parts)):
                     torch.manual_seed(seed_of(i))          # the main pass's dropout masks
-                    scheme_weights(mb, *forward(raw_model, mb)[:2], norm_stats=part)
+                    ce_values = (None, None) if before_ce else forward(raw_model, mb)[:2]
+                    scheme_weights(mb, *ce_values, norm_stats=part)
             step_norm = step_mass(parts, device, ddp)
 
         for i, mb in enumerate(micro):
@@ -980,7 +1002,7 @@ def train(cfg):
                 if one_pass:   # w known before the CE: each head's forward and backward at once
                     valid = mb["targets"] >= 0
                     with torch.no_grad():
-                        w = scheme_weights(mb, None, None)[0]
+                        w = scheme_weights(mb, None, None, step_norm=step_norm)[0]
                         bad |= ~torch.isfinite(w).all()
                     ce = mtp_loss.forward_backward(raw_model, mb["tokens"], mb["targets"], w, n_valid,
                                                    c.loss_chunk, c.loss_kernel, scale=scale, ctx=ctx)
@@ -989,10 +1011,7 @@ def train(cfg):
                     ce, values, heads = forward(model, mb)
                     valid = mb["targets"] >= 0
                     with torch.no_grad():
-                        norm_stats = {} if step_norm else None
-                        w, v = scheme_weights(mb, ce, values, norm_stats)
-                        if step_norm:
-                            w = w * weights.step_scale(norm_stats, *step_norm)
+                        w, v = scheme_weights(mb, ce, values, step_norm=step_norm)
                         if use_critic:
                             delta = weights.td_errors(v, mb["rewards"], H, c.gamma)[valid]
                             delta_stats += torch.stack([torch.tensor(delta.numel(), device=device),
@@ -1012,14 +1031,13 @@ def train(cfg):
                         loss = ce.new_zeros(())   # w = 0 and the LM waits: skip its backward pass
                     else:                         # (DDP needs every parameter in the graph)
                         loss = weights.weighted_loss(lm_ce, w, n_valid)   # 'chunked': the value only
-                    value_loss = None
-                    if use_critic:
+                    value_loss = None   # the critic's: trained with the LM loss, logged apart
+                    if use_critic:      # (`loss` is the weighted LM loss in every arm)
                         value_loss = critic_value_loss(values, v, mb, c, n_states)
-                        loss = loss + c.value_coef * value_loss
                         seen.append((mb["sample_ids"], mb["lengths"], values.detach().float()))
                         stats[2] += value_loss.detach().double()
                     if heads is None:
-                        scale(loss).backward()
+                        scale(loss if value_loss is None else loss + c.value_coef * value_loss).backward()
                     else:   # the same gradient, head by head (mtp_loss.py)
                         mtp_loss.backward(heads, raw_model, w, n_valid, term=term, scale=scale, ctx=ctx,
                                           extra_loss=c.value_coef * value_loss if use_critic else None,
@@ -1029,7 +1047,10 @@ def train(cfg):
                 stats[1] += mb["lengths"].sum()
                 stats[3:3 + H] += ce.sum(dim=(0, 1)).double()
                 stats[3 + H:3 + 2 * H] += valid.sum(dim=(0, 1)).double()
+                stats[-2] += mb["lengths"].double().pow(2).sum()
                 stats[-1] += w.sum().double()
+                if logs and not pretraining:
+                    logged.append((w, valid))
         if ddp and not wrapped:
             parallel.all_reduce_replicated(raw_model, world_size)
         all_reduce_sum(stats, ddp)
@@ -1038,15 +1059,26 @@ def train(cfg):
                 p.grad = None
         scaler.unscale_(optimizer)
         grad_norm, value_grad_norm = clip_gradients(raw_model, c.grad_clip)
-        # the step's one host-device sync: the update must not happen on non-finite values
-        step_loss, gn, step_tokens, bad_weights = torch.stack(
-            [stats[0], grad_norm.double(), stats[1], bad.double()]).tolist()
-        if not (math.isfinite(step_loss) and math.isfinite(gn)):
+        # the update must not happen on non-finite values: losses, gradient norms and the
+        # finite-weights flag come to the host in one transfer
+        vgn = grad_norm.new_zeros(()) if value_grad_norm is None else value_grad_norm
+        step_loss, step_value_loss, gn, vgn, step_tokens, step_sq, bad_weights = torch.stack(
+            [stats[0], stats[2], grad_norm.double(), vgn.double(), stats[1], stats[-2],
+             bad.double()]).tolist()
+        finite_grads = math.isfinite(gn) and math.isfinite(vgn)
+        # fp16: an inf/nan gradient is GradScaler's routine overflow (its scale is too high):
+        # scaler.step skips the update and scaler.update halves the scale. Anywhere else,
+        # and a non-finite loss always, it is an error.
+        overflow = scaler.is_enabled() and not finite_grads
+        skipped_since += overflow
+        if not (math.isfinite(step_loss) and math.isfinite(step_value_loss) and (finite_grads or overflow)):
             # the parameters are still those of the last good step: keep them
             if master or collective_save:
                 save_all(loader_state)
             raise FloatingPointError(
-                f"non-finite training loss ({step_loss}) or gradient norm ({gn}) at "
+                f"non-finite training loss ({step_loss})" +
+                (f", value loss ({step_value_loss}), value head gradient norm ({vgn})" if use_critic else "") +
+                f" or gradient norm ({gn}) at "
                 f"iter {iter_num}" + (f" (scheme {c.weighting!r} returned non-finite weights)"
                                       if bad_weights else "") +
                 f"; the last good state is saved in {ckpt_path}. Lower learning_rate, check "
@@ -1060,23 +1092,30 @@ def train(cfg):
                 value_memory.store(seen, ddp)
         iter_num += 1
         tokens_since += int(step_tokens)
+        sq_since += step_sq
         iters_since += 1
         tokens_seen += int(step_tokens)   # real (non-padding) tokens, all ranks
         bar.update(1)
         history.append(step_loss)
 
-        if iter_num % c.log_interval == 0 or iter_num == total_iters:
+        if logs:
             dt = time.time() - t_last
             tok_s = tokens_since / dt
             ce_head = (stats[3:3 + H] / stats[3 + H:3 + 2 * H].clamp(min=1)).tolist()
-            mfu = raw_model.estimate_mfu(tok_s, c.block_size, peak) if peak else None
+            # each row holds one sample, its padding after it: a token's attention cost is
+            # its sample's length n, so the FLOPs use the token-weighted mean n (sum n^2 /
+            # sum n, real tokens); tok_s is every rank's, MFU one device's
+            mfu = raw_model.estimate_mfu(tok_s, sq_since / max(tokens_since, 1), peak,
+                                         world_size) if peak else None
             row = {"iter": iter_num, "loss": step_loss, "ce_head": ce_head, "lr": lr,
                    "grad_norm": grad_norm.item(), "tokens_per_s": tok_s, "mfu": mfu,
                    "step_ms": 1000 * dt / iters_since,
                    "epoch": loader.epoch(), "tokens_seen": tokens_seen,
                    "stage": "value_pretrain" if pretraining else "main"}
+            if scaler.is_enabled():   # fp16: steps skipped on overflow since the last row
+                row.update(skipped_steps=skipped_since, loss_scale=scaler.get_scale())
             if not pretraining:
-                row.update(wlog.record(w, valid))
+                row.update(wlog.record(logged))
                 # the step's mean weight over its N terms: 1 for every scheme unless clipping
                 # moved it (README, stabilisers)
                 row["w_step_mean"] = (stats[-1] / n_valid).item()
@@ -1090,7 +1129,7 @@ def train(cfg):
             log(row)
             bar.set_postfix(loss=f"{step_loss:.4f}", tok_s=f"{tok_s:,.0f}",
                             **({"mfu": f"{mfu:.1%}"} if mfu else {}))
-            t_last, tokens_since, iters_since = time.time(), 0, 0
+            t_last, tokens_since, iters_since, skipped_since, sq_since = time.time(), 0, 0, 0, 0.0
 
     bar.close()
     signal.signal(signal.SIGTERM, old_handler)

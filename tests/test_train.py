@@ -4,6 +4,7 @@ process, NaN stop, corrupt checkpoints, tokenizer mismatch, SIGTERM.
 
     python -m pytest tests/test_train.py -q            # add -m "not slow" to skip torchrun
 """
+import functools
 import json
 import os
 import random
@@ -12,6 +13,7 @@ import subprocess
 import sys
 import time
 
+import numpy as np
 import pytest
 import torch
 
@@ -106,6 +108,69 @@ def test_weights_never_carry_gradient():
     loss = weights.weighted_loss(ce, w, 6)
     loss.backward()
     torch.testing.assert_close(ce.grad, (w.detach() / 6))
+
+
+def test_mfu_counts_the_real_length_and_one_device(tmp_path):
+    """MFU: FLOPs per token at the samples' real length (every sample here is 9 tokens,
+    block_size 24), and the throughput of all devices over all their peaks."""
+    enc = data.get_tokenizer("bytes")
+    rng = random.Random(0)
+    for split, n in (("train", 64), ("val", 16)):   # "ab+cd=", 2 digits, <eot>: 9 bytes
+        pairs = [(rng.randint(10, 44), rng.randint(10, 44)) for _ in range(n)]
+        data.write_split(os.path.join(tmp_path, "data", split), enc, [
+            {"problem_id": f"fixed/{i}", "prompt": f"{a}+{b}=", "completion": str(a + b),
+             "is_correct": True, "source": "toy"} for i, (a, b) in enumerate(pairs)], [],
+            {"source": "toy"})
+    lengths = data.PreparedSplit(os.path.join(tmp_path, "data", "train")).index[:, 1]
+    assert set(lengths.tolist()) == {9}
+    train.train(tiny_cfg(str(tmp_path / "data"), tmp_path / "out", max_iters=3, eval_interval=3,
+                         eval_samples=4, peak_flops=1e9))
+    m = Transformer(ModelConfig(**train.load_checkpoint(str(tmp_path / "out"))["model_args"]))
+    # 6 FLOPs per weight a token passes (blocks, H unembeddings) + attention over its n = 9
+    c = m.config
+    weights_ = sum(p.numel() for p in (*m.layers.parameters(), *m.extra_heads.parameters()))
+    per_token = 6 * (weights_ + c.n_future * c.vocab_size * c.d_model) + 12 * c.n_layer * c.d_model * 9
+    rows = [r for r in read_log(tmp_path / "out") if "mfu" in r]
+    assert len(rows) == 3
+    for r in rows:
+        assert r["mfu"] == pytest.approx(per_token * r["tokens_per_s"] / 1e9, rel=1e-9)
+    # 2 devices at 3000 tokens/s together: each does 1500 of its own
+    assert m.estimate_mfu(3000.0, 9, 1e9, n_devices=2) == pytest.approx(per_token * 1500 / 1e9, rel=1e-12)
+
+
+def test_weight_log_counts_every_term_of_the_step():
+    """WeightLog.record takes all micro-batches of a step (their T differ) and its
+    histogram counts every valid term, weights above its top bin (8) in the last bin."""
+    w1 = torch.tensor([[[1.0, 20.0], [0.5, 0.0]]])               # (1, 2, 2); 0 where invalid
+    v1 = torch.tensor([[[True, True], [True, False]]])
+    w2 = torch.tensor([[[2.0, 0.25], [3.0, 1.0], [0.0, 0.0]]])   # (1, 3, 2)
+    v2 = torch.tensor([[[True, True], [True, True], [False, False]]])
+    log = train.WeightLog(2, seed=0)
+    row = log.record([(w1, v1), (w2, v2)])
+    assert log.hist.sum(1).tolist() == [4, 3]                     # valid terms per head
+    assert log.hist[1, -1] == 1                                    # the 20, in the last bin
+    assert log.hist[0, np.searchsorted(log.BINS, 3.0, side="right") - 1] == 1
+    vals = [1.0, 20.0, 0.5, 2.0, 0.25, 3.0, 1.0]
+    assert row["w_mean"] == pytest.approx(np.mean(vals)) and row["w_max"] == 20.0
+    assert row["w_std"] == pytest.approx(np.std(vals, ddof=1), rel=1e-6)
+    assert row["w_head_mass"] == pytest.approx([6.5 / 27.75, 21.25 / 27.75])
+    assert sorted(log.sample[0].tolist()) == sorted(vals)
+
+
+def test_weight_histogram_covers_every_micro_batch(toy_data, tmp_path):
+    """The run's histograms hold every valid term of its logged steps, all micro-batches
+    (counted again from the loader's batches), not the last micro-batch of each."""
+    cfg = tiny_cfg(toy_data, tmp_path, max_iters=3, eval_interval=3)
+    train.train(cfg)
+    split = data.PreparedSplit(os.path.join(toy_data, "train"))
+    loader = data.Loader(split, cfg["batch_size"], cfg["block_size"], seed=cfg["seed"],
+                         correct_only=True, pad_id=data.eot_token(data.get_tokenizer("bytes")))
+    want = torch.zeros(2, dtype=torch.long)
+    for _ in range(3):                                             # log_interval 1: every step
+        for mb in loader.next_step(2):
+            want += (mtp_targets(mb["tokens"], mb["loss_mask"], 2) >= 0).sum(dim=(0, 1))
+    counts = np.load(tmp_path / "weight_hist.npz")["counts"]
+    assert counts.sum(1).tolist() == want.tolist()
 
 
 # ---- the loop ---------------------------------------------------------------------------
@@ -305,3 +370,33 @@ def test_float16_resume_keeps_the_loss_scale(toy_data, tmp_path):
     full = train.load_checkpoint(str(tmp_path / "full"))["scaler"]
     assert train.load_checkpoint(str(tmp_path / "part"))["scaler"] == full
     assert train_rows(tmp_path / "full") == train_rows(tmp_path / "part")
+
+
+def test_float16_overflow_skips_the_step(toy_data, tmp_path, monkeypatch):
+    """fp16: an inf gradient after unscaling is GradScaler's routine overflow, not an error:
+    the step is skipped (logged), the scale halves, training goes on. A scale of 2**24 is
+    too high for this model: its first steps overflow, then it trains."""
+    monkeypatch.setattr(torch.amp, "GradScaler", functools.partial(torch.amp.GradScaler,
+                                                                   init_scale=2.0 ** 24))
+    out = train.train(tiny_cfg(toy_data, tmp_path, dtype="float16", max_iters=8, eval_interval=8))
+    assert out["finished"]
+    rows = [r for r in read_log(tmp_path) if "loss" in r]
+    skipped = [r["skipped_steps"] for r in rows]
+    assert len(rows) == 8 and skipped[0] == 1 and 0 in skipped
+    # each skip halves the scale (no growth within 2000 steps): 2**24 * 0.5**(skips so far)
+    assert [r["loss_scale"] for r in rows] == [2.0 ** (24 - s) for s in np.cumsum(skipped)]
+    assert train.load_checkpoint(str(tmp_path))["scaler"]["scale"] == rows[-1]["loss_scale"]
+    vals = [r["val_loss"] for r in read_log(tmp_path) if "val_loss" in r]
+    assert vals[-1] < vals[0] - 0.1                                   # the other steps trained
+
+
+def test_float32_inf_gradient_stops(toy_data, tmp_path, monkeypatch):
+    """Without a loss scaler (fp32, bf16) a non-finite gradient norm is an error, even with
+    a finite loss: weights of 1e36 at iter 3 give a loss of ~6e36 and an inf norm."""
+    calls = {"n": 0}
+    def spike(ce, valid, **kw):
+        calls["n"] += 1
+        return valid.float() * (1e36 if calls["n"] in (5, 6) else 1.0)   # 2 micro-steps per iter
+    monkeypatch.setitem(weights.SCHEMES, "spike", spike)
+    with pytest.raises(FloatingPointError, match=r"loss \(5\.\d+e\+36\) or gradient norm \(inf\) at iter 2"):
+        train.train(tiny_cfg(toy_data, tmp_path, weighting="spike", dtype="float32", max_iters=6))
