@@ -78,7 +78,7 @@ weight_top_p = 1.0              # keep the smallest set of terms holding this sh
 ref_init_from = ""              # reference: a run dir (its ckpt.pt) or a pretrained model; same tokenizer, frozen
 ref_ce_mode = "cache"           # 'cache': score the data once, read memmaps; 'online': every step
 ref_ce_cache = ""               # explicit cache file; default data_dir/train/ref_ce-<ref hash>.bin
-min_ce_diff = 0.0               # |excess| below this counts as 0
+min_ce_diff = 0.0               # terms with |excess| below this get weight 0 (to their group's kept terms; none kept: uniform)
 rho1_mode = "abs"               # 'abs' |CE_ref - CE|, 'signed' CE - CE_ref, 'topk' binary selection
 rho1_top_frac = 0.6             # share of tokens 'topk' keeps (Rho-1 kept 60%)
 # Verifiable Critic

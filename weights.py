@@ -127,11 +127,15 @@ def keep_mass(w, valid, weight_norm):
     return torch.where(total > 0, w * n / total.clamp(min=1e-30), w)
 
 
-def finish(score, valid, cfg, temperature=None, stats=None):
-    """The common tail of every weighted scheme: sparsity, normalisation, clipping."""
+def finish(score, valid, cfg, temperature=None, stats=None, kept=None):
+    """The common tail of every weighted scheme: sparsity, normalisation, clipping.
+    kept: the terms a scheme's own filter keeps (rho1's min_ce_diff), None = all; its
+    dropped terms' weight goes to the kept terms of their group, as sparsity's does."""
     keep = sparsify(score, valid, cfg.weight_top_frac, cfg.weight_top_p)
+    if kept is not None:
+        keep &= kept
     w = normalize(score, keep, cfg.weight_norm, temperature, n_valid_of=valid, stats=stats)
-    if cfg.weight_top_frac > 0 or cfg.weight_top_p < 1.0:
+    if cfg.weight_top_frac > 0 or cfg.weight_top_p < 1.0 or kept is not None:
         w = keep_mass(w, valid, cfg.weight_norm)
     if cfg.w_max > 0 or cfg.w_min > 0:
         w = torch.where(keep, w.clamp(min=cfg.w_min, max=cfg.w_max if cfg.w_max > 0 else None), w)
@@ -154,20 +158,43 @@ def rho1_excess(ce, ref_ce, mode):
     return ce - ref          # 'signed' / 'topk': tokens the model finds harder than the reference
 
 
+def noise_filter(excess, valid, min_ce_diff, weight_norm):
+    """min_ce_diff: a term whose |excess| is below it is noise (the model and the reference
+    agree on it) and is dropped. -> (kept (B, T, H) bool, excess with the fallback groups
+    zeroed, fallback (B, 1, 1) or (1, 1, 1) bool). A group that keeps none of its valid
+    terms (a sequence under weight_norm='heads', whose dropped positions pass their weight
+    to its kept ones; the batch under 'tokens') holds no signal: it keeps them all with
+    excess 0, i.e. uniform weights, the baseline's."""
+    kept = valid & (excess.abs() >= min_ce_diff)
+    dims = (1, 2) if weight_norm == "heads" else (0, 1, 2)
+    fallback = ~kept.any(dim=dims, keepdim=True)
+    return (torch.where(fallback, valid, kept), excess.masked_fill(fallback, 0.0), fallback)
+
+
 def rho1(ce, valid, ref_ce=None, cfg=None, norm_stats=None, **_):
-    """w = softmax(excess / T) over the weight_norm group; excess below min_ce_diff is 0.
-    rho1_mode 'topk' is Rho-1's binary selection: the top rho1_top_frac of tokens by
-    excess, weighted equally."""
+    """w = softmax(excess / T) over the weight_norm group, over the terms min_ce_diff keeps.
+
+    min_ce_diff > 0: terms with |excess| < min_ce_diff (in every rho1_mode) get weight 0;
+    their weight goes to the kept terms of their group (normalize's n_valid_of, keep_mass),
+    so the mean weight stays 1. A sequence ('heads') or batch ('tokens') that keeps none
+    gets uniform weights (noise_filter). Sparsity and clipping apply after the filter.
+    rho1_mode 'topk' is Rho-1's binary selection: the top rho1_top_frac of each sequence's
+    valid terms by excess, less those the filter drops, weighted equally (a fallback
+    sequence: all its valid terms)."""
     if ref_ce is None:
         raise ValueError("weighting='rho1' needs reference CE (ref_init_from / ref_ce_cache)")
     excess = rho1_excess(ce, ref_ce, cfg.rho1_mode)
-    excess = torch.where(excess.abs() < cfg.min_ce_diff, torch.zeros_like(excess), excess)
+    kept = None
+    if cfg.min_ce_diff > 0:
+        kept, excess, fallback = noise_filter(excess, valid, cfg.min_ce_diff, cfg.weight_norm)
     if cfg.rho1_mode == "topk":
         keep = sparsify(excess, valid, top_frac=cfg.rho1_top_frac)
+        if kept is not None:
+            keep = torch.where(fallback, valid, keep & kept)
         w = normalize(torch.ones_like(excess), keep, cfg.weight_norm, n_valid_of=valid,
                       stats=norm_stats)
         return keep_mass(w, valid, cfg.weight_norm)
-    return finish(excess, valid, cfg, temperature=cfg.temperature, stats=norm_stats)
+    return finish(excess, valid, cfg, temperature=cfg.temperature, stats=norm_stats, kept=kept)
 
 
 def td_errors(values, rewards, n_future, gamma):

@@ -128,14 +128,73 @@ def test_rho1_min_ce_diff_and_modes():
     torch.testing.assert_close(ex[0, 0], torch.tensor([0.05, 2.0]))
     signed = weights.rho1_excess(ce, ref_ce, "signed")
     torch.testing.assert_close(signed[0, 0], torch.tensor([-0.05, -2.0]))
-    # excess 0.05 < min_ce_diff counts as 0: softmax over (0, 2)
+    # |excess| 0.05 < min_ce_diff: dropped, its weight goes to the other head at t
     w = weights.rho1(ce, valid, ref_ce=ref_ce, cfg=cfg(min_ce_diff=0.1))
-    torch.testing.assert_close(w[0, 0], 2 * torch.tensor([1.0, math.exp(2)]) / (1 + math.exp(2)))
+    torch.testing.assert_close(w[0, 0], torch.tensor([0.0, 2.0]))
     # binary top-k: the top 50% of the sequence's 3 valid terms by signed excess -> 2 kept
     w = weights.rho1(ce, valid, ref_ce=ref_ce, cfg=cfg(rho1_mode="topk", rho1_top_frac=0.5,
                                                       weight_norm="tokens"))
     assert (w > 0).sum() == 2 and w[valid].sum().item() == pytest.approx(3.0)
     assert w[0, 0, 1] == 0     # the most negative excess is dropped
+
+
+def filter_case():
+    """Two sequences, 5 positions, 2 heads, positions 3 and 4 invalid; the excess
+    (CE - CE_ref) is chosen per term: ref_ce = 3 on every token, so ce = 3 + excess."""
+    e = torch.zeros(2, 5, 2)
+    e[:, :3] = torch.tensor([[[0.05, 2.0], [0.02, -0.08], [1.0, -0.5]],
+                             [[0.05, -0.05], [0.0, 0.09], [-0.07, 0.01]]])
+    valid = torch.ones(2, 5, 2, dtype=torch.bool)
+    valid[:, 3:] = False
+    return 3.0 + e, valid, torch.full((2, 5), 3.0)
+
+
+def softmax_n(xs, n):
+    """n * softmax(xs), in plain Python."""
+    z = sum(math.exp(x) for x in xs)
+    return [n * math.exp(x) / z for x in xs]
+
+
+@pytest.mark.parametrize("mode", ["abs", "signed"])
+def test_min_ce_diff_drops_terms_heads(mode):
+    """weight_norm='heads', min_ce_diff = 0.1: terms with |excess| < 0.1 get weight 0.
+    Sequence 0: at t=0 head 1 (0.05) is dropped, head 2 takes the position's 2; t=1 loses
+    both heads (0.02, -0.08), so its 2 goes to the sequence's kept terms (x 6/4); t=2 keeps
+    both (1.0 and 0.5 in 'abs', -0.5 in 'signed': the filter reads |excess| in either mode).
+    Sequence 1 keeps nothing: uniform, the baseline's weights."""
+    ce, valid, ref_ce = filter_case()
+    w = weights.rho1(ce, valid, ref_ce=ref_ce, cfg=cfg(min_ce_diff=0.1, rho1_mode=mode))
+    second = 0.5 if mode == "abs" else -0.5
+    expected = torch.zeros(2, 5, 2)
+    expected[0, 0] = torch.tensor([0.0, 2.0 * 6 / 4])
+    expected[0, 2] = torch.tensor(softmax_n([1.0, second], 2.0)) * 6 / 4
+    expected[1, :3] = 1.0
+    torch.testing.assert_close(w, expected)
+
+
+def test_min_ce_diff_drops_terms_tokens():
+    """weight_norm='tokens': the group is the batch, so the 12 valid terms' weight goes to its
+    3 kept terms (sequence 1 keeps none and gets 0); a batch that keeps none is uniform."""
+    ce, valid, ref_ce = filter_case()
+    c = cfg(min_ce_diff=0.1, weight_norm="tokens", rho1_mode="signed")
+    w = weights.rho1(ce, valid, ref_ce=ref_ce, cfg=c)
+    expected = torch.zeros(2, 5, 2)
+    expected[0, 0, 1], expected[0, 2, 0], expected[0, 2, 1] = softmax_n([2.0, 1.0, -0.5], 12.0)
+    torch.testing.assert_close(w, expected)
+    w = weights.rho1(ce[1:], valid[1:], ref_ce=ref_ce[1:], cfg=c)
+    torch.testing.assert_close(w, valid[1:].float())
+
+
+def test_min_ce_diff_with_topk():
+    """'topk' keeps the top rho1_top_frac of each sequence's valid terms less those the filter
+    drops: of sequence 0's top 3 (2.0, 1.0, 0.05) the 0.05 goes; the 2 kept share its 6."""
+    ce, valid, ref_ce = filter_case()
+    w = weights.rho1(ce, valid, ref_ce=ref_ce, cfg=cfg(min_ce_diff=0.1, rho1_mode="topk",
+                                                      rho1_top_frac=0.5))
+    expected = torch.zeros(2, 5, 2)
+    expected[0, 0, 1] = expected[0, 2, 0] = 3.0
+    expected[1, :3] = 1.0                  # nothing kept: all its valid terms, equally
+    torch.testing.assert_close(w, expected)
 
 
 def td_reference(values, rewards, H, gamma):
