@@ -9,7 +9,8 @@ gradient. Every scheme is called with the same keyword arguments and takes what 
 
     ce       (B, T, H)  the model's own CE for each (t, k) term, detached
     valid    (B, T, H)  bool: the target x_{t+k} exists and is a completion token
-    ref_ce   (B, T)     frozen reference's next-token CE of token j, from its logits at j-1
+    ref_ce   (B, T)     frozen reference's next-token CE of token j, from its logits at j-1;
+             (B, T, Hr) with rho1_ref='matched': its own head-k CE at t of x_{t+k}, as ce
     values   (B, T)     the critic's V(s_t) on the trunk states, detached
     rewards  (B, T)     per-token rewards: the sample's reward on its last transition
     cfg                 the run's config namespace (temperature, clipping, ...)
@@ -149,10 +150,23 @@ def uniform(ce, valid, **_):
 
 
 def rho1_excess(ce, ref_ce, mode):
-    """Rho-1 (Lin et al. 2024, sec. 2.2) excess loss per (t, k). ref_ce is per token: the
-    reference's CE of token j from full context, so head k at t is compared with the
-    reference on the same token t+k."""
-    ref = future(ref_ce, ce.shape[-1])                  # (B, T, H): ref CE of x_{t+k}
+    """Rho-1 (Lin et al. 2024, sec. 2.2) excess loss per (t, k), ce (B, T, H) -> (B, T, H).
+
+    ref_ce (B, T), rho1_ref='next_token' (the method as written): the reference's next-token
+    CE of token j from full context x_<j, so head k at t is compared with the reference on
+    the same token t+k. The horizons differ: head k predicts x_{t+k} from x_<=t, the
+    reference from x_<t+k, so for k >= 2 the excess is mostly the difficulty of predicting
+    k tokens ahead, and a softmax over the heads moves weight to the far heads for that.
+    ref_ce (B, T, Hr), Hr >= H, rho1_ref='matched': the reference's own head-k CE at t of
+    x_{t+k}, aligned as ce[t, k]: the same prediction problem, so only the models differ."""
+    H = ce.shape[-1]
+    if ref_ce.dim() == 2:
+        ref = future(ref_ce, H)                         # (B, T, H): ref CE of x_{t+k} from x_<t+k
+    elif ref_ce.shape[-1] < H:
+        raise ValueError(f"horizon-matched reference CE has {ref_ce.shape[-1]} heads, the model "
+                         f"{H}: score it with a reference of >= {H} heads, or use rho1_ref='next_token'")
+    else:
+        ref = ref_ce[..., :H]                           # (B, T, H): ref head k at t, x_{t+k}
     if mode == "abs":        # the method: any disagreement with the reference matters
         return (ref - ce).abs()
     return ce - ref          # 'signed' / 'topk': tokens the model finds harder than the reference
@@ -183,6 +197,10 @@ def rho1(ce, valid, ref_ce=None, cfg=None, norm_stats=None, **_):
     sequence: all its valid terms)."""
     if ref_ce is None:
         raise ValueError("weighting='rho1' needs reference CE (ref_init_from / ref_ce_cache)")
+    matched = cfg.rho1_ref == "matched"
+    if ref_ce.dim() != (3 if matched else 2):
+        raise ValueError(f"rho1_ref={cfg.rho1_ref!r} needs ref_ce of shape "
+                         f"{'(B, T, H)' if matched else '(B, T)'}, got {tuple(ref_ce.shape)}")
     excess = rho1_excess(ce, ref_ce, cfg.rho1_mode)
     kept = None
     if cfg.min_ce_diff > 0:

@@ -16,8 +16,8 @@ from model import mtp_targets
 
 def cfg(**kw):
     base = dict(weight_norm="heads", temperature=1.0, min_ce_diff=0.0, rho1_mode="abs",
-                rho1_top_frac=0.6, weight_top_frac=0.0, weight_top_p=1.0, w_min=0.0,
-                w_max=0.0, gamma=0.9, whiten=False)
+                rho1_ref="next_token", rho1_top_frac=0.6, weight_top_frac=0.0, weight_top_p=1.0,
+                w_min=0.0, w_max=0.0, gamma=0.9, whiten=False)
     return SimpleNamespace(**{**base, **kw})
 
 
