@@ -87,7 +87,8 @@ rho1_top_frac = 0.6             # share of tokens 'topk' keeps (Rho-1 kept 60%)
 gamma = 1.0                     # discount of the TD errors and GAE
 lam = 0.95                      # GAE lambda, for the value targets
 reward = "binary"               # r = is_correct ('binary'), +-1 ('pm1'), or standardised ('zscore')
-whiten = True                   # whiten TD errors with running (cross-rank) statistics
+whiten = True                   # centre (and scale) TD errors by running moments; the scale cancels in w ∝ |z|
+whiten_decay = 0.99             # per step, the moments' weight on older deltas: ~100-step memory (1 = all since step 0)
 value_coef = 0.5                # weight of the value loss next to the LM loss
 value_clip = 0.2                # trust region around the sample's previous values; 0 = off
 value_anchor_coef = 0.0         # pull V towards its values at the start of main training; 0 = off
@@ -688,7 +689,7 @@ def train(cfg):
     model_args.update(vocab_size=64 * math.ceil(enc.n_vocab / 64),  # multiple of 64: faster matmuls
                       max_seq_len=c.block_size, value_head=use_critic)
     iter_num, best_val, tokens_seen = 0, float("inf"), 0
-    moments = weights.RunningMoments()
+    moments = weights.RunningMoments(c.whiten_decay)
     probe_start = None    # the critic's values on the probe batch when main training starts
     # the critic's values per training token at the previous visit and at main start, for
     # value_clip and the anchor, sharded over the ranks; none when neither reads it

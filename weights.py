@@ -246,14 +246,22 @@ def gae(values, rewards, gamma, lam):
 
 
 class RunningMoments:
-    """Running mean/variance of TD errors (Chan et al. parallel update) for whitening.
-    Synchronised across ranks by the caller's all-reduce of (count, sum, sum of squares);
-    saved in checkpoints through state_dict."""
+    """Exponentially weighted mean/variance of the TD errors, for whitening: after each
+    update (one per optimizer step) every earlier delta's weight is multiplied by `decay`,
+    so a delta seen s steps ago counts decay^s (decay = 1: all since step 0 equally), and
+    the value pre-training's deltas, made by a value head that has since changed, age out
+    (0.99^460 < 1%). The update is Chan et al.'s parallel merge of the step's (count, sum,
+    sum of squares) into the decayed old statistics: the caller all-reduces those three
+    over the ranks, so every rank holds the same moments. Saved in checkpoints."""
 
-    def __init__(self):
-        self.count, self.mean, self.var = 0.0, 0.0, 1.0
+    def __init__(self, decay=1.0):
+        if not 0.0 < decay <= 1.0:
+            raise ValueError(f"whiten_decay must be in (0, 1], got {decay}")
+        self.decay = decay
+        self.count, self.mean, self.var = 0.0, 0.0, 1.0   # count: the weights' sum
 
     def update(self, count, total, total_sq):
+        self.count *= self.decay                            # the old deltas age by one step
         if count == 0:
             return
         b_mean = total / count
@@ -268,15 +276,27 @@ class RunningMoments:
         return (x - self.mean) / (self.var ** 0.5 + 1e-8)
 
     def state_dict(self):
-        return {"count": self.count, "mean": self.mean, "var": self.var}
+        return {"count": self.count, "mean": self.mean, "var": self.var, "decay": self.decay}
 
     def load_state_dict(self, s):
+        # a checkpoint from before whiten_decay has no "decay": its (cumulative) moments
+        # load as they are and age from here on with this run's decay
+        if s.get("decay", self.decay) != self.decay:
+            raise ValueError(f"the checkpoint's whitening moments were made with whiten_decay="
+                             f"{s['decay']}, this run has {self.decay}: resume with "
+                             f"--whiten_decay={s['decay']}")
         self.count, self.mean, self.var = s["count"], s["mean"], s["var"]
 
 
 def critic(ce, valid, values=None, rewards=None, moments=None, cfg=None, norm_stats=None, **_):
     """Verifiable Critic: w[t, k] proportional to |whitened delta[t, k]|, the k-step TD error
-    of the value head trained on correctness labels, normalised per weight_norm."""
+    of the value head trained on correctness labels, normalised per weight_norm.
+
+    Whitening z = (delta - mu) / sigma with the running moments: under this proportional
+    normalisation sigma cancels (in every group, in step_scale's shares, in sparsity's ranks
+    and mass shares, and in clipping, which reads the normalised weights), so its only
+    effect is the centring, |delta - mu|: a value head biased by mu is not read as surprise.
+    sigma would matter only under a temperature (softmax), which the critic does not use."""
     if values is None or rewards is None:
         raise ValueError("weighting='critic' needs values and rewards (model value_head)")
     delta = td_errors(values, rewards, ce.shape[-1], cfg.gamma)

@@ -348,3 +348,73 @@ def test_running_moments_equal_numpy():
         m.update(len(x), x.sum(), (x ** 2).sum())
     allx = np.concatenate(batches)
     assert m.mean == pytest.approx(allx.mean()) and m.var == pytest.approx(allx.var())
+
+
+def test_running_moments_decay_by_hand():
+    """decay d: after S updates, batch s's deltas weigh d^(S-1-s); mean and variance are the
+    weighted ones (a loop over every delta), count is the sum of the weights."""
+    rng = np.random.default_rng(1)
+    batches = [rng.normal(mu, 1 + abs(mu), size=n) for mu, n in ((3, 5), (1, 17), (-2, 9), (0, 1), (0, 0), (4, 12))]
+    d = 0.8
+    m = weights.RunningMoments(d)
+    for x in batches:
+        m.update(len(x), x.sum(), (x ** 2).sum())
+    S = len(batches)
+    ws, xs = [], []
+    for s, x in enumerate(batches):
+        for v in x:
+            ws.append(d ** (S - 1 - s))
+            xs.append(v)
+    W = sum(ws)
+    mean = sum(w * v for w, v in zip(ws, xs)) / W
+    var = sum(w * (v - mean) ** 2 for w, v in zip(ws, xs)) / W
+    assert m.count == pytest.approx(W) and m.mean == pytest.approx(mean) and m.var == pytest.approx(var)
+
+
+def test_pretraining_deltas_age_out():
+    """50 steps of deltas around 5 (an untrained value head), then 500 around 0: with decay
+    0.99 the first ones weigh 0.99^500 < 1% and the mean is ~0; with decay 1 they keep 50/550."""
+    rng = np.random.default_rng(0)
+    steps = [rng.normal(5, 1, 10) for _ in range(50)] + [rng.normal(0, 1, 10) for _ in range(500)]
+    ema, cum = weights.RunningMoments(0.99), weights.RunningMoments(1.0)
+    for x in steps:
+        for m in (ema, cum):
+            m.update(len(x), x.sum(), (x ** 2).sum())
+    assert abs(ema.mean) < 0.1 and ema.var == pytest.approx(1.0, abs=0.15)
+    assert cum.mean == pytest.approx(5 * 50 / 550, abs=0.1) and cum.var > 2.5
+
+
+def test_running_moments_checkpoint():
+    """A resumed copy continues exactly; a checkpoint from before whiten_decay (no 'decay')
+    loads as it is; another decay than the checkpoint's is refused, with what to pass."""
+    a, b = weights.RunningMoments(0.9), weights.RunningMoments(0.9)
+    a.update(4, 2.0, 3.0)
+    b.load_state_dict(a.state_dict())
+    for m in (a, b):
+        m.update(3, -1.0, 2.0)
+    assert a.state_dict() == b.state_dict()
+    old = weights.RunningMoments(0.99)
+    old.load_state_dict({"count": 10.0, "mean": 0.5, "var": 2.0})
+    old.update(10, 0.0, 10.0)          # the old 10 age to 9.9, then merge
+    assert old.count == pytest.approx(19.9) and old.mean == pytest.approx(0.5 * 9.9 / 19.9)
+    with pytest.raises(ValueError, match="whiten_decay=0.9, this run has 0.99"):
+        weights.RunningMoments(0.99).load_state_dict(a.state_dict())
+    with pytest.raises(ValueError, match=r"whiten_decay must be in \(0, 1\]"):
+        weights.RunningMoments(0.0)
+
+
+def test_critic_whitening_is_centring_only():
+    """Proportional normalisation: scaling the moments' sigma leaves the weights unchanged
+    (sigma cancels), moving mu changes them."""
+    ce, valid, _ = random_case()
+    g = torch.Generator().manual_seed(3)
+    values, rewards = torch.rand(ce.shape[:2], generator=g), torch.zeros(ce.shape[:2])
+    rewards[:, -3] = 1.0
+    c = cfg(whiten=True, w_max=3.0, weight_top_frac=0.5)
+    m = weights.RunningMoments()
+    m.mean, m.var = 0.1, 1.0
+    w1 = weights.critic(ce, valid, values=values, rewards=rewards, moments=m, cfg=c)
+    m.var = 25.0
+    torch.testing.assert_close(weights.critic(ce, valid, values=values, rewards=rewards, moments=m, cfg=c), w1)
+    m.mean = 0.4
+    assert not torch.allclose(weights.critic(ce, valid, values=values, rewards=rewards, moments=m, cfg=c), w1)
