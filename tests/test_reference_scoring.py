@@ -65,9 +65,12 @@ def test_samples_beyond_the_references_context(toy, tmp_path):
 
 
 @pytest.mark.slow
-def test_two_ranks_write_the_one_rank_cache(toy, tmp_path):
+@pytest.mark.parametrize("rho1_ref", ["next_token", "matched"])
+def test_two_ranks_write_the_one_rank_cache(toy, tmp_path, request, rho1_ref):
     toy_data, ref_dir = toy
-    keys = dict(weighting="rho1", ref_init_from=ref_dir, max_iters=1, eval_interval=100)
+    if rho1_ref == "matched":   # (n_tokens, 2) rows, each rank its own samples
+        ref_dir = request.getfixturevalue("ref3")
+    keys = dict(weighting="rho1", ref_init_from=ref_dir, rho1_ref=rho1_ref, max_iters=1, eval_interval=100)
     one = tiny_cfg(toy_data, tmp_path / "one", ref_ce_cache=str(tmp_path / "one.bin"), **keys)
     train.train(one)
     two = dict(one, out_dir=str(tmp_path / "two"), ref_ce_cache=str(tmp_path / "two.bin"))
