@@ -256,29 +256,57 @@ def check_roundtrip(split, enc, n=16):
                              f"{enc.name!r}: misaligned or foreign data")
 
 
+def reference_targets(batch, heads):
+    """The targets a horizon-matched reference is scored on: every token of the sample,
+    mtp_targets(tokens, in-sample mask, heads) (B, T, heads), -1 past each sample's end."""
+    from model import mtp_targets
+    T = batch["tokens"].shape[1]
+    in_sample = torch.arange(T) < batch["lengths"][:, None]                     # (B, T)
+    return mtp_targets(batch["tokens"], in_sample.to(batch["tokens"].device), heads)
+
+
+def check_reference_heads(model, heads):
+    if heads > model.config.n_future:
+        raise ValueError(f"a horizon-matched reference (rho1_ref='matched') needs >= {heads} "
+                         f"heads, this one has {model.config.n_future}: train the reference with "
+                         f"n_future >= {heads}, or use rho1_ref='next_token'")
+
+
 @torch.no_grad()
-def score_reference(model, split, device="cpu", batch_size=16, out_path=None):
-    """Per-token CE of a frozen reference on every token of a split, with full context:
-    ref_ce[j] = CE(ref(x_<j), x_j) from head 1's logits at j-1; the first token of each
-    sample gets 0 (nothing predicts it). Aligned with tokens.bin, float32. Written
-    atomically to out_path when given, the CE alone: no .json identity, so it is not a cache
+def score_reference(model, split, device="cpu", batch_size=16, out_path=None, heads=0):
+    """Per-token CE of a frozen reference on every token of a split, with full context.
+    heads=0 (rho1_ref='next_token'): ref_ce[j] = CE(ref(x_<j), x_j) from head 1's logits
+    at j-1; the first token of each sample gets 0 (nothing predicts it). (n_tokens,).
+    heads=H (rho1_ref='matched'): ref_ce[j, k-1] = CE of the reference's head k at
+    position j of x_{j+k}, as the model's ce[t, k] (mtp_targets); 0 where j+k is past the
+    sample's end. (n_tokens, H). Aligned with tokens.bin, float32. Written atomically to
+    out_path when given, the CE alone: no .json identity, so it is not a cache
     train.reference_cache accepts (that one scores with score_reference_sharded and writes
     the identity it checks)."""
     from tqdm import tqdm
     import torch.nn.functional as F
-    ref = np.zeros(len(split.tokens), dtype=np.float32)
+    from model import mtp_cross_entropy
+    check_reference_heads(model, heads)
+    ref = np.zeros((len(split.tokens), heads) if heads else len(split.tokens), dtype=np.float32)
     loader = Loader(split, batch_size, block_size=10**9, seed=0, correct_only=False)
     ids = np.arange(len(split))
     model.eval()
     for i in tqdm(range(0, len(ids), batch_size), desc="score reference", leave=False):
         batch = loader.collate(ids[i:i + batch_size])
         tokens = batch["tokens"].to(device)
-        logits = model(tokens)[:, :-1, 0].float()                  # (B, T-1, V) head 1
-        ce = F.cross_entropy(logits.flatten(0, 1), tokens[:, 1:].flatten(),
-                             reduction="none").view(tokens.shape[0], -1).cpu().numpy()
+        if heads:
+            targets = reference_targets({**batch, "tokens": tokens}, heads)     # (B, T, H)
+            ce = mtp_cross_entropy(model(tokens)[:, :, :heads], targets).cpu().numpy()
+        else:
+            logits = model(tokens)[:, :-1, 0].float()                  # (B, T-1, V) head 1
+            ce = F.cross_entropy(logits.flatten(0, 1), tokens[:, 1:].flatten(),
+                                 reduction="none").view(tokens.shape[0], -1).cpu().numpy()
         for b, sid in enumerate(ids[i:i + batch_size]):
             start, length = split.index[sid, :2]
-            ref[start + 1:start + length] = ce[b, :length - 1]   # token j <- logits at j-1
+            if heads:
+                ref[start:start + length] = ce[b, :length]           # position t: (H,)
+            else:
+                ref[start + 1:start + length] = ce[b, :length - 1]   # token j <- logits at j-1
     if out_path:   # a temp file per process: parallel runs may score the same cache
         tmp = f"{out_path}.tmp{os.getpid()}"
         ref.tofile(tmp)
@@ -308,7 +336,7 @@ class Loader:
                  rank=0, world_size=1, pad_id=0, ref_ce=None, group_by_length=True):
         self.split, self.batch_size, self.block_size = split, batch_size, block_size
         self.group_by_length = group_by_length
-        self.ref_ce = ref_ce   # optional per-token reference CE, aligned with split.tokens
+        self.ref_ce = ref_ce   # optional reference CE, aligned with split.tokens: (n,) or (n, H)
         self.seed, self.rank, self.world_size, self.pad_id = seed, rank, world_size, pad_id
         idx = split.index
         keep = idx[:, 1] <= block_size
@@ -362,9 +390,9 @@ class Loader:
 
     def collate(self, sample_ids):
         """-> dict of tokens (B, T) int64, loss_mask (B, T) bool, is_correct (B,) float,
-        lengths (B,) int64, sample_ids (B,) int64, ref_ce (B, T) float32 when the
-        loader has a reference cache, and noise (B, T) bool when the split has noise.bin;
-        T = longest sample in the batch."""
+        lengths (B,) int64, sample_ids (B,) int64, ref_ce (B, T) or (B, T, H) float32
+        when the loader has a reference cache, and noise (B, T) bool when the split has
+        noise.bin; T = longest sample in the batch."""
         pairs = [self.split.sample(i) for i in sample_ids]
         T = max(len(t) for t, _ in pairs)
         tokens = np.full((len(pairs), T), self.pad_id, dtype=np.int64)
@@ -373,8 +401,8 @@ class Loader:
             tokens[b, :len(t)] = t
             mask[b, :len(m)] = m
         extra = {}
-        if self.ref_ce is not None:
-            ref = np.zeros((len(pairs), T), dtype=np.float32)
+        if self.ref_ce is not None:   # (B, T), or (B, T, H) for a horizon-matched reference
+            ref = np.zeros((len(pairs), T, *self.ref_ce.shape[1:]), dtype=np.float32)
             for b, i in enumerate(sample_ids):
                 start, length = self.split.index[i, :2]
                 ref[b, :length] = self.ref_ce[start:start + length]

@@ -78,15 +78,18 @@ weight_top_p = 1.0              # keep each sequence's smallest set of terms hol
 # Rho-1
 ref_init_from = ""              # reference: a run dir (its ckpt.pt) or a pretrained model; same tokenizer, frozen
 ref_ce_mode = "cache"           # 'cache': score the data once, read memmaps; 'online': every step
-ref_ce_cache = ""               # explicit cache file; default data_dir/train/ref_ce-<ref hash>.bin
-min_ce_diff = 0.0               # |excess| below this counts as 0
+ref_ce_cache = ""               # explicit cache file; default data_dir/train/ref_ce[_matched<H>]-<ref hash>.bin
+rho1_ref = "next_token"         # head k at t vs the ref's next-token CE of x_{t+k} ('next_token') or its own head k ('matched')
+# (default: the method as written, any reference; 'matched' drops the horizon gap, needs >= n_future ref heads)
+min_ce_diff = 0.0               # terms with |excess| below this get weight 0, moved to the group's kept terms (none kept: uniform)
 rho1_mode = "abs"               # 'abs' |CE_ref - CE|, 'signed' CE - CE_ref, 'topk' binary selection
 rho1_top_frac = 0.6             # share of tokens 'topk' keeps (Rho-1 kept 60%)
 # Verifiable Critic
 gamma = 1.0                     # discount of the TD errors and GAE
 lam = 0.95                      # GAE lambda, for the value targets
 reward = "binary"               # r = is_correct ('binary'), +-1 ('pm1'), or standardised ('zscore')
-whiten = True                   # whiten TD errors with running (cross-rank) statistics
+whiten = True                   # centre (and scale) TD errors by running moments; the scale cancels in w ∝ |z|
+whiten_decay = 0.99             # per step, the moments' weight on older deltas: ~100-step memory (1 = all since step 0)
 value_coef = 0.5                # weight of the value loss next to the LM loss
 value_clip = 0.2                # trust region around the sample's previous values; 0 = off
 value_anchor_coef = 0.0         # pull V towards its values at the start of main training; 0 = off
@@ -275,7 +278,8 @@ def pad_to_bucket(mb, block_size, pad_id):
     mb["tokens"] = extend(mb["tokens"], pad_id)
     mb["loss_mask"] = extend(mb["loss_mask"], False)
     if "ref_ce" in mb:
-        mb["ref_ce"] = extend(mb["ref_ce"], 0.0)
+        ref = mb["ref_ce"]   # (B, T), or (B, T, H) for a horizon-matched reference
+        mb["ref_ce"] = torch.cat([ref, ref.new_zeros((ref.shape[0], L - T, *ref.shape[2:]))], dim=1)
     return mb
 
 
@@ -363,17 +367,20 @@ def check_source_tokenizer(source, tok_id, what):
     data.check_tokenizer(data.tokenizer_identity(data.get_tokenizer(path)), tok_id, f"{what} {source}")
 
 
-def load_reference(path, device, tok_id, dtype=torch.float32):
+def load_reference(path, device, tok_id, dtype=torch.float32, heads=0):
     """The frozen Rho-1 reference: a checkpoint this codebase wrote, or a pretrained model
-    (pretrained.py; in dtype, since it is never trained), with the run's tokenizer."""
+    (pretrained.py; in dtype, since it is never trained), with the run's tokenizer.
+    heads: how many heads it must have (rho1_ref='matched': the run's n_future; 0 = any)."""
     if pretrained.is_pretrained_source(path):
         check_source_tokenizer(path, tok_id, "reference")
         ref, _, info = pretrained.load_pretrained(path, dtype=dtype, device=device)
+        data.check_reference_heads(ref, heads)
         ident = json.dumps([info["files"], info["n_future"], str(dtype)], sort_keys=True)
         return ref.requires_grad_(False), __import__("hashlib").sha256(ident.encode()).hexdigest()[:16]
     ckpt = load_checkpoint(path, map_location=device)
     data.check_tokenizer(ckpt["tokenizer"], tok_id, f"reference {path}")
     ref = Transformer(ModelConfig(**{**ckpt["model_args"], "value_head": False}))
+    data.check_reference_heads(ref, heads)
     ref.load_state_dict({k: v for k, v in ckpt["model"].items() if not k.startswith("value_head.")})
     ref.to(device).eval().requires_grad_(False)
     h = __import__("hashlib").sha256()
@@ -382,13 +389,17 @@ def load_reference(path, device, tok_id, dtype=torch.float32):
     return ref, h.hexdigest()[:16]
 
 
-def score_reference_sharded(ref, split, path, c, ctx, device, rank, world_size, ddp):
+def score_reference_sharded(ref, split, path, c, ctx, device, rank, world_size, ddp, heads=0):
     """data.score_reference at scale: the samples sorted by length (batches of similar
     length), every rank scoring every world_size-th of them with head 1 only and chunked
-    (mtp_loss.next_token_ce, no (B, T, V) logits), under the run's autocast (bf16 on
-    GPUs), into one memmap on the shared file system (disjoint token ranges), renamed into
-    place by rank 0. Samples longer than the reference's context are not scored: counted,
-    and refused if this run could train on them (their cache entry would be a wrong 0)."""
+    (mtp_loss.next_token_ce, no (B, T, V) logits), or with heads 1..heads (rho1_ref=
+    'matched', mtp_loss.forward: (n_tokens, heads), row t = ce[t, k] as the model's), under
+    the run's autocast (bf16 on GPUs), into one memmap on the shared file system (disjoint
+    token ranges), renamed into place by rank 0. Samples longer than the reference's
+    context are not scored: counted, and refused if this run could train on them (their
+    cache entry would be a wrong 0)."""
+    data.check_reference_heads(ref, heads)
+    shape = (len(split.tokens), heads) if heads else (len(split.tokens),)
     idx = split.index
     limit = ref.config.max_seq_len
     long = idx[:, 1] > limit
@@ -410,20 +421,29 @@ def score_reference_sharded(ref, split, path, c, ctx, device, rank, world_size, 
         dist.broadcast(owner, src=0)
     tmp = f"{path}.scoring.{int(owner.item())}"
     if rank == 0:   # zeros: the first token of each sample, and unscored samples
-        np.memmap(tmp, dtype=np.float32, mode="w+", shape=(len(split.tokens),)).flush()
+        np.memmap(tmp, dtype=np.float32, mode="w+", shape=shape).flush()
     if ddp:
         dist.barrier()
-    out = np.memmap(tmp, dtype=np.float32, mode="r+", shape=(len(split.tokens),))
+    out = np.memmap(tmp, dtype=np.float32, mode="r+", shape=shape)
     loader = data.Loader(split, c.batch_size, block_size=10**9, seed=0, correct_only=False)
     ref.eval()
     for i in range(0, len(order), c.batch_size):
         ids = order[i:i + c.batch_size]
-        tokens = loader.collate(ids)["tokens"].to(device)
-        with torch.no_grad(), ctx:
-            ce = mtp_loss.next_token_ce(ref, tokens, c.loss_chunk).float().cpu().numpy()   # (B, T)
+        batch = loader.collate(ids)
+        tokens = batch["tokens"].to(device)
+        if heads:
+            ce = online_ref_ce(ref, tokens, ctx, c.loss_chunk,
+                               targets=data.reference_targets({**batch, "tokens": tokens}, heads))
+        else:
+            with torch.no_grad(), ctx:
+                ce = mtp_loss.next_token_ce(ref, tokens, c.loss_chunk)       # (B, T): x_{t+1} at t
+        ce = ce.float().cpu().numpy()
         for b, sid in enumerate(ids):
             start, length = idx[sid, :2]
-            out[start + 1:start + length] = ce[b, :length - 1]     # token j <- logits at j-1
+            if heads:
+                out[start:start + length] = ce[b, :length]                   # position t: (H,)
+            else:
+                out[start + 1:start + length] = ce[b, :length - 1]           # token j <- logits at j-1
     out.flush()
     del out
     if ddp:
@@ -433,12 +453,17 @@ def score_reference_sharded(ref, split, path, c, ctx, device, rank, world_size, 
 
 
 def reference_cache(c, split, ref, ref_hash, device, master, ddp, ctx=None, rank=0, world_size=1):
-    """Per-token reference CE for the training split as a memmap, scored once, by all
-    ranks together (score_reference_sharded). A cache carries the identity of the data and
-    of the reference it was made for; a mismatch is refused rather than silently
-    misaligning every weight."""
-    path = c.ref_ce_cache or os.path.join(split.path, f"ref_ce-{ref_hash}.bin")
+    """Reference CE for the training split as a memmap, scored once, by all ranks together
+    (score_reference_sharded): per token (n_tokens,), or per position and head (n_tokens, H)
+    under rho1_ref='matched'. A cache carries the identity of the data, of the reference
+    and (matched) of the mode and heads it was made for; a mismatch is refused rather than
+    silently misaligning every weight. The two modes' default files differ in name too."""
+    heads = c.n_future if c.rho1_ref == "matched" else 0
+    name = f"ref_ce_matched{heads}-{ref_hash}.bin" if heads else f"ref_ce-{ref_hash}.bin"
+    path = c.ref_ce_cache or os.path.join(split.path, name)
     ident = {"data_hash": split.meta["hash"], "ref_hash": ref_hash, "n_tokens": len(split.tokens)}
+    if heads:   # a next-token cache's identity stays as it was: caches made before still load
+        ident.update(rho1_ref="matched", heads=heads)
     missing = torch.tensor([float(not os.path.exists(path + ".json"))], device=device)
     if ddp:   # rank 0 decides: every rank must take part in the scoring, or none
         dist.broadcast(missing, src=0)
@@ -446,7 +471,7 @@ def reference_cache(c, split, ref, ref_hash, device, master, ddp, ctx=None, rank
         if master:
             print(f"scoring the reference on {split.path} -> {path} ({world_size} process(es))")
         score_reference_sharded(ref, split, path, c, ctx or nullcontext(), device, rank,
-                                world_size, ddp)
+                                world_size, ddp, heads)
         if master:
             with open(f"{path}.json.tmp{os.getpid()}", "w") as f:
                 json.dump(ident, f)
@@ -457,15 +482,20 @@ def reference_cache(c, split, ref, ref_hash, device, master, ddp, ctx=None, rank
         found = json.load(f)
     if found != ident:
         raise ValueError(f"reference CE cache {path} was made for {found}, but this run has "
-                         f"{ident}: other data or another reference; delete it or point "
-                         f"ref_ce_cache elsewhere")
-    return np.memmap(path, dtype=np.float32, mode="r")
+                         f"{ident}: other data, another reference or another rho1_ref; delete "
+                         f"it or point ref_ce_cache elsewhere")
+    cache = np.memmap(path, dtype=np.float32, mode="r")
+    return cache.reshape(-1, heads) if heads else cache
 
 
-def online_ref_ce(ref, tokens, ctx, chunk=0):
-    """Reference CE per token, as the cache holds it: ref_ce[:, j] from logits at j-1.
-    Head 1 only, its vocabulary projection in chunks (no (B, T, V) logits)."""
+def online_ref_ce(ref, tokens, ctx, chunk=0, targets=None):
+    """Reference CE as the cache holds it, its vocabulary projection in chunks (no (B, T, V)
+    logits). targets None: per token, ref_ce[:, j] from head 1's logits at j-1 (B, T).
+    targets (B, T, H) (rho1_ref='matched'): the reference's heads 1..H on them, (B, T, H)
+    fp32, aligned as the model's ce[t, k]; 0 where the target is -1."""
     with torch.no_grad(), ctx:
+        if targets is not None:
+            return mtp_loss.forward(ref, tokens, targets, chunk).ce       # (B, T, H)
         ce = mtp_loss.next_token_ce(ref, tokens, chunk)             # (B, T): x_{t+1} at t
     return torch.cat([ce.new_zeros(tokens.shape[0], 1), ce[:, :-1]], dim=1)  # (B, T)
 
@@ -607,7 +637,7 @@ def train(cfg):
                          ("activation_checkpointing", ("none", "selective", "full")),
                          ("rho1_mode", ("abs", "signed", "topk")), ("reward", ("binary", "pm1", "zscore")),
                          ("incorrect_mode", ("weighted", "value_only", "signed")),
-                         ("ref_ce_mode", ("cache", "online"))):
+                         ("ref_ce_mode", ("cache", "online")), ("rho1_ref", ("next_token", "matched"))):
         if getattr(c, key) not in allowed:
             raise ValueError(f"{key} must be one of {allowed}, got {getattr(c, key)!r}")
     device_type = "cuda" if device.startswith("cuda") else "cpu"
@@ -646,7 +676,8 @@ def train(cfg):
             raise ValueError("weighting='rho1' needs ref_init_from: a reference run dir "
                              "(train one with `python train.py config/tiny_ref.py`)")
         ref, ref_hash = load_reference(c.ref_init_from, device, tok_id,
-                                       ptdtype if device_type == "cuda" else torch.float32)
+                                       ptdtype if device_type == "cuda" else torch.float32,
+                                       heads=c.n_future if c.rho1_ref == "matched" else 0)
         if c.ref_ce_mode == "cache":
             ref_cache = reference_cache(c, train_split, ref, ref_hash, device, master, ddp,
                                         ctx, rank, world_size)
@@ -667,7 +698,7 @@ def train(cfg):
     model_args.update(vocab_size=64 * math.ceil(enc.n_vocab / 64),  # multiple of 64: faster matmuls
                       max_seq_len=c.block_size, value_head=use_critic)
     iter_num, best_val, tokens_seen = 0, float("inf"), 0
-    moments = weights.RunningMoments()
+    moments = weights.RunningMoments(c.whiten_decay)
     probe_start = None    # the critic's values on the probe batch when main training starts
     # the critic's values per training token at the previous visit and at main start, for
     # value_clip and the anchor, sharded over the ranks; none when neither reads it
@@ -889,8 +920,9 @@ def train(cfg):
         from it (step_mass): w rescaled to this micro-batch's share of the step's mass."""
         valid, kw, v = mb["targets"] >= 0, {}, None
         if use_ref:
-            kw["ref_ce"] = online_ref_ce(ref, mb["tokens"], ctx, c.loss_chunk) if ref is not None \
-                else mb["ref_ce"].to(device)
+            kw["ref_ce"] = online_ref_ce(ref, mb["tokens"], ctx, c.loss_chunk,
+                                         mb["targets"] if c.rho1_ref == "matched" else None) \
+                if ref is not None else mb["ref_ce"].to(device)
         if use_critic:
             v = values.detach() * mb["states"]
             kw.update(values=v, rewards=mb["rewards"], moments=moments)

@@ -9,7 +9,8 @@ gradient. Every scheme is called with the same keyword arguments and takes what 
 
     ce       (B, T, H)  the model's own CE for each (t, k) term, detached
     valid    (B, T, H)  bool: the target x_{t+k} exists and is a completion token
-    ref_ce   (B, T)     frozen reference's next-token CE of token j, from its logits at j-1
+    ref_ce   (B, T)     frozen reference's next-token CE of token j, from its logits at j-1;
+             (B, T, Hr) with rho1_ref='matched': its own head-k CE at t of x_{t+k}, as ce
     values   (B, T)     the critic's V(s_t) on the trunk states, detached
     rewards  (B, T)     per-token rewards: the sample's reward on its last transition
     noise    (B, T)     bool: the token was corrupted on purpose by the data's generator (oracle)
@@ -128,11 +129,15 @@ def keep_mass(w, valid, weight_norm):
     return torch.where(total > 0, w * n / total.clamp(min=1e-30), w)
 
 
-def finish(score, valid, cfg, temperature=None, stats=None):
-    """The common tail of every weighted scheme: sparsity, normalisation, clipping."""
+def finish(score, valid, cfg, temperature=None, stats=None, kept=None):
+    """The common tail of every weighted scheme: sparsity, normalisation, clipping.
+    kept: the terms a scheme's own filter keeps (rho1's min_ce_diff), None = all; its
+    dropped terms' weight goes to the kept terms of their group, as sparsity's does."""
     keep = sparsify(score, valid, cfg.weight_top_frac, cfg.weight_top_p)
+    if kept is not None:
+        keep &= kept
     w = normalize(score, keep, cfg.weight_norm, temperature, n_valid_of=valid, stats=stats)
-    if cfg.weight_top_frac > 0 or cfg.weight_top_p < 1.0:
+    if cfg.weight_top_frac > 0 or cfg.weight_top_p < 1.0 or kept is not None:
         w = keep_mass(w, valid, cfg.weight_norm)
     if cfg.w_max > 0 or cfg.w_min > 0:
         w = torch.where(keep, w.clamp(min=cfg.w_min, max=cfg.w_max if cfg.w_max > 0 else None), w)
@@ -146,29 +151,69 @@ def uniform(ce, valid, **_):
 
 
 def rho1_excess(ce, ref_ce, mode):
-    """Rho-1 (Lin et al. 2024, sec. 2.2) excess loss per (t, k). ref_ce is per token: the
-    reference's CE of token j from full context, so head k at t is compared with the
-    reference on the same token t+k."""
-    ref = future(ref_ce, ce.shape[-1])                  # (B, T, H): ref CE of x_{t+k}
+    """Rho-1 (Lin et al. 2024, sec. 2.2) excess loss per (t, k), ce (B, T, H) -> (B, T, H).
+
+    ref_ce (B, T), rho1_ref='next_token' (the method as written): the reference's next-token
+    CE of token j from full context x_<j, so head k at t is compared with the reference on
+    the same token t+k. The horizons differ: head k predicts x_{t+k} from x_<=t, the
+    reference from x_<t+k, so for k >= 2 the excess is mostly the difficulty of predicting
+    k tokens ahead, and a softmax over the heads moves weight to the far heads for that.
+    ref_ce (B, T, Hr), Hr >= H, rho1_ref='matched': the reference's own head-k CE at t of
+    x_{t+k}, aligned as ce[t, k]: the same prediction problem, so only the models differ."""
+    H = ce.shape[-1]
+    if ref_ce.dim() == 2:
+        ref = future(ref_ce, H)                         # (B, T, H): ref CE of x_{t+k} from x_<t+k
+    elif ref_ce.shape[-1] < H:
+        raise ValueError(f"horizon-matched reference CE has {ref_ce.shape[-1]} heads, the model "
+                         f"{H}: score it with a reference of >= {H} heads, or use rho1_ref='next_token'")
+    else:
+        ref = ref_ce[..., :H]                           # (B, T, H): ref head k at t, x_{t+k}
     if mode == "abs":        # the method: any disagreement with the reference matters
         return (ref - ce).abs()
     return ce - ref          # 'signed' / 'topk': tokens the model finds harder than the reference
 
 
+def noise_filter(excess, valid, min_ce_diff, weight_norm):
+    """min_ce_diff: a term whose |excess| is below it is noise (the model and the reference
+    agree on it) and is dropped. -> (kept (B, T, H) bool, excess with the fallback groups
+    zeroed, fallback (B, 1, 1) or (1, 1, 1) bool). A group that keeps none of its valid
+    terms (a sequence under weight_norm='heads', whose dropped positions pass their weight
+    to its kept ones; the batch under 'tokens') holds no signal: it keeps them all with
+    excess 0, i.e. uniform weights, the baseline's."""
+    kept = valid & (excess.abs() >= min_ce_diff)
+    dims = (1, 2) if weight_norm == "heads" else (0, 1, 2)
+    fallback = ~kept.any(dim=dims, keepdim=True)
+    return (torch.where(fallback, valid, kept), excess.masked_fill(fallback, 0.0), fallback)
+
+
 def rho1(ce, valid, ref_ce=None, cfg=None, norm_stats=None, **_):
-    """w = softmax(excess / T) over the weight_norm group; excess below min_ce_diff is 0.
-    rho1_mode 'topk' is Rho-1's binary selection: the top rho1_top_frac of tokens by
-    excess, weighted equally."""
+    """w = softmax(excess / T) over the weight_norm group, over the terms min_ce_diff keeps.
+
+    min_ce_diff > 0: terms with |excess| < min_ce_diff (in every rho1_mode) get weight 0;
+    their weight goes to the kept terms of their group (normalize's n_valid_of, keep_mass),
+    so the mean weight stays 1. A sequence ('heads') or batch ('tokens') that keeps none
+    gets uniform weights (noise_filter). Sparsity and clipping apply after the filter.
+    rho1_mode 'topk' is Rho-1's binary selection: the top rho1_top_frac of each sequence's
+    valid terms by excess, less those the filter drops, weighted equally (a fallback
+    sequence: all its valid terms)."""
     if ref_ce is None:
         raise ValueError("weighting='rho1' needs reference CE (ref_init_from / ref_ce_cache)")
+    matched = cfg.rho1_ref == "matched"
+    if ref_ce.dim() != (3 if matched else 2):
+        raise ValueError(f"rho1_ref={cfg.rho1_ref!r} needs ref_ce of shape "
+                         f"{'(B, T, H)' if matched else '(B, T)'}, got {tuple(ref_ce.shape)}")
     excess = rho1_excess(ce, ref_ce, cfg.rho1_mode)
-    excess = torch.where(excess.abs() < cfg.min_ce_diff, torch.zeros_like(excess), excess)
+    kept = None
+    if cfg.min_ce_diff > 0:
+        kept, excess, fallback = noise_filter(excess, valid, cfg.min_ce_diff, cfg.weight_norm)
     if cfg.rho1_mode == "topk":
         keep = sparsify(excess, valid, top_frac=cfg.rho1_top_frac)
+        if kept is not None:
+            keep = torch.where(fallback, valid, keep & kept)
         w = normalize(torch.ones_like(excess), keep, cfg.weight_norm, n_valid_of=valid,
                       stats=norm_stats)
         return keep_mass(w, valid, cfg.weight_norm)
-    return finish(excess, valid, cfg, temperature=cfg.temperature, stats=norm_stats)
+    return finish(excess, valid, cfg, temperature=cfg.temperature, stats=norm_stats, kept=kept)
 
 
 def td_errors(values, rewards, n_future, gamma):
@@ -202,14 +247,22 @@ def gae(values, rewards, gamma, lam):
 
 
 class RunningMoments:
-    """Running mean/variance of TD errors (Chan et al. parallel update) for whitening.
-    Synchronised across ranks by the caller's all-reduce of (count, sum, sum of squares);
-    saved in checkpoints through state_dict."""
+    """Exponentially weighted mean/variance of the TD errors, for whitening: after each
+    update (one per optimizer step) every earlier delta's weight is multiplied by `decay`,
+    so a delta seen s steps ago counts decay^s (decay = 1: all since step 0 equally), and
+    the value pre-training's deltas, made by a value head that has since changed, age out
+    (0.99^460 < 1%). The update is Chan et al.'s parallel merge of the step's (count, sum,
+    sum of squares) into the decayed old statistics: the caller all-reduces those three
+    over the ranks, so every rank holds the same moments. Saved in checkpoints."""
 
-    def __init__(self):
-        self.count, self.mean, self.var = 0.0, 0.0, 1.0
+    def __init__(self, decay=1.0):
+        if not 0.0 < decay <= 1.0:
+            raise ValueError(f"whiten_decay must be in (0, 1], got {decay}")
+        self.decay = decay
+        self.count, self.mean, self.var = 0.0, 0.0, 1.0   # count: the weights' sum
 
     def update(self, count, total, total_sq):
+        self.count *= self.decay                            # the old deltas age by one step
         if count == 0:
             return
         b_mean = total / count
@@ -224,15 +277,27 @@ class RunningMoments:
         return (x - self.mean) / (self.var ** 0.5 + 1e-8)
 
     def state_dict(self):
-        return {"count": self.count, "mean": self.mean, "var": self.var}
+        return {"count": self.count, "mean": self.mean, "var": self.var, "decay": self.decay}
 
     def load_state_dict(self, s):
+        # a checkpoint from before whiten_decay has no "decay": its (cumulative) moments
+        # load as they are and age from here on with this run's decay
+        if s.get("decay", self.decay) != self.decay:
+            raise ValueError(f"the checkpoint's whitening moments were made with whiten_decay="
+                             f"{s['decay']}, this run has {self.decay}: resume with "
+                             f"--whiten_decay={s['decay']}")
         self.count, self.mean, self.var = s["count"], s["mean"], s["var"]
 
 
 def critic(ce, valid, values=None, rewards=None, moments=None, cfg=None, norm_stats=None, **_):
     """Verifiable Critic: w[t, k] proportional to |whitened delta[t, k]|, the k-step TD error
-    of the value head trained on correctness labels, normalised per weight_norm."""
+    of the value head trained on correctness labels, normalised per weight_norm.
+
+    Whitening z = (delta - mu) / sigma with the running moments: under this proportional
+    normalisation sigma cancels (in every group, in step_scale's shares, in sparsity's ranks
+    and mass shares, and in clipping, which reads the normalised weights), so its only
+    effect is the centring, |delta - mu|: a value head biased by mu is not read as surprise.
+    sigma would matter only under a temperature (softmax), which the critic does not use."""
     if values is None or rewards is None:
         raise ValueError("weighting='critic' needs values and rewards (model value_head)")
     delta = td_errors(values, rewards, ce.shape[-1], cfg.gamma)

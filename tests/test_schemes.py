@@ -194,7 +194,7 @@ def test_reference_cache_for_other_data_is_refused(toy, tmp_path):
     train.train(cfg)
     meta = json.load(open(tmp_path / "ref_ce.bin.json"))
     json.dump({**meta, "data_hash": "0123456789abcdef"}, open(tmp_path / "ref_ce.bin.json", "w"))
-    with pytest.raises(ValueError, match="other data or another reference"):
+    with pytest.raises(ValueError, match="other data, another reference"):
         train.train(dict(cfg, out_dir=str(tmp_path / "b")))
 
 

@@ -16,8 +16,8 @@ from model import mtp_targets
 
 def cfg(**kw):
     base = dict(weight_norm="heads", temperature=1.0, min_ce_diff=0.0, rho1_mode="abs",
-                rho1_top_frac=0.6, weight_top_frac=0.0, weight_top_p=1.0, w_min=0.0,
-                w_max=0.0, gamma=0.9, whiten=False)
+                rho1_ref="next_token", rho1_top_frac=0.6, weight_top_frac=0.0, weight_top_p=1.0,
+                w_min=0.0, w_max=0.0, gamma=0.9, whiten=False)
     return SimpleNamespace(**{**base, **kw})
 
 
@@ -128,14 +128,73 @@ def test_rho1_min_ce_diff_and_modes():
     torch.testing.assert_close(ex[0, 0], torch.tensor([0.05, 2.0]))
     signed = weights.rho1_excess(ce, ref_ce, "signed")
     torch.testing.assert_close(signed[0, 0], torch.tensor([-0.05, -2.0]))
-    # excess 0.05 < min_ce_diff counts as 0: softmax over (0, 2)
+    # |excess| 0.05 < min_ce_diff: dropped, its weight goes to the other head at t
     w = weights.rho1(ce, valid, ref_ce=ref_ce, cfg=cfg(min_ce_diff=0.1))
-    torch.testing.assert_close(w[0, 0], 2 * torch.tensor([1.0, math.exp(2)]) / (1 + math.exp(2)))
+    torch.testing.assert_close(w[0, 0], torch.tensor([0.0, 2.0]))
     # binary top-k: the top 50% of the sequence's 3 valid terms by signed excess -> 2 kept
     w = weights.rho1(ce, valid, ref_ce=ref_ce, cfg=cfg(rho1_mode="topk", rho1_top_frac=0.5,
                                                       weight_norm="tokens"))
     assert (w > 0).sum() == 2 and w[valid].sum().item() == pytest.approx(3.0)
     assert w[0, 0, 1] == 0     # the most negative excess is dropped
+
+
+def filter_case():
+    """Two sequences, 5 positions, 2 heads, positions 3 and 4 invalid; the excess
+    (CE - CE_ref) is chosen per term: ref_ce = 3 on every token, so ce = 3 + excess."""
+    e = torch.zeros(2, 5, 2)
+    e[:, :3] = torch.tensor([[[0.05, 2.0], [0.02, -0.08], [1.0, -0.5]],
+                             [[0.05, -0.05], [0.0, 0.09], [-0.07, 0.01]]])
+    valid = torch.ones(2, 5, 2, dtype=torch.bool)
+    valid[:, 3:] = False
+    return 3.0 + e, valid, torch.full((2, 5), 3.0)
+
+
+def softmax_n(xs, n):
+    """n * softmax(xs), in plain Python."""
+    z = sum(math.exp(x) for x in xs)
+    return [n * math.exp(x) / z for x in xs]
+
+
+@pytest.mark.parametrize("mode", ["abs", "signed"])
+def test_min_ce_diff_drops_terms_heads(mode):
+    """weight_norm='heads', min_ce_diff = 0.1: terms with |excess| < 0.1 get weight 0.
+    Sequence 0: at t=0 head 1 (0.05) is dropped, head 2 takes the position's 2; t=1 loses
+    both heads (0.02, -0.08), so its 2 goes to the sequence's kept terms (x 6/4); t=2 keeps
+    both (1.0 and 0.5 in 'abs', -0.5 in 'signed': the filter reads |excess| in either mode).
+    Sequence 1 keeps nothing: uniform, the baseline's weights."""
+    ce, valid, ref_ce = filter_case()
+    w = weights.rho1(ce, valid, ref_ce=ref_ce, cfg=cfg(min_ce_diff=0.1, rho1_mode=mode))
+    second = 0.5 if mode == "abs" else -0.5
+    expected = torch.zeros(2, 5, 2)
+    expected[0, 0] = torch.tensor([0.0, 2.0 * 6 / 4])
+    expected[0, 2] = torch.tensor(softmax_n([1.0, second], 2.0)) * 6 / 4
+    expected[1, :3] = 1.0
+    torch.testing.assert_close(w, expected)
+
+
+def test_min_ce_diff_drops_terms_tokens():
+    """weight_norm='tokens': the group is the batch, so the 12 valid terms' weight goes to its
+    3 kept terms (sequence 1 keeps none and gets 0); a batch that keeps none is uniform."""
+    ce, valid, ref_ce = filter_case()
+    c = cfg(min_ce_diff=0.1, weight_norm="tokens", rho1_mode="signed")
+    w = weights.rho1(ce, valid, ref_ce=ref_ce, cfg=c)
+    expected = torch.zeros(2, 5, 2)
+    expected[0, 0, 1], expected[0, 2, 0], expected[0, 2, 1] = softmax_n([2.0, 1.0, -0.5], 12.0)
+    torch.testing.assert_close(w, expected)
+    w = weights.rho1(ce[1:], valid[1:], ref_ce=ref_ce[1:], cfg=c)
+    torch.testing.assert_close(w, valid[1:].float())
+
+
+def test_min_ce_diff_with_topk():
+    """'topk' keeps the top rho1_top_frac of each sequence's valid terms less those the filter
+    drops: of sequence 0's top 3 (2.0, 1.0, 0.05) the 0.05 goes; the 2 kept share its 6."""
+    ce, valid, ref_ce = filter_case()
+    w = weights.rho1(ce, valid, ref_ce=ref_ce, cfg=cfg(min_ce_diff=0.1, rho1_mode="topk",
+                                                      rho1_top_frac=0.5))
+    expected = torch.zeros(2, 5, 2)
+    expected[0, 0, 1] = expected[0, 2, 0] = 3.0
+    expected[1, :3] = 1.0                  # nothing kept: all its valid terms, equally
+    torch.testing.assert_close(w, expected)
 
 
 def td_reference(values, rewards, H, gamma):
@@ -341,3 +400,73 @@ def test_running_moments_equal_numpy():
         m.update(len(x), x.sum(), (x ** 2).sum())
     allx = np.concatenate(batches)
     assert m.mean == pytest.approx(allx.mean()) and m.var == pytest.approx(allx.var())
+
+
+def test_running_moments_decay_by_hand():
+    """decay d: after S updates, batch s's deltas weigh d^(S-1-s); mean and variance are the
+    weighted ones (a loop over every delta), count is the sum of the weights."""
+    rng = np.random.default_rng(1)
+    batches = [rng.normal(mu, 1 + abs(mu), size=n) for mu, n in ((3, 5), (1, 17), (-2, 9), (0, 1), (0, 0), (4, 12))]
+    d = 0.8
+    m = weights.RunningMoments(d)
+    for x in batches:
+        m.update(len(x), x.sum(), (x ** 2).sum())
+    S = len(batches)
+    ws, xs = [], []
+    for s, x in enumerate(batches):
+        for v in x:
+            ws.append(d ** (S - 1 - s))
+            xs.append(v)
+    W = sum(ws)
+    mean = sum(w * v for w, v in zip(ws, xs)) / W
+    var = sum(w * (v - mean) ** 2 for w, v in zip(ws, xs)) / W
+    assert m.count == pytest.approx(W) and m.mean == pytest.approx(mean) and m.var == pytest.approx(var)
+
+
+def test_pretraining_deltas_age_out():
+    """50 steps of deltas around 5 (an untrained value head), then 500 around 0: with decay
+    0.99 the first ones weigh 0.99^500 < 1% and the mean is ~0; with decay 1 they keep 50/550."""
+    rng = np.random.default_rng(0)
+    steps = [rng.normal(5, 1, 10) for _ in range(50)] + [rng.normal(0, 1, 10) for _ in range(500)]
+    ema, cum = weights.RunningMoments(0.99), weights.RunningMoments(1.0)
+    for x in steps:
+        for m in (ema, cum):
+            m.update(len(x), x.sum(), (x ** 2).sum())
+    assert abs(ema.mean) < 0.1 and ema.var == pytest.approx(1.0, abs=0.15)
+    assert cum.mean == pytest.approx(5 * 50 / 550, abs=0.1) and cum.var > 2.5
+
+
+def test_running_moments_checkpoint():
+    """A resumed copy continues exactly; a checkpoint from before whiten_decay (no 'decay')
+    loads as it is; another decay than the checkpoint's is refused, with what to pass."""
+    a, b = weights.RunningMoments(0.9), weights.RunningMoments(0.9)
+    a.update(4, 2.0, 3.0)
+    b.load_state_dict(a.state_dict())
+    for m in (a, b):
+        m.update(3, -1.0, 2.0)
+    assert a.state_dict() == b.state_dict()
+    old = weights.RunningMoments(0.99)
+    old.load_state_dict({"count": 10.0, "mean": 0.5, "var": 2.0})
+    old.update(10, 0.0, 10.0)          # the old 10 age to 9.9, then merge
+    assert old.count == pytest.approx(19.9) and old.mean == pytest.approx(0.5 * 9.9 / 19.9)
+    with pytest.raises(ValueError, match="whiten_decay=0.9, this run has 0.99"):
+        weights.RunningMoments(0.99).load_state_dict(a.state_dict())
+    with pytest.raises(ValueError, match=r"whiten_decay must be in \(0, 1\]"):
+        weights.RunningMoments(0.0)
+
+
+def test_critic_whitening_is_centring_only():
+    """Proportional normalisation: scaling the moments' sigma leaves the weights unchanged
+    (sigma cancels), moving mu changes them."""
+    ce, valid, _ = random_case()
+    g = torch.Generator().manual_seed(3)
+    values, rewards = torch.rand(ce.shape[:2], generator=g), torch.zeros(ce.shape[:2])
+    rewards[:, -3] = 1.0
+    c = cfg(whiten=True, w_max=3.0, weight_top_frac=0.5)
+    m = weights.RunningMoments()
+    m.mean, m.var = 0.1, 1.0
+    w1 = weights.critic(ce, valid, values=values, rewards=rewards, moments=m, cfg=c)
+    m.var = 25.0
+    torch.testing.assert_close(weights.critic(ce, valid, values=values, rewards=rewards, moments=m, cfg=c), w1)
+    m.mean = 0.4
+    assert not torch.allclose(weights.critic(ce, valid, values=values, rewards=rewards, moments=m, cfg=c), w1)
