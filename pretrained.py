@@ -464,20 +464,7 @@ def load_pretrained(source, n_future=None, head_init="copy", dtype=torch.float32
     sd = {}
     for ours, (_, _, read) in tensors.items():
         sd[ours] = read().to(device=device, dtype=dtype)
-    last = f"layers.{n_blocks - 1}."
-    for j in range(n_ckpt_heads - 1, n_future - 1):          # new heads 2..H
-        if head_init == "copy":
-            for n in [n for n in tensors if n.startswith(last)]:
-                sd[f"extra_heads.{j}." + n[len(last):]] = sd[n].clone()
-        else:
-            with torch.random.fork_rng(devices=[]):     # seeded, and the caller's RNG untouched
-                torch.manual_seed(1337 + j)
-                block = Block(c).to(device=device, dtype=dtype)
-                block.apply(model._init_weights)
-                for name, p in block.named_parameters():    # Transformer's residual scaling
-                    if name.endswith(("attention.wo.weight", "feed_forward.w2.weight")):
-                        torch.nn.init.normal_(p, mean=0.0, std=0.02 / math.sqrt(2 * c.n_layer))
-            sd.update({f"extra_heads.{j}.{n}": p.detach() for n, p in block.state_dict().items()})
+    add_heads(sd, c, n_blocks, n_ckpt_heads, head_init, device, dtype)
     if c.tie_embeddings:
         sd["output.weight"] = sd["tok_embeddings.weight"]
     value_keys = [n for n in shapes if n.startswith("value_head.")]
@@ -499,6 +486,28 @@ def load_pretrained(source, n_future=None, head_init="copy", dtype=torch.float32
     info.update(n_ckpt_heads=n_ckpt_heads, n_future=n_future,
                 head_init=head_init if n_future > n_ckpt_heads else "checkpoint")
     return model.eval(), model_args, info
+
+
+def add_heads(sd, c, n_blocks, n_ckpt_heads, head_init="copy", device="cpu", dtype=torch.float32):
+    """Heads n_ckpt_heads+1 .. c.n_future into the state dict sd of a checkpoint whose last
+    block (layers.{n_blocks-1}, head 1) is given: copies of that block (head_init='copy') or
+    seeded random blocks ('random'), as the file's docstring says. In place; also used by
+    train.py to fine-tune one of our runs with more heads than it was trained with."""
+    last = f"layers.{n_blocks - 1}."
+    for j in range(n_ckpt_heads - 1, c.n_future - 1):        # new heads 2..H
+        if head_init == "copy":
+            for n in [n for n in sd if n.startswith(last)]:
+                sd[f"extra_heads.{j}." + n[len(last):]] = sd[n].clone()
+            continue
+        with torch.random.fork_rng(devices=[]):     # seeded, and the caller's RNG untouched
+            torch.manual_seed(1337 + j)
+            block = Block(c).to(device=device, dtype=dtype)
+            block.apply(lambda m: Transformer._init_weights(None, m))   # model.py's init
+            for name, p in block.named_parameters():    # Transformer's residual scaling
+                if name.endswith(("attention.wo.weight", "feed_forward.w2.weight")):
+                    torch.nn.init.normal_(p, mean=0.0, std=0.02 / math.sqrt(2 * c.n_layer))
+        sd.update({f"extra_heads.{j}.{n}": p.detach() for n, p in block.state_dict().items()})
+    return sd
 
 
 # ---- export --------------------------------------------------------------------------

@@ -62,7 +62,7 @@ d_ff = 352
 rope_theta = 10000.0
 tie_embeddings = True
 dropout = 0.0
-head_init = "copy"              # heads 2..H added to a pretrained model: 'copy' its last block, or 'random'
+head_init = "copy"              # heads added to a pretrained model or a run with fewer: 'copy' its last block, or 'random'
 # (init_from a pretrained model: its architecture replaces n_layer .. tie_embeddings; n_future stays)
 # weighting (weights.py): the only thing that differs between arms
 weighting = "uniform"           # 'uniform', 'rho1', 'critic', 'oracle', or a control: 'shuffled', 'random_matched'
@@ -756,11 +756,25 @@ def train(cfg):
         model_source = init.get("model_source")
         if model_source:   # a run that started from a pretrained model: its architecture
             model_args = {**init["model_args"], **value_args, "n_future": c.n_future}
-        changed = model_args_changed(init["model_args"], model_args, ignore=("value_", "dropout"))
+        saved, more = init["model_args"], c.n_future - init["model_args"]["n_future"]
+        if more > 0:   # more heads than it has: a pretrained model's way (pretrained.add_heads),
+            # the new heads on the same trunk, so n_layer grows by one block per head
+            if model_args["n_layer"] != saved["n_layer"] + more:
+                raise ValueError(f"init_from={c.init_from!r} has n_layer={saved['n_layer']} with "
+                                 f"{saved['n_future']} head(s); with n_future={c.n_future} its trunk "
+                                 f"and {more} new head(s) make n_layer={saved['n_layer'] + more}: set that")
+            saved = {**saved, "n_layer": model_args["n_layer"], "n_future": c.n_future}
+        changed = model_args_changed(saved, model_args, ignore=("value_", "dropout"))
         if changed:
             raise ValueError(f"init_from={c.init_from!r}: model config differs from that "
                              f"checkpoint's (checkpoint, now): {changed}")
         init_weights = {k: v for k, v in init["model"].items() if not k.startswith("value_head.")}
+        if more > 0:
+            pretrained.add_heads(init_weights, ModelConfig(**model_args),
+                                 init["model_args"]["n_layer"] - init["model_args"]["n_future"] + 1,
+                                 init["model_args"]["n_future"], c.head_init)
+            say(f"init_from {c.init_from}: {init['model_args']['n_future']} head(s), "
+                f"{more} added ({c.head_init})")
         init = None
     torch.manual_seed(c.seed)   # same initial weights on every rank
     raw_model = None

@@ -256,6 +256,34 @@ def test_init_from_another_run_fine_tunes_it(toy_data, tmp_path):
         train.train(tiny_cfg(toy_data, tmp_path / "other", init_from=str(tmp_path / "base"), d_model=48))
 
 
+def test_init_from_a_run_with_fewer_heads_adds_copies(toy_data, tmp_path):
+    """A next-token run (n_future=1) fine-tuned with n_future=3: the trunk and head 1 are
+    the run's, heads 2 and 3 start as copies of its last block (head_init='copy', as for a
+    pretrained model), so at step 0 every head computes the base's next-token function; a
+    resume keeps the grown model; an n_layer that does not fit is refused, naming the value."""
+    train.train(tiny_cfg(toy_data, tmp_path / "ntp", n_layer=2, n_future=1, max_iters=6))
+    base = torch.load(tmp_path / "ntp" / "ckpt.pt", weights_only=False)["model"]
+    grown = tiny_cfg(toy_data, tmp_path / "mtp", n_layer=4, n_future=3, max_iters=1, eval_interval=1,
+                     learning_rate=0.0, min_lr=0.0, init_from=str(tmp_path / "ntp"))
+    train.train(grown)
+    sd = torch.load(tmp_path / "mtp" / "ckpt.pt", weights_only=False)["model"]
+    for k, v in base.items():
+        assert torch.equal(sd[k], v), k
+    for j in (0, 1):              # layers.1 is the base's last block (head 1)
+        for k, v in base.items():
+            if k.startswith("layers.1."):
+                assert torch.equal(sd[f"extra_heads.{j}." + k[len("layers.1."):]], v), (j, k)
+    m = Transformer(ModelConfig(**{**torch.load(tmp_path / "mtp" / "ckpt.pt", weights_only=False)["model_args"]}))
+    m.load_state_dict(sd)
+    x = torch.randint(0, 256, (2, 9))
+    logits = m(x)                 # (B, T, H, V): three heads, one function
+    assert torch.allclose(logits[..., 1, :], logits[..., 0, :]) and torch.allclose(logits[..., 2, :], logits[..., 0, :])
+    out = train.train({**grown, "max_iters": 2, "init_from": "resume"})
+    assert out["iter_num"] == 2
+    with pytest.raises(ValueError, match="n_layer=4"):
+        train.train(tiny_cfg(toy_data, tmp_path / "bad", n_layer=3, n_future=3, init_from=str(tmp_path / "ntp")))
+
+
 def test_corrupt_checkpoint_is_a_clear_error(toy_data, tmp_path):
     train.train(tiny_cfg(toy_data, tmp_path, max_iters=6))
     path = tmp_path / "ckpt.pt"
