@@ -62,6 +62,7 @@ d_ff = 352
 rope_theta = 10000.0
 tie_embeddings = True
 dropout = 0.0
+heads_only = False              # train heads 2..H alone (trunk, head 1, embeddings frozen): new heads' warm-up
 head_init = "copy"              # heads added to a pretrained model or a run with fewer: 'copy' its last block, or 'random'
 # (init_from a pretrained model: its architecture replaces n_layer .. tie_embeddings; n_future stays)
 # weighting (weights.py): the only thing that differs between arms
@@ -815,6 +816,12 @@ def train(cfg):
         lm_only = [p for m in (*raw_model.heads, raw_model.norm) for p in m.parameters()]
         if not c.tie_embeddings:
             lm_only.append(raw_model.output.weight)
+    # heads_only: heads 2..H learn on the trunk as it is (Medusa-style warm-up of heads
+    # added to a next-token model), so that their first, large errors do not reach it
+    frozen = [p for n, p in raw_model.named_parameters() if not n.startswith("extra_heads.")] \
+        if c.heads_only else []
+    if c.heads_only and (c.n_future < 2 or use_critic):
+        raise ValueError("heads_only trains heads 2..H: it needs n_future >= 2 and a scheme without a value head")
     model = raw_model
     if ddp and c.loss_impl == "simple" and not fsdp:   # else: parallel.all_reduce_replicated
         model = DDP(model, device_ids=[local_rank] if device_type == "cuda" else None)
@@ -1100,9 +1107,8 @@ def train(cfg):
         if ddp and not wrapped:
             parallel.all_reduce_replicated(raw_model, world_size)
         all_reduce_sum(stats, ddp)
-        if pretraining:
-            for p in lm_only:     # no update, no weight decay, Adam state untouched
-                p.grad = None
+        for p in (lm_only if pretraining else []) + frozen:   # no update, no weight decay,
+            p.grad = None                                      # Adam state untouched
         scaler.unscale_(optimizer)
         grad_norm, value_grad_norm = clip_gradients(raw_model, c.grad_clip)
         # the update must not happen on non-finite values: losses, gradient norms and the

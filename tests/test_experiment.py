@@ -20,11 +20,14 @@ import experiment
 import pretrained
 import sample
 
+ARMS = experiment.ARMS   # baseline, critic, rho1, the oracle and its shuffled control
+
 
 @pytest.fixture(scope="module")
 def small_tinycode(tmp_path_factory):
     d = str(tmp_path_factory.mktemp("tinycode"))
-    data.prepare_tinycode(d, "bytes", n_train=120, n_val=20, n_test=10, n_incorrect=1, n_pretrain=60)
+    data.prepare_tinycode(d, "bytes", n_train=120, n_val=20, n_test=10, n_incorrect=1, n_pretrain=60,
+                          families="arithmetic", pretrain_families="arithmetic", noise=0.3)
     return d
 
 
@@ -101,24 +104,27 @@ def test_experiment_end_to_end_and_resume(small_tinycode, tmp_path, capsys):
     out = capsys.readouterr().out
     runs = os.path.join(exp_dir, "runs")
     names = sorted(os.listdir(runs))
-    assert names == sorted(["base", "reference"] + [f"{a}-s{s}" for a in ("baseline", "critic", "rho1")
-                                                    for s in (0, 1)])
+    assert names == sorted(["base_stage1", "base", "reference"] + [f"{a}-s{s}" for a in ARMS for s in (0, 1)])
     for name in names:
         summary = json.load(open(os.path.join(runs, name, "summary.json")))
         assert summary["finished"] and summary["iter_num"] == summary["total_iters"]
-        if name not in ("base", "reference"):   # every arm evaluated on the same 4 problems, 2 samples each
+        if name not in ("base", "base_stage1", "reference"):   # every arm evaluated on the same 4 problems, 2 samples each
             ev = json.load(open(os.path.join(runs, name, "eval", "summary.json")))
             assert ev["n_problems"] == 4 and ev["n_completions"] == 8
     # identical budgets: the same main-stage steps and samples in every arm
     main_iters = {n: json.load(open(os.path.join(runs, n, "summary.json")))["total_iters"]
                   - json.load(open(os.path.join(runs, n, "summary.json")))["pretrain_iters"]
-                  for n in names if n not in ("base", "reference")}
+                  for n in names if n not in ("base", "base_stage1", "reference")}
     assert len(set(main_iters.values())) == 1, main_iters
-    # every run but the base fine-tunes the base, which trained on the 'pretrain' split
+    # every run but the base fine-tunes the base: a next-token model pretrained on the
+    # 'pretrain' split, then its three added heads alone on the same split
+    stage1 = json.load(open(os.path.join(runs, "base_stage1", "config.json")))
     base_cfg = json.load(open(os.path.join(runs, "base", "config.json")))
-    assert base_cfg["train_split"] == "pretrain" and base_cfg["init_from"] == "scratch"
+    assert stage1["train_split"] == base_cfg["train_split"] == "pretrain" and stage1["init_from"] == "scratch"
+    assert stage1["n_future"] == 1 and base_cfg["n_future"] == 4 and base_cfg["heads_only"]
+    assert os.path.samefile(base_cfg["init_from"], os.path.join(runs, "base_stage1"))
     for n in names:
-        if n != "base":
+        if n not in ("base", "base_stage1"):
             assert os.path.samefile(json.load(open(os.path.join(runs, n, "config.json")))["init_from"],
                                     os.path.join(runs, "base"))
     # the rho1 arms read the experiment's own reference
@@ -126,14 +132,14 @@ def test_experiment_end_to_end_and_resume(small_tinycode, tmp_path, capsys):
     assert os.path.samefile(cfg["ref_init_from"], os.path.join(runs, "reference"))
     # report: the table printed and written, every picture it links exists
     report = open(os.path.join(exp_dir, "report.md")).read()
-    for scheme in ("baseline", "critic", "rho1"):
+    for scheme in ARMS:
         assert re.search(rf"^\| {scheme} \| 2 \|", report, re.M), scheme
         assert f"| {scheme} | 2 |" in out
     pictures = re.findall(r"!\[[^\]]*\]\(([^)]+)\)", report)
     assert len(pictures) == 5
     for p in pictures:
         assert os.path.getsize(os.path.join(exp_dir, p)) > 1000
-    check_heads_and_auc(exp_dir, report, ("baseline", "critic", "rho1"), (0, 1))
+    check_heads_and_auc(exp_dir, report, ARMS, (0, 1))
     # `python report.py exp_dir` rebuilds the same results from the finished runs
     os.rename(os.path.join(exp_dir, "report.md"), os.path.join(exp_dir, "report-experiment.md"))
     subprocess.run([sys.executable, os.path.join(experiment.HERE, "report.py"), exp_dir], check=True,
@@ -143,8 +149,9 @@ def test_experiment_end_to_end_and_resume(small_tinycode, tmp_path, capsys):
 
     # a rerun trains and evaluates nothing again
     def stamps():
-        return {n: (os.path.getmtime(os.path.join(runs, n, "ckpt.pt")),
-                    os.path.getsize(os.path.join(runs, n, "train.log"))) for n in names}
+        return {n: (os.path.getmtime(os.path.join(runs, n, "ckpt.pt")),   # a job's log is its last dir's
+                    os.path.getsize(os.path.join(runs, "base" if n == "base_stage1" else n, "train.log")))
+                for n in names}
     before = stamps()
     experiment.main(argv(exp_dir, small_tinycode))
     assert stamps() == before
