@@ -163,3 +163,46 @@ def test_experiment_end_to_end_and_resume(small_tinycode, tmp_path, capsys):
     assert after["critic-s1"][0] == before["critic-s1"][0]        # not retrained
     assert {n: v for n, v in after.items() if n != "critic-s1"} == \
         {n: v for n, v in before.items() if n != "critic-s1"}
+
+
+def test_arms_by_name():
+    """Any scheme is an arm; its controls are made by name and keep its data and scheme."""
+    assert experiment.arm("baseline") == dict(weighting="uniform", train_on="correct")
+    assert experiment.arm("critic") == dict(weighting="critic", train_on="all")
+    assert experiment.arm("oracle_shuffled") == dict(weighting="shuffled", control_of="oracle", train_on="correct")
+    assert experiment.arm("critic_random") == dict(weighting="random_matched", _matched="critic", train_on="all")
+    assert experiment.arm("rho1_tokens") == dict(weighting="rho1", train_on="correct", weight_norm="tokens")
+    with pytest.raises(ValueError, match="no scheme"):
+        experiment.arm("entropy_shuffled")
+
+
+def write_fake_runs(root, arm, per_seed):
+    """An experiment dir whose runs/<arm>-s<i>/eval holds per-problem (n, c) counts."""
+    for i, counts in enumerate(per_seed):
+        d = os.path.join(root, "runs", f"{arm}-s{i}", "eval")
+        os.makedirs(d)
+        with open(os.path.join(d, "results.jsonl"), "w") as f:
+            for j, c in enumerate(counts):
+                f.write(json.dumps({"problem_id": f"p{j}", "n": 5, "c": int(c)}) + "\n")
+        json.dump({"pass@1": {}}, open(os.path.join(d, "summary.json"), "w"))
+
+
+def test_compare_two_experiments(tmp_path):
+    """report.robustness: the same results reproduce; a shift beyond the CIs does not, and
+    `report.py --compare` exits non-zero on it."""
+    import report
+    rng = np.random.default_rng(0)
+    counts = rng.integers(0, 6, size=(3, 40))
+    a, same, far = (str(tmp_path / n) for n in ("a", "same", "far"))
+    write_fake_runs(a, "baseline", counts)
+    write_fake_runs(same, "baseline", counts[::-1])          # the seeds in another order
+    write_fake_runs(far, "baseline", np.minimum(counts + 3, 5))
+    lines, ok = report.robustness(a, same)
+    assert ok and "| baseline |" in lines[-1] and lines[-1].endswith("yes |")
+    mean = counts.mean() / 5 * 100
+    assert f"{mean:.1f} [" in lines[-1]
+    lines, ok = report.robustness(a, far)
+    assert not ok and lines[-1].endswith("NO |")
+    p = subprocess.run([sys.executable, os.path.join(experiment.HERE, "report.py"), "--compare", a, far],
+                       capture_output=True, text=True)
+    assert p.returncode == 1 and "NOT reproduced" in p.stdout
