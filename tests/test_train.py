@@ -284,6 +284,23 @@ def test_init_from_a_run_with_fewer_heads_adds_copies(toy_data, tmp_path):
         train.train(tiny_cfg(toy_data, tmp_path / "bad", n_layer=3, n_future=3, init_from=str(tmp_path / "ntp")))
 
 
+def test_heads_only_trains_the_added_heads_alone(toy_data, tmp_path):
+    """heads_only=True: heads 2..H learn, and nothing else moves (trunk, head 1, embeddings,
+    final norm: no update and no weight decay), so head 1's function is the base's; it is
+    refused where there is no head to train or a value head would be left out."""
+    train.train(tiny_cfg(toy_data, tmp_path / "base", n_layer=2, n_future=1, max_iters=4))
+    base = torch.load(tmp_path / "base" / "ckpt.pt", weights_only=False)["model"]
+    train.train(tiny_cfg(toy_data, tmp_path / "warm", n_layer=3, n_future=2, max_iters=4,
+                         init_from=str(tmp_path / "base"), heads_only=True))
+    sd = torch.load(tmp_path / "warm" / "ckpt.pt", weights_only=False)["model"]
+    for k, v in base.items():
+        assert torch.equal(sd[k], v), k                 # weight decay would have moved them too
+    assert any(not torch.equal(sd["extra_heads.0." + k[len("layers.1."):]], v)
+               for k, v in base.items() if k.startswith("layers.1."))   # the new head learned
+    with pytest.raises(ValueError, match="heads_only"):
+        train.train(tiny_cfg(toy_data, tmp_path / "bad", n_future=1, heads_only=True))
+
+
 def test_corrupt_checkpoint_is_a_clear_error(toy_data, tmp_path):
     train.train(tiny_cfg(toy_data, tmp_path, max_iters=6))
     path = tmp_path / "ckpt.pt"
