@@ -375,10 +375,16 @@ def write(cfg, arms, seeds, runs, ref_dir, wall_s=None, evals=None):
           f"steps of main training and loss normaliser; the critic adds value pre-training and "
           f"its value loss. Each evaluation below says its samples and temperature.", ""]
     if base_trained:
-        b = json.load(open(os.path.join(base_dir, "summary.json")))
-        md += [f"Every run, the reference included, fine-tunes the same base model (runs/base: "
-               f"{b['iter_num']} steps on the 'pretrain' split, {b['wall_s'] / 60:.1f} min), so the "
-               f"seeds vary the fine-tuning only.", ""]
+        stages = sorted(d for d in os.listdir(os.path.dirname(base_dir)) if d.startswith("base_stage"))
+        parts = []
+        for d in stages + ["base"]:   # experiment.py's base_stages, then the base itself
+            b = json.load(open(os.path.join(os.path.dirname(base_dir), d, "summary.json")))
+            c = json.load(open(os.path.join(os.path.dirname(base_dir), d, "config.json")))
+            parts.append(f"{d}: {b['iter_num']} steps of {c['batch_size']} on the '{c['train_split']}' split, "
+                         f"{c['n_future']} heads{', the added heads alone' if c.get('heads_only') else ''}, "
+                         f"{b['wall_s'] / 60:.1f} min")
+        md += [f"Every run, the reference included, fine-tunes the same base model ({'; then '.join(parts)}), "
+               f"so the seeds vary the fine-tuning only.", ""]
     elif base_row:
         md += [f"Every run, the reference included, fine-tunes the same pretrained model "
                f"({cfg.get('base_model') or 'the setting’s'}; heads 2..H added as copies of its last "
