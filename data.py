@@ -221,10 +221,12 @@ class PreparedSplit:
         noise = os.path.join(path, "noise.bin")   # per token: corrupted on purpose (tinycode noise)
         self.noise = np.memmap(noise, dtype=np.uint8, mode="r") if os.path.exists(noise) else None
         n_tok = int(self.index[:, 1].sum()) if len(self.index) else 0
-        if len(self.tokens) != n_tok or len(self.loss_mask) != n_tok:
+        if len(self.tokens) != n_tok or len(self.loss_mask) != n_tok or \
+                (self.noise is not None and len(self.noise) != n_tok):
             raise ValueError(f"{path} is inconsistent: index.npy covers {n_tok} tokens but "
-                             f"tokens.bin has {len(self.tokens)} and loss_mask.bin "
-                             f"{len(self.loss_mask)}; re-run `python data.py`")
+                             f"tokens.bin has {len(self.tokens)}, loss_mask.bin "
+                             f"{len(self.loss_mask)}" + (f", noise.bin {len(self.noise)}" if self.noise is not None
+                                                         else "") + "; re-run `python data.py`")
 
     def __len__(self):
         return len(self.index)

@@ -231,6 +231,10 @@ def test_noise_flags_mark_exactly_the_corrupted_tokens(tmp_path, monkeypatch, to
     batch = data.Loader(split, 2, 64, seed=0, correct_only=False).collate([0, 1])
     assert batch["noise"][1, :len(flags)].numpy().astype(np.uint8).tolist() == flags.tolist()
     assert not batch["noise"][0].any()
+    path = tmp_path / "train" / "noise.bin"      # a noise file that does not cover the tokens
+    path.write_bytes(path.read_bytes()[:-1])
+    with pytest.raises(ValueError, match="noise.bin"):
+        data.PreparedSplit(str(tmp_path / "train"))
 
 
 def test_clean_splits_have_no_noise_file(split):
