@@ -116,12 +116,12 @@ def test_experiment_end_to_end_and_resume(small_tinycode, tmp_path, capsys):
                   - json.load(open(os.path.join(runs, n, "summary.json")))["pretrain_iters"]
                   for n in names if n not in ("base", "base_stage1", "reference")}
     assert len(set(main_iters.values())) == 1, main_iters
-    # every run but the base fine-tunes the base: a next-token model pretrained on the
-    # 'pretrain' split, then its three added heads alone on the same split
+    # every run but the base fine-tunes the base: a 2-head model pretrained on the
+    # 'pretrain' split, then its two added heads alone on the same split
     stage1 = json.load(open(os.path.join(runs, "base_stage1", "config.json")))
     base_cfg = json.load(open(os.path.join(runs, "base", "config.json")))
     assert stage1["train_split"] == base_cfg["train_split"] == "pretrain" and stage1["init_from"] == "scratch"
-    assert stage1["n_future"] == 1 and base_cfg["n_future"] == 4 and base_cfg["heads_only"]
+    assert stage1["n_future"] == 2 and base_cfg["n_future"] == 4 and base_cfg["heads_only"]
     assert os.path.samefile(base_cfg["init_from"], os.path.join(runs, "base_stage1"))
     for n in names:
         if n not in ("base", "base_stage1"):
