@@ -69,12 +69,23 @@ def arm(name):
     return keys
 
 
+def arm_names(cfg, setting):
+    """The experiment's arms in order: --arms= or the setting's own, then the controls and
+    the ablation where asked for."""
+    names = cfg["arms"].split(",") if cfg["arms"] else list(setting.get("arms", ARMS))
+    return list(dict.fromkeys([a for a in names if a] + list(CONTROLS if cfg["controls"] else ())
+                              + list(ABLATION if cfg["ablation"] else ())))
+
+
 # the arms every experiment runs: the three schemes, and the positive control with its own
 # control. The oracle (weights.oracle) zeroes the tokens the data's generator corrupted:
 # if it does not beat the baseline, the setting cannot detect a weighting effect at all;
 # if oracle_shuffled (the same weights, their link to the tokens broken) does too, the
 # oracle's gain is not the information in its weights
 ARMS = ("baseline", "critic", "rho1", "oracle", "oracle_shuffled")
+# real data mark no noise, so the real settings have no oracle (the tiny setting is the
+# instrument that shows a weighting effect can be seen at all)
+REAL_ARMS = ("baseline", "critic", "rho1")
 CONTROLS = ("rho1_shuffled", "rho1_random", "critic_shuffled", "critic_random")   # --controls=True
 ABLATION = ("rho1_tokens", "critic_tokens")   # --ablation=True: normalised over the whole step
 
@@ -140,6 +151,7 @@ SETTINGS = {
     # the question itself: does weighting help a pretrained code model on HumanEval / MBPP?
     # ~1 hour on one H100/H200 (README, "The comparison on a real model": the arithmetic)
     "coder": dict(
+        arms=REAL_ARMS,
         data=dict(mbpp="", selflabel=dict(n=8, temperature=0.8, top_p=0.95, max_new_tokens=512, limit=0),
                   block_size=2048, n_samples=0, val_frac=0.05),
         base="pretrained", pretrained=CODER_BASE,
@@ -167,6 +179,7 @@ SETTINGS = {
     # tokenizer: ~6 s from the .gguf (its 300K-string tokenizer header parsed, the weights
     # dequantized), < 1 s from an HF dir (tests/test_experiment_real.py writes one)
     "smoke": dict(
+        arms=REAL_ARMS,
         # val_frac 0.01: 3 MBPP problems. The critic's AUC and drift probes read the whole
         # validation split (up to 256 / 64 samples) at every evaluation and log line: at
         # 0.05 (18 samples) they took 70% of the critic run's time
@@ -190,7 +203,8 @@ defaults = dict(
     exp_dir="out/experiment",   # everything the experiment writes
     setting="tiny",             # a key of SETTINGS
     seeds=4,                    # seeds per arm (what fits 15 minutes on 2 cores); a Wilcoxon test over seeds: p >= 0.125 with 4
-    arms=",".join(ARMS),        # the arms to run (see arm()): schemes and '<scheme>_shuffled' / '_random' / '_tokens'
+    arms="",                    # the arms to run (see arm()), comma-separated: schemes and '<scheme>_shuffled' /
+                                # '_random' / '_tokens'; '' = the setting's (tiny: ARMS; real data: no oracle)
     controls=False,             # add the shuffled and random-matched control arms of rho1 and the critic
     ablation=False,             # add the weight_norm='tokens' arms
     n_samples=1,                # completions per test problem
@@ -453,8 +467,7 @@ def main(argv):
         prepare_real(cfg, setting, source, data_dir)
         base = dict(setting["train"], data_dir=data_dir, tokenizer=source, init_from=source, **overrides)
     # 2.-5. the base, the reference, then every arm and seed, each run evaluated once trained
-    names = [a for a in cfg["arms"].split(",") if a] + list(CONTROLS if cfg["controls"] else ()) \
-        + list(ABLATION if cfg["ablation"] else ())
+    names = arm_names(cfg, setting)
     arms = {name: arm(name) for name in dict.fromkeys(names)}
     if "baseline" not in arms:
         raise ValueError(f"--arms={cfg['arms']!r}: every comparison is against 'baseline'; add it")

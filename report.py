@@ -433,10 +433,9 @@ if __name__ == "__main__":
             continue
         name, seed = d.rsplit("-s", 1)
         runs.append((name, int(seed), os.path.join(runs_dir, d)))
-    if "arms" in cfg:   # the experiment's own order of the arms (its table's rows), else by name
+    if "setting" in cfg:   # the experiment's own order of the arms (its table's rows), else by name
         import experiment
-        names = cfg["arms"].split(",") + list(experiment.CONTROLS if cfg.get("controls") else ()) \
-            + list(experiment.ABLATION if cfg.get("ablation") else ())
-        order = {a: i for i, a in enumerate(dict.fromkeys(names))}
+        names = experiment.arm_names({**experiment.defaults, **cfg}, experiment.SETTINGS[cfg["setting"]])
+        order = {a: i for i, a in enumerate(names)}
         runs.sort(key=lambda r: (order.get(r[0], len(order)), r[0], r[1]))
     print(write(cfg, {n for n, _, _ in runs}, sorted({s for _, s, _ in runs}), runs, None, evals=evals))
