@@ -309,8 +309,6 @@ def run_all(cfg, jobs, bar):
     # beside one busy process on 2 cores, the smoke's 2-problem MBPP evaluation of one run
     # took 95 s, the same evaluation of the other runs 7 s
     cap = int(os.environ.get("OMP_NUM_THREADS") or cores)
-    if cfg.get("threads"):   # exactly this many for every job: another float order, same maths
-        cap = cores = cfg["threads"]
 
     def start(out_dir, steps):
         """Start the job's first step not done yet; False if none is left. A job that runs
@@ -320,6 +318,7 @@ def run_all(cfg, jobs, bar):
             return False
         (cmd, done), rest = steps[0], steps[1:]
         alone = not running and not any(all(finished(d) for d in j[2]) for j in queue)
+        # --threads: exactly this many for every job (another float order, the same maths)
         threads = cfg["threads"] or min(cap, cores if alone else max(1, cores // max(1, cfg["jobs"])))
         env = {**os.environ, "OMP_NUM_THREADS": str(threads), "PYTHONUNBUFFERED": "1"}
         os.makedirs(out_dir, exist_ok=True)

@@ -204,14 +204,17 @@ def robustness(dir_a, dir_b, k=1):
     import eval as ev
     out = [f"| arm | {dir_a} pass@{k} [95% CI] | {dir_b} pass@{k} [95% CI] | each inside the other's CI |",
            "|---|---|---|---|"]
-    ok = True
-    arms = sorted({d.rsplit("-s", 1)[0] for d in os.listdir(os.path.join(dir_a, "runs"))
-                   if "-s" in d} & {d.rsplit("-s", 1)[0] for d in os.listdir(os.path.join(dir_b, "runs")) if "-s" in d})
-    stats = {}
-    for name in arms:
+    def runs_by_arm(root):   # {arm: its evaluated run dirs}
+        out = {}
+        for d in sorted(os.listdir(os.path.join(root, "runs"))):
+            if "-s" in d and os.path.exists(os.path.join(root, "runs", d, "eval", "summary.json")):
+                out.setdefault(d.rsplit("-s", 1)[0], []).append(os.path.join(root, "runs", d))
+        return out
+    ok, stats = True, {}
+    found = {root: runs_by_arm(root) for root in (dir_a, dir_b)}
+    for name in sorted(set(found[dir_a]) & set(found[dir_b])):
         for root in (dir_a, dir_b):
-            runs = [load(os.path.join(root, "runs", d), trained=False) for d in sorted(os.listdir(os.path.join(root, "runs")))
-                    if d.rsplit("-s", 1)[0] == name and os.path.exists(os.path.join(root, "runs", d, "eval", "summary.json"))]
+            runs = [load(d, trained=False) for d in found[root][name]]
             pids = sorted(set.intersection(*(set(r["nc"]) for r in runs)))
             stats[name, root] = ev.bootstrap_ci_seeds(matrix(runs, k, pids))
         (ma, la, ha), (mb, lb, hb) = stats[name, dir_a], stats[name, dir_b]
