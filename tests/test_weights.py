@@ -264,12 +264,13 @@ def test_terminal_reward_moves_exactly_the_last_k_positions():
     torch.testing.assert_close(w0[0, :e - 3], w1[0, :e - 3])
 
 
-@pytest.mark.parametrize("scheme", ["uniform", "rho1", "critic"])
+@pytest.mark.parametrize("scheme", sorted(weights.SCHEMES))   # every registered scheme, unnamed
 @pytest.mark.parametrize("norm", ["heads", "tokens"])
 def test_weights_are_finite_nonnegative_zero_on_ignored(scheme, norm):
     ce, valid, _ = random_case(seed=3)
     kw = dict(ref_ce=torch.rand(ce.shape[:2]) * 4, values=torch.randn(ce.shape[:2]),
-              rewards=torch.rand(ce.shape[:2]), cfg=cfg(weight_norm=norm, w_max=3.0))
+              rewards=torch.rand(ce.shape[:2]), noise=torch.rand(ce.shape[:2]) < 0.2,
+              cfg=cfg(weight_norm=norm, w_max=3.0))
     w = weights.SCHEMES[scheme](ce, valid, **kw)
     assert w.shape == ce.shape and torch.isfinite(w).all() and (w >= 0).all()
     assert (w[~valid] == 0).all()
