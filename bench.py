@@ -176,9 +176,9 @@ def bench_loss(c):
 
 
 def train_peak_flops(device):
-    """The device's dense bf16 peak (train.py's table), None on CPU: no MFU there."""
-    import train
-    return train.guess_peak_flops(device)
+    """The device's dense bf16 peak (diagnostics.py's table), None on CPU: no MFU there."""
+    import diagnostics
+    return diagnostics.guess_peak_flops(device)
 
 
 def memory_child(c, V, H, impl):
@@ -237,9 +237,17 @@ def median_step_ms(out_dir):
 def bench_schemes(c):
     """train.py's step per scheme against uniform, the arms alternating round by round."""
     import data
+    import experiment
+    import parallel
+    import reference
     import train
+    # the quick experiment's data (it marks its noise, so every scheme can run on it)
+    tiny = experiment.SETTINGS["tiny"]
     cfg = dict(train.DEFAULTS, max_iters=c["max_iters"], log_interval=3, eval_interval=10**9,
-               critic_pretrain_epochs=0.0, device=c["device"], dtype=c["dtype"])
+               critic_pretrain_epochs=0.0, device=c["device"], dtype=c["dtype"],
+               data_dir=tiny["train"]["data_dir"])
+    if not os.path.exists(os.path.join(cfg["data_dir"], "train", "meta.json")):
+        data.prepare_tinycode(cfg["data_dir"], cfg["tokenizer"], **tiny.get("data_args", {}))
     root = tempfile.mkdtemp(prefix="wmtp-bench-")
     quiet = lambda: open(os.devnull, "w")
     try:
@@ -247,22 +255,25 @@ def bench_schemes(c):
         ref_dir = os.path.join(root, "ref")   # a plain next-token reference, trained briefly
         with redirect_stdout(quiet()):
             train.train(dict(cfg, out_dir=ref_dir, n_future=1, max_iters=2 * c["max_iters"]))
-        ref, _ = train.load_reference(ref_dir, train.resolve_device(c["device"]),
+        ref, _ = reference.load_reference(ref_dir, parallel.resolve_device(c["device"]),
                                       data.tokenizer_identity(data.get_tokenizer(cfg["tokenizer"])))
         split = data.PreparedSplit(os.path.join(cfg["data_dir"], "train"))
         t0 = time.time()
         data.score_reference(ref, split, device=next(ref.parameters()).device, batch_size=cfg["batch_size"])
         score_s = time.time() - t0
         cache = os.path.join(root, "ref_ce.bin")
-        arms = {
-            "uniform": {},
-            "rho1 (cache)": dict(weighting="rho1", ref_init_from=ref_dir, ref_ce_cache=cache),
-            "rho1 (online)": dict(weighting="rho1", ref_init_from=ref_dir, ref_ce_mode="online"),
-            "critic": dict(weighting="critic", train_on="all"),
-            "shuffled (rho1)": dict(weighting="shuffled", control_of="rho1", ref_init_from=ref_dir,
-                                    ref_ce_cache=cache),
-            "uniform, simple loss": dict(loss_impl="simple"),
-        }
+        # every registered scheme as the experiment runs its arm (weights.SCHEMES), a
+        # reference read from the cache (and online too), plus the simple loss path
+        arms = {}
+        for name in ["uniform"] + sorted(set(weights.SCHEMES) - {"uniform"}):
+            keys = experiment.arm(name)
+            if experiment.needs_reference(keys):
+                arms[f"{name} (cache)"] = dict(keys, ref_init_from=ref_dir, ref_ce_cache=cache)
+                arms[f"{name} (online)"] = dict(keys, ref_init_from=ref_dir, ref_ce_mode="online")
+            else:
+                arms[name] = keys
+        arms["shuffled (rho1)"] = dict(experiment.arm("rho1_shuffled"), ref_init_from=ref_dir, ref_ce_cache=cache)
+        arms["uniform, simple loss"] = dict(loss_impl="simple")
         ratios = {a: [] for a in arms}
         ms = {a: [] for a in arms}
         for rnd in range(c["rounds"]):

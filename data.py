@@ -283,7 +283,7 @@ def score_reference(model, split, device="cpu", batch_size=16, out_path=None, he
     position j of x_{j+k}, as the model's ce[t, k] (mtp_targets); 0 where j+k is past the
     sample's end. (n_tokens, H). Aligned with tokens.bin, float32. Written atomically to
     out_path when given, the CE alone: no .json identity, so it is not a cache
-    train.reference_cache accepts (that one scores with score_reference_sharded and writes
+    reference.reference_cache accepts (that one scores with score_reference_sharded and writes
     the identity it checks)."""
     from tqdm import tqdm
     import torch.nn.functional as F
@@ -506,3 +506,21 @@ if __name__ == "__main__":
                      cfg["n_test"], cfg["n_incorrect"], cfg["seed"], families=cfg["families"],
                      max_const=cfg["max_const"], n_pretrain=cfg["n_pretrain"],
                      pretrain_families=cfg["pretrain_families"], noise=cfg["noise"])
+
+
+def pad_to_bucket(mb, block_size, pad_id):
+    """Pad a micro-batch's T up to the next power of two, at least 64 and at most
+    block_size, so that torch.compile (static shapes) compiles a few graphs instead of one
+    per length. The new positions are padding as the Loader writes it (pad tokens,
+    loss_mask 0, ref_ce 0); causal attention leaves every real position unchanged."""
+    T = mb["tokens"].shape[1]
+    L = min(max(64, 1 << (T - 1).bit_length()), block_size)
+    if L <= T:
+        return mb
+    extend = lambda x, fill: torch.cat([x, x.new_full((x.shape[0], L - T), fill)], dim=1)
+    mb["tokens"] = extend(mb["tokens"], pad_id)
+    mb["loss_mask"] = extend(mb["loss_mask"], False)
+    if "ref_ce" in mb:
+        ref = mb["ref_ce"]   # (B, T), or (B, T, H) for a horizon-matched reference
+        mb["ref_ce"] = torch.cat([ref, ref.new_zeros((ref.shape[0], L - T, *ref.shape[2:]))], dim=1)
+    return mb

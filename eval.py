@@ -1428,8 +1428,8 @@ def load_model(source, device="cpu"):
 def run_command(args):
     """`eval.py run`: a preset's settings under the explicit flags, every prompt checked to
     fit the model's context before generation, results (and optionally human-eval jsonl)."""
+    import parallel
     import sample
-    import train
     preset = dict(PRESETS[args.preset]) if args.preset else {}
     defaults = dict(task="tinycode", n_samples=10, k=[1, 5], temperature=0.8, top_p=0.95,
                     max_new_tokens=96)
@@ -1438,7 +1438,7 @@ def run_command(args):
             setattr(args, key, preset.get(key, default))
         elif key in preset and getattr(args, key) != preset[key]:
             print(f"--{key}={getattr(args, key)} overrides preset {args.preset}'s {preset[key]}")
-    args.device = train.resolve_device(args.device)
+    args.device = parallel.resolve_device(args.device)
     model, enc, meta = load_model(args.ckpt, args.device)
     if args.scheme:
         meta["scheme"] = args.scheme

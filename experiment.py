@@ -40,9 +40,8 @@ import configurator
 HERE = os.path.dirname(os.path.abspath(__file__))
 
 # the arms: the keys in which a run differs from the setting; nothing else may differ.
-# A scheme trains on the data its method names: the critic on correct and incorrect
-# solutions (it learns from the labels), every other scheme on the correct ones.
-TRAIN_ON = {"critic": "all"}
+# A scheme trains on the data its method names (its registration's train_on: the critic
+# on correct and incorrect solutions, it learns from the labels; most on the correct ones).
 SCHEME_OF = {"baseline": "uniform"}   # an arm's name -> its weights.SCHEMES entry, where they differ
 
 
@@ -59,7 +58,7 @@ def arm(name):
     if scheme not in weights.SCHEMES:
         raise ValueError(f"arm {name!r}: {base!r} is no scheme; the schemes are {sorted(weights.SCHEMES)} "
                          f"('baseline' = 'uniform'), each with _shuffled, _random and _tokens controls")
-    keys = dict(weighting=scheme, train_on=TRAIN_ON.get(scheme, "correct"))
+    keys = dict(weighting=scheme, train_on=weights.SCHEMES[scheme].train_on)
     if kind == "shuffled":
         keys.update(weighting="shuffled", control_of=scheme)
     elif kind == "random":   # draws from the scheme's run of the same seed
@@ -67,6 +66,14 @@ def arm(name):
     elif kind == "tokens":
         keys.update(weight_norm="tokens")
     return keys
+
+
+def needs_reference(keys):
+    """Whether an arm's run reads the reference's CE: its scheme (a shuffled control's
+    scheme) declares it (weights.register(reads=...))."""
+    import weights
+    scheme = keys.get("control_of") if keys["weighting"] == "shuffled" else keys["weighting"]
+    return "ref_ce" in weights.SCHEMES.get(scheme, weights.SCHEMES["uniform"]).reads
 
 
 def arm_names(cfg, setting):
@@ -375,9 +382,9 @@ def head_accuracies(cfg, models, data_dir, start_keys):
     import data
     import eval as ev
     import pretrained
+    import parallel
     import sample
-    import train
-    device = train.resolve_device(cfg["device"])
+    device = parallel.resolve_device(cfg["device"])
     # a relative data_dir is relative to this directory, as for train.py (run from here)
     val, train_split = (data.PreparedSplit(os.path.join(HERE, data_dir, s)) for s in ("val", "train"))
     for out_dir, source in todo:
@@ -403,9 +410,9 @@ def prepare_real(cfg, setting, source, data_dir):
     MBPP train references, those samples and CodeContests (if given) tokenized with the
     base's tokenizer and decontaminated against HumanEval and MBPP test (sources.prepare;
     meta.json records every count, the report shows them)."""
-    import train
+    import parallel
     recipe, mbpp = setting["data"], cfg["mbpp"] or setting["data"]["mbpp"]
-    device = train.resolve_device(cfg["device"])   # selflabel.py takes no 'auto'
+    device = parallel.resolve_device(cfg["device"])   # selflabel.py takes no 'auto'
 
     sl_dir = os.path.join(cfg["exp_dir"], "data", "sampled-mbpp")
     if not os.path.exists(os.path.join(sl_dir, "samples.jsonl")):
@@ -441,13 +448,19 @@ def main(argv):
     if cfg["jobs"] == 0:
         cfg["jobs"] = 1 if cfg["device"].startswith("cuda") or cfg["nproc_per_node"] > 1 else (os.cpu_count() or 1)
     os.makedirs(cfg["exp_dir"], exist_ok=True)
-    with open(os.path.join(cfg["exp_dir"], "experiment.json"), "w") as f:
-        json.dump(cfg, f, indent=1)                # report.py rebuilds the report from it
     t0 = time.time()
     overrides = parse_overrides(cfg["overrides"])
+    import weights
+    weights.load_plugins(overrides.get("plugins", ""))   # a fork's schemes, before the arms are named
+    names = arm_names(cfg, setting)
+    arms = {name: arm(name) for name in dict.fromkeys(names)}
+    if "baseline" not in arms:
+        raise ValueError(f"--arms={cfg['arms']!r}: every comparison is against 'baseline'; add it")
     runs_dir = os.path.join(cfg["exp_dir"], "runs")
     base_dir = os.path.join(runs_dir, "base")
     evals = eval_table(cfg, setting)
+    with open(os.path.join(cfg["exp_dir"], "experiment.json"), "w") as f:   # report.py rebuilds the report from it
+        json.dump({**cfg, "arm_order": names, "evals": evals}, f, indent=1)
     # 1. data, once
     import data
     if setting["data"] == "tinycode":
@@ -466,10 +479,6 @@ def main(argv):
         prepare_real(cfg, setting, source, data_dir)
         base = dict(setting["train"], data_dir=data_dir, tokenizer=source, init_from=source, **overrides)
     # 2.-5. the base, the reference, then every arm and seed, each run evaluated once trained
-    names = arm_names(cfg, setting)
-    arms = {name: arm(name) for name in dict.fromkeys(names)}
-    if "baseline" not in arms:
-        raise ValueError(f"--arms={cfg['arms']!r}: every comparison is against 'baseline'; add it")
     ref_dir = os.path.join(runs_dir, "reference")
     seeds = list(range(cfg["seeds"]))
 
@@ -495,14 +504,16 @@ def main(argv):
         base, start = dict(base, init_from=base_dir), [base_dir]
     else:
         jobs.append((base_dir, evaluate(base["init_from"], base_dir, "base", 0), []))
-    # the reference: a model trained on correct solutions, like the baseline arm (seed 0)
-    jobs.append((ref_dir, [train(ref_dir, dict(base, weighting="uniform", train_on="correct", seed=0))], start))
+    # the reference, where an arm reads one (its scheme declares ref_ce): a model trained on
+    # correct solutions, like the baseline arm (seed 0)
+    if any(needs_reference(keys) for keys in arms.values()):
+        jobs.append((ref_dir, [train(ref_dir, dict(base, weighting="uniform", train_on="correct", seed=0))], start))
     runs = []
     for name, keys in arms.items():
         for seed in seeds:
             d = run_dir(cfg, name, seed)
             keys_s, needs = dict(base, **keys, seed=1337 + seed), list(start)
-            if keys["weighting"] in ("rho1", "shuffled") and keys.get("control_of", "rho1") == "rho1":
+            if needs_reference(keys):
                 keys_s["ref_init_from"] = ref_dir
                 needs.append(ref_dir)
             if "_matched" in keys:   # random-matched controls draw from their source run's weights
@@ -512,14 +523,15 @@ def main(argv):
             runs.append((name, seed, d))
     # the base and the reference first, then runs that wait on nothing else, so that they
     # train while the reference does
-    jobs = jobs[:2] + sorted(jobs[2:], key=lambda j: len(j[2]))
+    first = 2 if any(d == ref_dir for d, _, _ in jobs) else 1
+    jobs = jobs[:first] + sorted(jobs[first:], key=lambda j: len(j[2]))
     todo = sum(1 for d, steps, _ in jobs if not all(done(d) for _, done in steps))
     bar = tqdm(total=len(jobs), initial=len(jobs) - todo, desc="experiment: runs (train + eval)",
                dynamic_ncols=True)
     run_all(cfg, jobs, bar)
     bar.close()
     # 6. per-head accuracy on the validation split: the base (as the runs start from it) and every run
-    start_keys = json.load(open(os.path.join(ref_dir, "config.json")))
+    start_keys = json.load(open(os.path.join(run_dir(cfg, "baseline", seeds[0]), "config.json")))
     head_accuracies(cfg, [(base_dir, base["init_from"])] + [(d, d) for _, _, d in runs], base["data_dir"],
                     start_keys)
     # 7. the report

@@ -20,8 +20,13 @@ Activation checkpointing per block: 'full' keeps only each block's input and rec
 the block in the backward; 'selective' keeps the outputs of matmuls and attention and
 recomputes the cheap elementwise ops (norms, rotary, SiLU, residual adds), the
 memory/compute middle ground of Korthikanti et al. 2022.
+
+The process group itself: setup_distributed (torchrun's environment; nccl or gloo) and
+all_reduce_sum, at the end.
 """
+import datetime
 import functools
+import os
 
 import torch
 import torch.distributed as dist
@@ -203,3 +208,31 @@ def load_sharded(model, optimizer, path):
     dcp.load(state, checkpoint_id=path)
     set_state_dict(model, optimizer, model_state_dict=state["model"],
                    optim_state_dict=state["optimizer"])
+
+
+def resolve_device(device):
+    """'auto' -> 'cuda' where a GPU is visible, else 'cpu'; anything else as given."""
+    return ("cuda" if torch.cuda.is_available() else "cpu") if device == "auto" else device
+
+
+def setup_distributed(device, timeout_min=30):
+    """-> (ddp, rank, local_rank, world_size, device). torchrun sets RANK; nccl on CUDA,
+    gloo on CPU, so a 2-process CPU run works the same as 8 GPUs. A collective that waits
+    longer than timeout_min fails loudly instead of hanging (the backends' defaults differ)."""
+    device = resolve_device(device)
+    if int(os.environ.get("RANK", -1)) == -1:
+        return False, 0, 0, 1, device
+    rank, local_rank = int(os.environ["RANK"]), int(os.environ["LOCAL_RANK"])
+    world_size = int(os.environ["WORLD_SIZE"])
+    if device.startswith("cuda"):
+        device = f"cuda:{local_rank}"
+        torch.cuda.set_device(device)
+    dist.init_process_group(backend="nccl" if device.startswith("cuda") else "gloo",
+                            timeout=datetime.timedelta(minutes=timeout_min))
+    return True, rank, local_rank, world_size, device
+
+
+def all_reduce_sum(t, ddp):
+    if ddp:
+        dist.all_reduce(t, op=dist.ReduceOp.SUM)
+    return t

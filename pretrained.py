@@ -591,8 +591,8 @@ def main(argv):
                           "parameters": n_params, "files": info["files"],
                           "n_tokenizer_vocab": info.get("n_tokenizer_vocab")}, indent=2, default=str))
     elif len(argv) >= 3 and argv[0] == "export":
-        import train
-        ckpt = train.load_checkpoint(argv[1])
+        import checkpoint
+        ckpt = checkpoint.load_checkpoint(argv[1])
         export_hf(ckpt["model"], ckpt["model_args"], argv[2], tokenizer_files=argv[3:])
         if not argv[3:] and "tokenizer" in ckpt:   # no files given: write the run's own
             export_tokenizer(ckpt["config"]["tokenizer"], ckpt["tokenizer"], argv[2])

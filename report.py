@@ -425,10 +425,9 @@ if __name__ == "__main__":
     cfg = json.load(open(os.path.join(exp_dir, "experiment.json"))) if \
         os.path.exists(os.path.join(exp_dir, "experiment.json")) else {"exp_dir": exp_dir, "ks": "1"}
     cfg["exp_dir"] = exp_dir
-    evals = None
-    if "setting" in cfg:   # the setting's evaluations, as experiment.py ran them
-        import experiment
-        evals = experiment.eval_table({**experiment.defaults, **cfg}, experiment.SETTINGS[cfg["setting"]])
+    # the experiment's evaluations and its order of the arms (its table's rows), as it ran them
+    evals = [tuple(e) for e in cfg.pop("evals")] if "evals" in cfg else None
+    arm_order = cfg.pop("arm_order", None)
     last = (evals or [(None, "eval", None)])[-1][1]
     runs = []
     for d in sorted(os.listdir(runs_dir)):
@@ -436,9 +435,7 @@ if __name__ == "__main__":
             continue
         name, seed = d.rsplit("-s", 1)
         runs.append((name, int(seed), os.path.join(runs_dir, d)))
-    if "setting" in cfg:   # the experiment's own order of the arms (its table's rows), else by name
-        import experiment
-        names = experiment.arm_names({**experiment.defaults, **cfg}, experiment.SETTINGS[cfg["setting"]])
-        order = {a: i for i, a in enumerate(names)}
+    if arm_order:   # else by name
+        order = {a: i for i, a in enumerate(arm_order)}
         runs.sort(key=lambda r: (order.get(r[0], len(order)), r[0], r[1]))
     print(write(cfg, {n for n, _, _ in runs}, sorted({s for _, s, _ in runs}), runs, None, evals=evals))

@@ -37,7 +37,7 @@ def load_model(path, device="cpu"):
     run's config and checked against the identity saved with the weights; a pretrained model
     comes with its own tokenizer and a stand-in checkpoint holding the keys eval.py and
     selflabel.py read, so the base model of an experiment is scored exactly as its runs."""
-    import train
+    import checkpoint
     if pretrained.is_pretrained_source(path):
         tok = pretrained.tokenizer_source(path)
         if tok is None:
@@ -50,7 +50,7 @@ def load_model(path, device="cpu"):
                 "config": {"tokenizer": tok, "weighting": "pretrained", "seed": 0, "data_dir": ""}}
         return model, enc, ckpt
     # memory-mapped: the AdamW state a run's checkpoint also holds (2x the weights) is never read
-    ckpt = train.load_checkpoint(path, map_location=device, mmap=True)
+    ckpt = checkpoint.load_checkpoint(path, map_location=device, mmap=True)
     model = Transformer(ModelConfig(**ckpt["model_args"]))
     model.load_state_dict(ckpt["model"])
     model.to(device).eval()

@@ -4,24 +4,39 @@ Weighting schemes: how much each (t, k) cross-entropy term counts.
     L = sum_t sum_k w[t, k] * CE(p_k(. | x_<=t), x_{t+k}) / N
 
 A scheme is a plain function of detached per-(t, k) quantities that returns weights
-w (B, T, H): finite, non-negative, zero where the target is ignored, never carrying
-gradient. Every scheme is called with the same keyword arguments and takes what it needs:
+w (B, T, H): finite, zero where the target is ignored, never carrying gradient, with
+mean 1 over the valid terms of each normalisation group (`normalize`), so every scheme's
+loss has the baseline's scale, and all arms share the normaliser N. It is registered
+with what it reads (`register`, SCHEMES at the bottom): train.py computes those inputs and
+nothing else, and names no scheme. Every scheme is called as
 
-    ce       (B, T, H)  the model's own CE for each (t, k) term, detached
+    fn(ce, valid, cfg=cfg, norm_stats=stats, **{name: input for name in reads})
+
+    ce       (B, T, H)  the model's own CE for each (t, k) term, detached; None for a
+                        scheme registered before_ce (its weights are known before the forward)
     valid    (B, T, H)  bool: the target x_{t+k} exists and is a completion token
-    ref_ce   (B, T)     frozen reference's next-token CE of token j, from its logits at j-1;
-             (B, T, Hr) with rho1_ref='matched': its own head-k CE at t of x_{t+k}, as ce
-    values   (B, T)     the critic's V(s_t) on the trunk states, detached
-    rewards  (B, T)     per-token rewards: the sample's reward on its last transition
-    noise    (B, T)     bool: the token was corrupted on purpose by the data's generator (oracle)
     cfg                 the run's config namespace (temperature, clipping, ...)
     norm_stats          a dict for normalize's step statistics (weight_norm='tokens'), or None
 
-Weights have mean 1 over the valid terms of each normalisation group (`normalize`), so
-every scheme's loss has the baseline's scale, and all arms share the normaliser N.
-Adding a scheme is one function here plus its name in SCHEMES.
+and the inputs it reads, from providers.py (one table: who computes each, once):
+    ref_ce   (B, T)     frozen reference's next-token CE of token j, from its logits at j-1;
+             (B, T, Hr) with rho1_ref='matched': its own head-k CE at t of x_{t+k}, as ce
+    values   (B, T)     the critic's V(s_t) on the trunk states, detached (0 at terminal states)
+    rewards  (B, T)     per-token rewards: the sample's reward on its last transition
+    moments             the critic's running moments of its TD errors (RunningMoments)
+    any field of the batch (data.Loader.collate): noise (B, T) bool, is_correct (B,),
+             group (B,) the sample's problem, ...
+
+A scheme registered signed may return negative weights: the loss takes |w| and, where
+w < 0, the unlikelihood term -log(1 - p) instead of the CE (train.py), which pushes the
+token's probability down. Its |w| obeys the same rule, mean 1 per group (`signs`).
+A new idea is one function here and one `register` line (tests/test_fork.py shows it).
 """
+import importlib.util
+import os
+import sys
 from fractions import Fraction
+from typing import Callable, NamedTuple
 
 import torch
 
@@ -289,7 +304,8 @@ class RunningMoments:
         self.count, self.mean, self.var = s["count"], s["mean"], s["var"]
 
 
-def critic(ce, valid, values=None, rewards=None, moments=None, cfg=None, norm_stats=None, **_):
+def critic(ce, valid, values=None, rewards=None, moments=None, is_correct=None, cfg=None,
+           norm_stats=None, **_):
     """Verifiable Critic: w[t, k] proportional to |whitened delta[t, k]|, the k-step TD error
     of the value head trained on correctness labels, normalised per weight_norm.
 
@@ -297,13 +313,24 @@ def critic(ce, valid, values=None, rewards=None, moments=None, cfg=None, norm_st
     normalisation sigma cancels (in every group, in step_scale's shares, in sparsity's ranks
     and mass shares, and in clipping, which reads the normalised weights), so its only
     effect is the centring, |delta - mu|: a value head biased by mu is not read as surprise.
-    sigma would matter only under a temperature (softmax), which the critic does not use."""
+    sigma would matter only under a temperature (softmax), which the critic does not use.
+    incorrect_mode='signed': where an incorrect solution's raw TD error is negative, the
+    weight is negative (`signs`): the unlikelihood term pushes that token down."""
     if values is None or rewards is None:
         raise ValueError("weighting='critic' needs values and rewards (model value_head)")
-    delta = td_errors(values, rewards, ce.shape[-1], cfg.gamma)
-    if moments is not None and cfg.whiten:
-        delta = moments.whiten(delta)
-    return finish(delta.abs(), valid, cfg, temperature=None, stats=norm_stats)
+    raw = td_errors(values, rewards, ce.shape[-1], cfg.gamma)
+    delta = moments.whiten(raw) if moments is not None and cfg.whiten else raw
+    w = finish(delta.abs(), valid, cfg, temperature=None, stats=norm_stats)
+    if cfg.incorrect_mode == "signed":   # an incorrect solution's negative TD errors push down
+        w = signs(w, (raw < 0) & (is_correct == 0)[:, None, None])
+    return w
+
+
+def signs(w, negative):
+    """A signed scheme's weights: its normalised magnitudes w >= 0, negated where
+    `negative`. Normalisation is of the magnitudes (mean |w| = 1 per group, the baseline's
+    scale); the sign only chooses the term (CE, or unlikelihood where w < 0)."""
+    return torch.where(negative, -w, w)
 
 
 def oracle(ce, valid, noise=None, cfg=None, norm_stats=None, **_):
@@ -318,12 +345,63 @@ def oracle(ce, valid, noise=None, cfg=None, norm_stats=None, **_):
     return finish(clean, valid, cfg, temperature=None, stats=norm_stats)
 
 
-SCHEMES = {
-    "uniform": uniform,
-    "rho1": rho1,
-    "critic": critic,
-    "oracle": oracle,
-}
+class Scheme(NamedTuple):
+    """A registered weighting: its function and what train.py must give it."""
+    fn: Callable
+    reads: tuple = ("ce",)          # inputs the function takes (providers.py); 'ce': the model's own
+    before_ce: bool = False         # w known before the forward pass: one pass (mtp_loss.forward_backward)
+    signed: dict = None             # the config keys under which its weights may be negative
+                                    # (the unlikelihood term where w < 0); None: never
+    train_on: str = "correct"       # the data its method names: 'correct' solutions, or 'all' (experiment.py)
+
+    def is_signed(self, cfg):
+        return bool(self.signed) and all(getattr(cfg, k) == v for k, v in self.signed.items())
+
+
+SCHEMES = {}
+
+
+def register(name, fn, reads=("ce",), before_ce=False, signed=None, train_on="correct"):
+    """Add a scheme: `weighting=name` then runs it. -> fn. reads: the inputs it takes by
+    name ('ce', and those of providers.PROVIDERS or the batch's fields); signed: the
+    config keys under which its weights may be negative ({'incorrect_mode': 'signed'});
+    train_on: 'correct' or 'all' samples, what an experiment's arm of it trains on.
+    The same function registered again (its file imported twice: by pytest and as a
+    plugin) replaces its entry; another function under a taken name is an error."""
+    old = SCHEMES.get(name)
+    same = old is not None and (old.fn.__code__.co_filename, old.fn.__qualname__) == \
+        (fn.__code__.co_filename, fn.__qualname__)
+    if name in CONTROLS or (old is not None and not same):
+        raise ValueError(f"a weighting named {name!r} exists already: choose another name")
+    if before_ce and ("ce" in reads or signed):
+        raise ValueError(f"scheme {name!r}: weights known before the CE (one pass) can neither "
+                         f"read 'ce' nor be signed (the unlikelihood term needs two passes)")
+    if train_on not in ("correct", "all"):
+        raise ValueError(f"scheme {name!r}: train_on must be 'correct' or 'all', got {train_on!r}")
+    SCHEMES[name] = Scheme(fn, tuple(reads), before_ce, signed, train_on)
+    return fn
+
+
+def load_plugins(paths):
+    """Import each python file of `plugins` (comma-separated) once per process: a fork's
+    schemes and providers register themselves there (weights.register)."""
+    for path in filter(None, (p.strip() for p in paths.split(","))):
+        name = "wmtp_plugin_" + os.path.abspath(path).replace(os.sep, "_").replace(".", "_")
+        if name not in sys.modules:
+            if not os.path.exists(path):
+                raise FileNotFoundError(f"plugins: no file {path}")
+            spec = importlib.util.spec_from_file_location(name, path)
+            sys.modules[name] = module = importlib.util.module_from_spec(spec)
+            spec.loader.exec_module(module)
+
+
+CONTROLS = ("shuffled", "random_matched")    # weighting=<control>, control_of=<scheme> (below)
+register("uniform", uniform, reads=(), before_ce=True)
+register("rho1", rho1, reads=("ce", "ref_ce"))
+register("critic", critic, reads=("ce", "values", "rewards", "moments", "is_correct"),
+         signed={"incorrect_mode": "signed"}, train_on="all")
+# the oracle reads no CE and could run in one pass; it stays on two, as when its arm was measured
+register("oracle", oracle, reads=("noise",))
 
 
 # ---- controls --------------------------------------------------------------------------

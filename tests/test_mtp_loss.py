@@ -185,34 +185,42 @@ def test_one_pass_adds_to_existing_gradients():
 
 
 # ---- the training loop: 'chunked' trains as 'simple' does ------------------------------
+from test_registry import run_keys, toys  # noqa: E402,F401  (toy data, noisy data, a reference)
 from test_schemes import toy  # noqa: E402,F401  (the module fixture: toy data + a reference)
 from test_train import read_log, tiny_cfg, train_rows  # noqa: E402
 
+import checkpoint  # noqa: E402
 import train  # noqa: E402
 
-ARMS = {
-    "uniform": {},
-    "rho1_heads": dict(weighting="rho1", ref_ce_mode="online"),
-    # 'tokens' with accumulation: the step pre-pass runs through the chunked pass 1 too
-    "rho1_tokens": dict(weighting="rho1", ref_ce_mode="online", weight_norm="tokens"),
-    "critic_signed": dict(weighting="critic", train_on="all", incorrect_mode="signed",
-                          critic_pretrain_epochs=0.05),
+# every registered scheme as its run needs it (tests/test_registry.py: run_keys), each signed
+# scheme signed too, then the paths: 'tokens' with accumulation (the step pre-pass runs
+# through the chunked pass 1 too), the value loss into the trunk, a control with dropout
+PATHS = {
+    "rho1_tokens_online": dict(weighting="rho1", ref_ce_mode="online", weight_norm="tokens"),
     "critic_into_trunk": dict(weighting="critic", train_on="all", value_detach=False,
                               critic_pretrain_epochs=0.05, weight_norm="tokens"),
     "shuffled_dropout": dict(weighting="shuffled", control_of="rho1", ref_ce_mode="online",
                              dropout=0.2),
 }
+ARMS = [(name, False) for name in sorted(weights.SCHEMES)] + \
+    [(name, True) for name in sorted(weights.SCHEMES) if weights.SCHEMES[name].signed] + \
+    [(name, None) for name in PATHS]
 
 
-@pytest.mark.parametrize("arm", list(ARMS))
-def test_training_steps_equal_the_simple_path(toy, tmp_path, arm):
-    """Every scheme (and value pre-training, value_detach both ways, 'signed', 'tokens' with
-    its pre-pass, dropout) takes the same steps with either loss path: losses, gradient
-    norms and the final weights agree to float32 rounding."""
-    toy_data, ref_dir = toy
-    keys = dict(max_iters=5, eval_interval=5, ref_init_from=ref_dir, **ARMS[arm])
-    train.train(tiny_cfg(toy_data, tmp_path / "simple", loss_impl="simple", **keys))
-    train.train(tiny_cfg(toy_data, tmp_path / "chunked", loss_impl="chunked", loss_chunk=7, **keys))
+@pytest.mark.parametrize("arm,signed", ARMS)
+def test_training_steps_equal_the_simple_path(toys, tmp_path, arm, signed):
+    """Every registered scheme (signed too where it can be; and value pre-training,
+    value_detach both ways, 'tokens' with its pre-pass, dropout) takes the same steps with
+    either loss path: losses, gradient norms and the final weights agree to float32 rounding."""
+    if signed is None:
+        keys = dict(PATHS[arm], ref_init_from=toys.ref)
+    else:
+        keys = run_keys(arm, toys)
+        keys.update(weights.SCHEMES[arm].signed if signed else {})
+    keys = dict(dict(data_dir=toys.plain), **keys, max_iters=5, eval_interval=5)
+    data_dir = keys.pop("data_dir")
+    train.train(tiny_cfg(data_dir, tmp_path / "simple", loss_impl="simple", **keys))
+    train.train(tiny_cfg(data_dir, tmp_path / "chunked", loss_impl="chunked", loss_chunk=7, **keys))
     a, b = train_rows(tmp_path / "simple"), train_rows(tmp_path / "chunked")
     assert sorted(a) == sorted(b) and len(a) >= 5
     for it in a:
@@ -221,15 +229,15 @@ def test_training_steps_equal_the_simple_path(toy, tmp_path, arm):
     va = [r["val_loss"] for r in read_log(tmp_path / "simple") if "val_loss" in r]
     vb = [r["val_loss"] for r in read_log(tmp_path / "chunked") if "val_loss" in r]
     assert vb == pytest.approx(va, rel=1e-5)
-    wa = train.load_checkpoint(str(tmp_path / "simple"))["model"]
-    wb = train.load_checkpoint(str(tmp_path / "chunked"))["model"]
+    wa = checkpoint.load_checkpoint(str(tmp_path / "simple"))["model"]
+    wb = checkpoint.load_checkpoint(str(tmp_path / "chunked"))["model"]
     # after 5 AdamW steps, relative to each tensor's scale: Adam divides by sqrt(v), so an
     # entry whose gradient is ~0 turns float rounding into an lr-sized step (3.6e-5 seen)
     assert_same_grads(wb, wa, rtol=1e-4)
 
 
 def test_baseline_one_pass_takes_the_two_pass_steps(toy, tmp_path, monkeypatch):
-    """The baseline's step through one pass (train.WEIGHTS_BEFORE_CE) and through the
+    """The baseline's step through one pass (registered before_ce) and through the
     two-pass path every other scheme takes: bit for bit the same losses, gradient norms and
     final weights, with gradient accumulation and dropout on (the same floats in the same
     order: the arms differ only in their weights, as before the one pass existed)."""
@@ -240,14 +248,14 @@ def test_baseline_one_pass_takes_the_two_pass_steps(toy, tmp_path, monkeypatch):
     monkeypatch.setattr(mtp_loss, "forward_backward", lambda *a, **k: calls.append(1) or one_pass(*a, **k))
     train.train(tiny_cfg(toy_data, tmp_path / "one", **keys))
     assert len(calls) == 4 * 2          # every micro-batch of every step took the one pass
-    monkeypatch.setattr(train, "WEIGHTS_BEFORE_CE", ())
+    monkeypatch.setitem(weights.SCHEMES, "uniform", weights.SCHEMES["uniform"]._replace(before_ce=False))
     train.train(tiny_cfg(toy_data, tmp_path / "two", **keys))
     assert len(calls) == 4 * 2
     a, b = train_rows(tmp_path / "two"), train_rows(tmp_path / "one")
     assert sorted(a) == sorted(b) == [1, 2, 3, 4]
     assert a == b
-    wa = train.load_checkpoint(str(tmp_path / "two"))["model"]
-    wb = train.load_checkpoint(str(tmp_path / "one"))["model"]
+    wa = checkpoint.load_checkpoint(str(tmp_path / "two"))["model"]
+    wb = checkpoint.load_checkpoint(str(tmp_path / "one"))["model"]
     assert wa.keys() == wb.keys() and all(torch.equal(wa[k], wb[k]) for k in wa)
 
 

@@ -11,6 +11,8 @@ import torch
 
 import mtp_loss
 import parallel
+import checkpoint
+import data
 import train
 import weights
 from model import ModelConfig, Transformer, mtp_cross_entropy, mtp_targets
@@ -93,9 +95,9 @@ def test_length_buckets_change_nothing_but_the_shapes(toy_data, tmp_path):
     for it in a:
         assert b[it][0] == pytest.approx(a[it][0], rel=1e-5), it
     mb = {"tokens": torch.zeros(2, 70, dtype=torch.long), "loss_mask": torch.ones(2, 70, dtype=torch.bool)}
-    assert train.pad_to_bucket(mb, 100, 0)["tokens"].shape == (2, 100)   # capped at block_size
+    assert data.pad_to_bucket(mb, 100, 0)["tokens"].shape == (2, 100)   # capped at block_size
     mb = {"tokens": torch.zeros(2, 5, dtype=torch.long), "loss_mask": torch.ones(2, 5, dtype=torch.bool)}
-    out = train.pad_to_bucket(mb, 512, 7)
+    out = data.pad_to_bucket(mb, 512, 7)
     assert out["tokens"].shape == (2, 64) and not out["loss_mask"][:, 5:].any()
     assert (out["tokens"][:, 5:] == 7).all()
 
@@ -138,7 +140,7 @@ def test_sharded_checkpoint_resumes_exactly(toy_data, tmp_path):
     for it in a:
         assert a[it] == b[it], it
     with pytest.raises(ValueError, match="sharded"):
-        train.load_checkpoint(str(part))
+        checkpoint.load_checkpoint(str(part))
 
 
 @pytest.mark.slow
@@ -204,8 +206,8 @@ def start_weights_under_fsdp(one, tmp_path):
                    "train.py", *overrides(two)])
     out, _ = p.communicate(timeout=300)
     assert p.returncode == 0, out
-    return (train.load_checkpoint(one["out_dir"])["model"],
-            train.load_checkpoint(two["out_dir"])["model"])
+    return (checkpoint.load_checkpoint(one["out_dir"])["model"],
+            checkpoint.load_checkpoint(two["out_dir"])["model"])
 
 
 @pytest.mark.slow
@@ -223,5 +225,5 @@ def test_fsdp_starts_from_the_one_process_weights(toy_data, tmp_path, source):
     for k in a:
         assert torch.equal(a[k], b[k]), k
     if source == "run":   # and they are the run's, not a fresh init
-        base = train.load_checkpoint(str(tmp_path / "base"))["model"]
+        base = checkpoint.load_checkpoint(str(tmp_path / "base"))["model"]
         assert all(torch.equal(a[k], base[k]) for k in base)

@@ -15,6 +15,7 @@ pytest.importorskip("safetensors", reason="HF checkpoints are read with safetens
 import data  # noqa: E402
 import pretrained  # noqa: E402
 import tokenization  # noqa: E402
+import checkpoint  # noqa: E402
 import train  # noqa: E402
 from model import ModelConfig, Transformer  # noqa: E402
 from test_train import make_toy_data, read_log, tiny_cfg  # noqa: E402
@@ -41,7 +42,7 @@ def test_init_from_hf_dir_takes_its_architecture_and_weights(hf_dir, tmp_path):
     # lr 0: AdamW moves nothing (its decay is lr * wd), so the checkpoint holds the start
     train.train(tiny_cfg(toy, tmp_path, init_from=d, tokenizer=d, n_future=3, max_iters=2,
                          learning_rate=0.0, min_lr=0.0, eval_interval=2))
-    ckpt = train.load_checkpoint(str(tmp_path))
+    ckpt = checkpoint.load_checkpoint(str(tmp_path))
     args = ckpt["model_args"]
     assert (args["d_model"], args["head_dim"], args["n_layer"], args["n_future"]) == (32, 16, 4, 3)
     assert ckpt["model_source"]["format"] == "hf"
@@ -58,7 +59,7 @@ def test_init_from_hf_dir_takes_its_architecture_and_weights(hf_dir, tmp_path):
     # a fine-tune of that run keeps it too, with a fresh value head for the critic
     train.train(tiny_cfg(toy, tmp_path / "critic", init_from=str(tmp_path), tokenizer=d, n_future=3,
                          weighting="critic", train_on="all", critic_pretrain_epochs=0.0, max_iters=2))
-    assert train.load_checkpoint(str(tmp_path / "critic"))["model_args"]["head_dim"] == 16
+    assert checkpoint.load_checkpoint(str(tmp_path / "critic"))["model_args"]["head_dim"] == 16
 
 
 def test_pretrained_reference_and_export(hf_dir, tmp_path):
@@ -70,7 +71,7 @@ def test_pretrained_reference_and_export(hf_dir, tmp_path):
     # export: transformers-style dir with the run's tokenizer, read back with all heads
     pretrained.main(["export", str(tmp_path / "rho1"), str(tmp_path / "hf_out")])
     back, args, _ = pretrained.load_pretrained(str(tmp_path / "hf_out"))
-    sd = train.load_checkpoint(str(tmp_path / "rho1"))["model"]
+    sd = checkpoint.load_checkpoint(str(tmp_path / "rho1"))["model"]
     assert args["n_future"] == 2
     for k, v in back.state_dict().items():
         assert torch.equal(v, sd[k]), k

@@ -1,5 +1,5 @@
 """
-Rho-1's reference scoring at scale (train.score_reference_sharded): head 1 only and
+Rho-1's reference scoring at scale (reference.score_reference_sharded): head 1 only and
 chunked, samples sorted by length and sharded over ranks, the same cache as the simple
 scorer (data.score_reference); samples beyond the reference's context counted and refused
 when the run could train on them. The horizon-matched reference (rho1_ref='matched'): its
@@ -17,6 +17,7 @@ import pytest
 import torch
 
 import data
+import reference
 import train
 import weights
 from model import mtp_cross_entropy, mtp_targets
@@ -29,11 +30,11 @@ def test_sharded_scorer_equals_the_simple_one(toy, tmp_path):
     """One process, chunks that do not divide the rows: data.score_reference's numbers."""
     toy_data, ref_dir = toy
     enc = data.get_tokenizer("bytes")
-    ref, _ = train.load_reference(ref_dir, "cpu", data.tokenizer_identity(enc))
+    ref, _ = reference.load_reference(ref_dir, "cpu", data.tokenizer_identity(enc))
     split = data.PreparedSplit(os.path.join(toy_data, "train"))
     want = data.score_reference(ref, split, batch_size=7)
     c = SimpleNamespace(block_size=24, batch_size=5, loss_chunk=13)
-    train.score_reference_sharded(ref, split, str(tmp_path / "ce.bin"), c,
+    reference.score_reference_sharded(ref, split, str(tmp_path / "ce.bin"), c,
                                   torch.autocast("cpu", enabled=False), "cpu", 0, 1, False)
     got = np.fromfile(tmp_path / "ce.bin", dtype=np.float32)
     assert got.shape == want.shape and not os.path.exists(tmp_path / "ce.bin.scoring")
@@ -43,7 +44,7 @@ def test_sharded_scorer_equals_the_simple_one(toy, tmp_path):
 def test_samples_beyond_the_references_context(toy, tmp_path):
     toy_data, ref_dir = toy
     enc = data.get_tokenizer("bytes")
-    ref, _ = train.load_reference(ref_dir, "cpu", data.tokenizer_identity(enc))
+    ref, _ = reference.load_reference(ref_dir, "cpu", data.tokenizer_identity(enc))
     split = data.PreparedSplit(os.path.join(toy_data, "train"))
     limit = int(split.index[:, 1].max()) - 1           # the longest samples are too long
     ref.config.max_seq_len = limit
@@ -52,9 +53,9 @@ def test_samples_beyond_the_references_context(toy, tmp_path):
     ctx = torch.autocast("cpu", enabled=False)
     c = SimpleNamespace(block_size=64, batch_size=8, loss_chunk=0)
     with pytest.raises(ValueError, match=f"{n_long} of {len(split)} samples"):
-        train.score_reference_sharded(ref, split, str(tmp_path / "a.bin"), c, ctx, "cpu", 0, 1, False)
+        reference.score_reference_sharded(ref, split, str(tmp_path / "a.bin"), c, ctx, "cpu", 0, 1, False)
     c.block_size = limit   # the run never trains on them: scored without them, counted
-    train.score_reference_sharded(ref, split, str(tmp_path / "b.bin"), c, ctx, "cpu", 0, 1, False)
+    reference.score_reference_sharded(ref, split, str(tmp_path / "b.bin"), c, ctx, "cpu", 0, 1, False)
     got = np.fromfile(tmp_path / "b.bin", dtype=np.float32)
     for i in range(len(split)):
         start, length = split.index[i, :2]
@@ -96,7 +97,7 @@ def ref3(toy, tmp_path_factory):
 
 def load(ref_dir, heads=0):
     enc = data.get_tokenizer("bytes")
-    return train.load_reference(ref_dir, "cpu", data.tokenizer_identity(enc), heads=heads)
+    return reference.load_reference(ref_dir, "cpu", data.tokenizer_identity(enc), heads=heads)
 
 
 @pytest.mark.parametrize("heads", [2, 3])
@@ -109,7 +110,7 @@ def test_matched_cache_is_each_heads_ce_at_t(toy, ref3, tmp_path, heads):
     split = data.PreparedSplit(os.path.join(toy_data, "train"))
     simple = data.score_reference(ref, split, batch_size=7, heads=heads)
     c = SimpleNamespace(block_size=24, batch_size=5, loss_chunk=13)
-    train.score_reference_sharded(ref, split, str(tmp_path / "ce.bin"), c,
+    reference.score_reference_sharded(ref, split, str(tmp_path / "ce.bin"), c,
                                   torch.autocast("cpu", enabled=False), "cpu", 0, 1, False, heads)
     sharded = np.fromfile(tmp_path / "ce.bin", dtype=np.float32).reshape(-1, heads)
     assert simple.shape == sharded.shape == (len(split.tokens), heads)
@@ -127,7 +128,7 @@ def test_matched_cache_is_each_heads_ce_at_t(toy, ref3, tmp_path, heads):
     loader = data.Loader(split, 5, 64, seed=0, correct_only=False, pad_id=256, ref_ce=sharded)
     mb = loader.collate(list(range(5)))
     targets = mtp_targets(mb["tokens"], mb["loss_mask"], heads)
-    online = train.online_ref_ce(ref, mb["tokens"], torch.autocast("cpu", enabled=False), 0, targets)
+    online = reference.online_ref_ce(ref, mb["tokens"], torch.autocast("cpu", enabled=False), 0, targets)
     assert online.shape == mb["ref_ce"].shape == (*mb["tokens"].shape, heads)
     valid = targets >= 0
     torch.testing.assert_close(online[valid], mb["ref_ce"][valid], rtol=1e-4, atol=1e-5)
@@ -154,10 +155,10 @@ def test_matched_weights_are_uniform_when_the_model_is_the_reference(toy, ref3):
     cfg = SimpleNamespace(weight_norm="heads", temperature=1.0, min_ce_diff=0.0, rho1_mode="abs",
                           weight_top_frac=0.0, weight_top_p=1.0, w_min=0.0, w_max=0.0,
                           rho1_ref="matched")
-    w = weights.rho1(ce, valid, ref_ce=train.online_ref_ce(ref, mb["tokens"], ctx, 0, targets), cfg=cfg)
+    w = weights.rho1(ce, valid, ref_ce=reference.online_ref_ce(ref, mb["tokens"], ctx, 0, targets), cfg=cfg)
     torch.testing.assert_close(w, valid.float(), rtol=0, atol=1e-4)
     cfg.rho1_ref = "next_token"
-    w = weights.rho1(ce, valid, ref_ce=train.online_ref_ce(ref, mb["tokens"], ctx), cfg=cfg)
+    w = weights.rho1(ce, valid, ref_ce=reference.online_ref_ce(ref, mb["tokens"], ctx), cfg=cfg)
     full = valid.all(-1)                                                 # positions with 3 heads
     mass = w[full].mean(0)
     assert mass[0] < mass[1] < mass[2] and mass[0] < 1 < mass[2], mass   # the far heads gain
@@ -187,9 +188,9 @@ def test_the_two_modes_never_share_a_cache(toy, ref3, tmp_path):
     split = data.PreparedSplit(str(tmp_path / "train"))
     c = SimpleNamespace(ref_ce_cache="", rho1_ref="next_token", n_future=2, block_size=24,
                         batch_size=8, loss_chunk=0)
-    nxt = train.reference_cache(c, split, ref, ref_hash, "cpu", True, False)
+    nxt = reference.reference_cache(c, split, ref, ref_hash, "cpu", True, False)
     c.rho1_ref = "matched"
-    mat = train.reference_cache(c, split, ref, ref_hash, "cpu", True, False)
+    mat = reference.reference_cache(c, split, ref, ref_hash, "cpu", True, False)
     assert nxt.shape == (len(split.tokens),) and mat.shape == (len(split.tokens), 2)
     assert sorted(f for f in os.listdir(split.path) if f.startswith("ref_ce")) == [
         f"ref_ce-{ref_hash}.bin", f"ref_ce-{ref_hash}.bin.json",
@@ -197,7 +198,7 @@ def test_the_two_modes_never_share_a_cache(toy, ref3, tmp_path):
     for mode, other in (("matched", f"ref_ce-{ref_hash}.bin"), ("next_token", f"ref_ce_matched2-{ref_hash}.bin")):
         c.rho1_ref, c.ref_ce_cache = mode, os.path.join(split.path, other)
         with pytest.raises(ValueError, match="another rho1_ref"):
-            train.reference_cache(c, split, ref, ref_hash, "cpu", True, False)
+            reference.reference_cache(c, split, ref, ref_hash, "cpu", True, False)
 
 
 def test_matched_needs_as_many_reference_heads(toy, tmp_path):
@@ -218,6 +219,6 @@ def test_pad_to_bucket_pads_per_head_reference_ce():
     mb = {"tokens": torch.ones(2, 5, dtype=torch.long), "loss_mask": torch.ones(2, 5, dtype=torch.bool),
           "ref_ce": torch.rand(2, 5, 3)}
     ref = mb["ref_ce"].clone()
-    out = train.pad_to_bucket(mb, 128, 0)
+    out = data.pad_to_bucket(mb, 128, 0)
     assert out["ref_ce"].shape == (2, 64, 3) and out["tokens"].shape == (2, 64)
     assert torch.equal(out["ref_ce"][:, :5], ref) and not out["ref_ce"][:, 5:].any()

@@ -14,6 +14,8 @@ import torch
 import torch.nn.functional as F
 
 import data
+import checkpoint
+import reference
 import train
 import weights
 from model import ModelConfig, Transformer
@@ -41,8 +43,8 @@ def test_uniform_weights_through_every_path_reproduce_the_baseline(toy, tmp_path
     toy_data, ref_dir = toy
     train.train(tiny_cfg(toy_data, tmp_path / "base"))
     flat = lambda ce, valid, **kw: valid.float()
-    monkeypatch.setitem(weights.SCHEMES, "rho1", flat)
-    monkeypatch.setitem(weights.SCHEMES, "critic", flat)
+    for name in ("rho1", "critic"):   # each still reads its inputs: only its function is flat
+        monkeypatch.setitem(weights.SCHEMES, name, weights.SCHEMES[name]._replace(fn=flat))
     train.train(tiny_cfg(toy_data, tmp_path / "rho1", weighting="rho1", ref_init_from=ref_dir))
     same_losses(tmp_path / "base", tmp_path / "rho1")
     # the critic's extra value loss switched off and no pre-training: the same numbers, up
@@ -57,13 +59,14 @@ def test_critic_lm_step_is_the_baselines(toy, tmp_path, monkeypatch):
     value loss on, the critic arm's LM trains exactly like the baseline's (a joint norm gave
     its LM a 2-7% smaller step at the same LM gradient), and logs the baseline's loss."""
     toy_data, _ = toy
-    monkeypatch.setitem(weights.SCHEMES, "critic", lambda ce, valid, **kw: valid.float())
+    monkeypatch.setitem(weights.SCHEMES, "critic",
+                        weights.SCHEMES["critic"]._replace(fn=lambda ce, valid, **kw: valid.float()))
     keys = dict(max_iters=8, eval_interval=100, grad_clip=0.5)
     train.train(tiny_cfg(toy_data, tmp_path / "base", **keys))
     train.train(tiny_cfg(toy_data, tmp_path / "critic", weighting="critic", value_coef=1.0,
                          critic_pretrain_epochs=0.0, **keys))
-    a = train.load_checkpoint(str(tmp_path / "base"))["model"]
-    b = train.load_checkpoint(str(tmp_path / "critic"))["model"]
+    a = checkpoint.load_checkpoint(str(tmp_path / "base"))["model"]
+    b = checkpoint.load_checkpoint(str(tmp_path / "critic"))["model"]
     assert set(b) - set(a) and all(k.startswith("value_head.") for k in set(b) - set(a))
     for k in a:
         torch.testing.assert_close(b[k], a[k], rtol=1e-5, atol=1e-7, msg=k)
@@ -109,20 +112,20 @@ def test_tokens_norm_over_the_whole_step(toy, tmp_path, monkeypatch, arm):
 
 
 def test_tokens_norm_one_pass_is_the_two_pass_step(toy, tmp_path, monkeypatch):
-    """A scheme listed in WEIGHTS_BEFORE_CE (one pass) whose weights vary, under
+    """A scheme registered before_ce (one pass) whose weights vary, under
     weight_norm='tokens' with accumulation, gets the step-wide rescale too: it trains as on
     two passes, bit for bit, not with each micro-batch normalised on its own."""
     toy_data, _ = toy
     def by_position(ce, valid, cfg=None, norm_stats=None, **_):   # reads no CE
         score = torch.arange(1.0, valid.shape[1] + 1, device=valid.device)[None, :, None]
         return weights.normalize(score.expand(valid.shape), valid, cfg.weight_norm, stats=norm_stats)
-    monkeypatch.setitem(weights.SCHEMES, "by_position", by_position)
+    monkeypatch.setitem(weights.SCHEMES, "by_position", weights.Scheme(by_position, reads=()))
     keys = dict(weighting="by_position", weight_norm="tokens", max_iters=4, eval_interval=100)
     train.train(tiny_cfg(toy_data, tmp_path / "two", **keys))
     calls = []
     one_pass = train.mtp_loss.forward_backward
     monkeypatch.setattr(train.mtp_loss, "forward_backward", lambda *a, **k: calls.append(1) or one_pass(*a, **k))
-    monkeypatch.setattr(train, "WEIGHTS_BEFORE_CE", ("uniform", "by_position"))
+    monkeypatch.setitem(weights.SCHEMES, "by_position", weights.Scheme(by_position, reads=(), before_ce=True))
     train.train(tiny_cfg(toy_data, tmp_path / "one", **keys))
     assert len(calls) == 4 * 2                                       # one pass, every micro-batch
     same_losses(tmp_path / "two", tmp_path / "one")
@@ -142,7 +145,7 @@ def bigram_reference(path, enc, V=320, seed=0):
         m.output.weight.normal_(0, 1.0)
     table = m.output(m.norm(m.tok_embeddings.weight))                # (V, V): logits given x_j
     os.makedirs(path, exist_ok=True)
-    train.save_checkpoint(os.path.join(path, "ckpt.pt"), {
+    checkpoint.save_checkpoint(os.path.join(path, "ckpt.pt"), {
         "model": m.state_dict(), "model_args": cfg.__dict__, "iter_num": 0,
         "tokenizer": data.tokenizer_identity(enc)})
     return table.detach()
@@ -153,7 +156,7 @@ def test_reference_cache_alignment_is_exact(toy, tmp_path):
     enc = data.get_tokenizer("bytes")
     table = bigram_reference(str(tmp_path / "ref"), enc)
     split = data.PreparedSplit(os.path.join(toy_data, "train"))
-    ref, ref_hash = train.load_reference(str(tmp_path / "ref"), "cpu", data.tokenizer_identity(enc))
+    ref, ref_hash = reference.load_reference(str(tmp_path / "ref"), "cpu", data.tokenizer_identity(enc))
     ce = data.score_reference(ref, split, batch_size=7)
     for i in range(0, len(split), 37):
         tokens, _ = split.sample(i)
@@ -167,7 +170,7 @@ def test_reference_cache_alignment_is_exact(toy, tmp_path):
     # the online path computes the same numbers from a padded batch
     loader = data.Loader(split, 5, 64, seed=0, correct_only=False, pad_id=256, ref_ce=ce)
     mb = loader.collate(list(range(5)))
-    online = train.online_ref_ce(ref, mb["tokens"], torch.autocast("cpu", enabled=False))
+    online = reference.online_ref_ce(ref, mb["tokens"], torch.autocast("cpu", enabled=False))
     for b in range(5):
         L = mb["lengths"][b]
         torch.testing.assert_close(online[b, :L], mb["ref_ce"][b, :L], rtol=1e-4, atol=1e-4)

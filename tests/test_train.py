@@ -18,6 +18,8 @@ import pytest
 import torch
 
 import data
+import checkpoint
+import diagnostics
 import train
 import weights
 from model import ModelConfig, Transformer, mtp_cross_entropy, mtp_targets
@@ -125,7 +127,7 @@ def test_mfu_counts_the_real_length_and_one_device(tmp_path):
     assert set(lengths.tolist()) == {9}
     train.train(tiny_cfg(str(tmp_path / "data"), tmp_path / "out", max_iters=3, eval_interval=3,
                          eval_samples=4, peak_flops=1e9))
-    m = Transformer(ModelConfig(**train.load_checkpoint(str(tmp_path / "out"))["model_args"]))
+    m = Transformer(ModelConfig(**checkpoint.load_checkpoint(str(tmp_path / "out"))["model_args"]))
     # 6 FLOPs per weight a token passes (blocks, H unembeddings) + attention over its n = 9
     c = m.config
     weights_ = sum(p.numel() for p in (*m.layers.parameters(), *m.extra_heads.parameters()))
@@ -145,7 +147,7 @@ def test_weight_log_counts_every_term_of_the_step():
     v1 = torch.tensor([[[True, True], [True, False]]])
     w2 = torch.tensor([[[2.0, 0.25], [3.0, 1.0], [0.0, 0.0]]])   # (1, 3, 2)
     v2 = torch.tensor([[[True, True], [True, True], [False, False]]])
-    log = train.WeightLog(2, seed=0)
+    log = diagnostics.WeightLog(2, seed=0)
     row = log.record([(w1, v1), (w2, v2)])
     assert log.hist.sum(1).tolist() == [4, 3]                     # valid terms per head
     assert log.hist[1, -1] == 1                                    # the 20, in the last bin
@@ -200,7 +202,7 @@ def test_validation_set_does_not_depend_on_the_batch(toy_data, tmp_path):
     (the old set, the first eval_iters * batch_size samples of a length-grouped order,
     gave 5.744 / 5.776 / 5.747)."""
     train.train(tiny_cfg(toy_data, tmp_path, max_iters=6))
-    ckpt = train.load_checkpoint(str(tmp_path))
+    ckpt = checkpoint.load_checkpoint(str(tmp_path))
     model = Transformer(ModelConfig(**ckpt["model_args"]))
     model.load_state_dict(ckpt["model"])
     split = data.PreparedSplit(os.path.join(toy_data, "val"))
@@ -312,12 +314,12 @@ def test_corrupt_checkpoint_is_a_clear_error(toy_data, tmp_path):
 
 def test_checkpoint_write_is_atomic(tmp_path, monkeypatch):
     path = str(tmp_path / "ckpt.pt")
-    train.save_checkpoint(path, {"a": 1})
+    checkpoint.save_checkpoint(path, {"a": 1})
     def crash(*a, **k):
         raise KeyboardInterrupt  # killed in the middle of writing
     monkeypatch.setattr(torch, "save", crash)
     with pytest.raises(KeyboardInterrupt):
-        train.save_checkpoint(path, {"a": 2})
+        checkpoint.save_checkpoint(path, {"a": 2})
     monkeypatch.undo()
     assert torch.load(path) == {"a": 1}                             # old one intact
 
@@ -328,7 +330,7 @@ def test_nan_loss_stops_with_last_good_checkpoint(toy_data, tmp_path, monkeypatc
         calls["n"] += 1
         w = valid.float()
         return w * float("nan") if calls["n"] > 8 else w            # 2 micro-steps per iter
-    monkeypatch.setitem(weights.SCHEMES, "poisoned", poisoned)
+    monkeypatch.setitem(weights.SCHEMES, "poisoned", weights.Scheme(poisoned))
     with pytest.raises(FloatingPointError, match="iter 4"):
         train.train(tiny_cfg(toy_data, tmp_path, weighting="poisoned"))
     ckpt = torch.load(tmp_path / "ckpt.pt", weights_only=False)
@@ -409,11 +411,11 @@ def test_float16_resume_keeps_the_loss_scale(toy_data, tmp_path):
     train.train(cfg)
     part = dict(cfg, out_dir=str(tmp_path / "part"))
     train.train(dict(part, max_iters=3))
-    saved = train.load_checkpoint(str(tmp_path / "part"))["scaler"]
+    saved = checkpoint.load_checkpoint(str(tmp_path / "part"))["scaler"]
     assert saved["scale"] > 0 and "_growth_tracker" in saved
     train.train(dict(part, init_from="resume"))
-    full = train.load_checkpoint(str(tmp_path / "full"))["scaler"]
-    assert train.load_checkpoint(str(tmp_path / "part"))["scaler"] == full
+    full = checkpoint.load_checkpoint(str(tmp_path / "full"))["scaler"]
+    assert checkpoint.load_checkpoint(str(tmp_path / "part"))["scaler"] == full
     assert train_rows(tmp_path / "full") == train_rows(tmp_path / "part")
 
 
@@ -430,7 +432,7 @@ def test_float16_overflow_skips_the_step(toy_data, tmp_path, monkeypatch):
     assert len(rows) == 8 and skipped[0] == 1 and 0 in skipped
     # each skip halves the scale (no growth within 2000 steps): 2**24 * 0.5**(skips so far)
     assert [r["loss_scale"] for r in rows] == [2.0 ** (24 - s) for s in np.cumsum(skipped)]
-    assert train.load_checkpoint(str(tmp_path))["scaler"]["scale"] == rows[-1]["loss_scale"]
+    assert checkpoint.load_checkpoint(str(tmp_path))["scaler"]["scale"] == rows[-1]["loss_scale"]
     vals = [r["val_loss"] for r in read_log(tmp_path) if "val_loss" in r]
     assert vals[-1] < vals[0] - 0.1                                   # the other steps trained
 
@@ -442,6 +444,6 @@ def test_float32_inf_gradient_stops(toy_data, tmp_path, monkeypatch):
     def spike(ce, valid, **kw):
         calls["n"] += 1
         return valid.float() * (1e36 if calls["n"] in (5, 6) else 1.0)   # 2 micro-steps per iter
-    monkeypatch.setitem(weights.SCHEMES, "spike", spike)
+    monkeypatch.setitem(weights.SCHEMES, "spike", weights.Scheme(spike))
     with pytest.raises(FloatingPointError, match=r"loss \(5\.\d+e\+36\) or gradient norm \(inf\) at iter 2"):
         train.train(tiny_cfg(toy_data, tmp_path, weighting="spike", dtype="float32", max_iters=6))

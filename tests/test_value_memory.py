@@ -1,4 +1,4 @@
-"""The critic's value memory (train.ValueMemory): sharded over the ranks, it recalls and
+"""The critic's value memory (critic.ValueMemory): sharded over the ranks, it recalls and
 stores exactly what one full per-token array would, its file resumes on another number
 of processes, and the clipped / anchored value loss reads it as the method says.
 
@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 import torch
 
-import train
+import critic
 
 N_SAMPLES, STEPS, B, G = 23, 12, 2, 2      # samples; steps; rows per micro-batch; micro-batches
 
@@ -48,7 +48,7 @@ def replay(split, ids, rank, world_size, anchor_at, memory=None, steps=STEPS):
     full per-token array every rank used to hold. Returns the memory; asserts that every
     recall equals the full array's, NaN for NaN."""
     ddp = world_size > 1
-    memory = memory or train.ValueMemory(split, ids, True, rank, world_size, "cpu")
+    memory = memory or critic.ValueMemory(split, ids, True, rank, world_size, "cpu")
     full = np.full((2, len(split.tokens)), np.nan, dtype=np.float32)
     for step in range(steps):
         if step == anchor_at:
@@ -82,7 +82,7 @@ def test_one_process_recalls_what_the_full_array_holds(tmp_path):
     assert memory.host().shape == (2, split.index[ids, 1].sum())   # the trained samples' tokens only
     memory.save(str(tmp_path / "m.npy"))
     np.testing.assert_array_equal(np.load(tmp_path / "m.npy"), full)
-    without = train.ValueMemory(split, ids, False, 0, 1, "cpu")      # no anchor: one row
+    without = critic.ValueMemory(split, ids, False, 0, 1, "cpu")      # no anchor: one row
     assert without.host().shape == (1, split.index[ids, 1].sum())
 
 
@@ -111,7 +111,7 @@ def test_two_ranks_shard_it_and_one_resumes_it(tmp_path):
     np.testing.assert_array_equal(np.load(out), full)
     sizes = [np.load(f"{out}.size{r}.npy")[1] for r in range(2)]
     assert sum(sizes) == split.index[ids, 1].sum() and max(sizes) < 0.7 * sum(sizes)
-    one = train.ValueMemory(split, ids, True, 0, 1, "cpu")
+    one = critic.ValueMemory(split, ids, True, 0, 1, "cpu")
     one.load(out)
     np.testing.assert_array_equal(one.host(), full[:, one.positions(0)])
 
@@ -127,10 +127,10 @@ def test_value_loss_clip_and_anchor_by_hand():
     ret = torch.tensor([1.0, 1.0])
     err0 = max((0.9 - 1) ** 2, (0.0 + 0.2 - 1) ** 2)      # clipped around old 0.0 -> 0.2
     err1 = max((0.1 - 1) ** 2, (0.5 - 0.2 - 1) ** 2)      # clipped around old 0.5 -> 0.3
-    loss = train.critic_value_loss(values, v, mb, c, n_states=2)
+    loss = critic.critic_value_loss(values, v, mb, c, n_states=2)
     assert loss.item() == pytest.approx((err0 + err1) / 2, rel=1e-5)
     c.value_clip, c.value_anchor_coef = 0.0, 0.5
-    loss = train.critic_value_loss(values, v, mb, c, n_states=2)
+    loss = critic.critic_value_loss(values, v, mb, c, n_states=2)
     plain = ((torch.tensor([0.9, 0.1]) - ret) ** 2).sum()
     anchor = 0.5 * ((0.9 - 0.2) ** 2 + (0.1 - 0.2) ** 2)
     assert loss.item() == pytest.approx((plain.item() + anchor) / 2, rel=1e-5)
@@ -141,7 +141,7 @@ def test_recall_and_store_never_read_the_device(monkeypatch):
     to the host (.item, .tolist, .numpy, .cpu are what would; on CUDA the sync-debug check
     below also catches the implicit syncs, like boolean-mask indexing)."""
     split, ids = toy_split()
-    memory = train.ValueMemory(split, ids, True, 0, 1, "cpu")
+    memory = critic.ValueMemory(split, ids, True, 0, 1, "cpu")
     micro = step_batches(ids, 0, 1)[0]
     for mb in micro:
         mb["lengths"] = torch.as_tensor(split.index[mb["sample_ids"].numpy(), 1])
@@ -163,7 +163,7 @@ def test_recall_and_store_never_read_the_device(monkeypatch):
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="the sync check needs CUDA")
 def test_no_sync_on_cuda():
     split, ids = toy_split()
-    memory = train.ValueMemory(split, ids, True, 0, 1, "cuda")
+    memory = critic.ValueMemory(split, ids, True, 0, 1, "cuda")
     micro = step_batches(ids, 0, 1)[0]
     for mb in micro:
         mb["lengths"] = torch.as_tensor(split.index[mb["sample_ids"].numpy(), 1]).cuda()

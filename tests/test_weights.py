@@ -17,7 +17,7 @@ from model import mtp_targets
 def cfg(**kw):
     base = dict(weight_norm="heads", temperature=1.0, min_ce_diff=0.0, rho1_mode="abs",
                 rho1_ref="next_token", rho1_top_frac=0.6, weight_top_frac=0.0, weight_top_p=1.0,
-                w_min=0.0, w_max=0.0, gamma=0.9, whiten=False)
+                w_min=0.0, w_max=0.0, gamma=0.9, whiten=False, incorrect_mode="weighted")
     return SimpleNamespace(**{**base, **kw})
 
 
@@ -271,7 +271,7 @@ def test_weights_are_finite_nonnegative_zero_on_ignored(scheme, norm):
     kw = dict(ref_ce=torch.rand(ce.shape[:2]) * 4, values=torch.randn(ce.shape[:2]),
               rewards=torch.rand(ce.shape[:2]), noise=torch.rand(ce.shape[:2]) < 0.2,
               cfg=cfg(weight_norm=norm, w_max=3.0))
-    w = weights.SCHEMES[scheme](ce, valid, **kw)
+    w = weights.SCHEMES[scheme].fn(ce, valid, **kw)
     assert w.shape == ce.shape and torch.isfinite(w).all() and (w >= 0).all()
     assert (w[~valid] == 0).all()
 

@@ -1,0 +1,76 @@
+"""
+What a run reports about its weights and its speed.
+
+WeightLog: per-log statistics of the weights (mean, spread, entropy over the heads, each
+head's share of the mass), per-head histograms, and a sample of weight values, which the
+'random_matched' control of this run draws from. guess_peak_flops: the device's peak for MFU.
+"""
+import os
+
+import numpy as np
+import torch
+
+
+class WeightLog:
+    """Weight diagnostics: per-log statistics, per-head histograms and a sample of weight
+    values (what the 'random_matched' control of this run draws from). The histogram's
+    last bin, from 7.875, also holds every larger weight ('tokens' gives some), so that it
+    counts every term."""
+    BINS = np.linspace(0, 8, 65)
+
+    def __init__(self, n_future, seed, cap=200_000):
+        self.hist = np.zeros((n_future, len(self.BINS) - 1), dtype=np.int64)
+        self.sample, self.cap = [], cap
+        self.rng = np.random.default_rng(seed)
+
+    def record(self, step):
+        """Statistics of a step's weights over their valid terms: step is its micro-batches'
+        (w (B, T, H), valid (B, T, H)) pairs, each with its own T."""
+        v = torch.cat([w[valid] for w, valid in step])
+        if v.numel() == 0:
+            return {}
+        ent, mass = [], 0.0
+        for w, valid in step:
+            wn = w / w.sum(-1, keepdim=True).clamp(min=1e-12)            # share per head at t
+            multi = valid.sum(-1) > 1
+            ent.append(-(wn * wn.clamp(min=1e-12).log()).sum(-1)[multi])  # entropy over heads
+            mass = mass + w.sum(dim=(0, 1))
+            for k in range(w.shape[-1]):
+                x = w[..., k][valid[..., k]].float().cpu().numpy()
+                self.hist[k] += np.histogram(np.minimum(x, self.BINS[-1]), self.BINS)[0]
+        ent = torch.cat(ent)
+        if sum(len(s) for s in self.sample) < self.cap:
+            vals = v.float().cpu().numpy()
+            self.sample.append(self.rng.choice(vals, size=min(len(vals), 2000), replace=False))
+        return {"w_mean": v.mean().item(), "w_std": v.std().item() if v.numel() > 1 else 0.0,
+                "w_min": v.min().item(), "w_max": v.max().item(),
+                "w_entropy": ent.mean().item() if ent.numel() else 0.0,
+                "w_head_mass": (mass / mass.sum().clamp(min=1e-12)).tolist()}
+
+    def state_dict(self):
+        """Saved in checkpoints, so that a resumed run's histograms and sample (what the
+        random-matched control draws from) cover the whole run, not only what followed."""
+        return {"hist": self.hist.copy(), "sample": [s.copy() for s in self.sample],
+                "rng": self.rng.bit_generator.state}
+
+    def load_state_dict(self, state):
+        self.hist = state["hist"].copy()
+        self.sample = [s.copy() for s in state["sample"]]
+        self.rng.bit_generator.state = state["rng"]
+
+    def save(self, out_dir):
+        np.savez(os.path.join(out_dir, "weight_hist.npz"), bins=self.BINS, counts=self.hist)
+        if self.sample:
+            np.save(os.path.join(out_dir, "weights_sample.npy"), np.concatenate(self.sample))
+
+
+def guess_peak_flops(device):
+    """Dense bf16 peak of common GPUs, for MFU; None where unknown (CPUs)."""
+    if not device.startswith("cuda"):
+        return None
+    name = torch.cuda.get_device_name(device)
+    for key, flops in (("H200", 989e12), ("H100", 989e12), ("A100", 312e12), ("L40", 181e12),
+                       ("4090", 165e12), ("A10", 125e12)):
+        if key in name:
+            return flops
+    return None

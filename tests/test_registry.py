@@ -1,0 +1,182 @@
+"""
+The contract every registered scheme keeps (weights.SCHEMES), checked without naming one:
+the schemes that exist and any a fork registers get these tests by being registered.
+
+    python -m pytest tests/test_registry.py -q
+
+A scheme that reads a new input needs one entry in INPUTS below (how to make it for a
+unit call, and which train.py keys make a run provide it); the tests say so otherwise.
+"""
+import os
+import random
+from types import SimpleNamespace
+
+import pytest
+import torch
+
+import data
+import train
+import weights
+from test_train import tiny_cfg, toy_samples
+
+# name -> (a value for a unit call: f(B, T, generator), train.py keys a run needs for it)
+INPUTS = {
+    "ref_ce": (lambda B, T, g: torch.rand(B, T, generator=g) * 4, lambda t: dict(ref_init_from=t.ref)),
+    "values": (lambda B, T, g: torch.randn(B, T, generator=g), lambda t: dict(critic_pretrain_epochs=0.05)),
+    "rewards": (lambda B, T, g: torch.rand(B, T, generator=g), lambda t: {}),
+    "moments": (lambda B, T, g: weights.RunningMoments(), lambda t: {}),
+    "noise": (lambda B, T, g: torch.rand(B, T, generator=g) < 0.2, lambda t: dict(data_dir=t.noisy)),
+    "is_correct": (lambda B, T, g: (torch.rand(B, generator=g) < 0.5).float(), lambda t: {}),
+    "group": (lambda B, T, g: torch.arange(B) // 2, lambda t: {}),
+}
+
+
+def inputs_of(scheme, B, T, g):
+    missing = [n for n in scheme.reads if n != "ce" and n not in INPUTS]
+    assert not missing, f"tests/test_registry.py has no INPUTS entry for {missing}: add one"
+    return {n: INPUTS[n][0](B, T, g) for n in scheme.reads if n != "ce"}
+
+
+def config(scheme, **kw):
+    """train.py's defaults, and the keys under which the scheme is signed where asked."""
+    return SimpleNamespace(**{**train.DEFAULTS, **kw})
+
+
+def case(seed, B=4, T=12, H=3):
+    g = torch.Generator().manual_seed(seed)
+    ce = torch.rand(B, T, H, generator=g) * 5
+    valid = torch.rand(B, T, H, generator=g) < 0.8
+    valid[:, -1] = False
+    valid[0, 3] = False                               # a position with no valid head
+    return ce.masked_fill(~valid, 0.0), valid, g
+
+
+VARIANTS = [(name, norm, signed) for name in sorted(weights.SCHEMES) for norm in ("heads", "tokens")
+            for signed in ((False, True) if weights.SCHEMES[name].signed else (False,))]
+
+
+@pytest.mark.parametrize("name,norm,signed", VARIANTS)
+def test_the_weight_contract(name, norm, signed):
+    """Shape, finite, zero on ignored terms, non-negative unless signed, and mean |w| = 1
+    over each normalisation group's valid terms (a position's heads, or the batch)."""
+    scheme = weights.SCHEMES[name]
+    for seed in range(3):
+        ce, valid, g = case(seed)
+        c = config(scheme, weight_norm=norm, **(scheme.signed if signed else {}))
+        w = scheme.fn(None if scheme.before_ce else ce, valid, cfg=c, norm_stats=None,
+                      **inputs_of(scheme, *ce.shape[:2], g))
+        assert w.shape == ce.shape and w.dtype == torch.float32 and torch.isfinite(w).all()
+        assert (w[~valid] == 0).all()
+        if not signed:
+            assert (w >= 0).all()
+        mag = w.abs()
+        if norm == "heads":
+            torch.testing.assert_close(mag.sum(-1), valid.sum(-1).float())
+        else:
+            torch.testing.assert_close(mag.sum(), valid.sum().float())
+
+
+@pytest.mark.parametrize("name", sorted(weights.SCHEMES))
+def test_weights_are_deterministic_and_use_what_the_scheme_declares(name):
+    """The same inputs give the same weights; a scheme reads nothing it did not declare
+    (called with only its declared inputs, it runs)."""
+    scheme = weights.SCHEMES[name]
+    ce, valid, g = case(7)
+    ins = inputs_of(scheme, *ce.shape[:2], g)
+    c = config(scheme)
+    w1 = scheme.fn(None if scheme.before_ce else ce, valid, cfg=c, norm_stats=None, **ins)
+    w2 = scheme.fn(None if scheme.before_ce else ce.clone(), valid, cfg=c, norm_stats=None, **ins)
+    assert torch.equal(w1, w2)
+
+
+@pytest.mark.parametrize("name", sorted(weights.SCHEMES))
+@pytest.mark.parametrize("norm", ["heads", "tokens"])
+def test_every_schemes_shuffled_control_keeps_its_groups(name, norm):
+    """The control made for any scheme: its weights permuted within each normalisation
+    group, so every group keeps its total and its multiset of values."""
+    scheme = weights.SCHEMES[name]
+    ce, valid, g = case(11)
+    c = config(scheme, weight_norm=norm)
+    w = scheme.fn(None if scheme.before_ce else ce, valid, cfg=c, norm_stats=None,
+                  **inputs_of(scheme, *ce.shape[:2], g))
+    torch.manual_seed(0)
+    s = weights.shuffled(w, valid, norm)
+    assert (s[~valid] == 0).all()
+    groups = (lambda x: x.reshape(-1, x.shape[-1])) if norm == "heads" else (lambda x: x.reshape(1, -1))
+    for a, b, ok in zip(groups(w), groups(s), groups(valid)):
+        assert torch.equal(a[ok].sort().values, b[ok].sort().values)
+
+
+# ---- through train.py ---------------------------------------------------------------------
+def noisy_samples(n, seed):
+    """toy_samples where a third of the correct ones have their last digit corrupted and marked."""
+    rng = random.Random(seed + 100)
+    out = []
+    for s in toy_samples(n, seed):
+        if s["is_correct"] and rng.random() < 0.33:
+            last = int(s["completion"][-1])
+            s = dict(s, completion=s["completion"][:-1] + str((last + 1) % 10),
+                     noise_spans=[[len(s["completion"]) - 1, len(s["completion"])]])
+        out.append(s)
+    return out
+
+
+@pytest.fixture(scope="module")
+def toys(tmp_path_factory):
+    """Toy data, the same with marked noise, and a reference trained on the first."""
+    root = tmp_path_factory.mktemp("registry")
+    enc = data.get_tokenizer("bytes")
+    t = SimpleNamespace(plain=str(root / "plain"), noisy=str(root / "noisy"), ref=str(root / "ref"))
+    for path, make in ((t.plain, toy_samples), (t.noisy, noisy_samples)):
+        for split, n, seed in (("train", 400, 0), ("val", 64, 1)):
+            data.write_split(os.path.join(path, split), enc, make(n, seed), [], {"source": "toy"})
+    train.train(tiny_cfg(t.plain, t.ref, max_iters=20, eval_interval=20, n_future=1, log_interval=5))
+    return t
+
+
+def run_keys(name, t):
+    """The train.py keys a run of scheme `name` needs: each declared input's, and its data."""
+    scheme = weights.SCHEMES[name]
+    missing = [n for n in scheme.reads if n != "ce" and n not in INPUTS]
+    assert not missing, f"tests/test_registry.py has no INPUTS entry for {missing}: add one"
+    keys = dict(weighting=name, train_on=scheme.train_on)
+    for n in scheme.reads:
+        if n != "ce":
+            keys.update(INPUTS[n][1](t))
+    return keys
+
+
+@pytest.mark.parametrize("name", sorted(weights.SCHEMES))
+def test_every_scheme_and_its_control_train(toys, tmp_path, name):
+    """A few steps of the scheme and of its shuffled control through train.py: finite
+    losses, weights logged with mean 1, and the run's config names what ran."""
+    keys = dict(tiny_cfg(toys.plain, tmp_path / "s", max_iters=3, eval_interval=3), **run_keys(name, toys))
+    for kind, extra in (("scheme", {}), ("shuffled", dict(weighting="shuffled", control_of=name))):
+        out = tmp_path / kind
+        summary = train.train(dict(keys, out_dir=str(out), **extra))
+        assert summary["finished"] and all(map(torch.isfinite, map(torch.tensor, summary["train_losses"])))
+        rows = [r for r in train_rows_full(out) if "w_step_mean" in r]
+        assert rows and all(abs(r["w_step_mean"] - 1) < 1e-4 for r in rows)
+
+
+def train_rows_full(out_dir):
+    import json
+    with open(os.path.join(out_dir, "log.jsonl")) as f:
+        return [json.loads(line) for line in f]
+
+
+def test_a_scheme_reading_an_unknown_input_is_refused_clearly(toys, tmp_path, monkeypatch):
+    monkeypatch.setitem(weights.SCHEMES, "needs_x", weights.Scheme(lambda ce, valid, **kw: valid.float(),
+                                                                   reads=("ce", "x_unknown")))
+    with pytest.raises(ValueError, match="reads 'x_unknown', which no provider computes"):
+        train.train(tiny_cfg(toys.plain, tmp_path, weighting="needs_x", max_iters=1))
+
+
+def test_register_refuses_contradictions():
+    with pytest.raises(ValueError, match="one pass"):
+        weights.register("bad_one_pass", lambda ce, valid, **kw: valid.float(), reads=("ce",), before_ce=True)
+    with pytest.raises(ValueError, match="exists already"):
+        weights.register("uniform", lambda ce, valid, **kw: valid.float())
+    with pytest.raises(ValueError, match="exists already"):
+        weights.register("shuffled", lambda ce, valid, **kw: valid.float())
+    assert "bad_one_pass" not in weights.SCHEMES
