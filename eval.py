@@ -15,10 +15,11 @@ The flow of one evaluation (evaluate_task):
 Everything that decides a published-comparable number (prompt format, stop sequences,
 answer extraction) sits in TASKS and the few-shot constants below it.
 
-Statistics: pass@k is Chen et al. 2021's unbiased estimator; CIs are percentile bootstraps
-over problems; `compare` pairs schemes by problem (Wilcoxon signed-rank on per-problem
-pass@k averaged over each scheme's seeds) and, where both schemes ran the same seeds, also
-by seed (Wilcoxon on per-seed means; with fewer than 6 seeds it cannot reach p < 0.05).
+Statistics (stats.py): pass@k is Chen et al. 2021's unbiased estimator; CIs are percentile
+bootstraps over problems; `compare` pairs schemes by problem (Wilcoxon signed-rank on
+per-problem pass@k averaged over each scheme's seeds) and, where both schemes ran the same
+seeds, also by seed (Wilcoxon on per-seed means; with fewer than 6 seeds it cannot reach
+p < 0.05).
 """
 import argparse
 import gzip
@@ -34,6 +35,7 @@ from fractions import Fraction
 import numpy as np
 
 import evalplus_harness
+import stats
 
 # the generator stops at its end-of-text token and strips it; these strings (data.EOT_NAMES,
 # not imported so that `compare` runs without torch) are cut again in case it does not
@@ -938,87 +940,6 @@ def score(task, problem, completion):
     return score_batch(task, [(problem, completion)], workers=1)[0]["correct"]
 
 
-# ---- metrics and statistics ----------------------------------------------------------------
-def pass_at_k(n, c, k):
-    """Unbiased pass@k from n samples of which c are correct (Chen et al. 2021, eq. 1):
-    1 - C(n-c, k) / C(n, k), as a product that stays finite for large n."""
-    if not 0 <= c <= n:
-        raise ValueError(f"need 0 <= c <= n, got n={n}, c={c}")
-    if k < 1:
-        raise ValueError(f"pass@k needs k >= 1, got k={k}")
-    if k > n:
-        raise ValueError(f"pass@{k} needs at least k={k} samples per problem, got n={n}")
-    if n - c < k:
-        return 1.0
-    return float(1.0 - np.prod(1.0 - k / np.arange(n - c + 1, n + 1)))
-
-
-def bootstrap_ci(values, n_boot=10000, seed=0):
-    """(mean, lo, hi): the mean and a percentile-bootstrap 95% CI, resampling the values
-    (problems) with replacement; seeded, so the same values give the same interval."""
-    x = np.asarray(values, dtype=np.float64)
-    if x.ndim != 1 or len(x) == 0:
-        raise ValueError(f"bootstrap_ci needs a non-empty 1-d array, got shape {x.shape}")
-    rng = np.random.default_rng(seed)
-    means = np.empty(n_boot)
-    step = max(1, 2_000_000 // len(x))   # at most ~2M resampled indices (16 MB) at a time
-    for i in range(0, n_boot, step):
-        b = min(step, n_boot - i)
-        means[i:i + b] = x[rng.integers(0, len(x), size=(b, len(x)))].mean(axis=1)   # (b,)
-    lo, hi = np.percentile(means, [2.5, 97.5])
-    return float(x.mean()), float(lo), float(hi)
-
-
-def bootstrap_ci_seeds(mat, base=None, n_boot=10000, seed=0):
-    """(mean, lo, hi) of pass@k over seeds and problems: mat is (seeds, problems). Each
-    bootstrap draw resamples the seeds and the problems, so the interval holds the
-    seed-to-seed spread of training as well as the sampling of problems (a CI over
-    problems alone hides it). With base (seeds', problems), the same for the difference
-    mean(mat) - mean(base): problems drawn once for both (paired), seeds for each."""
-    mat = np.asarray(mat, dtype=np.float64)
-    if mat.ndim != 2 or mat.size == 0:
-        raise ValueError(f"bootstrap_ci_seeds needs a non-empty (seeds, problems) array, got {mat.shape}")
-    rng = np.random.default_rng(seed)
-    S, P = mat.shape
-    if base is not None:   # paired by problem: column j of both must be the same problem
-        base = np.asarray(base, dtype=np.float64)
-        if base.ndim != 2 or base.shape[1] != P or base.shape[0] == 0:
-            raise ValueError(f"base must be (seeds, problems) over the same {P} problems as mat, "
-                             f"got shape {base.shape}")
-
-    def draw(m, pj):
-        si = rng.integers(0, m.shape[0], size=(len(pj), m.shape[0]))          # (b, S)
-        return m[si[:, :, None], pj[:, None, :]].mean(axis=(1, 2))            # (b,)
-
-    means, step = np.empty(n_boot), max(1, 2_000_000 // (S * P))
-    for i in range(0, n_boot, step):
-        pj = rng.integers(0, P, size=(min(step, n_boot - i), P))                # (b, P)
-        means[i:i + len(pj)] = draw(mat, pj) - (draw(base, pj) if base is not None else 0.0)
-    lo, hi = np.percentile(means, [2.5, 97.5])
-    point = mat.mean() - (np.mean(base) if base is not None else 0.0)
-    return float(point), float(lo), float(hi)
-
-
-def paired_test(a, b, n_boot=10000, seed=0):
-    """b against a on paired values (same problems, or same seeds, in the same order):
-    delta = mean(b - a) with a bootstrap 95% CI, and the two-sided Wilcoxon signed-rank p.
-    Zero differences are dropped (Wilcoxon's convention): pairs that tie say nothing of
-    direction. All pairs tied -> p = 1."""
-    a, b = np.asarray(a, dtype=np.float64), np.asarray(b, dtype=np.float64)
-    if a.shape != b.shape or a.ndim != 1:
-        raise ValueError(f"paired_test needs two 1-d arrays of one length, got {a.shape} and {b.shape}")
-    try:
-        from scipy.stats import wilcoxon
-    except ImportError:
-        raise ImportError("paired_test needs scipy for the Wilcoxon signed-rank test: "
-                          "pip install scipy") from None
-    d = b - a
-    delta, lo, hi = bootstrap_ci(d, n_boot, seed)
-    p = float(wilcoxon(b, a).pvalue) if np.any(d != 0) else 1.0
-    return {"n": len(d), "mean_a": float(a.mean()), "mean_b": float(b.mean()),
-            "delta": delta, "lo": lo, "hi": hi, "p": p}
-
-
 # ---- one evaluation, resumable ------------------------------------------------------------
 def _sha(text):
     return hashlib.sha256(text.encode("utf-8")).hexdigest()[:16]
@@ -1176,16 +1097,17 @@ def summarize(task, rows, ks, n_boot=10000):
            "ks": list(ks), "n_correct": int(sum(r["c"] for r in rows)),
            "n_completions": int(sum(r["n"] for r in rows))}
     for k in ks:
-        mean, lo, hi = bootstrap_ci([pass_at_k(r["n"], r["c"], k) for r in rows], n_boot, seed=0)
+        mean, lo, hi = stats.bootstrap_ci([stats.pass_at_k(r["n"], r["c"], k) for r in rows], n_boot, seed=0)
         out[f"pass@{k}"] = {"mean": mean, "ci95": [lo, hi]}
         if rows and all("base" in r for r in rows):   # EvalPlus: the base tests alone, beside "+"
-            mean, lo, hi = bootstrap_ci([pass_at_k(r["n"], sum(r["base"]), k) for r in rows], n_boot, seed=0)
+            mean, lo, hi = stats.bootstrap_ci([stats.pass_at_k(r["n"], sum(r["base"]), k) for r in rows],
+                                              n_boot, seed=0)
             out[f"base_pass@{k}"] = {"mean": mean, "ci95": [lo, hi]}
     # the reference harness's own scores, beside ours: mean over samples, CI over problems
     for key in ("strict-match", "flexible-extract", "minerva_exact_match", "lm_eval_math_verify",
                 "math_verify"):
         if rows and all(key in r for r in rows):
-            mean, lo, hi = bootstrap_ci([float(np.mean(r[key])) for r in rows], n_boot, seed=0)
+            mean, lo, hi = stats.bootstrap_ci([float(np.mean(r[key])) for r in rows], n_boot, seed=0)
             out[key] = {"mean": mean, "ci95": [lo, hi]}
     iso = sorted({r["isolation"] for r in rows if r.get("isolation")})
     # what the sandbox could enforce (e.g. bubblewrap or rlimits only); None: nothing executed
@@ -1298,7 +1220,7 @@ def compare(run_dirs, baseline=None, ks=None, n_boot=10000, file=sys.stdout):
         tables[task] = {}
         for k in [k for k in task_ks if k <= n_min]:
             # per scheme: (seeds, problems) pass@k on the problems every run has
-            mats = {s: (sorted(seeds), np.array([[pass_at_k(*seeds[sd]["nc"][p], k) for p in common]
+            mats = {s: (sorted(seeds), np.array([[stats.pass_at_k(*seeds[sd]["nc"][p], k) for p in common]
                                                   for sd in sorted(seeds)]))
                     for s, seeds in schemes.items()}
             print(f"\n{task} pass@{k}: {len(common)} problems common to all {len(group)} runs; "
@@ -1309,7 +1231,7 @@ def compare(run_dirs, baseline=None, ks=None, n_boot=10000, file=sys.stdout):
             bseeds, bmat = mats[base]
             for s, (sds, mat) in mats.items():
                 per_problem = mat.mean(0)                              # (P,) mean over seeds
-                mean, lo, hi = bootstrap_ci(per_problem, n_boot)
+                mean, lo, hi = stats.bootstrap_ci(per_problem, n_boot)
                 per_seed = mat.mean(1)                                 # (S,)
                 sd = float(per_seed.std(ddof=1)) if len(sds) > 1 else float("nan")
                 row = {"scheme": s, "seeds": sds, "mean": mean, "ci95": [lo, hi], "sd_seeds": sd}
@@ -1317,19 +1239,19 @@ def compare(run_dirs, baseline=None, ks=None, n_boot=10000, file=sys.stdout):
                 if s == base:
                     line += ["(baseline)", "", ""]
                 else:
-                    dm, dlo, dhi = bootstrap_ci(per_problem - bmat.mean(0), n_boot)
+                    dm, dlo, dhi = stats.bootstrap_ci(per_problem - bmat.mean(0), n_boot)
                     row.update(delta=dm, delta_ci95=[dlo, dhi])
                     line.append(f"{dm:+.4f} [{dlo:+.4f}, {dhi:+.4f}]")
                     both = sorted(set(sds) & set(bseeds))   # seeds both schemes ran
                     if not have_scipy:
                         line += ["n/a", "n/a"]
                     else:
-                        row["p_problems"] = paired_test(bmat.mean(0), per_problem, n_boot)["p"]
+                        row["p_problems"] = stats.paired_test(bmat.mean(0), per_problem, n_boot)["p"]
                         line.append(f"{row['p_problems']:.3g}")
                         if len(both) >= 2:
                             a = [bmat[bseeds.index(x)].mean() for x in both]
                             b = [mat[sds.index(x)].mean() for x in both]
-                            row["p_seeds"] = paired_test(a, b, n_boot)["p"]
+                            row["p_seeds"] = stats.paired_test(a, b, n_boot)["p"]
                             line.append(f"{row['p_seeds']:.3g} (n={len(both)})")
                         else:
                             line.append(f"- (n={len(both)})")

@@ -14,6 +14,7 @@ import numpy as np
 import pytest
 
 import eval as E
+import stats
 
 
 # ---- pass@k ---------------------------------------------------------------------------------
@@ -26,56 +27,56 @@ def test_pass_at_k_matches_the_combinatorial_formula():
     for n in range(1, 13):
         for c in range(n + 1):
             for k in range(1, n + 1):
-                assert E.pass_at_k(n, c, k) == pytest.approx(comb_pass_at_k(n, c, k), abs=1e-12)
-    assert E.pass_at_k(10, 3, 1) == pytest.approx(0.3)      # pass@1 = c / n
-    assert E.pass_at_k(5, 0, 5) == 0.0 and E.pass_at_k(5, 1, 5) == 1.0
+                assert stats.pass_at_k(n, c, k) == pytest.approx(comb_pass_at_k(n, c, k), abs=1e-12)
+    assert stats.pass_at_k(10, 3, 1) == pytest.approx(0.3)      # pass@1 = c / n
+    assert stats.pass_at_k(5, 0, 5) == 0.0 and stats.pass_at_k(5, 1, 5) == 1.0
 
 
 def test_pass_at_k_stable_for_large_n():
     # C(1000, 500) ~ 1e299: the ratio of two such floats is how a naive version breaks
     for c, k in [(1, 1), (3, 100), (50, 10), (10, 500), (900, 100), (0, 1000), (1, 1000)]:
-        got = E.pass_at_k(1000, c, k)
+        got = stats.pass_at_k(1000, c, k)
         assert math.isfinite(got) and 0.0 <= got <= 1.0
         assert got == pytest.approx(comb_pass_at_k(1000, c, k), rel=1e-9, abs=1e-12)
 
 
 def test_pass_at_k_refuses_k_above_n():
     with pytest.raises(ValueError, match="k=5"):
-        E.pass_at_k(4, 1, 5)
+        stats.pass_at_k(4, 1, 5)
     with pytest.raises(ValueError):
-        E.pass_at_k(4, 5, 1)       # more correct than samples
+        stats.pass_at_k(4, 5, 1)       # more correct than samples
     with pytest.raises(ValueError):
-        E.pass_at_k(4, 1, 0)
+        stats.pass_at_k(4, 1, 0)
 
 
 # ---- bootstrap and paired tests ------------------------------------------------------------
 def test_bootstrap_ci_covers_the_mean_and_is_seeded():
     x = (np.random.default_rng(0).random(1000) < 0.3).astype(float)
-    mean, lo, hi = E.bootstrap_ci(x)
+    mean, lo, hi = stats.bootstrap_ci(x)
     assert lo < mean < hi and mean == pytest.approx(x.mean())
     # a Bernoulli mean's 95% interval is about +-1.96 * sqrt(p (1 - p) / n)
     assert hi - lo == pytest.approx(2 * 1.96 * math.sqrt(mean * (1 - mean) / len(x)), rel=0.1)
-    assert E.bootstrap_ci(x, seed=0) == (mean, lo, hi)
-    assert E.bootstrap_ci(x, seed=1) != (mean, lo, hi)
-    assert E.bootstrap_ci(np.full(50, 0.25)) == (0.25, 0.25, 0.25)
+    assert stats.bootstrap_ci(x, seed=0) == (mean, lo, hi)
+    assert stats.bootstrap_ci(x, seed=1) != (mean, lo, hi)
+    assert stats.bootstrap_ci(np.full(50, 0.25)) == (0.25, 0.25, 0.25)
     with pytest.raises(ValueError):
-        E.bootstrap_ci([])
+        stats.bootstrap_ci([])
 
 
 def test_paired_test_different_vs_identical():
     rng = np.random.default_rng(0)
     a = rng.random(200)
     b = a + 0.1 + 0.05 * rng.standard_normal(200)       # b clearly better, pair by pair
-    r = E.paired_test(a, b)
+    r = stats.paired_test(a, b)
     assert r["p"] < 1e-6 and r["n"] == 200
     assert r["delta"] == pytest.approx(0.1, abs=0.02) and 0 < r["lo"] < r["delta"] < r["hi"]
-    assert E.paired_test(b, a)["delta"] == pytest.approx(-r["delta"])
-    same = E.paired_test(a, a.copy())
+    assert stats.paired_test(b, a)["delta"] == pytest.approx(-r["delta"])
+    same = stats.paired_test(a, a.copy())
     assert same["p"] == 1.0 and same["delta"] == 0.0 and same["lo"] == same["hi"] == 0.0
-    noise = E.paired_test(a, a + 0.01 * rng.standard_normal(200))
+    noise = stats.paired_test(a, a + 0.01 * rng.standard_normal(200))
     assert noise["p"] > 0.01 and noise["lo"] < 0 < noise["hi"]
     with pytest.raises(ValueError):
-        E.paired_test(a, a[:10])
+        stats.paired_test(a, a[:10])
 
 
 # ---- GSM8K answers --------------------------------------------------------------------------
@@ -321,7 +322,7 @@ def test_without_scipy_says_so(gsm8k_problems, tmp_path, monkeypatch):
     monkeypatch.setitem(sys.modules, "scipy", None)          # import scipy -> ImportError
     monkeypatch.setitem(sys.modules, "scipy.stats", None)
     with pytest.raises(ImportError, match="pip install scipy"):
-        E.paired_test([0.0, 1.0], [1.0, 1.0])
+        stats.paired_test([0.0, 1.0], [1.0, 1.0])
     buf = io.StringIO()
     rows = E.compare(dirs, file=buf)["gsm8k"][1]
     assert "scipy is not installed" in buf.getvalue() and "n/a" in buf.getvalue()
@@ -332,19 +333,19 @@ def test_bootstrap_ci_seeds_holds_the_spread_between_seeds():
     # two seeds that solve every problem at 10% and 50%: no spread over problems at all, so
     # only resampling the seeds can widen the interval, and it must reach both seeds
     mat = np.array([[0.1] * 50, [0.5] * 50])
-    mean, lo, hi = E.bootstrap_ci_seeds(mat, n_boot=4000)
+    mean, lo, hi = stats.bootstrap_ci_seeds(mat, n_boot=4000)
     assert mean == pytest.approx(0.3)
     assert lo == pytest.approx(0.1) and hi == pytest.approx(0.5)
-    assert E.bootstrap_ci(mat.mean(0))[1:] == pytest.approx((0.3, 0.3))   # blind to seeds
+    assert stats.bootstrap_ci(mat.mean(0))[1:] == pytest.approx((0.3, 0.3))   # blind to seeds
     # one seed: the interval over problems alone, up to bootstrap noise
     rng = np.random.default_rng(0)
     one = rng.random((1, 300))
-    m1, lo1, hi1 = E.bootstrap_ci_seeds(one, n_boot=4000)
-    m2, lo2, hi2 = E.bootstrap_ci(one[0], n_boot=4000)
+    m1, lo1, hi1 = stats.bootstrap_ci_seeds(one, n_boot=4000)
+    m2, lo2, hi2 = stats.bootstrap_ci(one[0], n_boot=4000)
     assert m1 == pytest.approx(m2) and lo1 == pytest.approx(lo2, abs=0.01) and hi1 == pytest.approx(hi2, abs=0.01)
     # a difference: problems paired, so a constant gain per problem has a tight interval
     base = rng.random((3, 200)) * 0.5
-    d, dlo, dhi = E.bootstrap_ci_seeds(base + 0.2, base=base, n_boot=2000)
+    d, dlo, dhi = stats.bootstrap_ci_seeds(base + 0.2, base=base, n_boot=2000)
     assert d == pytest.approx(0.2) and dlo < 0.2 < dhi and dhi - dlo < 0.1
-    d0, lo0, hi0 = E.bootstrap_ci_seeds(base, base=base, n_boot=2000)
+    d0, lo0, hi0 = stats.bootstrap_ci_seeds(base, base=base, n_boot=2000)
     assert d0 == pytest.approx(0.0) and lo0 < 0 < hi0

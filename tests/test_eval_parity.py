@@ -17,6 +17,7 @@ import numpy as np
 import pytest
 
 import eval as E
+import stats
 
 WORKERS = max(2, os.cpu_count() or 1)
 
@@ -289,14 +290,14 @@ def test_presets_name_real_tasks_and_settings():
 # ---- the small defects ------------------------------------------------------------------------
 def test_pass_at_k_zero_k_message():
     with pytest.raises(ValueError, match="k >= 1, got k=0"):
-        E.pass_at_k(5, 2, 0)
+        stats.pass_at_k(5, 2, 0)
 
 
 def test_bootstrap_ci_seeds_refuses_other_problems():
     with pytest.raises(ValueError, match="same 10 problems"):
-        E.bootstrap_ci_seeds(np.zeros((2, 10)), base=np.zeros((2, 9)))
+        stats.bootstrap_ci_seeds(np.zeros((2, 10)), base=np.zeros((2, 9)))
     with pytest.raises(ValueError, match="same 10 problems"):
-        E.bootstrap_ci_seeds(np.zeros((2, 10)), base=np.zeros(10))
+        stats.bootstrap_ci_seeds(np.zeros((2, 10)), base=np.zeros(10))
 
 
 def test_offline_error_names_the_flag(monkeypatch):
