@@ -1,6 +1,7 @@
 """
-eval.py's numbers: pass@k, bootstrap CIs, paired tests, answer extraction and
-normalisation, resumable evaluation, the compare table. No sandbox, no downloads.
+The evaluation's numbers: pass@k, bootstrap CIs, paired tests (stats.py), answer extraction
+(tasks.py) and normalisation (graders.py), resumable evaluation and the compare table
+(eval.py). No sandbox, no downloads.
 
     python -m pytest tests/test_eval.py -q
 """
@@ -14,7 +15,9 @@ import numpy as np
 import pytest
 
 import eval as E
+import graders
 import stats
+import tasks
 
 
 # ---- pass@k ---------------------------------------------------------------------------------
@@ -98,30 +101,30 @@ def test_paired_test_different_vs_identical():
     ("", None),
 ])
 def test_gsm8k_extraction(text, want):
-    assert E.extract_gsm8k(text) == want
+    assert tasks.extract_gsm8k(text) == want
 
 
 def test_number_normalisation():
-    assert E.normalize_number("$1,000") == "1000"
-    assert E.normalize_number("18.0") == E.normalize_number("18") == "18"
-    assert E.normalize_number("2.50") == "2.5"
-    assert E.normalize_number("-0") == "0"
-    assert E.normalize_number("50%") == "50"
-    assert E.normalize_number("12.") == "12"
-    assert E.normalize_number("abc") is None
-    assert E.gsm8k_reference("blah <<2*3=6>>6\n#### 2,125") == "2125"
+    assert tasks.normalize_number("$1,000") == "1000"
+    assert tasks.normalize_number("18.0") == tasks.normalize_number("18") == "18"
+    assert tasks.normalize_number("2.50") == "2.5"
+    assert tasks.normalize_number("-0") == "0"
+    assert tasks.normalize_number("50%") == "50"
+    assert tasks.normalize_number("12.") == "12"
+    assert tasks.normalize_number("abc") is None
+    assert tasks.gsm8k_reference("blah <<2*3=6>>6\n#### 2,125") == "2125"
 
 
 # ---- MATH answers ---------------------------------------------------------------------------
 def test_last_boxed():
-    assert E.last_boxed(r"so $\boxed{\frac{1}{2}}$ and then $\boxed{\left( 3, \frac{\pi}{2} \right)}$.") \
+    assert tasks.last_boxed(r"so $\boxed{\frac{1}{2}}$ and then $\boxed{\left( 3, \frac{\pi}{2} \right)}$.") \
         == r"\left( 3, \frac{\pi}{2} \right)"
-    assert E.last_boxed(r"x = \fbox{5}") == "5"
-    assert E.last_boxed(r"$\boxed{a}$ then \fbox{\{1,2\}}") == r"\{1,2\}"
-    assert E.last_boxed(r"the answer is $\boxed 7$.") == "7"
-    assert E.last_boxed(r"unfinished \boxed{\frac{1}{2") is None     # cut off mid-answer
-    assert E.last_boxed("no box here") is None
-    assert E.extract_math("Final Answer: The final answer is $24$. I hope it is correct.") == "$24$"
+    assert tasks.last_boxed(r"x = \fbox{5}") == "5"
+    assert tasks.last_boxed(r"$\boxed{a}$ then \fbox{\{1,2\}}") == r"\{1,2\}"
+    assert tasks.last_boxed(r"the answer is $\boxed 7$.") == "7"
+    assert tasks.last_boxed(r"unfinished \boxed{\frac{1}{2") is None     # cut off mid-answer
+    assert tasks.last_boxed("no box here") is None
+    assert tasks.extract_math("Final Answer: The final answer is $24$. I hope it is correct.") == "$24$"
 
 
 MATH_EQUAL = [   # (model answer, reference) pairs that must match
@@ -150,28 +153,31 @@ MATH_DIFFERENT = [
 
 @pytest.mark.parametrize("a, b", MATH_EQUAL)
 def test_math_equivalent(a, b):
-    assert E.math_equal(a, b) and E.math_equal(b, a), (E.normalize_math(a), E.normalize_math(b))
+    assert graders.math_equal(a, b) and graders.math_equal(b, a), \
+        (graders.normalize_math(a), graders.normalize_math(b))
 
 
 @pytest.mark.parametrize("a, b", MATH_DIFFERENT)
 def test_math_not_equivalent(a, b):
-    assert not E.math_equal(a, b) and not E.math_equal(b, a), (E.normalize_math(a), E.normalize_math(b))
+    assert not graders.math_equal(a, b) and not graders.math_equal(b, a), \
+        (graders.normalize_math(a), graders.normalize_math(b))
 
 
 def test_math_no_answer_is_wrong():
-    assert not E.math_equal(None, "5")
+    assert not graders.math_equal(None, "5")
 
 
 # ---- stop sequences -------------------------------------------------------------------------
 def test_truncate_at_the_earliest_stop():
-    stop = E.TASKS["humaneval"]["stop"]
+    stop = tasks.TASKS["humaneval"]["stop"]
     body = "    return x + 1\n"
-    assert E.truncate(body + "\ndef other():\n    pass\n", stop) == body
-    assert E.truncate(body + "\n#test\nif x:\n", stop) == body
-    assert E.truncate(body + "<|endoftext|>junk", stop) == body
-    assert E.truncate(body, stop) == body
+    assert tasks.truncate(body + "\ndef other():\n    pass\n", stop) == body
+    assert tasks.truncate(body + "\n#test\nif x:\n", stop) == body
+    assert tasks.truncate(body + "<|endoftext|>junk", stop) == body
+    assert tasks.truncate(body, stop) == body
     # lm-eval gsm8k_cot's until: "Q:" (not a blank line), so the blank line stays
-    assert E.truncate("A: 5. The answer is 5.\n\nQ: more", E.TASKS["gsm8k"]["stop"]) == "A: 5. The answer is 5.\n\n"
+    assert tasks.truncate("A: 5. The answer is 5.\n\nQ: more", tasks.TASKS["gsm8k"]["stop"]) == \
+        "A: 5. The answer is 5.\n\n"
 
 
 # ---- evaluate_task: results, summary, resume --------------------------------------------------
@@ -185,7 +191,7 @@ def gsm8k_problems(tmp_path):
     with open(path, "w") as f:
         for q, ans in QUESTIONS:
             f.write(json.dumps({"question": q, "answer": f"He has <<x>>{ans} apples.\n#### {ans}"}) + "\n")
-    return E.load_task("gsm8k", str(tmp_path))
+    return tasks.load_task("gsm8k", str(tmp_path))
 
 
 def answer_of(prompt):
@@ -197,7 +203,7 @@ def fake_generate(calls, fail_on=()):
     """Sample i of a problem is right when i is even; the tail past a stop sequence is junk
     the scorer must never see."""
     def generate(prompts, *, n, temperature, top_p, max_new_tokens, stop):
-        assert stop == E.TASKS["gsm8k"]["stop"] and max_new_tokens == 64
+        assert stop == tasks.TASKS["gsm8k"]["stop"] and max_new_tokens == 64
         calls.extend(prompts)
         out = []
         for p in prompts:
@@ -307,9 +313,9 @@ def test_offline_hub_loading_names_the_local_alternative(monkeypatch):
     monkeypatch.setenv("HF_DATASETS_OFFLINE", "1")
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     with pytest.raises(RuntimeError, match="--path"):
-        E.load_task("gsm8k")
+        tasks.load_task("gsm8k")
     with pytest.raises(ValueError, match="unknown task"):
-        E.load_task("gsm9k")
+        tasks.load_task("gsm9k")
 
 
 def test_without_scipy_says_so(gsm8k_problems, tmp_path, monkeypatch):
