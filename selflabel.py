@@ -1,6 +1,6 @@
 """
 Self-labelled samples, the "verifiable" in Verifiable Critic: sample a model on a task's
-training problems and label every completion by the task's own checker (eval.score_batch:
+training problems and label every completion by the task's own checker (graders.score_batch:
 the sandboxed tests for code, answer equivalence for maths), so the critic learns from
 correct *and* incorrect solutions of the model it will weight.
 
@@ -27,12 +27,13 @@ import time
 
 import eval as ev
 import sources
+import tasks
 
 
 def task_problems(task, path=None, limit=None):
-    """The training problems of a task, with what eval.score_batch needs to check them."""
+    """The training problems of a task, with what graders.score_batch needs to check them."""
     if task == "tinycode":
-        problems = ev.load_tinycode(path or os.path.join("data_cache", "tinycode", "train"))
+        problems = tasks.load_tinycode(path or os.path.join("data_cache", "tinycode", "train"))
     elif task in ("mbpp", "gsm8k", "math", "code_contests"):
         problems = []
         for p, _ in sources.SOURCES[task](path=path, split="train"):
@@ -80,7 +81,7 @@ def selflabel(task, problems, model, enc, out_dir, *, model_id, n=8, temperature
     from tqdm import tqdm
     os.makedirs(out_dir, exist_ok=True)
     settings = {"n": n, "temperature": temperature, "top_p": top_p,
-                "max_new_tokens": max_new_tokens, "seed": seed, "stop": ev.TASKS[task]["stop"]}
+                "max_new_tokens": max_new_tokens, "seed": seed, "stop": tasks.TASKS[task]["stop"]}
     run = {"task": task, "model": model_id, "settings": settings}
     path = os.path.join(out_dir, "selflabel.json")
     if os.path.exists(path):

@@ -2,10 +2,10 @@
 Real training data: code and maths sources, decontamination, mixtures (data.py writes them).
 
 Each source is one function in SOURCES that yields (problem, samples) per problem:
-    problem  {task, problem_id, prompt, text, ...what eval.score_batch needs to check it}
+    problem  {task, problem_id, prompt, text, ...what graders.score_batch needs to check it}
     samples  [{problem_id, prompt, completion, is_correct, source}]
 so the same iterator feeds the prepared dataset (the samples) and self-labelling (the
-problems: selflabel.py samples a model on them and labels by eval's checkers).
+problems: selflabel.py samples a model on them and labels by graders.py's checkers).
 
     python data.py --dataset=gsm8k,mbpp --path=../shared/data/gsm8k,../shared/data/mbpp/mbpp.jsonl \
         --decontam=humaneval,mbpp=../shared/data/mbpp/mbpp.jsonl,gsm8k=../shared/data/gsm8k \
@@ -36,7 +36,7 @@ from collections import Counter
 
 import numpy as np
 
-import eval as ev
+import tasks
 
 PARQUET, JSONL = (".parquet",), (".jsonl", ".jsonl.gz", ".json")
 
@@ -66,7 +66,7 @@ def file_rows(path):
         for batch in pq.ParquetFile(path).iter_batches(batch_size=256):
             yield from batch.to_pylist()
     elif path.endswith(".json"):
-        yield from ev.read_jsonl(path)   # one JSON array (sanitized MBPP)
+        yield from tasks.read_jsonl(path)   # one JSON array (sanitized MBPP)
     else:
         import gzip
         with (gzip.open if path.endswith(".gz") else open)(path, "rt", encoding="utf-8") as f:
@@ -143,7 +143,7 @@ def code_contests(path=None, split="train", seed=0, info=None, languages=(3,),
     n = info.setdefault("counts", Counter())
     for r in rows:
         n["rows"] += 1
-        prompt = ev.TASKS["code_contests"]["prompt"].format(description=r["description"].strip())
+        prompt = tasks.TASKS["code_contests"]["prompt"].format(description=r["description"].strip())
         if prompt_tests:
             pub = r.get("public_tests") or {"input": [], "output": []}
             prompt = prompt[:-4] + "".join(f"\nInput:\n{i}Output:\n{o}" for i, o in
@@ -172,7 +172,7 @@ def code_contests(path=None, split="train", seed=0, info=None, languages=(3,),
                 texts = rng.sample(texts, cap)
             samples += [{"problem_id": r["name"], "prompt": prompt, "completion": t,
                          "is_correct": bool(label), "source": "code_contests"} for t in texts]
-        tests, limit = ev.code_contests_tests(r)          # the checker's fields, as eval reads them
+        tests, limit = tasks.code_contests_tests(r)   # the checker's fields, as tasks.py reads them
         problem = {"task": "code_contests", "problem_id": r["name"], "prompt": prompt,
                    "text": r["description"], "tests": tests, "time_limit": limit,
                    "n_generated_tests": len((r.get("generated_tests") or {"input": []})["input"])}
@@ -200,7 +200,7 @@ def mbpp(path=None, split="train", seed=0, info=None, revision=None):
         text, tests = r["text"], list(r["test_list"])
         problem = {"task": "mbpp", "problem_id": f"mbpp/{r['task_id']}", "text": text,
                    "test_list": tests, "setup": r.get("test_setup_code") or "",
-                   "prompt": ev.TASKS["mbpp"]["prompt"].format(text=text, first_test=tests[0])}
+                   "prompt": tasks.TASKS["mbpp"]["prompt"].format(text=text, first_test=tests[0])}
         # MBPP's code has Windows line ends; a model should not learn to write \r
         code = r["code"].replace("\r\n", "\n").strip("\n") + "\n"
         yield problem, [{"problem_id": problem["problem_id"], "prompt": problem["prompt"],
@@ -224,7 +224,7 @@ def gsm8k(path=None, split="train", seed=0, info=None, revision=None):
         pid = f"gsm8k-{split}/{i}"
         prompt = GSM8K_PROMPT.format(question=r["question"])
         problem = {"task": "gsm8k", "problem_id": pid, "prompt": prompt, "text": r["question"],
-                   "answer": ev.gsm8k_reference(r["answer"]), "reference": r["answer"]}
+                   "answer": tasks.gsm8k_reference(r["answer"]), "reference": r["answer"]}
         completion = " " + re.sub(r"<<[^>]*>>", "", r["answer"]).strip() + "\n"
         yield problem, [{"problem_id": pid, "prompt": prompt, "completion": completion,
                          "is_correct": True, "source": "gsm8k"}]
@@ -244,13 +244,13 @@ def math(path=None, split="train", seed=0, info=None, revision=None):
         rows, info["provenance"] = read_rows(None, None, split, path, "problem, level, type, solution")
     else:
         parts = [read_rows("EleutherAI/hendrycks_math", s, split, None, "problem, level, type, solution",
-                           revision) for s in ev.MATH_SUBJECTS]
+                           revision) for s in tasks.MATH_SUBJECTS]
         rows = (r for it, _ in parts for r in it)
         info["provenance"] = [p for _, p in parts]
     n = info.setdefault("counts", Counter())
     for i, r in enumerate(rows):
         n["rows"] += 1
-        answer = ev.last_boxed(r["solution"])
+        answer = tasks.last_boxed(r["solution"])
         if answer is None:
             n["skipped_no_boxed_answer"] += 1
             continue
@@ -520,7 +520,7 @@ def eval_texts(spec):
                          for r in read_rows("deepmind/code_contests", None, s, path or None, CC_SCHEMA)[0]]
             else:
                 texts = [{"text": p[EVAL_TEXT[name]], "tests": eval_asserts(p)} if name in ("mbpp", "humaneval")
-                         else p[EVAL_TEXT[name]] for p in ev.load_task(name, path or None)]
+                         else p[EVAL_TEXT[name]] for p in tasks.load_task(name, path or None)]
         except (RuntimeError, FileNotFoundError) as e:
             raise RuntimeError(f"decontamination needs the {name} evaluation set: {e}. Give its "
                                f"local file as --decontam=...,{name}=PATH, or leave {name} out "

@@ -1,6 +1,7 @@
 """
-eval.py's numbers: pass@k, bootstrap CIs, paired tests, answer extraction and
-normalisation, resumable evaluation, the compare table. No sandbox, no downloads.
+The evaluation's numbers: pass@k, bootstrap CIs, paired tests (stats.py), answer extraction
+(tasks.py) and normalisation (graders.py), resumable evaluation and the compare table
+(eval.py). No sandbox, no downloads.
 
     python -m pytest tests/test_eval.py -q
 """
@@ -14,6 +15,9 @@ import numpy as np
 import pytest
 
 import eval as E
+import graders
+import stats
+import tasks
 
 
 # ---- pass@k ---------------------------------------------------------------------------------
@@ -26,56 +30,56 @@ def test_pass_at_k_matches_the_combinatorial_formula():
     for n in range(1, 13):
         for c in range(n + 1):
             for k in range(1, n + 1):
-                assert E.pass_at_k(n, c, k) == pytest.approx(comb_pass_at_k(n, c, k), abs=1e-12)
-    assert E.pass_at_k(10, 3, 1) == pytest.approx(0.3)      # pass@1 = c / n
-    assert E.pass_at_k(5, 0, 5) == 0.0 and E.pass_at_k(5, 1, 5) == 1.0
+                assert stats.pass_at_k(n, c, k) == pytest.approx(comb_pass_at_k(n, c, k), abs=1e-12)
+    assert stats.pass_at_k(10, 3, 1) == pytest.approx(0.3)      # pass@1 = c / n
+    assert stats.pass_at_k(5, 0, 5) == 0.0 and stats.pass_at_k(5, 1, 5) == 1.0
 
 
 def test_pass_at_k_stable_for_large_n():
     # C(1000, 500) ~ 1e299: the ratio of two such floats is how a naive version breaks
     for c, k in [(1, 1), (3, 100), (50, 10), (10, 500), (900, 100), (0, 1000), (1, 1000)]:
-        got = E.pass_at_k(1000, c, k)
+        got = stats.pass_at_k(1000, c, k)
         assert math.isfinite(got) and 0.0 <= got <= 1.0
         assert got == pytest.approx(comb_pass_at_k(1000, c, k), rel=1e-9, abs=1e-12)
 
 
 def test_pass_at_k_refuses_k_above_n():
     with pytest.raises(ValueError, match="k=5"):
-        E.pass_at_k(4, 1, 5)
+        stats.pass_at_k(4, 1, 5)
     with pytest.raises(ValueError):
-        E.pass_at_k(4, 5, 1)       # more correct than samples
+        stats.pass_at_k(4, 5, 1)       # more correct than samples
     with pytest.raises(ValueError):
-        E.pass_at_k(4, 1, 0)
+        stats.pass_at_k(4, 1, 0)
 
 
 # ---- bootstrap and paired tests ------------------------------------------------------------
 def test_bootstrap_ci_covers_the_mean_and_is_seeded():
     x = (np.random.default_rng(0).random(1000) < 0.3).astype(float)
-    mean, lo, hi = E.bootstrap_ci(x)
+    mean, lo, hi = stats.bootstrap_ci(x)
     assert lo < mean < hi and mean == pytest.approx(x.mean())
     # a Bernoulli mean's 95% interval is about +-1.96 * sqrt(p (1 - p) / n)
     assert hi - lo == pytest.approx(2 * 1.96 * math.sqrt(mean * (1 - mean) / len(x)), rel=0.1)
-    assert E.bootstrap_ci(x, seed=0) == (mean, lo, hi)
-    assert E.bootstrap_ci(x, seed=1) != (mean, lo, hi)
-    assert E.bootstrap_ci(np.full(50, 0.25)) == (0.25, 0.25, 0.25)
+    assert stats.bootstrap_ci(x, seed=0) == (mean, lo, hi)
+    assert stats.bootstrap_ci(x, seed=1) != (mean, lo, hi)
+    assert stats.bootstrap_ci(np.full(50, 0.25)) == (0.25, 0.25, 0.25)
     with pytest.raises(ValueError):
-        E.bootstrap_ci([])
+        stats.bootstrap_ci([])
 
 
 def test_paired_test_different_vs_identical():
     rng = np.random.default_rng(0)
     a = rng.random(200)
     b = a + 0.1 + 0.05 * rng.standard_normal(200)       # b clearly better, pair by pair
-    r = E.paired_test(a, b)
+    r = stats.paired_test(a, b)
     assert r["p"] < 1e-6 and r["n"] == 200
     assert r["delta"] == pytest.approx(0.1, abs=0.02) and 0 < r["lo"] < r["delta"] < r["hi"]
-    assert E.paired_test(b, a)["delta"] == pytest.approx(-r["delta"])
-    same = E.paired_test(a, a.copy())
+    assert stats.paired_test(b, a)["delta"] == pytest.approx(-r["delta"])
+    same = stats.paired_test(a, a.copy())
     assert same["p"] == 1.0 and same["delta"] == 0.0 and same["lo"] == same["hi"] == 0.0
-    noise = E.paired_test(a, a + 0.01 * rng.standard_normal(200))
+    noise = stats.paired_test(a, a + 0.01 * rng.standard_normal(200))
     assert noise["p"] > 0.01 and noise["lo"] < 0 < noise["hi"]
     with pytest.raises(ValueError):
-        E.paired_test(a, a[:10])
+        stats.paired_test(a, a[:10])
 
 
 # ---- GSM8K answers --------------------------------------------------------------------------
@@ -97,30 +101,30 @@ def test_paired_test_different_vs_identical():
     ("", None),
 ])
 def test_gsm8k_extraction(text, want):
-    assert E.extract_gsm8k(text) == want
+    assert tasks.extract_gsm8k(text) == want
 
 
 def test_number_normalisation():
-    assert E.normalize_number("$1,000") == "1000"
-    assert E.normalize_number("18.0") == E.normalize_number("18") == "18"
-    assert E.normalize_number("2.50") == "2.5"
-    assert E.normalize_number("-0") == "0"
-    assert E.normalize_number("50%") == "50"
-    assert E.normalize_number("12.") == "12"
-    assert E.normalize_number("abc") is None
-    assert E.gsm8k_reference("blah <<2*3=6>>6\n#### 2,125") == "2125"
+    assert tasks.normalize_number("$1,000") == "1000"
+    assert tasks.normalize_number("18.0") == tasks.normalize_number("18") == "18"
+    assert tasks.normalize_number("2.50") == "2.5"
+    assert tasks.normalize_number("-0") == "0"
+    assert tasks.normalize_number("50%") == "50"
+    assert tasks.normalize_number("12.") == "12"
+    assert tasks.normalize_number("abc") is None
+    assert tasks.gsm8k_reference("blah <<2*3=6>>6\n#### 2,125") == "2125"
 
 
 # ---- MATH answers ---------------------------------------------------------------------------
 def test_last_boxed():
-    assert E.last_boxed(r"so $\boxed{\frac{1}{2}}$ and then $\boxed{\left( 3, \frac{\pi}{2} \right)}$.") \
+    assert tasks.last_boxed(r"so $\boxed{\frac{1}{2}}$ and then $\boxed{\left( 3, \frac{\pi}{2} \right)}$.") \
         == r"\left( 3, \frac{\pi}{2} \right)"
-    assert E.last_boxed(r"x = \fbox{5}") == "5"
-    assert E.last_boxed(r"$\boxed{a}$ then \fbox{\{1,2\}}") == r"\{1,2\}"
-    assert E.last_boxed(r"the answer is $\boxed 7$.") == "7"
-    assert E.last_boxed(r"unfinished \boxed{\frac{1}{2") is None     # cut off mid-answer
-    assert E.last_boxed("no box here") is None
-    assert E.extract_math("Final Answer: The final answer is $24$. I hope it is correct.") == "$24$"
+    assert tasks.last_boxed(r"x = \fbox{5}") == "5"
+    assert tasks.last_boxed(r"$\boxed{a}$ then \fbox{\{1,2\}}") == r"\{1,2\}"
+    assert tasks.last_boxed(r"the answer is $\boxed 7$.") == "7"
+    assert tasks.last_boxed(r"unfinished \boxed{\frac{1}{2") is None     # cut off mid-answer
+    assert tasks.last_boxed("no box here") is None
+    assert tasks.extract_math("Final Answer: The final answer is $24$. I hope it is correct.") == "$24$"
 
 
 MATH_EQUAL = [   # (model answer, reference) pairs that must match
@@ -149,28 +153,31 @@ MATH_DIFFERENT = [
 
 @pytest.mark.parametrize("a, b", MATH_EQUAL)
 def test_math_equivalent(a, b):
-    assert E.math_equal(a, b) and E.math_equal(b, a), (E.normalize_math(a), E.normalize_math(b))
+    assert graders.math_equal(a, b) and graders.math_equal(b, a), \
+        (graders.normalize_math(a), graders.normalize_math(b))
 
 
 @pytest.mark.parametrize("a, b", MATH_DIFFERENT)
 def test_math_not_equivalent(a, b):
-    assert not E.math_equal(a, b) and not E.math_equal(b, a), (E.normalize_math(a), E.normalize_math(b))
+    assert not graders.math_equal(a, b) and not graders.math_equal(b, a), \
+        (graders.normalize_math(a), graders.normalize_math(b))
 
 
 def test_math_no_answer_is_wrong():
-    assert not E.math_equal(None, "5")
+    assert not graders.math_equal(None, "5")
 
 
 # ---- stop sequences -------------------------------------------------------------------------
 def test_truncate_at_the_earliest_stop():
-    stop = E.TASKS["humaneval"]["stop"]
+    stop = tasks.TASKS["humaneval"]["stop"]
     body = "    return x + 1\n"
-    assert E.truncate(body + "\ndef other():\n    pass\n", stop) == body
-    assert E.truncate(body + "\n#test\nif x:\n", stop) == body
-    assert E.truncate(body + "<|endoftext|>junk", stop) == body
-    assert E.truncate(body, stop) == body
+    assert tasks.truncate(body + "\ndef other():\n    pass\n", stop) == body
+    assert tasks.truncate(body + "\n#test\nif x:\n", stop) == body
+    assert tasks.truncate(body + "<|endoftext|>junk", stop) == body
+    assert tasks.truncate(body, stop) == body
     # lm-eval gsm8k_cot's until: "Q:" (not a blank line), so the blank line stays
-    assert E.truncate("A: 5. The answer is 5.\n\nQ: more", E.TASKS["gsm8k"]["stop"]) == "A: 5. The answer is 5.\n\n"
+    assert tasks.truncate("A: 5. The answer is 5.\n\nQ: more", tasks.TASKS["gsm8k"]["stop"]) == \
+        "A: 5. The answer is 5.\n\n"
 
 
 # ---- evaluate_task: results, summary, resume --------------------------------------------------
@@ -184,7 +191,7 @@ def gsm8k_problems(tmp_path):
     with open(path, "w") as f:
         for q, ans in QUESTIONS:
             f.write(json.dumps({"question": q, "answer": f"He has <<x>>{ans} apples.\n#### {ans}"}) + "\n")
-    return E.load_task("gsm8k", str(tmp_path))
+    return tasks.load_task("gsm8k", str(tmp_path))
 
 
 def answer_of(prompt):
@@ -196,7 +203,7 @@ def fake_generate(calls, fail_on=()):
     """Sample i of a problem is right when i is even; the tail past a stop sequence is junk
     the scorer must never see."""
     def generate(prompts, *, n, temperature, top_p, max_new_tokens, stop):
-        assert stop == E.TASKS["gsm8k"]["stop"] and max_new_tokens == 64
+        assert stop == tasks.TASKS["gsm8k"]["stop"] and max_new_tokens == 64
         calls.extend(prompts)
         out = []
         for p in prompts:
@@ -306,9 +313,9 @@ def test_offline_hub_loading_names_the_local_alternative(monkeypatch):
     monkeypatch.setenv("HF_DATASETS_OFFLINE", "1")
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     with pytest.raises(RuntimeError, match="--path"):
-        E.load_task("gsm8k")
+        tasks.load_task("gsm8k")
     with pytest.raises(ValueError, match="unknown task"):
-        E.load_task("gsm9k")
+        tasks.load_task("gsm9k")
 
 
 def test_without_scipy_says_so(gsm8k_problems, tmp_path, monkeypatch):
@@ -321,7 +328,7 @@ def test_without_scipy_says_so(gsm8k_problems, tmp_path, monkeypatch):
     monkeypatch.setitem(sys.modules, "scipy", None)          # import scipy -> ImportError
     monkeypatch.setitem(sys.modules, "scipy.stats", None)
     with pytest.raises(ImportError, match="pip install scipy"):
-        E.paired_test([0.0, 1.0], [1.0, 1.0])
+        stats.paired_test([0.0, 1.0], [1.0, 1.0])
     buf = io.StringIO()
     rows = E.compare(dirs, file=buf)["gsm8k"][1]
     assert "scipy is not installed" in buf.getvalue() and "n/a" in buf.getvalue()
@@ -332,19 +339,19 @@ def test_bootstrap_ci_seeds_holds_the_spread_between_seeds():
     # two seeds that solve every problem at 10% and 50%: no spread over problems at all, so
     # only resampling the seeds can widen the interval, and it must reach both seeds
     mat = np.array([[0.1] * 50, [0.5] * 50])
-    mean, lo, hi = E.bootstrap_ci_seeds(mat, n_boot=4000)
+    mean, lo, hi = stats.bootstrap_ci_seeds(mat, n_boot=4000)
     assert mean == pytest.approx(0.3)
     assert lo == pytest.approx(0.1) and hi == pytest.approx(0.5)
-    assert E.bootstrap_ci(mat.mean(0))[1:] == pytest.approx((0.3, 0.3))   # blind to seeds
+    assert stats.bootstrap_ci(mat.mean(0))[1:] == pytest.approx((0.3, 0.3))   # blind to seeds
     # one seed: the interval over problems alone, up to bootstrap noise
     rng = np.random.default_rng(0)
     one = rng.random((1, 300))
-    m1, lo1, hi1 = E.bootstrap_ci_seeds(one, n_boot=4000)
-    m2, lo2, hi2 = E.bootstrap_ci(one[0], n_boot=4000)
+    m1, lo1, hi1 = stats.bootstrap_ci_seeds(one, n_boot=4000)
+    m2, lo2, hi2 = stats.bootstrap_ci(one[0], n_boot=4000)
     assert m1 == pytest.approx(m2) and lo1 == pytest.approx(lo2, abs=0.01) and hi1 == pytest.approx(hi2, abs=0.01)
     # a difference: problems paired, so a constant gain per problem has a tight interval
     base = rng.random((3, 200)) * 0.5
-    d, dlo, dhi = E.bootstrap_ci_seeds(base + 0.2, base=base, n_boot=2000)
+    d, dlo, dhi = stats.bootstrap_ci_seeds(base + 0.2, base=base, n_boot=2000)
     assert d == pytest.approx(0.2) and dlo < 0.2 < dhi and dhi - dlo < 0.1
-    d0, lo0, hi0 = E.bootstrap_ci_seeds(base, base=base, n_boot=2000)
+    d0, lo0, hi0 = stats.bootstrap_ci_seeds(base, base=base, n_boot=2000)
     assert d0 == pytest.approx(0.0) and lo0 < 0 < hi0

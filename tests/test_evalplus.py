@@ -19,6 +19,8 @@ import pytest
 
 import eval as E
 import evalplus_harness
+import graders
+import tasks
 
 WORKERS = max(2, os.cpu_count() or 1)
 
@@ -134,13 +136,13 @@ def data(tmp_path_factory):
     d = tmp_path_factory.mktemp("evalplus")
     files = {"humaneval+": write_jsonl_gz(d / "HumanEvalPlus.jsonl.gz", he_rows()),
              "mbpp+": write_jsonl_gz(d / "MbppPlus.jsonl.gz", [dict(r, contract="") for r in MBPP_ROWS])}
-    problems = {p["problem_id"]: p for task, f in files.items() for p in E.load_task(task, f)}
+    problems = {p["problem_id"]: p for task, f in files.items() for p in tasks.load_task(task, f)}
     items = [(problems[pid], problems[pid]["reference"] if c is None else c)
              for pid, c, _, _ in CASES + FIND_ZERO]
     ours = [None] * len(items)
     for task in files:
         mine = [i for i, (p, _) in enumerate(items) if p["task"] == task]
-        for i, r in zip(mine, E.score_batch(task, [items[i] for i in mine], workers=WORKERS)):
+        for i, r in zip(mine, graders.score_batch(task, [items[i] for i in mine], workers=WORKERS)):
             ours[i] = r
     return files, problems, items, ours
 
@@ -170,7 +172,7 @@ def test_verdicts_equal_evalplus_on_the_same_completions(data, monkeypatch, tmp_
         assert repr(problems[pid]["base_input"]) == repr(p["base_input"])
         assert repr(problems[pid]["plus_input"]) == repr(p["plus_input"])
     for (p, completion), r in zip(items, ours):
-        dataset = E.EVALPLUS_RELEASES[p["task"]]["dataset"]
+        dataset = tasks.EVALPLUS_RELEASES[p["task"]]["dataset"]
         # what evalplus's codegen writes as the solution: the stripped prompt + "\n" + completion
         res = ev.check_correctness(dataset, 0, theirs[dataset][p["problem_id"]], p["prompt"] + completion,
                                    truth[dataset][p["problem_id"]], fast_check=True)
@@ -226,7 +228,7 @@ def test_evaluate_task_cuts_at_evalplus_stops_and_records_base(data, tmp_path):
                             "def text_match_three(text):\n    return None\n"]}
 
     def generate(prompts, *, n, temperature, top_p, max_new_tokens, stop):
-        assert stop == E.TASKS["mbpp+"]["stop"] and max_new_tokens == 768 and temperature == 0.0
+        assert stop == tasks.TASKS["mbpp+"]["stop"] and max_new_tokens == 768 and temperature == 0.0
         return [answers[by_prompt[p]][:n] for p in prompts]
 
     probs = [problems["Mbpp/2"], problems["Mbpp/787"]]
@@ -246,9 +248,9 @@ def test_prompt_and_inputs_as_evalplus_gives_them(data):
     assert p["prompt"] == MBPP_ROWS[0]["prompt"].strip() + "\n" and p["entry_point"] == "similar_elements"
     assert p["base_input"][0] == [(3, 4, 5, 6), (5, 7, 4, 10)]      # json lists -> tuples
     assert problems["HumanEval/2"]["prompt"].endswith('"""\n')
-    stop = E.TASKS["humaneval+"]["stop"]
-    assert E.truncate("    return 1\n\ndef g():\n", stop) == "    return 1\n"
-    assert E.truncate("    return 1\nassert f() == 1\n", E.TASKS["mbpp+"]["stop"]) == "    return 1"
+    stop = tasks.TASKS["humaneval+"]["stop"]
+    assert tasks.truncate("    return 1\n\ndef g():\n", stop) == "    return 1\n"
+    assert tasks.truncate("    return 1\nassert f() == 1\n", tasks.TASKS["mbpp+"]["stop"]) == "    return 1"
     assert E.PRESETS["humaneval+-greedy"]["max_new_tokens"] == 768
 
 
@@ -260,10 +262,10 @@ SHARED = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))
 @pytest.mark.slow
 @pytest.mark.parametrize("task, n", [("humaneval+", 164), ("mbpp+", 378)])
 def test_selfcheck_on_the_real_release(task, n):
-    rel = E.EVALPLUS_RELEASES[task]
+    rel = tasks.EVALPLUS_RELEASES[task]
     shared = os.path.join(SHARED, f"{rel['name']}-{rel['version']}.jsonl.gz")
     try:
-        path = shared if os.path.exists(shared) else E.evalplus_file(task)
+        path = shared if os.path.exists(shared) else tasks.evalplus_file(task)
     except FileNotFoundError as e:
         pytest.skip(f"{e} (or put the .jsonl.gz in {SHARED})")
     assert E.selfcheck(task, path, workers=WORKERS) == (n, n, [])
@@ -275,23 +277,23 @@ def test_missing_data_is_an_error_that_says_what_to_do(tmp_path, monkeypatch):
     monkeypatch.delenv("MBPP_OVERRIDE_PATH", raising=False)
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))
     with pytest.raises(FileNotFoundError) as e:
-        E.load_task("humaneval+")
+        tasks.load_task("humaneval+")
     msg = str(e.value)
     for part in ("https://github.com/evalplus/humanevalplus_release/releases/download/v0.1.10/"
                  "HumanEvalPlus.jsonl.gz", "--path", "HUMANEVAL_OVERRIDE_PATH",
                  str(tmp_path / "evalplus" / "HumanEvalPlus-v0.1.10.jsonl")):
         assert part in msg
     with pytest.raises(FileNotFoundError, match="MbppPlus.*v0.2.0.*mbppplus_release/releases/download/v0.2.0"):
-        E.load_task("mbpp+")
+        tasks.load_task("mbpp+")
     (tmp_path / "evalplus").mkdir()
     (tmp_path / "evalplus" / "MbppPlus-v0.1.0.jsonl").write_text("")
     with pytest.raises(FileNotFoundError, match="other versions \\(MbppPlus-v0.1.0.jsonl\\)"):
-        E.load_task("mbpp+")
+        tasks.load_task("mbpp+")
     with pytest.raises(FileNotFoundError, match="--path names .*nothere.jsonl, which is not a file"):
-        E.load_task("mbpp+", str(tmp_path / "nothere.jsonl"))
+        tasks.load_task("mbpp+", str(tmp_path / "nothere.jsonl"))
     monkeypatch.setenv("MBPP_OVERRIDE_PATH", str(tmp_path / "gone.jsonl"))
     with pytest.raises(FileNotFoundError, match="MBPP_OVERRIDE_PATH names"):
-        E.load_task("mbpp+")
+        tasks.load_task("mbpp+")
 
 
 def test_cli_without_data_says_so(tmp_path, monkeypatch, capsys):
@@ -308,15 +310,15 @@ def test_data_found_where_evalplus_keeps_it(tmp_path, monkeypatch):
     (tmp_path / "evalplus").mkdir()
     with open(tmp_path / "evalplus" / "MbppPlus-v0.2.0.jsonl", "w") as f:   # evalplus's cache: unzipped
         f.write(json.dumps(rows[0]) + "\n")
-    assert [p["problem_id"] for p in E.load_task("mbpp+")] == ["Mbpp/581"]
+    assert [p["problem_id"] for p in tasks.load_task("mbpp+")] == ["Mbpp/581"]
     monkeypatch.setenv("MBPP_OVERRIDE_PATH", write_jsonl_gz(tmp_path / "o.jsonl.gz", [dict(MBPP_ROWS[3])]))
-    assert [p["problem_id"] for p in E.load_task("mbpp+")] == ["Mbpp/787"]
+    assert [p["problem_id"] for p in tasks.load_task("mbpp+")] == ["Mbpp/787"]
 
 
 def test_a_row_without_evalplus_fields_is_an_error(tmp_path):
     row = {k: v for k, v in MBPP_ROWS[0].items() if k != "plus_input"}
     with pytest.raises(ValueError, match="Mbpp/2 has no plus_input"):
-        E.load_task("mbpp+", write_jsonl_gz(tmp_path / "m.jsonl.gz", [row]))
+        tasks.load_task("mbpp+", write_jsonl_gz(tmp_path / "m.jsonl.gz", [row]))
 
 
 # ---- the comparison, against numpy and evalplus's own conversion ----------------------------
@@ -360,7 +362,7 @@ def test_mbpp_input_conversion_is_evalplus_own():
                 want = mbpp.mbpp_deserialize_inputs(f"Mbpp/{n}", json.loads(json.dumps(inputs)))
             except Exception:
                 continue
-            got = E.mbpp_plus_inputs(f"Mbpp/{n}", json.loads(json.dumps(inputs)))
+            got = tasks.mbpp_plus_inputs(f"Mbpp/{n}", json.loads(json.dumps(inputs)))
             assert repr(got) == repr(want), (n, inputs)
             compared += 1
             converted += repr(want) != repr(inputs)

@@ -14,9 +14,10 @@ import pytest
 import torch
 
 import data
-import eval as ev
+import graders
 import selflabel
 import sources
+import tasks
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SHARED = os.path.join(ROOT, "..", "shared", "data")
@@ -161,7 +162,7 @@ def test_code_contests_labels_languages_duplicates(cc_dir):
     n = info["counts"]
     assert n["skipped_language"] == 3 and n["dropped_duplicate"] == 1 and n["dropped_in_both_lists"] == 2
     assert n["solutions_PYTHON2"] == 1 and n["incorrect_solutions_JAVA"] == 1
-    assert p["prompt"] == ev.TASKS["code_contests"]["prompt"].format(description=CC_TRAIN[0]["description"])
+    assert p["prompt"] == tasks.TASKS["code_contests"]["prompt"].format(description=CC_TRAIN[0]["description"])
     assert len(p["tests"]) == 4 and p["n_generated_tests"] == 2 and p["time_limit"] == 2.0
     # Python 2 only on request
     out2, _ = run_source("code_contests", cc_dir, languages=(1, 3))
@@ -180,7 +181,7 @@ def test_code_contests_parquet_reads_as_the_hub_stream_does(cc_dir):
     assert set(ours[0]) == set(code_contests_features())
     assert ours[0]["solutions"]["language"][:2] == [3, 3]      # class labels stay ints
     no_limit = {**CC_TRAIN[0], "time_limit": None}               # "None if not defined" (the card)
-    assert ev.code_contests_tests(no_limit)[1] == 2.0
+    assert tasks.code_contests_tests(no_limit)[1] == 2.0
 
 
 def test_code_contests_caps_are_seeded_and_order_free(cc_dir, tmp_path):
@@ -298,7 +299,7 @@ def test_source_prompts_match_eval_and_checkers_pass_references(tmp_path):
     (p, [s]), *_ = run_source("mbpp", m)[0]
     assert "\r" not in s["completion"]
     # the same row as eval's test-split loader builds it (task_id moved into 11-510)
-    ref = ev.load_mbpp(write_jsonl(str(tmp_path / "t.jsonl"), [{**MBPP_ROWS[0], "task_id": 11}]))[0]
+    ref = tasks.load_mbpp(write_jsonl(str(tmp_path / "t.jsonl"), [{**MBPP_ROWS[0], "task_id": 11}]))[0]
     assert {k: p[k] for k in ("prompt", "test_list", "setup")} == {k: ref[k] for k in ("prompt", "test_list", "setup")}
     g = write_jsonl(str(tmp_path / "g" / "train.jsonl"), GSM8K_ROWS)
     d = tmp_path / "math" / "algebra"
@@ -308,7 +309,7 @@ def test_source_prompts_match_eval_and_checkers_pass_references(tmp_path):
         out, _ = run_source(task, path)
         items = [(p, s["completion"]) for p, ss in out for s in ss]
         assert len(out) == {"mbpp": 8, "gsm8k": 10, "math": 5}[task]   # math: the train shard only
-        assert all(r["correct"] for r in ev.score_batch(task, items, workers=1)), task
+        assert all(r["correct"] for r in graders.score_batch(task, items, workers=1)), task
         if task == "gsm8k":   # calculator notes removed, the final answer kept
             assert "<<" not in items[0][1] and items[0][1].endswith("#### 2\n")
 
@@ -375,7 +376,7 @@ def test_selflabel_tinycode_end_to_end(tmp_path):
     # every label is what the checker says when run on its own
     by_id = {p["problem_id"]: p for p in todo}
     labels = [r["is_correct"] for r in rows]
-    assert labels == [ev.score("tinycode", by_id[r["problem_id"]], r["completion"]) for r in rows]
+    assert labels == [graders.score("tinycode", by_id[r["problem_id"]], r["completion"]) for r in rows]
     assert 0 < sum(labels) < len(labels)
     r = run["report"]
     assert r["n_samples"] == 24 and r["n_correct"] == sum(labels) and r["samples_per_problem"] == 6
@@ -421,7 +422,7 @@ def test_real_gsm8k_train_prepares_and_references_pass_the_checker(tmp_path):
     rows = sum(1 for _ in open(os.path.join(gsm, "train.jsonl")))
     assert n["problems"] == rows and metas["train"]["n_samples"] + metas["val"]["n_samples"] == rows
     out, _ = run_source("gsm8k", gsm)
-    assert all(ev.extract_gsm8k(ss[0]["completion"]) == p["answer"] is not None for p, ss in out)
+    assert all(tasks.extract_gsm8k(ss[0]["completion"]) == p["answer"] is not None for p, ss in out)
 
 
 def test_real_selflabel_mbpp_labels_match_the_checker(tmp_path):
@@ -437,8 +438,8 @@ def test_real_selflabel_mbpp_labels_match_the_checker(tmp_path):
                               n=2, temperature=1.0, max_new_tokens=24, workers=1)
     rows = [json.loads(r) for r in open(os.path.join(out, "samples.jsonl"))]
     by_id = {p["problem_id"]: p for p in problems}
-    assert [r["is_correct"] for r in rows] == [ev.score("mbpp", by_id[r["problem_id"]], r["completion"]) for r in rows]
+    assert [r["is_correct"] for r in rows] == [graders.score("mbpp", by_id[r["problem_id"]], r["completion"]) for r in rows]
     # and the reference solutions, through the same checker, are correct
-    assert all(ev.score("mbpp", p, s["completion"]) for p, ss in sources.mbpp(mbpp) for s in ss[:1]
+    assert all(graders.score("mbpp", p, s["completion"]) for p, ss in sources.mbpp(mbpp) for s in ss[:1]
                if p["problem_id"] in by_id)
     assert run["report"]["n_samples"] == 4
