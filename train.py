@@ -685,7 +685,7 @@ def train(cfg):
             ref = None                                    # not needed in memory any more
     loader = data.Loader(train_split, c.batch_size, c.block_size, seed=c.seed,
                          correct_only=c.train_on == "correct", rank=rank,
-                         world_size=world_size, pad_id=pad_id, ref_ce=ref_cache,
+                         world_size=world_size, pad_id=pad_id, token_fields={"ref_ce": ref_cache},
                          group_by_length=c.group_by_length)
     rows_per_step = c.batch_size * c.gradient_accumulation_steps
     # the critic's value pre-training, then max_iters of main training like every arm
