@@ -7,10 +7,10 @@ A sample is tokenized as prompt + completion + <eot>. Prompt tokens are never pr
 (loss_mask 0); completion tokens and the closing <eot> are (loss_mask 1), so the model
 learns where a solution ends.
 
-Prepare once, then train from memmaps:
-    python data.py                        # tinycode with the byte tokenizer
-    python data.py --tokenizer=cl100k_base --data_dir=data_cache/tinycode-cl100k
-    python data.py --dataset=gsm8k,mbpp --data_dir=data_cache/real   # real sources: sources.py
+Prepare once (prepare.py, the CLI), then train from memmaps:
+    python prepare.py                     # tinycode with the byte tokenizer
+    python prepare.py --tokenizer=cl100k_base --data_dir=data_cache/tinycode-cl100k
+    python prepare.py --dataset=gsm8k,mbpp --data_dir=data_cache/real   # real sources: sources.py
 Layout of a prepared split, data_dir/{train,val,test,pretrain}/ ('pretrain': the base
 model's canonical solutions, tinycode only):
     tokens.bin      all samples' tokens, concatenated (uint16, or uint32 for big vocabs)
@@ -242,7 +242,7 @@ def read_sample_fields(path, n_samples):
             n += 1
     if n != n_samples:
         raise ValueError(f"{path} has {n} rows but index.npy has {n_samples} samples: "
-                         f"the split is inconsistent; prepare it again (python data.py)")
+                         f"the split is inconsistent; prepare it again (python prepare.py)")
     fields = {}
     pids = columns.pop("problem_id", None)
     if pids is not None and all(p is not None for p in pids):
@@ -266,7 +266,7 @@ class PreparedSplit:
     def __init__(self, path):
         meta_path = os.path.join(path, "meta.json")
         if not os.path.exists(meta_path):
-            raise FileNotFoundError(f"no prepared data at {path}: run `python data.py` "
+            raise FileNotFoundError(f"no prepared data at {path}: run `python prepare.py` "
                                     f"(or point data_dir at a prepared dataset)")
         with open(meta_path) as f:
             self.meta = json.load(f)
@@ -285,7 +285,7 @@ class PreparedSplit:
         if any(v != n_tok for v in sizes.values()):
             raise ValueError(f"{path} is inconsistent: index.npy covers {n_tok} tokens but "
                              + ", ".join(f"{k} has {v}" for k, v in sizes.items())
-                             + "; re-run `python data.py`")
+                             + "; re-run `python prepare.py`")
 
     def __len__(self):
         return len(self.index)
@@ -317,7 +317,7 @@ def check_roundtrip(split, enc, n=16):
             if enc.encode_ordinary(enc.decode(ids)) != ids:
                 raise ValueError(f"sample {i} of {split.path} does not re-encode to the same "
                                  f"token ids with tokenizer {enc.name!r}: the data was prepared "
-                                 f"with another tokenizer; re-run `python data.py`")
+                                 f"with another tokenizer; re-run `python prepare.py`")
         if int(tokens[-1]) != eot:
             raise ValueError(f"sample {i} of {split.path} does not end with <eot> ({eot}) of "
                              f"{enc.name!r}: misaligned or foreign data")
@@ -559,64 +559,6 @@ class Loader:
         self._cached = (None, None)
 
 
-# -----------------------------------------------------------------------------
-# python data.py [--key=value ...]
-defaults = dict(
-    dataset="tinycode",             # 'tinycode', or real sources, comma-separated: sources.SOURCES
-    data_dir="data_cache/tinycode",  # where the prepared splits go
-    tokenizer="bytes",              # 'bytes', a tiktoken name, or a path: see tokenization.py
-    n_train=3000, n_val=200, n_test=200,  # problems per split
-    n_incorrect=2,                  # mutated (labelled) variants per problem
-    families=TINYCODE_FAMILIES,     # tinycode families, comma-separated, or 'all'
-    max_const=TINYCODE_MAX_CONST,   # largest integer constant (0: the templates' own ranges)
-    n_pretrain=TINYCODE_PRETRAIN,   # problems in the base model's 'pretrain' split; 0 = none
-    noise=0.0,                      # share of train's correct solutions with a corrupted constant (tinycode.corrupt)
-    pretrain_families=",".join(TINYCODE_PRETRAIN_FAMILIES),
-    seed=0,
-    cache_tokenizer="",             # set to a tiktoken name to cache local BPE files ...
-    cache_files="",                 # ... given here, comma-separated, then exit
-    # real sources (sources.py); lists are comma-separated, one entry per source
-    path="",                        # local files in the hub's schema; an empty entry: the hub
-    mix="",                         # proportions of samples per source, e.g. '0.7,0.3'; '' = all of each
-    n_samples=0,                    # train samples in all (seeded subsample); 0 = all the mix allows
-    block_size=2048,                # longer samples are dropped (and counted)
-    val_frac=0.02,                  # share of problems held out as the val split
-    decontam="humaneval,mbpp,gsm8k,math,code_contests",  # eval sets, NAME or NAME=PATH; 'none'
-    languages="3",                  # code_contests languages: 3 Python 3, 1 Python 2
-    max_correct=10, max_incorrect=10,  # code_contests solutions per problem and label; 0 = all
-    prompt_tests=False,             # code_contests: append the public tests to the prompt
-    threads=8,                      # tokenizer threads (tiktoken's batch encoding)
-)
-
-
-def prepare_real(cfg):
-    """The real sources named in cfg['dataset'] -> data_dir/{train,val} (sources.prepare)."""
-    import sources
-    names = cfg["dataset"].split(",")
-    paths = cfg["path"].split(",") if cfg["path"] else [""] * len(names)
-    if len(paths) != len(names):
-        raise ValueError(f"--path has {len(paths)} entries for {len(names)} datasets {names}; "
-                         f"give one per dataset (empty for the hub)")
-    cc = {"languages": tuple(int(x) for x in cfg["languages"].split(",")), "prompt_tests": cfg["prompt_tests"],
-          "max_correct": cfg["max_correct"], "max_incorrect": cfg["max_incorrect"]}
-    specs = [(n, p or None, cc if n == "code_contests" else {}) for n, p in zip(names, paths)]
-    mix = [float(x) for x in cfg["mix"].split(",")] if cfg["mix"] else None
-    return sources.prepare(cfg["data_dir"], specs, cfg["tokenizer"], cfg["block_size"],
-                           cfg["n_samples"], mix, cfg["val_frac"], cfg["seed"], cfg["decontam"],
-                           cfg["threads"])
-
-
-if __name__ == "__main__":
-    import configurator
-    cfg = configurator.configure(defaults, sys.argv[1:])
-    if cfg["cache_tokenizer"]:
-        where = cache_tokenizer_files(cfg["cache_tokenizer"], cfg["cache_files"].split(","))
-        print(f"cached {cfg['cache_tokenizer']} in {where}; set TIKTOKEN_CACHE_DIR={where} if that is not the default")
-        sys.exit(0)
-    if cfg["dataset"] != "tinycode":
-        prepare_real(cfg)
-        sys.exit(0)
-    prepare_tinycode(cfg["data_dir"], cfg["tokenizer"], cfg["n_train"], cfg["n_val"],
-                     cfg["n_test"], cfg["n_incorrect"], cfg["seed"], families=cfg["families"],
-                     max_const=cfg["max_const"], n_pretrain=cfg["n_pretrain"],
-                     pretrain_families=cfg["pretrain_families"], noise=cfg["noise"])
+if __name__ == "__main__":   # the CLI moved to prepare.py (data.py imports no source)
+    sys.exit("data.py prepares nothing itself: run `python prepare.py [--key=value ...]` "
+             "(same flags)")

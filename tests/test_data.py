@@ -9,6 +9,8 @@ import importlib.util
 import json
 import os
 import shutil
+import subprocess
+import sys
 
 import numpy as np
 import pytest
@@ -346,3 +348,19 @@ def test_existing_keys_are_unchanged(split):
     os.remove(os.path.join(split.path, "samples.jsonl"))   # an older split: no per-sample fields
     old = data.Loader(data.PreparedSplit(split.path), 4, 64, seed=0, correct_only=False, pad_id=256).collate(ids)
     assert list(old) == list(mb)[:-1] and all(torch.equal(old[k], mb[k]) for k in old)
+
+
+# ---- preparing: prepare.py is the CLI, data.py imports no source ----------------------------
+def test_data_imports_no_source_and_prepare_is_the_cli(tmp_path):
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    above = ("sources", "eval", "selflabel", "weights", "train", "experiment", "prepare", "configurator")
+    code = f"import sys, data; print([m for m in {above!r} if m in sys.modules])"
+    out = subprocess.run([sys.executable, "-c", code], cwd=root, capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "[]"
+    old = subprocess.run([sys.executable, "data.py", "--dataset=gsm8k"], cwd=root, capture_output=True, text=True)
+    assert old.returncode != 0 and "python prepare.py" in old.stderr
+    import prepare
+    prepare.main([f"--data_dir={tmp_path}", "--n_train=4", "--n_val=2", "--n_test=2",
+                  "--n_pretrain=0", "--n_incorrect=1", "--families=arithmetic"])
+    assert sorted(os.listdir(tmp_path)) == ["test", "train", "val"]
+    assert data.PreparedSplit(str(tmp_path / "train")).meta["n_problems"] == 4
