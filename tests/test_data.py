@@ -305,7 +305,6 @@ def test_a_new_per_sample_field_reaches_the_batch_without_loader_changes(split):
 
 
 def test_caller_token_fields_align_token_by_token(split):
-    n = len(split.tokens)
     as_float = np.asarray(split.tokens, dtype=np.float32)                 # tokens.bin itself
     pos = np.concatenate([np.arange(L) for L in split.index[:, 1]]).astype(np.float32)
     heads = np.stack([pos + 100 * k for k in range(3)], axis=1)           # (n, 3)
