@@ -7,18 +7,28 @@ A sample is tokenized as prompt + completion + <eot>. Prompt tokens are never pr
 (loss_mask 0); completion tokens and the closing <eot> are (loss_mask 1), so the model
 learns where a solution ends.
 
-Prepare once, then train from memmaps:
-    python data.py                        # tinycode with the byte tokenizer
-    python data.py --tokenizer=cl100k_base --data_dir=data_cache/tinycode-cl100k
-    python data.py --dataset=gsm8k,mbpp --data_dir=data_cache/real   # real sources: sources.py
+Prepare once (prepare.py, the CLI), then train from memmaps:
+    python prepare.py                     # tinycode with the byte tokenizer
+    python prepare.py --tokenizer=cl100k_base --data_dir=data_cache/tinycode-cl100k
+    python prepare.py --dataset=gsm8k,mbpp --data_dir=data_cache/real   # real sources: sources.py
 Layout of a prepared split, data_dir/{train,val,test,pretrain}/ ('pretrain': the base
 model's canonical solutions, tinycode only):
     tokens.bin      all samples' tokens, concatenated (uint16, or uint32 for big vocabs)
     loss_mask.bin   uint8, 1 where the token may be predicted
+    noise.bin       uint8, 1 on the tokens a generator corrupted on purpose; only where
+                    some sample has noise_spans (tinycode noise > 0)
     index.npy       int64 (n_samples, 4): start, length, prompt_len, is_correct
     samples.jsonl   problem_id, source, is_correct per sample (same order as index.npy)
     problems.jsonl  the split's problems with their tests (pass@k needs them)
     meta.json       tokenizer identity, counts, a hash of the data
+The Loader carries every field to the batch (Loader.collate has the keys and dtypes):
+per-token files (TOKEN_FILES: noise.bin -> 'noise') and the per-token arrays a caller
+gives (token_fields, e.g. the reference CE cache -> 'ref_ce') are padded to (B, T, ...);
+from samples.jsonl, problem_id becomes 'group' (B,), the problem's index in the split,
+and every other field whose values are numbers or bools becomes a (B,) tensor, so a
+scheme that needs a new per-sample field needs no loader change, only a column in
+samples.jsonl (SplitWriter writes problem_id, source, is_correct). is_correct always
+comes from index.npy; strings are not emitted.
 """
 import hashlib
 import json
@@ -204,13 +214,59 @@ def prepare_tinycode(data_dir, tokenizer="bytes", n_train=3000, n_val=200, n_tes
 
 
 # ---- reading a prepared dataset -------------------------------------------------------
+# Per-token files a split may hold besides tokens.bin and loss_mask.bin, each aligned with
+# tokens.bin: batch key -> (file, dtype on disk, dtype in the batch). The Loader emits
+# every one the split has, like the per-token arrays a caller gives it (token_fields).
+TOKEN_FILES = {"noise": ("noise.bin", np.uint8, np.bool_)}   # corrupted on purpose (tinycode noise)
+
+
+def read_sample_fields(path, n_samples):
+    """samples.jsonl -> {name: (n_samples,) array}, read once, one column per field:
+    'group' int64, the dense index of the sample's problem_id in this split, numbered in
+    order of first appearance (the samples of one problem share it); and each other field
+    whose value in every row is a bool (-> bool) or a number (-> int64, or float32 where
+    any value is a float). Strings (problem_id, source), lists and fields that some rows
+    lack are left out. {} where there is no samples.jsonl (older splits)."""
+    if not os.path.exists(path):
+        return {}
+    columns, n = {}, 0           # name -> list of values, None where a row lacks the field
+    with open(path) as f:
+        for line in f:
+            if not line.strip():
+                continue
+            row = json.loads(line)
+            for k in row.keys() - columns.keys():
+                columns[k] = [None] * n
+            for k, col in columns.items():
+                col.append(row.get(k))
+            n += 1
+    if n != n_samples:
+        raise ValueError(f"{path} has {n} rows but index.npy has {n_samples} samples: "
+                         f"the split is inconsistent; prepare it again (python prepare.py)")
+    fields = {}
+    pids = columns.pop("problem_id", None)
+    if pids is not None and all(p is not None for p in pids):
+        first = {}
+        fields["group"] = np.fromiter((first.setdefault(p, len(first)) for p in pids),
+                                      dtype=np.int64, count=n)
+    for k, col in columns.items():
+        if all(type(v) is bool for v in col):
+            fields[k] = np.array(col, dtype=np.bool_)
+        elif all(type(v) in (bool, int, float) for v in col):
+            fields[k] = np.array(col, dtype=np.float32 if any(type(v) is float for v in col)
+                                 else np.int64)
+    return fields
+
+
 class PreparedSplit:
-    """Memory-mapped view of one prepared split."""
+    """Memory-mapped view of one prepared split. token_files: its per-token files
+    (TOKEN_FILES) that exist, memory-mapped; sample_fields: samples.jsonl as columns
+    (read_sample_fields), read on first use."""
 
     def __init__(self, path):
         meta_path = os.path.join(path, "meta.json")
         if not os.path.exists(meta_path):
-            raise FileNotFoundError(f"no prepared data at {path}: run `python data.py` "
+            raise FileNotFoundError(f"no prepared data at {path}: run `python prepare.py` "
                                     f"(or point data_dir at a prepared dataset)")
         with open(meta_path) as f:
             self.meta = json.load(f)
@@ -218,18 +274,27 @@ class PreparedSplit:
         self.index = np.load(os.path.join(path, "index.npy"))
         self.tokens = np.memmap(os.path.join(path, "tokens.bin"), dtype=self.meta["dtype"], mode="r")
         self.loss_mask = np.memmap(os.path.join(path, "loss_mask.bin"), dtype=np.uint8, mode="r")
-        noise = os.path.join(path, "noise.bin")   # per token: corrupted on purpose (tinycode noise)
-        self.noise = np.memmap(noise, dtype=np.uint8, mode="r") if os.path.exists(noise) else None
+        self.token_files = {name: np.memmap(os.path.join(path, file), dtype=dtype, mode="r")
+                            for name, (file, dtype, _) in TOKEN_FILES.items()
+                            if os.path.exists(os.path.join(path, file))}
+        self.noise = self.token_files.get("noise")
+        self._sample_fields = None
         n_tok = int(self.index[:, 1].sum()) if len(self.index) else 0
-        if len(self.tokens) != n_tok or len(self.loss_mask) != n_tok or \
-                (self.noise is not None and len(self.noise) != n_tok):
+        sizes = {"tokens.bin": len(self.tokens), "loss_mask.bin": len(self.loss_mask),
+                 **{TOKEN_FILES[k][0]: len(v) for k, v in self.token_files.items()}}
+        if any(v != n_tok for v in sizes.values()):
             raise ValueError(f"{path} is inconsistent: index.npy covers {n_tok} tokens but "
-                             f"tokens.bin has {len(self.tokens)}, loss_mask.bin "
-                             f"{len(self.loss_mask)}" + (f", noise.bin {len(self.noise)}" if self.noise is not None
-                                                         else "") + "; re-run `python data.py`")
+                             + ", ".join(f"{k} has {v}" for k, v in sizes.items())
+                             + "; re-run `python prepare.py`")
 
     def __len__(self):
         return len(self.index)
+
+    @property
+    def sample_fields(self):
+        if self._sample_fields is None:
+            self._sample_fields = read_sample_fields(os.path.join(self.path, "samples.jsonl"), len(self))
+        return self._sample_fields
 
     def sample(self, i):
         start, length, _, _ = self.index[i]
@@ -252,7 +317,7 @@ def check_roundtrip(split, enc, n=16):
             if enc.encode_ordinary(enc.decode(ids)) != ids:
                 raise ValueError(f"sample {i} of {split.path} does not re-encode to the same "
                                  f"token ids with tokenizer {enc.name!r}: the data was prepared "
-                                 f"with another tokenizer; re-run `python data.py`")
+                                 f"with another tokenizer; re-run `python prepare.py`")
         if int(tokens[-1]) != eot:
             raise ValueError(f"sample {i} of {split.path} does not end with <eot> ({eot}) of "
                              f"{enc.name!r}: misaligned or foreign data")
@@ -316,6 +381,23 @@ def score_reference(model, split, device="cpu", batch_size=16, out_path=None, he
     return ref
 
 
+# the keys every batch has (Loader.collate); a field of the data may not reuse them
+CORE_KEYS = ("tokens", "loss_mask", "is_correct", "lengths", "sample_ids")
+
+
+def token_dtype(dtype):
+    """The batch dtype of a per-token array the caller gives: bool stays bool, floats
+    become float32 (a reference cache is float32), integers int64."""
+    dtype = np.dtype(dtype)
+    if dtype == np.bool_:
+        return np.bool_
+    if np.issubdtype(dtype, np.floating):
+        return np.float32
+    if np.issubdtype(dtype, np.integer):
+        return np.int64
+    raise ValueError(f"a token field must be bool, integer or float, not {dtype}")
+
+
 class Loader:
     """Deterministic, resumable batches of whole samples, one sample per row.
 
@@ -332,13 +414,36 @@ class Loader:
     consecutive rows; micro-step m of rank r takes the slice starting at
     (m * world_size + r) * batch_size. Hence 1 process with grad_accum = 8 and 8 processes
     with grad_accum = 1 see exactly the same rows in every step.
+
+    Every field of a sample reaches the batch (collate): the split's per-sample fields
+    (split.sample_fields) and per-token files (split.token_files), and token_fields, a
+    dict name -> array aligned with split.tokens ((n_tokens,) or (n_tokens, ...)) that the
+    caller gives, e.g. {"ref_ce": reference_cache}; a None value is left out.
     """
 
     def __init__(self, split: PreparedSplit, batch_size, block_size, seed, correct_only,
-                 rank=0, world_size=1, pad_id=0, ref_ce=None, group_by_length=True):
+                 rank=0, world_size=1, pad_id=0, token_fields=None, group_by_length=True):
         self.split, self.batch_size, self.block_size = split, batch_size, block_size
         self.group_by_length = group_by_length
-        self.ref_ce = ref_ce   # optional reference CE, aligned with split.tokens: (n,) or (n, H)
+        # per-token fields: name -> (array aligned with split.tokens, dtype in the batch);
+        # the caller's first (their order in the batch dict), then the split's own files
+        given = {k: v for k, v in (token_fields or {}).items() if v is not None}
+        self.token_fields = {k: (v, token_dtype(v.dtype)) for k, v in given.items()}
+        for k, v in split.token_files.items():
+            if k in given:
+                raise ValueError(f"token field {k!r} is given and is also the split's own {TOKEN_FILES[k][0]}")
+            self.token_fields[k] = (v, TOKEN_FILES[k][2])
+        for k, (v, _) in self.token_fields.items():
+            if len(v) != len(split.tokens):
+                raise ValueError(f"token field {k!r} has {len(v)} rows but {split.path} has "
+                                 f"{len(split.tokens)} tokens: it belongs to other data")
+        # per-sample fields: samples.jsonl's columns; is_correct comes from index.npy
+        self.sample_fields = {k: v for k, v in split.sample_fields.items() if k != "is_correct"}
+        taken = set(CORE_KEYS) | set(self.token_fields)
+        for k in self.sample_fields:
+            if k in taken:
+                raise ValueError(f"samples.jsonl of {split.path} has a field {k!r}, a name the "
+                                 f"batch already uses ({sorted(taken)}): rename it")
         self.seed, self.rank, self.world_size, self.pad_id = seed, rank, world_size, pad_id
         idx = split.index
         keep = idx[:, 1] <= block_size
@@ -391,10 +496,24 @@ class Loader:
         return micro
 
     def collate(self, sample_ids):
-        """-> dict of tokens (B, T) int64, loss_mask (B, T) bool, is_correct (B,) float,
-        lengths (B,) int64, sample_ids (B,) int64, ref_ce (B, T) or (B, T, H) float32
-        when the loader has a reference cache, and noise (B, T) bool when the split has
-        noise.bin; T = longest sample in the batch."""
+        """-> dict of (B = len(sample_ids), T = the longest sample's length):
+        per-token fields, first (the Loader's token_fields, then the split's files):
+            ref_ce       (B, T) or (B, T, H) float32, when the caller gives a reference cache
+            noise        (B, T) bool, when the split has noise.bin: the tokens its
+                         generator corrupted on purpose
+            any other    (B, T, ...): bool stays bool, floats become float32, integers
+                         int64; 0 (False) past each sample's end
+        always:
+            tokens       (B, T) int64, pad_id past each sample's end
+            loss_mask    (B, T) bool, 1 where a token may be predicted
+            is_correct   (B,) float32, index.npy column 3
+            lengths      (B,) int64
+            sample_ids   (B,) int64, rows of the split
+        per-sample fields, from samples.jsonl (split.sample_fields), where it has them:
+            group        (B,) int64, the problem's index in the split (samples of one
+                         problem share it: group-relative schemes)
+            any other    (B,) field whose values are numbers or bools: bool, int64 or
+                         float32 (read_sample_fields); strings are not emitted."""
         pairs = [self.split.sample(i) for i in sample_ids]
         T = max(len(t) for t, _ in pairs)
         tokens = np.full((len(pairs), T), self.pad_id, dtype=np.int64)
@@ -402,25 +521,20 @@ class Loader:
         for b, (t, m) in enumerate(pairs):
             tokens[b, :len(t)] = t
             mask[b, :len(m)] = m
+        ids = np.asarray(sample_ids, dtype=np.int64)
         extra = {}
-        if self.ref_ce is not None:   # (B, T), or (B, T, H) for a horizon-matched reference
-            ref = np.zeros((len(pairs), T, *self.ref_ce.shape[1:]), dtype=np.float32)
-            for b, i in enumerate(sample_ids):
-                start, length = self.split.index[i, :2]
-                ref[b, :length] = self.ref_ce[start:start + length]
-            extra["ref_ce"] = torch.from_numpy(ref)
-        if self.split.noise is not None:   # (B, T) bool: the tokens the data's generator corrupted
-            noise = np.zeros((len(pairs), T), dtype=bool)
-            for b, i in enumerate(sample_ids):
-                start, length = self.split.index[i, :2]
-                noise[b, :length] = self.split.noise[start:start + length]
-            extra["noise"] = torch.from_numpy(noise)
+        for name, (values, dtype) in self.token_fields.items():
+            out = np.zeros((len(pairs), T, *values.shape[1:]), dtype=dtype)
+            for b, (start, length) in enumerate(self.split.index[ids, :2]):
+                out[b, :length] = values[start:start + length]
+            extra[name] = torch.from_numpy(out)
         return {**extra,
             "tokens": torch.from_numpy(tokens),
             "loss_mask": torch.from_numpy(mask),
             "is_correct": torch.tensor([float(self.split.index[i, 3]) for i in sample_ids]),
             "lengths": torch.tensor([len(t) for t, _ in pairs]),
-            "sample_ids": torch.as_tensor(np.asarray(sample_ids, dtype=np.int64)),
+            "sample_ids": torch.as_tensor(ids),
+            **{name: torch.from_numpy(values[ids]) for name, values in self.sample_fields.items()},
         }
 
     def padding_waste(self, n_batches=50):
@@ -445,82 +559,23 @@ class Loader:
         self._cached = (None, None)
 
 
-# -----------------------------------------------------------------------------
-# python data.py [--key=value ...]
-defaults = dict(
-    dataset="tinycode",             # 'tinycode', or real sources, comma-separated: sources.SOURCES
-    data_dir="data_cache/tinycode",  # where the prepared splits go
-    tokenizer="bytes",              # 'bytes', a tiktoken name, or a path: see tokenization.py
-    n_train=3000, n_val=200, n_test=200,  # problems per split
-    n_incorrect=2,                  # mutated (labelled) variants per problem
-    families=TINYCODE_FAMILIES,     # tinycode families, comma-separated, or 'all'
-    max_const=TINYCODE_MAX_CONST,   # largest integer constant (0: the templates' own ranges)
-    n_pretrain=TINYCODE_PRETRAIN,   # problems in the base model's 'pretrain' split; 0 = none
-    noise=0.0,                      # share of train's correct solutions with a corrupted constant (tinycode.corrupt)
-    pretrain_families=",".join(TINYCODE_PRETRAIN_FAMILIES),
-    seed=0,
-    cache_tokenizer="",             # set to a tiktoken name to cache local BPE files ...
-    cache_files="",                 # ... given here, comma-separated, then exit
-    # real sources (sources.py); lists are comma-separated, one entry per source
-    path="",                        # local files in the hub's schema; an empty entry: the hub
-    mix="",                         # proportions of samples per source, e.g. '0.7,0.3'; '' = all of each
-    n_samples=0,                    # train samples in all (seeded subsample); 0 = all the mix allows
-    block_size=2048,                # longer samples are dropped (and counted)
-    val_frac=0.02,                  # share of problems held out as the val split
-    decontam="humaneval,mbpp,gsm8k,math,code_contests",  # eval sets, NAME or NAME=PATH; 'none'
-    languages="3",                  # code_contests languages: 3 Python 3, 1 Python 2
-    max_correct=10, max_incorrect=10,  # code_contests solutions per problem and label; 0 = all
-    prompt_tests=False,             # code_contests: append the public tests to the prompt
-    threads=8,                      # tokenizer threads (tiktoken's batch encoding)
-)
-
-
-def prepare_real(cfg):
-    """The real sources named in cfg['dataset'] -> data_dir/{train,val} (sources.prepare)."""
-    import sources
-    names = cfg["dataset"].split(",")
-    paths = cfg["path"].split(",") if cfg["path"] else [""] * len(names)
-    if len(paths) != len(names):
-        raise ValueError(f"--path has {len(paths)} entries for {len(names)} datasets {names}; "
-                         f"give one per dataset (empty for the hub)")
-    cc = {"languages": tuple(int(x) for x in cfg["languages"].split(",")), "prompt_tests": cfg["prompt_tests"],
-          "max_correct": cfg["max_correct"], "max_incorrect": cfg["max_incorrect"]}
-    specs = [(n, p or None, cc if n == "code_contests" else {}) for n, p in zip(names, paths)]
-    mix = [float(x) for x in cfg["mix"].split(",")] if cfg["mix"] else None
-    return sources.prepare(cfg["data_dir"], specs, cfg["tokenizer"], cfg["block_size"],
-                           cfg["n_samples"], mix, cfg["val_frac"], cfg["seed"], cfg["decontam"],
-                           cfg["threads"])
-
-
-if __name__ == "__main__":
-    import configurator
-    cfg = configurator.configure(defaults, sys.argv[1:])
-    if cfg["cache_tokenizer"]:
-        where = cache_tokenizer_files(cfg["cache_tokenizer"], cfg["cache_files"].split(","))
-        print(f"cached {cfg['cache_tokenizer']} in {where}; set TIKTOKEN_CACHE_DIR={where} if that is not the default")
-        sys.exit(0)
-    if cfg["dataset"] != "tinycode":
-        prepare_real(cfg)
-        sys.exit(0)
-    prepare_tinycode(cfg["data_dir"], cfg["tokenizer"], cfg["n_train"], cfg["n_val"],
-                     cfg["n_test"], cfg["n_incorrect"], cfg["seed"], families=cfg["families"],
-                     max_const=cfg["max_const"], n_pretrain=cfg["n_pretrain"],
-                     pretrain_families=cfg["pretrain_families"], noise=cfg["noise"])
-
-
 def pad_to_bucket(mb, block_size, pad_id):
     """Pad a micro-batch's T up to the next power of two, at least 64 and at most
     block_size, so that torch.compile (static shapes) compiles a few graphs instead of one
-    per length. The new positions are padding as the Loader writes it (pad tokens,
-    loss_mask 0, ref_ce 0); causal attention leaves every real position unchanged."""
-    T = mb["tokens"].shape[1]
+    per length. The new positions are padding as the Loader writes it: pad tokens, and 0
+    (False) in every other per-token field (loss_mask, ref_ce, noise, ...: each (B, T, ...)
+    tensor); causal attention leaves every real position unchanged."""
+    B, T = mb["tokens"].shape
     L = min(max(64, 1 << (T - 1).bit_length()), block_size)
     if L <= T:
         return mb
-    extend = lambda x, fill: torch.cat([x, x.new_full((x.shape[0], L - T), fill)], dim=1)
-    mb["tokens"] = extend(mb["tokens"], pad_id)
-    mb["loss_mask"] = extend(mb["loss_mask"], False)
-    if "ref_ce" in mb:
-        ref = mb["ref_ce"]   # (B, T), or (B, T, H) for a horizon-matched reference
-        mb["ref_ce"] = torch.cat([ref, ref.new_zeros((ref.shape[0], L - T, *ref.shape[2:]))], dim=1)
+    for k, x in mb.items():
+        if torch.is_tensor(x) and x.dim() >= 2 and x.shape[:2] == (B, T):
+            fill = pad_id if k == "tokens" else 0
+            mb[k] = torch.cat([x, x.new_full((B, L - T, *x.shape[2:]), fill)], dim=1)
     return mb
+
+
+if __name__ == "__main__":   # the CLI moved to prepare.py (data.py imports no source)
+    sys.exit("data.py prepares nothing itself: run `python prepare.py [--key=value ...]` "
+             "(same flags)")

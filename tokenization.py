@@ -4,7 +4,7 @@ encode_ordinary, encode, decode, n_vocab, name, special_tokens_set, encode_singl
 
 What get_tokenizer(name) accepts:
     'bytes'                         256 byte tokens + <|endoftext|> (no download)
-    'gpt2', 'cl100k_base', ...      tiktoken's own encodings (cached offline, see data.py)
+    'gpt2', 'cl100k_base', ...      tiktoken's own encodings (offline: prepare.py --cache_tokenizer)
     path of a tiktoken BPE file     e.g. Llama 3's original/tokenizer.model
     path of an HF tokenizer.json,   byte-level BPE (Llama 3, SmolLM2, GPT-2 style): converted
       or of a model dir holding it  to a tiktoken.Encoding; refused where not exact
@@ -116,7 +116,7 @@ def get_tokenizer(name):
             raise RuntimeError(
                 f"could not load tokenizer {name!r}: tiktoken downloads it on first use and "
                 f"that failed ({type(e).__name__}: {e}). Offline, put the BPE files into "
-                f"tiktoken's cache once with `python data.py --cache_tokenizer={name} "
+                f"tiktoken's cache once with `python prepare.py --cache_tokenizer={name} "
                 f"--cache_files=<file>[,<file>]` (gpt2 needs vocab.bpe,encoder.json) or pass "
                 f"the path of a .tiktoken file as the tokenizer") from None
     if os.path.isdir(name):  # an HF model dir: tokenizer.json first, as transformers does

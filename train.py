@@ -328,7 +328,7 @@ def load_data(r):
             r.ref = None                                  # not needed in memory any more
     r.loader = data.Loader(r.train_split, c.batch_size, c.block_size, seed=c.seed,
                            correct_only=c.train_on == "correct", rank=r.rank,
-                           world_size=r.world_size, pad_id=r.pad_id, ref_ce=ref_cache,
+                           world_size=r.world_size, pad_id=r.pad_id, token_fields={"ref_ce": ref_cache},
                            group_by_length=c.group_by_length)
     r.rows_per_step = c.batch_size * c.gradient_accumulation_steps
     # the critic's value pre-training, then max_iters of main training like every arm

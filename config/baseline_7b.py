@@ -7,7 +7,7 @@
 #   huggingface-cli download facebook/multi-token-prediction --include "7B_1T_4/*" "tokenizer.model" \
 #       --local-dir data_cache/mtp
 #   python pretrained.py info data_cache/mtp/7B_1T_4
-#   python data.py --tokenizer=data_cache/mtp/tokenizer.model --data_dir=data_cache/tinycode-llama2
+#   python prepare.py --tokenizer=data_cache/mtp/tokenizer.model --data_dir=data_cache/tinycode-llama2
 #   torchrun --standalone --nproc_per_node=8 train.py config/baseline_7b.py
 #
 # Memory per GPU (8 x 80 GB), fp32 weights + bf16 autocast:

@@ -7,7 +7,7 @@
 #   huggingface-cli download facebook/multi-token-prediction --include "7B_1T_4/*" "tokenizer.model" \
 #       --local-dir data_cache/mtp
 #   python pretrained.py info data_cache/mtp/7B_1T_4
-#   python data.py --tokenizer=data_cache/mtp/tokenizer.model --data_dir=data_cache/tinycode-llama2
+#   python prepare.py --tokenizer=data_cache/mtp/tokenizer.model --data_dir=data_cache/tinycode-llama2
 #   torchrun --standalone --nproc_per_node=8 train.py config/critic_7b.py
 # The value head is new: 4096 x 4099 + 4096 = 16.8M params, 0.27 GB with grads and AdamW.
 #

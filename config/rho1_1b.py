@@ -10,7 +10,7 @@
 # Commands, in order (an online machine with the licence accepted fetches the weights once):
 #   huggingface-cli download meta-llama/Llama-3.2-1B --local-dir data_cache/Llama-3.2-1B
 #   python pretrained.py info data_cache/Llama-3.2-1B
-#   python data.py --tokenizer=data_cache/Llama-3.2-1B --data_dir=data_cache/tinycode-llama3
+#   python prepare.py --tokenizer=data_cache/Llama-3.2-1B --data_dir=data_cache/tinycode-llama3
 #   huggingface-cli download meta-llama/Llama-3.1-8B --local-dir data_cache/Llama-3.1-8B
 #   torchrun --standalone --nproc_per_node=8 train.py config/rho1_1b.py
 # The checkpoint's 16 blocks become 15 trunk blocks + head 1; heads 2-4 start as copies of

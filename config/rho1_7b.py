@@ -6,7 +6,7 @@
 #   huggingface-cli download facebook/multi-token-prediction --include "7B_1T_4/*" "7B_1T_1/*" "tokenizer.model" \
 #       --local-dir data_cache/mtp
 #   python pretrained.py info data_cache/mtp/7B_1T_4
-#   python data.py --tokenizer=data_cache/mtp/tokenizer.model --data_dir=data_cache/tinycode-llama2
+#   python prepare.py --tokenizer=data_cache/mtp/tokenizer.model --data_dir=data_cache/tinycode-llama2
 #   torchrun --standalone --nproc_per_node=8 train.py config/rho1_7b.py
 # Reference: 7B_1T_1, the release's next-token twin of 7B_1T_4 (same 1T tokens of code, same
 # Llama 2 tokenizer, one head; download it with --include "7B_1T_1/*"). CodeLlama-7b would be

@@ -6,8 +6,11 @@ Tokenizers (offline loading, identity), prepared splits, the loader.
 import base64
 import gzip
 import importlib.util
+import json
 import os
 import shutil
+import subprocess
+import sys
 
 import numpy as np
 import pytest
@@ -240,3 +243,123 @@ def test_noise_flags_mark_exactly_the_corrupted_tokens(tmp_path, monkeypatch, to
 def test_clean_splits_have_no_noise_file(split):
     assert split.noise is None and not os.path.exists(os.path.join(split.path, "noise.bin"))
     assert "noise" not in data.Loader(split, 2, 64, seed=0, correct_only=False).collate([0, 1])
+
+
+# ---- every field of a sample reaches the batch ------------------------------------------
+def grouped_samples():
+    """Three problems whose samples are interleaved (a problem's id recurs after others)."""
+    out = samples(12)
+    for i, s in enumerate(out):
+        s["problem_id"] = ["b", "a", "b", "c", "a", "a", "c", "b", "b", "c", "a", "c"][i]
+    return out
+
+
+def test_group_is_the_problems_index_in_order_of_first_appearance(tmp_path):
+    enc = data.get_tokenizer("bytes")
+    data.write_split(str(tmp_path / "train"), enc, grouped_samples(), [], {"source": "test"})
+    split = data.PreparedSplit(str(tmp_path / "train"))
+    with open(tmp_path / "train" / "samples.jsonl") as f:    # independently: first-seen order
+        pids = [json.loads(line)["problem_id"] for line in f]
+    seen = []
+    for p in pids:
+        if p not in seen:
+            seen.append(p)
+    expect = [seen.index(p) for p in pids]
+    assert expect == [0, 1, 0, 2, 1, 1, 2, 0, 0, 2, 1, 2]
+    ld = data.Loader(split, 5, 10**6, seed=0, correct_only=False)
+    ids = [11, 0, 4, 7, 3]
+    mb = ld.collate(ids)
+    assert mb["group"].dtype == torch.int64 and mb["group"].tolist() == [expect[i] for i in ids]
+    for step in ld.next_step(3):
+        assert step["group"].tolist() == [expect[i] for i in step["sample_ids"].tolist()]
+
+
+def test_a_new_per_sample_field_reaches_the_batch_without_loader_changes(split):
+    path = os.path.join(split.path, "samples.jsonl")
+    with open(path) as f:
+        rows = [json.loads(line) for line in f]
+    for i, r in enumerate(rows):   # what a new scheme's data would add
+        r.update(difficulty=i % 4, reward=i / 8, verified=i % 5 == 0, note=f"row {i}")
+        if i != 3:
+            r["partial"] = 1.0          # missing from one row: not a column
+    with open(path, "w") as f:
+        f.writelines(json.dumps(r) + "\n" for r in rows)
+    split = data.PreparedSplit(split.path)
+    mb = data.Loader(split, 4, 64, seed=0, correct_only=False).collate([9, 0, 3, 17])
+    assert mb["difficulty"].dtype == torch.int64 and mb["difficulty"].tolist() == [1, 0, 3, 1]
+    assert mb["reward"].dtype == torch.float32 and mb["reward"].tolist() == [9 / 8, 0, 3 / 8, 17 / 8]
+    assert mb["verified"].dtype == torch.bool and mb["verified"].tolist() == [False, True, False, False]
+    for absent in ("note", "partial", "source", "problem_id"):
+        assert absent not in mb
+    # is_correct stays index.npy's column, float32, whatever samples.jsonl says
+    assert mb["is_correct"].dtype == torch.float32
+    assert mb["is_correct"].tolist() == [float(split.index[i, 3]) for i in (9, 0, 3, 17)]
+    with open(path, "w") as f:          # a field may not shadow a key the batch already has
+        f.writelines(json.dumps({**r, "lengths": 7}) + "\n" for r in rows)
+    with pytest.raises(ValueError, match="'lengths'"):
+        data.Loader(data.PreparedSplit(split.path), 4, 64, seed=0, correct_only=False)
+    with open(path, "w") as f:          # a row short: misaligned, refused
+        f.writelines(json.dumps(r) + "\n" for r in rows[:-1])
+    with pytest.raises(ValueError, match="49 rows"):
+        data.Loader(data.PreparedSplit(split.path), 4, 64, seed=0, correct_only=False)
+
+
+def test_caller_token_fields_align_token_by_token(split):
+    as_float = np.asarray(split.tokens, dtype=np.float32)                 # tokens.bin itself
+    pos = np.concatenate([np.arange(L) for L in split.index[:, 1]]).astype(np.float32)
+    heads = np.stack([pos + 100 * k for k in range(3)], axis=1)           # (n, 3)
+    ld = data.Loader(split, 3, 64, seed=0, correct_only=False, pad_id=256,
+                     token_fields={"tok": as_float, "pos": pos, "heads": heads, "none": None})
+    mb = ld.collate([5, 40, 12])
+    assert "none" not in mb
+    assert mb["heads"].shape == (3, mb["tokens"].shape[1], 3) and mb["heads"].dtype == torch.float32
+    for b, i in enumerate([5, 40, 12]):
+        tokens, _ = split.sample(i)
+        L = len(tokens)
+        for t in range(mb["tokens"].shape[1]):    # by hand, position by position
+            if t < L:
+                assert mb["tok"][b, t] == tokens[t] == mb["tokens"][b, t]
+                assert mb["pos"][b, t] == t
+                assert mb["heads"][b, t].tolist() == [t, t + 100, t + 200]
+            else:
+                assert mb["tok"][b, t] == mb["pos"][b, t] == 0 and not mb["heads"][b, t].any()
+    with pytest.raises(ValueError, match="tokens"):
+        data.Loader(split, 3, 64, seed=0, correct_only=False, token_fields={"x": pos[:-1]})
+
+
+def test_existing_keys_are_unchanged(split):
+    ids = [3, 0, 21, 8]
+    mb = data.Loader(split, 4, 64, seed=0, correct_only=False, pad_id=256).collate(ids)
+    assert list(mb) == ["tokens", "loss_mask", "is_correct", "lengths", "sample_ids", "group"]
+    T = max(int(split.index[i, 1]) for i in ids)
+    tokens = np.full((4, T), 256, dtype=np.int64)
+    mask = np.zeros((4, T), dtype=bool)
+    for b, i in enumerate(ids):
+        t, m = split.sample(i)
+        tokens[b, :len(t)], mask[b, :len(m)] = t, m
+    assert mb["tokens"].dtype == torch.int64 and torch.equal(mb["tokens"], torch.from_numpy(tokens))
+    assert mb["loss_mask"].dtype == torch.bool and torch.equal(mb["loss_mask"], torch.from_numpy(mask))
+    assert mb["is_correct"].dtype == torch.float32
+    assert mb["is_correct"].tolist() == [float(int(i % 3 != 0)) for i in ids]   # samples(): bool(i % 3)
+    assert mb["lengths"].dtype == torch.int64 and mb["lengths"].tolist() == split.index[ids, 1].tolist()
+    assert mb["sample_ids"].dtype == torch.int64 and mb["sample_ids"].tolist() == ids
+    assert mb["group"].tolist() == ids                 # samples(): one problem per sample
+    os.remove(os.path.join(split.path, "samples.jsonl"))   # an older split: no per-sample fields
+    old = data.Loader(data.PreparedSplit(split.path), 4, 64, seed=0, correct_only=False, pad_id=256).collate(ids)
+    assert list(old) == list(mb)[:-1] and all(torch.equal(old[k], mb[k]) for k in old)
+
+
+# ---- preparing: prepare.py is the CLI, data.py imports no source ----------------------------
+def test_data_imports_no_source_and_prepare_is_the_cli(tmp_path):
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    above = ("sources", "eval", "selflabel", "weights", "train", "experiment", "prepare", "configurator")
+    code = f"import sys, data; print([m for m in {above!r} if m in sys.modules])"
+    out = subprocess.run([sys.executable, "-c", code], cwd=root, capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "[]"
+    old = subprocess.run([sys.executable, "data.py", "--dataset=gsm8k"], cwd=root, capture_output=True, text=True)
+    assert old.returncode != 0 and "python prepare.py" in old.stderr
+    import prepare
+    prepare.main([f"--data_dir={tmp_path}", "--n_train=4", "--n_val=2", "--n_test=2",
+                  "--n_pretrain=0", "--n_incorrect=1", "--families=arithmetic"])
+    assert sorted(os.listdir(tmp_path)) == ["test", "train", "val"]
+    assert data.PreparedSplit(str(tmp_path / "train")).meta["n_problems"] == 4

@@ -125,7 +125,7 @@ def test_matched_cache_is_each_heads_ce_at_t(toy, ref3, tmp_path, heads):
             for k in range(1, heads + 1):
                 want = F_ce(logits[t, k - 1], x[0, t + k]) if t + k < L else 0.0
                 assert sharded[start + t, k - 1] == pytest.approx(want, rel=1e-4, abs=1e-5), (i, t, k)
-    loader = data.Loader(split, 5, 64, seed=0, correct_only=False, pad_id=256, ref_ce=sharded)
+    loader = data.Loader(split, 5, 64, seed=0, correct_only=False, pad_id=256, token_fields={"ref_ce": sharded})
     mb = loader.collate(list(range(5)))
     targets = mtp_targets(mb["tokens"], mb["loss_mask"], heads)
     online = reference.online_ref_ce(ref, mb["tokens"], torch.autocast("cpu", enabled=False), 0, targets)

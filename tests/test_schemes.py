@@ -168,7 +168,7 @@ def test_reference_cache_alignment_is_exact(toy, tmp_path):
         assert got[0] == 0
         torch.testing.assert_close(got[1:], expected, rtol=1e-4, atol=1e-4)
     # the online path computes the same numbers from a padded batch
-    loader = data.Loader(split, 5, 64, seed=0, correct_only=False, pad_id=256, ref_ce=ce)
+    loader = data.Loader(split, 5, 64, seed=0, correct_only=False, pad_id=256, token_fields={"ref_ce": ce})
     mb = loader.collate(list(range(5)))
     online = reference.online_ref_ce(ref, mb["tokens"], torch.autocast("cpu", enabled=False))
     for b in range(5):
