@@ -69,7 +69,7 @@ def git_hash():
 def environment(device):
     """What a bit-for-bit rerun must match besides the config and the code: the same torch
     build, thread count and processor (float sums are ordered by the kernels these pick;
-    README, Reproducibility)."""
+    docs/reproducibility.md)."""
     import platform
     cpu = platform.processor()
     try:

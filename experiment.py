@@ -12,7 +12,7 @@ one training budget, over seeds, with statistics and pictures.
     python experiment.py --setting=smoke --seeds=1 --exp_dir=out/smoke                 # its code path on a CPU, SmolLM2
 
 Steps, each skipped when its output is already there (a killed experiment continues):
-  1. prepare the data (SETTINGS[...]['data']): tinycode (data.py), or real sources: the
+  1. prepare the data (SETTINGS[...]['data']): tinycode (data.prepare_tinycode), or real sources: the
      base model's own samples on MBPP train labelled by the tests (selflabel.py), with the
      MBPP train references (and CodeContests), decontaminated (sources.py)
   2. the base model every run starts from: pretrained here first (the tiny setting: canonical
@@ -96,7 +96,7 @@ REAL_ARMS = ("baseline", "critic", "rho1")
 CONTROLS = ("rho1_shuffled", "rho1_random", "critic_shuffled", "critic_random")   # --controls=True
 ABLATION = ("rho1_tokens", "critic_tokens")   # --ablation=True: normalised over the whole step
 
-# The real settings' base models. Qwen2.5-Coder-0.5B (README, "The comparison on a real
+# The real settings' base models. Qwen2.5-Coder-0.5B (docs/experiment.md, "The comparison on a real
 # model": why this one) as a local HF dir: `huggingface-cli download Qwen/Qwen2.5-Coder-0.5B
 # --local-dir data_cache/Qwen2.5-Coder-0.5B`; --base_model= names another (a 1.5B, Llama-3.2-1B).
 CODER_BASE = "data_cache/Qwen2.5-Coder-0.5B"
@@ -125,7 +125,7 @@ SHARED_MBPP = os.path.join(HERE, "..", "shared", "data", "mbpp", "mbpp.jsonl")  
 GREEDY = dict(n_samples=1, temperature=0.0, k=[1])        # pass@1, greedy (speculative with the heads)
 SAMPLED = dict(n_samples=10, temperature=0.8, top_p=0.95, k=[1, 10])   # Chen et al. 2021: T=0.8 for pass@10
 SETTINGS = {
-    # The instrument (README, "The experiment"): tinycode's arithmetic family, whose
+    # The instrument (docs/experiment.md): tinycode's arithmetic family, whose
     # fine-tuning split has a share of noisy solutions (the last constant off by one, still
     # labelled correct: tinycode.corrupt) that only the oracle knows. The base is pretrained
     # here with 2 heads, then given 2 more (copies of head 1's block) warmed up on the
@@ -156,7 +156,7 @@ SETTINGS = {
         evals={"tinycode": {}},   # the config's n_samples, ks, temperature, ... on the test split
     ),
     # the question itself: does weighting help a pretrained code model on HumanEval / MBPP?
-    # ~1 hour on one H100/H200 (README, "The comparison on a real model": the arithmetic)
+    # ~1 hour on one H100/H200 (docs/experiment.md, "The comparison on a real model": the arithmetic)
     "coder": dict(
         arms=REAL_ARMS,
         data=dict(mbpp="", selflabel=dict(n=8, temperature=0.8, top_p=0.95, max_new_tokens=512, limit=0),

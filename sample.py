@@ -61,7 +61,7 @@ def load_model(path, device="cpu"):
 
 def default_max_rows(model):
     """Rows decoded together by default: a GPU's throughput grows with the batch, a CPU's
-    barely (measured: README)."""
+    barely (measured: docs/scale.md)."""
     return 256 if model.tok_embeddings.weight.device.type == "cuda" else 32
 
 

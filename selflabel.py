@@ -6,7 +6,7 @@ correct *and* incorrect solutions of the model it will weight.
 
     python selflabel.py --task=mbpp --path=../shared/data/mbpp/mbpp.jsonl --ckpt=out/x \
         --n=8 --out_dir=data_cache/sampled-mbpp
-    python data.py --dataset=sampled --path=data_cache/sampled-mbpp --data_dir=data_cache/mbpp-sampled
+    python prepare.py --dataset=sampled --path=data_cache/sampled-mbpp --data_dir=data_cache/mbpp-sampled
 
 Tasks: tinycode (a prepared split dir, default data_cache/tinycode/train), mbpp (train
 601-974), gsm8k (train), math (train), code_contests (train): the problems sources.py reads.

@@ -1,5 +1,5 @@
 """
-Real training data: code and maths sources, decontamination, mixtures (data.py writes them).
+Real training data: code and maths sources, decontamination, mixtures (prepare.py prepares them, data.py writes them).
 
 Each source is one function in SOURCES that yields (problem, samples) per problem:
     problem  {task, problem_id, prompt, text, ...what graders.score_batch needs to check it}
@@ -7,10 +7,10 @@ Each source is one function in SOURCES that yields (problem, samples) per proble
 so the same iterator feeds the prepared dataset (the samples) and self-labelling (the
 problems: selflabel.py samples a model on them and labels by graders.py's checkers).
 
-    python data.py --dataset=gsm8k,mbpp --path=../shared/data/gsm8k,../shared/data/mbpp/mbpp.jsonl \
+    python prepare.py --dataset=gsm8k,mbpp --path=../shared/data/gsm8k,../shared/data/mbpp/mbpp.jsonl \
         --decontam=humaneval,mbpp=../shared/data/mbpp/mbpp.jsonl,gsm8k=../shared/data/gsm8k \
         --data_dir=data_cache/real
-    python data.py --dataset=code_contests --n_samples=100000 --tokenizer=cl100k_base   # from the hub
+    python prepare.py --dataset=code_contests --n_samples=100000 --tokenizer=cl100k_base   # from the hub
 
 Every source reads its hub id through `datasets` (streaming, so CodeContests' ~3 GB never
 sits in memory), or a local file / directory in the hub's own schema (jsonl, jsonl.gz,

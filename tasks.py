@@ -230,7 +230,7 @@ def hf_rows(name, config, split, local):
 
 
 def load_tinycode(path=None):
-    """The problems of a prepared split (`python data.py`); the default is the test split."""
+    """The problems of a prepared split (`python prepare.py`); the default is the test split."""
     import data
     path = path or os.path.join("data_cache", "tinycode", "test")
     problems = data.PreparedSplit(path).problems()

@@ -49,7 +49,7 @@ eval_interval = 200             # iterations between validation + checkpoint
 eval_samples = 80               # validation samples per evaluation: a fixed set per dataset
 log_interval = 10               # iterations between log lines
 # data
-data_dir = "data_cache/tinycode"  # prepared by `python data.py` (done here if missing)
+data_dir = "data_cache/tinycode"  # prepared by `python prepare.py` (done here if missing)
 tokenizer = "bytes"             # must equal the tokenizer the data was prepared with
 train_split = "train"           # the split trained on: 'train', or 'pretrain' (the tiny base model)
 train_on = "correct"            # 'correct' solutions only, or 'all' (the critic's data)
@@ -824,7 +824,7 @@ def log_step(r, step, meter):
     if not step.pretraining:
         row.update(r.wlog.record(step.logged))
         # the step's mean weight over its N terms: 1 for every scheme unless clipping
-        # moved it (README, stabilisers)
+        # moved it (docs/method.md, stabilisers)
         row["w_step_mean"] = (sums[-1] / step.n_valid).item()
     if r.value_head:
         row["value_loss"] = sums[2].item()

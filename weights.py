@@ -340,7 +340,7 @@ def oracle(ce, valid, noise=None, cfg=None, norm_stats=None, **_):
     does not beat the baseline cannot detect a weighting effect."""
     if noise is None:
         raise ValueError("weighting='oracle' needs data that marks its noise (noise.bin): "
-                         "prepare tinycode with noise > 0 (python data.py --noise=0.5)")
+                         "prepare tinycode with noise > 0 (python prepare.py --noise=0.5)")
     clean = 1.0 - future(noise.float(), ce.shape[-1], fill=1.0)    # (B, T, H): x_{t+k} clean
     return finish(clean, valid, cfg, temperature=None, stats=norm_stats)
 

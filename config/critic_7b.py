@@ -33,7 +33,7 @@ train_on = "all"
 critic_pretrain_epochs = 0.5
 value_coef = 0.5
 value_detach = True
-value_surprise = False             # a pretrained state carries the signal; surprise adds none (README)
+value_surprise = False             # a pretrained state carries the signal; surprise adds none (docs/method.md)
 n_future = 4                       # = the checkpoint's n_future_tokens (a mismatch is refused)
 block_size = 2048
 batch_size = 2

@@ -14,7 +14,7 @@ Clean rows: MBPP problems outside the test split (prompt 1-10, validation 511-60
 601-974), with their own asserts, minus NEAR_COPIES (hand-read pairs that are the same task
 as a test problem; reported on their own), and GSM8K train questions (text only).
 
-The index is what data.py's default guard builds: HumanEval, MBPP test (with asserts),
+The index is what prepare.py's default guard builds: HumanEval, MBPP test (with asserts),
 GSM8K test, MATH test (all 5000).
 """
 import argparse

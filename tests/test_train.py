@@ -221,7 +221,7 @@ def test_validation_set_does_not_depend_on_the_batch(toy_data, tmp_path):
 
 def test_run_records_what_reproducing_it_needs(toy_data, tmp_path):
     """config.json names the torch build, thread count and processor: a bit-for-bit rerun
-    needs all three (README, Reproducibility)."""
+    needs all three (docs/reproducibility.md)."""
     train.train(tiny_cfg(toy_data, tmp_path, max_iters=1))
     env = json.load(open(tmp_path / "config.json"))["environment"]
     assert env["torch"] == torch.__version__ and env["threads"] == torch.get_num_threads()
