@@ -58,8 +58,9 @@ def test_the_fork_is_an_experiment_arm(tmp_path):
     d = str(tmp_path / "tinycode")
     data.prepare_tinycode(d, "bytes", n_train=60, n_val=12, n_test=4, n_incorrect=1, n_pretrain=40,
                           families="arithmetic", pretrain_families="arithmetic", noise=0.3)
-    args = argv(str(tmp_path / "exp"), d, seeds=1, jobs=2, arms="baseline,p_weighted,p_weighted_shuffled")
-    args = [a + f",plugins={HERE}" if a.startswith("--overrides=") else a for a in args]
+    args = argv(str(tmp_path / "exp"), d, arms="baseline,p_weighted,p_weighted_shuffled")
+    args = ["--seeds=1" if a.startswith("--seeds=") else
+            a + f",plugins={HERE}" if a.startswith("--overrides=") else a for a in args]
     experiment.main(args)
     report = open(tmp_path / "exp" / "report.md").read()
     for arm in ("baseline", "p_weighted", "p_weighted_shuffled"):
