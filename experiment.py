@@ -33,7 +33,6 @@ import subprocess
 import sys
 import time
 
-import numpy as np
 
 import configurator
 
@@ -59,6 +58,8 @@ def arm(name):
         raise ValueError(f"arm {name!r}: {base!r} is no scheme; the schemes are {sorted(weights.SCHEMES)} "
                          f"('baseline' = 'uniform'), each with _shuffled, _random and _tokens controls")
     keys = dict(weighting=scheme, train_on=weights.SCHEMES[scheme].train_on)
+    if weights.SCHEMES[scheme].weight_norm:   # the normalisation its weights need (group: 'tokens')
+        keys["weight_norm"] = weights.SCHEMES[scheme].weight_norm
     if kind == "shuffled":
         keys.update(weighting="shuffled", control_of=scheme)
     elif kind == "random":   # draws from the scheme's run of the same seed

@@ -603,3 +603,12 @@ def mtp_cross_entropy(logits, targets):
     ce = F.cross_entropy(logits.float().flatten(0, 2), targets.flatten(),
                          ignore_index=-1, reduction="none")
     return ce.view(targets.shape)
+
+
+def mtp_entropy(logits, targets):
+    """Predictive entropy of each head's distribution, in fp32, detached, 0 where the
+    target is ignored (-1): H[t, k] = -sum_v p_k(v | x_<=t) log p_k(v | x_<=t).
+    logits (B, T, H, V), targets (B, T, H) -> (B, T, H); mtp_loss.forward's entropy is this,
+    computed in chunks of the vocabulary projection."""
+    logp = F.log_softmax(logits.detach().float(), dim=-1)
+    return torch.where(targets >= 0, -(logp.exp() * logp).sum(-1), 0.0)

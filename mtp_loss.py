@@ -91,16 +91,25 @@ def chunk_ce_lse(logits, target):
     return torch.where(target >= 0, ce_all, 0.0), lse
 
 
+def chunk_entropy(logits, lse):
+    """One chunk's per-row predictive entropy from its logits (n, V) and log-sum-exp (n,):
+    H = lse - sum_v p_v logit_v (model.mtp_entropy's value)."""
+    return lse - (torch.exp(logits - lse[:, None]) * logits).sum(-1)
+
+
 @torch.no_grad()
-def ce_and_lse(h, weight, target, chunk, dtype):
+def ce_and_lse(h, weight, target, chunk, dtype, entropy=None):
     """Per-row CE and log-sum-exp of logits h @ weight.T, chunk rows at a time.
     h (N, D), weight (V, D), target (N,) int64 with -1 = no target -> ce, lse (N,) fp32,
-    ce 0 where there is no target (mtp_cross_entropy's ignore_index=-1)."""
+    ce 0 where there is no target (mtp_cross_entropy's ignore_index=-1). entropy: an (N,)
+    tensor to fill with each row's predictive entropy, from the same logits."""
     ce = torch.empty(h.shape[0], dtype=torch.promote_types(dtype, torch.float32), device=h.device)
     lse = torch.empty_like(ce)
     for s in range(0, h.shape[0], chunk):
         logits = chunk_logits(h[s:s + chunk], weight, dtype)            # (n, V) fp32
         ce[s:s + chunk], lse[s:s + chunk] = chunk_ce_lse(logits, target[s:s + chunk])
+        if entropy is not None:
+            entropy[s:s + chunk] = chunk_entropy(logits, lse[s:s + chunk])
     return ce, lse
 
 
@@ -225,11 +234,17 @@ def _set_rng_state(state, device):
         torch.cuda.set_rng_state(state[1], device)
 
 
-def forward(model, idx, targets, chunk=0, kernel="torch", with_values=False, value_mask=None):
+def forward(model, idx, targets, chunk=0, kernel="torch", with_values=False, value_mask=None,
+            with_entropy=False):
     """Pass 1. idx (B, T), targets (B, T, H) from mtp_targets -> a namespace with
     ce (B, T, H) fp32 detached (what mtp_cross_entropy(model(idx), targets) gives),
     values (B, T) with their graph when with_values (the critic's V(s_t), surprise
-    features from head 1's CE), and the state pass 2 needs. Under autocast as the caller set it."""
+    features from head 1's CE), entropy (B, T, H) when with_entropy (model.mtp_entropy's,
+    from the same chunks of logits; else None), and the state pass 2 needs. Under autocast
+    as the caller set it."""
+    if with_entropy and kernel != "torch":
+        raise ValueError(f"the predictive entropy comes from the chunks of logits of "
+                         f"loss_kernel='torch'; loss_kernel={kernel!r} keeps none: use 'torch'")
     B, T, H = targets.shape
     c, W = model.config, model.output.weight
     dev = idx.device
@@ -242,6 +257,7 @@ def forward(model, idx, targets, chunk=0, kernel="torch", with_values=False, val
     nxt = torch.cat([idx[:, 1:], idx.new_full((B, 1), -1)], dim=1)   # (B, T)
     ce = torch.zeros(B, T, H, dtype=torch.float32, device=dev)
     lse = torch.zeros_like(ce)
+    entropy = torch.zeros_like(ce) if with_entropy else None
     rng, ce_next = [], None
     redraw = model.training and c.dropout > 0
     with torch.no_grad():
@@ -252,8 +268,11 @@ def forward(model, idx, targets, chunk=0, kernel="torch", with_values=False, val
             if kernel != "torch":
                 ce_k = kernel_ce(kernel, h, W, t)
             else:
-                ce_k, lse_k = ce_and_lse(h, W, t, rows, dtype)
+                ent_k = torch.empty(B * T, dtype=torch.float32, device=dev) if with_entropy else None
+                ce_k, lse_k = ce_and_lse(h, W, t, rows, dtype, entropy=ent_k)
                 lse[..., k] = lse_k.view(B, T)
+                if with_entropy:
+                    entropy[..., k] = torch.where(targets[..., k] >= 0, ent_k.view(B, T), 0.0)
             ce_k = ce_k.view(B, T)
             if k == 0:
                 ce_next = ce_k
@@ -266,7 +285,7 @@ def forward(model, idx, targets, chunk=0, kernel="torch", with_values=False, val
         extra = surprise_from_ce(ce_next, value_mask) if c.value_surprise else None
         # value_detach=False: the value loss's gradient joins the heads' in x.grad
         values = model.value_head(trunk.detach() if c.value_detach else x, extra)
-    return SimpleNamespace(ce=ce, values=values, lse=lse, trunk=trunk, x=x, cos=cos, sin=sin,
+    return SimpleNamespace(ce=ce, values=values, lse=lse, entropy=entropy, trunk=trunk, x=x, cos=cos, sin=sin,
                            targets=targets, rng=rng, rows=rows, dtype=dtype, kernel=kernel)
 
 

@@ -36,7 +36,7 @@ import reference
 import weights
 from checkpoint import environment, git_hash, load_checkpoint, model_args_changed, save_checkpoint
 from diagnostics import WeightLog, guess_peak_flops
-from model import ModelConfig, Transformer, mtp_cross_entropy, mtp_targets
+from model import ModelConfig, Transformer, mtp_cross_entropy, mtp_entropy, mtp_targets
 from parallel import all_reduce_sum
 
 # -----------------------------------------------------------------------------
@@ -75,7 +75,7 @@ control_of = "rho1"             # 'shuffled': the scheme whose own weights are p
 control_weights = ""            # 'random_matched': the run dir whose weights_sample.npy is drawn from
 plugins = ""                    # python files that register more schemes (weights.register), comma-separated
 weight_norm = "heads"           # 'heads': sum_k w[t, k] = 1 (times #heads); 'tokens': over the whole step
-temperature = 1.0               # T of Rho-1's softmax(excess / T)
+temperature = 1.0               # T of a softmax scheme: Rho-1's softmax(excess / T), entropy 'soft'
 w_min = 0.0                     # clip weights to [w_min, w_max]; 0 = no bound
 w_max = 0.0
 weight_top_frac = 0.0           # keep only this top fraction of each sequence's terms; 0 = all
@@ -90,6 +90,14 @@ rho1_ref = "next_token"         # head k at t vs the ref's next-token CE of x_{t
 min_ce_diff = 0.0               # terms with |excess| below this get weight 0, moved to the group's kept terms (none kept: uniform)
 rho1_mode = "abs"               # 'abs' |CE_ref - CE|, 'signed' CE - CE_ref, 'topk' binary selection
 rho1_top_frac = 0.6             # share of tokens 'topk' keeps (Rho-1 kept 60%)
+# entropy: high-entropy "forking" tokens
+entropy_mode = "top"            # 'top': the top entropy_top_frac of each sequence's terms, equal weights; 'soft': softmax(H / T)
+entropy_top_frac = 0.2          # share of terms 'top' keeps (Wang et al. 2025 kept 20%)
+# group: group-relative advantages (Dr. GRPO), needs weight_norm='tokens'
+group_std = False               # divide A = r - mean by the group's std (GRPO); False: Dr. GRPO's A
+group_negative = "signed"       # A < 0: 'signed' (the unlikelihood term) or 'drop' (weight 0)
+# hybrid: critic x Rho-1
+hybrid_mean = "product"         # 'product' of both schemes' weights, or their 'geometric' mean; renormalised
 # Verifiable Critic
 gamma = 1.0                     # discount of the TD errors and GAE
 lam = 0.95                      # GAE lambda, for the value targets
@@ -237,7 +245,9 @@ CHOICES = (("train_on", ("correct", "all")), ("weight_norm", ("heads", "tokens")
            ("activation_checkpointing", ("none", "selective", "full")),
            ("rho1_mode", ("abs", "signed", "topk")), ("reward", ("binary", "pm1", "zscore")),
            ("incorrect_mode", ("weighted", "value_only", "signed")),
-           ("ref_ce_mode", ("cache", "online")), ("rho1_ref", ("next_token", "matched")))
+           ("ref_ce_mode", ("cache", "online")), ("rho1_ref", ("next_token", "matched")),
+           ("entropy_mode", ("top", "soft")), ("group_negative", ("signed", "drop")),
+           ("hybrid_mean", ("product", "geometric")))
 
 
 def resolve_scheme(c):
@@ -270,6 +280,7 @@ def setup(cfg):
     r.scheme = resolve_scheme(c)
     r.value_head = "values" in r.scheme.reads
     r.use_ref = "ref_ce" in r.scheme.reads
+    r.entropy = "entropy" in r.scheme.reads             # the loss path computes it (mtp_loss.forward)
     r.signed = r.scheme.is_signed(c)
     # random_matched reads no CE but draws its weights after the forward's dropout masks,
     # as the baseline's masks: it stays on two passes so that the arms draw the same masks
@@ -278,6 +289,9 @@ def setup(cfg):
     for key, allowed in CHOICES:
         if getattr(c, key) not in allowed:
             raise ValueError(f"{key} must be one of {allowed}, got {getattr(c, key)!r}")
+    if r.scheme.weight_norm and c.weight_norm != r.scheme.weight_norm:
+        raise ValueError(f"weighting={c.weighting!r} needs weight_norm={r.scheme.weight_norm!r} "
+                         f"(weights.register), got {c.weight_norm!r}: set --weight_norm={r.scheme.weight_norm}")
     if c.heads_only and (c.n_future < 2 or r.value_head):
         raise ValueError("heads_only trains heads 2..H: it needs n_future >= 2 and a scheme without a value head")
     r.device_type = "cuda" if r.device.startswith("cuda") else "cpu"
@@ -591,18 +605,22 @@ def log(r, row):
 
 # ---- one step ---------------------------------------------------------------------------------
 def forward(r, m, mb):
-    """The CE of every (t, k) term (B, T, H) fp32 and, with a value head, V(s_t) (B, T);
-    'chunked' also returns pass 1's state for mtp_loss.backward ('simple': None)."""
+    """One micro-batch's forward -> (ce, values, state): the CE of every (t, k) term
+    (B, T, H) fp32; with a value head, V(s_t) (B, T); and what pass 2 and the providers
+    read: 'chunked', pass 1's state (mtp_loss.forward: its .entropy where the scheme reads
+    'entropy'); 'simple', a namespace holding only that entropy (model.mtp_entropy)."""
     c = r.c
     value_mask = mb["loss_mask"].to(r.device) if r.value_head else None
     with r.ctx:
         if c.loss_impl == "chunked":   # the bare module: DDP's hooks allow one backward
             p = mtp_loss.forward(r.raw_model, mb["tokens"], mb["targets"], c.loss_chunk,
-                                 c.loss_kernel, with_values=r.value_head, value_mask=value_mask)
+                                 c.loss_kernel, with_values=r.value_head, value_mask=value_mask,
+                                 with_entropy=r.entropy)
             return p.ce, p.values, p
         out = m(mb["tokens"], with_values=r.value_head, value_mask=value_mask)
     logits, values = out if r.value_head else (out, None)       # (B, T, H, V), (B, T)
-    return mtp_cross_entropy(logits, mb["targets"]), values, None
+    entropy = mtp_entropy(logits, mb["targets"]) if r.entropy else None
+    return mtp_cross_entropy(logits, mb["targets"]), values, SimpleNamespace(entropy=entropy)
 
 
 @torch.no_grad()
@@ -612,7 +630,7 @@ def scheme_weights(r, mb, ce, values, norm_stats=None, step_norm=None, state=Non
     (Scheme.before_ce). norm_stats: a dict for normalize's statistics (the 'tokens'
     pre-pass); step_norm: the step's totals from it (step_mass): w rescaled to this
     micro-batch's share of the step's mass. The scheme's inputs come from providers.py,
-    which see this forward (state: the chunked loss's pass 1, None on the simple path)."""
+    which see this forward (state: forward's third value)."""
     c, valid = r.c, mb["targets"] >= 0
     v = critic.state_values(values, mb) if values is not None else None
     if c.weighting == "random_matched":
@@ -656,8 +674,8 @@ def tokens_pre_pass(r, micro, seed_of):
     with torch.no_grad():
         for i, (mb, part) in enumerate(zip(micro, parts)):
             torch.manual_seed(seed_of(i))          # the main pass's dropout masks
-            ce_values = (None, None) if r.before_ce else forward(r, r.raw_model, mb)[:2]
-            scheme_weights(r, mb, *ce_values, norm_stats=part)
+            ce, values, state = (None, None, None) if r.before_ce else forward(r, r.raw_model, mb)
+            scheme_weights(r, mb, ce, values, norm_stats=part, state=state)
     return step_mass(parts, r.device, r.ddp)
 
 
@@ -675,9 +693,10 @@ def micro_step(r, mb, step):
         ce = mtp_loss.forward_backward(r.raw_model, mb["tokens"], mb["targets"], w, step.n_valid,
                                        c.loss_chunk, c.loss_kernel, scale=scale, ctx=r.ctx)
         return weights.weighted_loss(ce, w, step.n_valid), ce, valid, w   # the loss: its value only
-    ce, values, heads = forward(r, r.model, mb)
+    ce, values, state = forward(r, r.model, mb)
+    heads = state if c.loss_impl == "chunked" else None   # pass 1, for the head-by-head backward
     with torch.no_grad():
-        w, v = scheme_weights(r, mb, ce, values, step_norm=step.norm, state=heads)
+        w, v = scheme_weights(r, mb, ce, values, step_norm=step.norm, state=state)
         neg = w < 0 if r.signed else None     # signed: the unlikelihood term where w < 0
         if neg is not None:
             w = w.abs()

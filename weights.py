@@ -36,6 +36,7 @@ import importlib.util
 import os
 import sys
 from fractions import Fraction
+from types import SimpleNamespace
 from typing import Callable, NamedTuple
 
 import torch
@@ -345,6 +346,82 @@ def oracle(ce, valid, noise=None, cfg=None, norm_stats=None, **_):
     return finish(clean, valid, cfg, temperature=None, stats=norm_stats)
 
 
+def entropy(ce, valid, entropy=None, cfg=None, norm_stats=None, **_):
+    """High-entropy "forking" tokens (Wang et al. 2025, arXiv 2506.01939, who restrict the
+    policy gradient to the top 20% of tokens by predictive entropy). entropy (B, T, H): the
+    predictive entropy of head k at t, detached (providers.py: the loss path's).
+    entropy_mode 'top': the top entropy_top_frac of each sequence's valid terms, weighted
+    equally (a position left with no kept head passes its weight to the sequence's kept
+    terms, keep_mass); 'soft': softmax(H / temperature) over the weight_norm group.
+    Choosing by predictive entropy can collapse (a 2026 follow-up): the matched control tells."""
+    if entropy is None:
+        raise ValueError("weighting='entropy' needs the predictive entropy (providers.py 'entropy')")
+    if cfg.entropy_mode == "soft":
+        return finish(entropy, valid, cfg, temperature=cfg.temperature, stats=norm_stats)
+    if cfg.entropy_mode != "top":
+        raise ValueError(f"entropy_mode must be 'top' or 'soft', got {cfg.entropy_mode!r}")
+    keep = sparsify(entropy, valid, top_frac=cfg.entropy_top_frac)
+    w = normalize(torch.ones_like(entropy), keep, cfg.weight_norm, n_valid_of=valid, stats=norm_stats)
+    return keep_mass(w, valid, cfg.weight_norm)
+
+
+def group(ce, valid, is_correct=None, group_mean=None, group_std=None, cfg=None, norm_stats=None, **_):
+    """Group-relative advantages on MTP (GRPO; Dr. GRPO, arXiv 2503.20783: A = r - mean of
+    the group's r, no std and no length term by default). A group is the samples of one
+    problem in the training data (providers.py 'group_mean': tinycode's variants, a
+    problem's correct and incorrect solutions, selflabel.py's samples); r = is_correct. A
+    sample's advantage spreads over its tokens: w[t, k] = A for each of its valid terms,
+    so the groups that normalise it are the batch's (weight_norm must be 'tokens': under
+    'heads' a per-sample constant is 1 at every position). group_std: A / std of the
+    group (GRPO's original). group_negative 'signed': a negative A weights the
+    unlikelihood term (the signed path); 'drop': weight 0. A batch whose advantages are
+    all 0 trains like the baseline (normalize's uniform fallback)."""
+    if cfg.weight_norm != "tokens":
+        raise ValueError("weighting='group' gives every term of a sample one weight, which "
+                         "weight_norm='heads' makes 1: set weight_norm='tokens'")
+    adv = is_correct - group_mean
+    if cfg.group_std:
+        adv = adv / group_std.clamp(min=1e-6)
+    adv = adv[:, None, None].expand(valid.shape)
+    if cfg.group_negative == "drop":
+        return normalize(adv.clamp(min=0), valid, "tokens", stats=norm_stats)
+    if cfg.group_negative != "signed":
+        raise ValueError(f"group_negative must be 'signed' or 'drop', got {cfg.group_negative!r}")
+    return signs(normalize(adv.abs(), valid, "tokens", stats=norm_stats), adv < 0)
+
+
+def dft(ce, valid, cfg=None, norm_stats=None, **_):
+    """Dynamic Fine-Tuning (Wu et al. 2025, arXiv 2508.05629: the loss -sg(p) log p):
+    w[t, k] = sg(p_k(x_{t+k})) = exp(-CE), normalised like the others (finish), so its loss
+    keeps the baseline's scale where DFT's own shrinks with p."""
+    return finish(torch.exp(-ce), valid, cfg, temperature=None, stats=norm_stats)
+
+
+def hybrid(ce, valid, cfg=None, norm_stats=None, **inputs):
+    """The critic x Rho-1 (the proposal's sec. 9): the product of both schemes' normalised
+    weights (hybrid_mean 'product'), or their geometric mean ('geometric'), renormalised
+    per weight_norm group. Reads both schemes' inputs; incorrect solutions are weighted
+    (the critic's 'weighted' mode: a product of signed weights has no meaning here)."""
+    plain = SimpleNamespace(**{**vars(cfg), "incorrect_mode": "weighted"})
+    w_c = critic(ce, valid, cfg=plain, **inputs)
+    w_r = rho1(ce, valid, cfg=cfg, **inputs)
+    if cfg.hybrid_mean not in ("product", "geometric"):
+        raise ValueError(f"hybrid_mean must be 'product' or 'geometric', got {cfg.hybrid_mean!r}")
+    score = w_c * w_r if cfg.hybrid_mean == "product" else (w_c * w_r).sqrt()
+    return normalize(score, valid, cfg.weight_norm, stats=norm_stats)
+
+
+def gradient(ce, valid, goal_grad=None, cfg=None, norm_stats=None, **_):
+    """Goal-gradient importance (the proposal's sec. 9; the score of GoGI, Zhuang et al.
+    2025, arXiv 2505.08392, there used to prune chain-of-thought tokens): w[t, k]
+    proportional to |dL_goal / dh_{t+k}|_1, how much target token x_{t+k}'s hidden state
+    moves the loss of the solution's last line (providers.py 'goal_grad'), normalised
+    like the others (finish)."""
+    if goal_grad is None:
+        raise ValueError("weighting='gradient' needs the goal gradient (providers.py 'goal_grad')")
+    return finish(future(goal_grad, ce.shape[-1]), valid, cfg, temperature=None, stats=norm_stats)
+
+
 class Scheme(NamedTuple):
     """A registered weighting: its function and what train.py must give it."""
     fn: Callable
@@ -353,6 +430,7 @@ class Scheme(NamedTuple):
     signed: dict = None             # the config keys under which its weights may be negative
                                     # (the unlikelihood term where w < 0); None: never
     train_on: str = "correct"       # the data its method names: 'correct' solutions, or 'all' (experiment.py)
+    weight_norm: str = None         # the normalisation its weights need ('tokens'); None: either
 
     def is_signed(self, cfg):
         return bool(self.signed) and all(getattr(cfg, k) == v for k, v in self.signed.items())
@@ -361,11 +439,12 @@ class Scheme(NamedTuple):
 SCHEMES = {}
 
 
-def register(name, fn, reads=("ce",), before_ce=False, signed=None, train_on="correct"):
+def register(name, fn, reads=("ce",), before_ce=False, signed=None, train_on="correct", weight_norm=None):
     """Add a scheme: `weighting=name` then runs it. -> fn. reads: the inputs it takes by
     name ('ce', and those of providers.PROVIDERS or the batch's fields); signed: the
     config keys under which its weights may be negative ({'incorrect_mode': 'signed'});
-    train_on: 'correct' or 'all' samples, what an experiment's arm of it trains on.
+    train_on: 'correct' or 'all' samples, what an experiment's arm of it trains on;
+    weight_norm: the normalisation it needs, set in its arms (None: the run's).
     The same function registered again (its file imported twice: by pytest and as a
     plugin) replaces its entry; another function under a taken name is an error."""
     old = SCHEMES.get(name)
@@ -378,7 +457,7 @@ def register(name, fn, reads=("ce",), before_ce=False, signed=None, train_on="co
                          f"read 'ce' nor be signed (the unlikelihood term needs two passes)")
     if train_on not in ("correct", "all"):
         raise ValueError(f"scheme {name!r}: train_on must be 'correct' or 'all', got {train_on!r}")
-    SCHEMES[name] = Scheme(fn, tuple(reads), before_ce, signed, train_on)
+    SCHEMES[name] = Scheme(fn, tuple(reads), before_ce, signed, train_on, weight_norm)
     return fn
 
 
@@ -402,6 +481,12 @@ register("critic", critic, reads=("ce", "values", "rewards", "moments", "is_corr
          signed={"incorrect_mode": "signed"}, train_on="all")
 # the oracle reads no CE and could run in one pass; it stays on two, as when its arm was measured
 register("oracle", oracle, reads=("noise",))
+register("entropy", entropy, reads=("ce", "entropy"))
+register("group", group, reads=("ce", "is_correct", "group_mean", "group_std"),
+         signed={"group_negative": "signed"}, train_on="all", weight_norm="tokens")
+register("dft", dft, reads=("ce",))
+register("gradient", gradient, reads=("ce", "goal_grad"))
+register("hybrid", hybrid, reads=("ce", "ref_ce", "values", "rewards", "moments"), train_on="all")
 
 
 # ---- controls --------------------------------------------------------------------------

@@ -10,7 +10,7 @@ import torch
 
 import mtp_loss
 import weights
-from model import ModelConfig, Transformer, mtp_cross_entropy, mtp_targets, surprise_features
+from model import ModelConfig, Transformer, mtp_cross_entropy, mtp_entropy, mtp_targets, surprise_features
 
 
 def tiny_model(seed=0, **kw):
@@ -49,6 +49,24 @@ def test_pass_one_ce_is_mtp_cross_entropy():
         got = mtp_loss.forward(m, tokens, targets, chunk=chunk).ce
         # both compute the CE in fp32 (mtp_cross_entropy casts the logits): fp32 rounding
         torch.testing.assert_close(got, want, rtol=1e-6, atol=1e-6)
+
+
+def test_pass_one_entropy_is_the_predictive_entropy():
+    """The entropy the loss path keeps for the 'entropy' scheme, from its chunks of logits,
+    equals model.mtp_entropy on the (B, T, H, V) logits and torch.distributions'
+    Categorical entropy of each head's distribution; 0 where there is no target."""
+    m = tiny_model()
+    tokens, mask, targets = batch()
+    logits = m(tokens)
+    simple = mtp_entropy(logits, targets)
+    reference = torch.distributions.Categorical(logits=logits.float()).entropy()
+    torch.testing.assert_close(simple, torch.where(targets >= 0, reference, 0.0))
+    for chunk in (1, 7, 0):
+        got = mtp_loss.forward(m, tokens, targets, chunk=chunk, with_entropy=True).entropy
+        torch.testing.assert_close(got, simple, rtol=1e-6, atol=1e-6)
+    assert mtp_loss.forward(m, tokens, targets).entropy is None
+    with pytest.raises(ValueError, match="loss_kernel='torch'"):
+        mtp_loss.forward(m, tokens, targets, kernel="cce", with_entropy=True)
 
 
 def test_surprise_from_ce_is_surprise_features():

@@ -19,26 +19,30 @@ import train
 import weights
 from test_train import tiny_cfg, toy_samples
 
-# name -> (a value for a unit call: f(B, T, generator), train.py keys a run needs for it)
+# name -> (a value for a unit call: f(B, T, H, generator), train.py keys a run needs for it)
 INPUTS = {
-    "ref_ce": (lambda B, T, g: torch.rand(B, T, generator=g) * 4, lambda t: dict(ref_init_from=t.ref)),
-    "values": (lambda B, T, g: torch.randn(B, T, generator=g), lambda t: dict(critic_pretrain_epochs=0.05)),
-    "rewards": (lambda B, T, g: torch.rand(B, T, generator=g), lambda t: {}),
-    "moments": (lambda B, T, g: weights.RunningMoments(), lambda t: {}),
-    "noise": (lambda B, T, g: torch.rand(B, T, generator=g) < 0.2, lambda t: dict(data_dir=t.noisy)),
-    "is_correct": (lambda B, T, g: (torch.rand(B, generator=g) < 0.5).float(), lambda t: {}),
-    "group": (lambda B, T, g: torch.arange(B) // 2, lambda t: {}),
+    "ref_ce": (lambda B, T, H, g: torch.rand(B, T, generator=g) * 4, lambda t: dict(ref_init_from=t.ref)),
+    "values": (lambda B, T, H, g: torch.randn(B, T, generator=g), lambda t: dict(critic_pretrain_epochs=0.05)),
+    "rewards": (lambda B, T, H, g: torch.rand(B, T, generator=g), lambda t: {}),
+    "moments": (lambda B, T, H, g: weights.RunningMoments(), lambda t: {}),
+    "noise": (lambda B, T, H, g: torch.rand(B, T, generator=g) < 0.2, lambda t: dict(data_dir=t.noisy)),
+    "is_correct": (lambda B, T, H, g: (torch.rand(B, generator=g) < 0.5).float(), lambda t: {}),
+    "group": (lambda B, T, H, g: torch.arange(B) // 2, lambda t: {}),
+    "entropy": (lambda B, T, H, g: torch.rand(B, T, H, generator=g) * 3, lambda t: {}),
+    "group_mean": (lambda B, T, H, g: torch.rand(B, generator=g), lambda t: {}),
+    "group_std": (lambda B, T, H, g: torch.rand(B, generator=g) + 0.1, lambda t: {}),
+    "goal_grad": (lambda B, T, H, g: torch.rand(B, T, generator=g), lambda t: {}),
 }
 
 
-def inputs_of(scheme, B, T, g):
+def inputs_of(scheme, B, T, H, g):
     missing = [n for n in scheme.reads if n != "ce" and n not in INPUTS]
     assert not missing, f"tests/test_registry.py has no INPUTS entry for {missing}: add one"
-    return {n: INPUTS[n][0](B, T, g) for n in scheme.reads if n != "ce"}
+    return {n: INPUTS[n][0](B, T, H, g) for n in scheme.reads if n != "ce"}
 
 
-def config(scheme, **kw):
-    """train.py's defaults, and the keys under which the scheme is signed where asked."""
+def config(**kw):
+    """train.py's defaults, with kw."""
     return SimpleNamespace(**{**train.DEFAULTS, **kw})
 
 
@@ -51,29 +55,42 @@ def case(seed, B=4, T=12, H=3):
     return ce.masked_fill(~valid, 0.0), valid, g
 
 
-VARIANTS = [(name, norm, signed) for name in sorted(weights.SCHEMES) for norm in ("heads", "tokens")
+def norms(scheme):
+    """The normalisations a scheme runs under: the one it declares, else both."""
+    return (scheme.weight_norm,) if scheme.weight_norm else ("heads", "tokens")
+
+
+# every scheme under each of its normalisations, with the run's defaults and, for a scheme
+# that can be signed, under the config that makes it so
+VARIANTS = [(name, norm, signed) for name in sorted(weights.SCHEMES) for norm in norms(weights.SCHEMES[name])
             for signed in ((False, True) if weights.SCHEMES[name].signed else (False,))]
 
 
 @pytest.mark.parametrize("name,norm,signed", VARIANTS)
 def test_the_weight_contract(name, norm, signed):
-    """Shape, finite, zero on ignored terms, non-negative unless signed, and mean |w| = 1
-    over each normalisation group's valid terms (a position's heads, or the batch)."""
+    """Shape, finite, zero on ignored terms, non-negative unless the config makes the
+    scheme signed, and mean |w| = 1 over each normalisation group's valid terms: the batch
+    ('tokens'); a position's heads ('heads'), or the sequence where the scheme drops
+    terms (their weight goes to the sequence's kept terms: weights.keep_mass)."""
     scheme = weights.SCHEMES[name]
     for seed in range(3):
         ce, valid, g = case(seed)
-        c = config(scheme, weight_norm=norm, **(scheme.signed if signed else {}))
+        c = config(weight_norm=norm, **(scheme.signed if signed else {}))
         w = scheme.fn(None if scheme.before_ce else ce, valid, cfg=c, norm_stats=None,
-                      **inputs_of(scheme, *ce.shape[:2], g))
+                      **inputs_of(scheme, *ce.shape, g))
         assert w.shape == ce.shape and w.dtype == torch.float32 and torch.isfinite(w).all()
         assert (w[~valid] == 0).all()
-        if not signed:
+        if not scheme.is_signed(c):
             assert (w >= 0).all()
         mag = w.abs()
-        if norm == "heads":
-            torch.testing.assert_close(mag.sum(-1), valid.sum(-1).float())
-        else:
+        if norm == "tokens":
             torch.testing.assert_close(mag.sum(), valid.sum().float())
+            continue
+        for b in range(w.shape[0]):   # a position's heads; a sequence that drops terms
+            if (mag[b][valid[b]] == 0).any():   # (sparsity) passes their weight on within it
+                torch.testing.assert_close(mag[b].sum(), valid[b].sum().float())
+            else:
+                torch.testing.assert_close(mag[b].sum(-1), valid[b].sum(-1).float())
 
 
 @pytest.mark.parametrize("name", sorted(weights.SCHEMES))
@@ -82,23 +99,22 @@ def test_weights_are_deterministic_and_use_what_the_scheme_declares(name):
     (called with only its declared inputs, it runs)."""
     scheme = weights.SCHEMES[name]
     ce, valid, g = case(7)
-    ins = inputs_of(scheme, *ce.shape[:2], g)
-    c = config(scheme)
+    ins = inputs_of(scheme, *ce.shape, g)
+    c = config(weight_norm=norms(scheme)[0])
     w1 = scheme.fn(None if scheme.before_ce else ce, valid, cfg=c, norm_stats=None, **ins)
     w2 = scheme.fn(None if scheme.before_ce else ce.clone(), valid, cfg=c, norm_stats=None, **ins)
     assert torch.equal(w1, w2)
 
 
-@pytest.mark.parametrize("name", sorted(weights.SCHEMES))
-@pytest.mark.parametrize("norm", ["heads", "tokens"])
+@pytest.mark.parametrize("name,norm", [(n, m) for n in sorted(weights.SCHEMES) for m in norms(weights.SCHEMES[n])])
 def test_every_schemes_shuffled_control_keeps_its_groups(name, norm):
     """The control made for any scheme: its weights permuted within each normalisation
     group, so every group keeps its total and its multiset of values."""
     scheme = weights.SCHEMES[name]
     ce, valid, g = case(11)
-    c = config(scheme, weight_norm=norm)
+    c = config(weight_norm=norm)
     w = scheme.fn(None if scheme.before_ce else ce, valid, cfg=c, norm_stats=None,
-                  **inputs_of(scheme, *ce.shape[:2], g))
+                  **inputs_of(scheme, *ce.shape, g))
     torch.manual_seed(0)
     s = weights.shuffled(w, valid, norm)
     assert (s[~valid] == 0).all()
@@ -140,6 +156,8 @@ def run_keys(name, t):
     missing = [n for n in scheme.reads if n != "ce" and n not in INPUTS]
     assert not missing, f"tests/test_registry.py has no INPUTS entry for {missing}: add one"
     keys = dict(weighting=name, train_on=scheme.train_on)
+    if scheme.weight_norm:
+        keys["weight_norm"] = scheme.weight_norm
     for n in scheme.reads:
         if n != "ce":
             keys.update(INPUTS[n][1](t))

@@ -17,7 +17,9 @@ from model import mtp_targets
 def cfg(**kw):
     base = dict(weight_norm="heads", temperature=1.0, min_ce_diff=0.0, rho1_mode="abs",
                 rho1_ref="next_token", rho1_top_frac=0.6, weight_top_frac=0.0, weight_top_p=1.0,
-                w_min=0.0, w_max=0.0, gamma=0.9, whiten=False, incorrect_mode="weighted")
+                w_min=0.0, w_max=0.0, gamma=0.9, whiten=False, incorrect_mode="weighted",
+                entropy_mode="top", entropy_top_frac=0.2, group_std=False, group_negative="signed",
+                hybrid_mean="product")
     return SimpleNamespace(**{**base, **kw})
 
 
@@ -264,18 +266,6 @@ def test_terminal_reward_moves_exactly_the_last_k_positions():
     torch.testing.assert_close(w0[0, :e - 3], w1[0, :e - 3])
 
 
-@pytest.mark.parametrize("scheme", sorted(weights.SCHEMES))   # every registered scheme, unnamed
-@pytest.mark.parametrize("norm", ["heads", "tokens"])
-def test_weights_are_finite_nonnegative_zero_on_ignored(scheme, norm):
-    ce, valid, _ = random_case(seed=3)
-    kw = dict(ref_ce=torch.rand(ce.shape[:2]) * 4, values=torch.randn(ce.shape[:2]),
-              rewards=torch.rand(ce.shape[:2]), noise=torch.rand(ce.shape[:2]) < 0.2,
-              cfg=cfg(weight_norm=norm, w_max=3.0))
-    w = weights.SCHEMES[scheme].fn(ce, valid, **kw)
-    assert w.shape == ce.shape and torch.isfinite(w).all() and (w >= 0).all()
-    assert (w[~valid] == 0).all()
-
-
 def test_clipping_and_sparsity():
     ce, valid, _ = random_case(seed=4)
     score = torch.rand_like(ce) * 5
@@ -471,3 +461,142 @@ def test_critic_whitening_is_centring_only():
     torch.testing.assert_close(weights.critic(ce, valid, values=values, rewards=rewards, moments=m, cfg=c), w1)
     m.mean = 0.4
     assert not torch.allclose(weights.critic(ce, valid, values=values, rewards=rewards, moments=m, cfg=c), w1)
+
+
+# ---- the schemes since Rho-1 (issue 21), each against a plain-loop hand computation ------
+def loop_heads(score, valid):
+    """Proportional weights per position by loops: w[t, k] = n_t * s / sum_k s (uniform
+    where every score of the position is 0)."""
+    B, T, H = score.shape
+    w = torch.zeros(B, T, H)
+    for b in range(B):
+        for t in range(T):
+            ks = [k for k in range(H) if valid[b, t, k]]
+            total = sum(float(score[b, t, k]) for k in ks)
+            for k in ks:
+                w[b, t, k] = len(ks) * (float(score[b, t, k]) / total if total > 0 else 1 / len(ks))
+    return w
+
+
+def test_entropy_top_keeps_the_highest_entropy_terms_by_hand():
+    ce, valid, _ = random_case(B=2, T=6, H=3, seed=21)
+    ent = torch.rand(ce.shape, generator=torch.Generator().manual_seed(5)) * 3
+    c = cfg(entropy_mode="top", entropy_top_frac=0.25)
+    w = weights.entropy(ce, valid, entropy=ent, cfg=c)
+    for b in range(2):
+        terms = [(float(ent[b, t, k]), t, k) for t in range(6) for k in range(3) if valid[b, t, k]]
+        n_keep = math.ceil(0.25 * len(terms))
+        kept = {(t, k) for _, t, k in sorted(terms, key=lambda x: -x[0])[:n_keep]}
+        # per position: its valid heads' count shared by its kept heads; then the sequence's
+        # weights rescaled to total its valid terms (keep_mass)
+        raw = torch.zeros(6, 3)
+        for t in range(6):
+            kk = [k for k in range(3) if (t, k) in kept]
+            for k in kk:
+                raw[t, k] = int(valid[b, t].sum()) / len(kk)
+        expected = raw * len(terms) / raw.sum()
+        torch.testing.assert_close(w[b], expected)
+        assert {(t, k) for t in range(6) for k in range(3) if w[b, t, k] > 0} == kept
+
+
+def test_entropy_soft_is_a_softmax_over_the_heads_by_hand():
+    ce, valid, _ = random_case(B=2, T=5, H=3, seed=22)
+    ent = torch.rand(ce.shape, generator=torch.Generator().manual_seed(6)) * 3
+    w = weights.entropy(ce, valid, entropy=ent, cfg=cfg(entropy_mode="soft", temperature=0.5))
+    torch.testing.assert_close(w, loop_heads(torch.exp(ent / 0.5), valid))
+
+
+def group_case():
+    valid = torch.ones(4, 3, 2, dtype=torch.bool)
+    valid[:, -1, 1] = False                          # 5 valid terms per sample
+    valid[3, :, :] = False
+    valid[3, 0, 0] = True                            # sample 3: 1 valid term
+    is_correct = torch.tensor([1.0, 0.0, 1.0, 0.0])
+    mean = torch.tensor([0.5, 0.5, 1 / 3, 1 / 3])    # groups {0, 1} and {2, 3, (another)}
+    std = torch.tensor([0.5, 0.5, 0.4714, 0.4714])
+    return valid, is_correct, mean, std
+
+
+def test_group_advantages_by_hand():
+    valid, r, mean, std = group_case()
+    ce = torch.zeros(valid.shape)
+    n = int(valid.sum())                                            # 16 valid terms
+    A = [1 - 0.5, 0 - 0.5, 1 - 1 / 3, 0 - 1 / 3]
+    count = [int(valid[b].sum()) for b in range(4)]                 # 5, 5, 5, 1
+    mass = sum(abs(a) * m for a, m in zip(A, count))
+    c = cfg(weight_norm="tokens", group_std=False, group_negative="signed")
+    w = weights.group(ce, valid, is_correct=r, group_mean=mean, group_std=std, cfg=c)
+    for b in range(4):
+        expected = n * abs(A[b]) / mass * (-1 if A[b] < 0 else 1)
+        torch.testing.assert_close(w[b][valid[b]], torch.full((count[b],), expected))
+    assert (w[~valid] == 0).all()
+    # 'drop': the negative samples get 0, the rest share the whole mass
+    w = weights.group(ce, valid, is_correct=r, group_mean=mean, group_std=std,
+                      cfg=cfg(weight_norm="tokens", group_std=False, group_negative="drop"))
+    pos = sum(a * m for a, m in zip(A, count) if a > 0)
+    for b in range(4):
+        torch.testing.assert_close(w[b][valid[b]], torch.full((count[b],), n * max(A[b], 0) / pos))
+    # std: A / std, then the same normalisation
+    w = weights.group(ce, valid, is_correct=r, group_mean=mean, group_std=std,
+                      cfg=cfg(weight_norm="tokens", group_std=True, group_negative="signed"))
+    As = [a / float(s) for a, s in zip(A, std)]
+    mass = sum(abs(a) * m for a, m in zip(As, count))
+    for b in range(4):
+        torch.testing.assert_close(w[b][valid[b]], torch.full((count[b],), n * As[b] / mass))
+    with pytest.raises(ValueError, match="weight_norm='tokens'"):
+        weights.group(ce, valid, is_correct=r, group_mean=mean, group_std=std, cfg=cfg(group_std=False))
+
+
+def test_group_statistics_provider_by_hand():
+    """providers.group_stats: per problem, mean and std of is_correct over the samples the
+    run trains on."""
+    import numpy as np
+    from types import SimpleNamespace
+
+    import providers
+    groups = np.array([0, 0, 1, 1, 1, 2, 0])
+    labels = np.array([1, 0, 1, 1, 0, 0, 1])
+    split = SimpleNamespace(path="toy", sample_fields={"group": groups},
+                            index=np.stack([np.zeros(7), np.ones(7), np.zeros(7), labels], 1).astype(np.int64))
+    ids = np.array([0, 1, 2, 3, 4, 5])                              # sample 6 is not trained on
+    run = SimpleNamespace(loader=SimpleNamespace(split=split, ids=ids), device="cpu")
+    mean, std = providers.group_stats(run)
+    torch.testing.assert_close(mean, torch.tensor([0.5, 2 / 3, 0.0]))
+    torch.testing.assert_close(std, torch.tensor([0.5, (2 / 9) ** 0.5, 0.0]))
+    mb = {"group": torch.tensor([2, 0, 1])}
+    torch.testing.assert_close(providers.provide("group_mean", run, mb, None), torch.tensor([0.0, 0.5, 2 / 3]))
+
+
+def test_dft_weights_are_the_probability_by_hand():
+    ce, valid, _ = random_case(B=2, T=5, H=3, seed=23)
+    w = weights.dft(ce, valid, cfg=cfg())
+    torch.testing.assert_close(w, loop_heads(torch.exp(-ce), valid))
+    w = weights.dft(ce, valid, cfg=cfg(weight_norm="tokens"))
+    p = torch.exp(-ce) * valid
+    torch.testing.assert_close(w, p * valid.sum() / p.sum())
+
+
+@pytest.mark.parametrize("mean", ["product", "geometric"])
+def test_hybrid_is_the_renormalised_product_of_critic_and_rho1(mean):
+    ce, valid, _ = random_case(B=2, T=6, H=3, seed=24)
+    g = torch.Generator().manual_seed(8)
+    ins = dict(ref_ce=torch.rand(2, 6, generator=g) * 4, values=torch.randn(2, 6, generator=g),
+               rewards=torch.rand(2, 6, generator=g))
+    c = cfg(hybrid_mean=mean)
+    w_c = weights.critic(ce, valid, cfg=c, **ins)
+    w_r = weights.rho1(ce, valid, cfg=c, **ins)
+    score = w_c * w_r if mean == "product" else (w_c * w_r).sqrt()
+    torch.testing.assert_close(weights.hybrid(ce, valid, cfg=c, **ins), loop_heads(score, valid))
+
+
+def test_gradient_weights_follow_the_goal_gradient_of_each_target_by_hand():
+    ce, valid, _ = random_case(B=2, T=6, H=3, seed=25)
+    g = torch.rand(2, 6, generator=torch.Generator().manual_seed(9))
+    w = weights.gradient(ce, valid, goal_grad=g, cfg=cfg())
+    score = torch.zeros(2, 6, 3)
+    for b in range(2):
+        for t in range(6):
+            for k in range(3):
+                if t + k + 1 < 6:
+                    score[b, t, k] = g[b, t + k + 1]        # head k+1 at t predicts x_{t+k+1}
+    torch.testing.assert_close(w, loop_heads(score, valid))
