@@ -264,9 +264,15 @@ def bench_schemes(c):
         cache = os.path.join(root, "ref_ce.bin")
         # every registered scheme as the experiment runs its arm (weights.SCHEMES), a
         # reference read from the cache (and online too), plus the simple loss path
+        rm_dir = os.path.join(root, "rm")   # a reward model where a scheme reads one: a critic run
+        if any(experiment.needs_reward_model(experiment.arm(n)) for n in weights.SCHEMES):
+            with redirect_stdout(quiet()):
+                train.train(dict(cfg, out_dir=rm_dir, **experiment.arm("critic")))
         arms = {}
         for name in ["uniform"] + sorted(set(weights.SCHEMES) - {"uniform"}):
             keys = experiment.arm(name)
+            if experiment.needs_reward_model(keys):
+                keys["rm_init_from"] = rm_dir
             if experiment.needs_reference(keys):
                 arms[f"{name} (cache)"] = dict(keys, ref_init_from=ref_dir, ref_ce_cache=cache)
                 arms[f"{name} (online)"] = dict(keys, ref_init_from=ref_dir, ref_ce_mode="online")

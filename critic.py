@@ -6,7 +6,8 @@ A value head V(s_t) on the trunk learns from the correctness label alone: the re
 GAE targets (critic_value_loss, with an optional trust region and anchor that need the
 values of earlier visits: ValueMemory), and probes report its AUC and drift on validation
 samples (probe_values, value_auc). train.py runs this machinery when the scheme reads
-'values' (providers.py).
+'values' (providers.py); the rm_critic reads 'rm_reward' too: a frozen reward model's
+score replaces the label (load_reward_model, reward_model_scores).
 """
 import os
 
@@ -17,17 +18,22 @@ import torch.nn.functional as F
 
 import data
 import weights
+from checkpoint import load_checkpoint
+from model import ModelConfig, Transformer
 
 
 def critic_inputs(mb, c, reward_stats):
     """Rewards and terminal structure of a batch. Sample b ends at e = lengths - 1 (its
     <eot>); the reward for the whole solution arrives on the last transition, at state
-    e-1, and every state from e on is terminal with V = 0 (weights.td_errors)."""
+    e-1, and every state from e on is terminal with V = 0 (weights.td_errors). The reward
+    is the dataset's label is_correct, or a reward model's score where the batch has one
+    (mb['rm_reward'], reward_model_scores: the rm_critic)."""
     B, T = mb["tokens"].shape
     e = mb["lengths"].to(mb["tokens"].device) - 1
     pos = torch.arange(T, device=e.device)
     states = pos[None, :] < e[:, None]                               # (B, T) non-terminal states
-    r = mb["is_correct"].to(e.device)
+    r = mb["rm_reward"] if "rm_reward" in mb else mb["is_correct"]
+    r = r.to(e.device)
     if c.reward == "pm1":
         r = 2 * r - 1
     elif c.reward == "zscore":
@@ -37,6 +43,30 @@ def critic_inputs(mb, c, reward_stats):
     rewards[torch.arange(B, device=e.device), e - 1] = r
     return states, rewards
 
+
+
+def load_reward_model(path, device, tok_id, dtype=torch.float32):
+    """The rm_critic's reward model: a run of this codebase with a value head (a critic run
+    on the same base: its V(s_{e-1}) is a sequence classifier of is_correct), frozen."""
+    ckpt = load_checkpoint(path, map_location=device)
+    data.check_tokenizer(ckpt["tokenizer"], tok_id, f"reward model {path}")
+    if not ckpt["model_args"].get("value_head"):
+        raise ValueError(f"reward model {path} has no value head: give rm_init_from a critic run "
+                         f"(weighting='critic'), whose V(s) scores a solution's correctness")
+    rm = Transformer(ModelConfig(**ckpt["model_args"]))
+    rm.load_state_dict(ckpt["model"])
+    return rm.to(device=device, dtype=dtype).eval().requires_grad_(False)
+
+
+@torch.no_grad()
+def reward_model_scores(rm, mb, ctx):
+    """(B,) the reward model's V(s_{e-1}) (its belief just before the last token, as
+    probe_values reads it), clamped to [0, 1], the range of the labels it learned from."""
+    tokens = mb["tokens"]
+    with ctx:
+        _, v = rm(tokens, with_values=True, value_mask=mb["loss_mask"].to(tokens.device))
+    e = mb["lengths"].to(tokens.device) - 1
+    return v[torch.arange(len(e), device=tokens.device), e - 1].float().clamp(0, 1)
 
 
 def state_values(values, mb):

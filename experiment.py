@@ -69,12 +69,20 @@ def arm(name):
     return keys
 
 
-def needs_reference(keys):
-    """Whether an arm's run reads the reference's CE: its scheme (a shuffled control's
-    scheme) declares it (weights.register(reads=...))."""
+def reads(keys):
+    """What an arm's run reads: its scheme's (a shuffled control's scheme's) declaration
+    (weights.register(reads=...))."""
     import weights
     scheme = keys.get("control_of") if keys["weighting"] == "shuffled" else keys["weighting"]
-    return "ref_ce" in weights.SCHEMES.get(scheme, weights.SCHEMES["uniform"]).reads
+    return weights.SCHEMES.get(scheme, weights.SCHEMES["uniform"]).reads
+
+
+def needs_reference(keys):
+    return "ref_ce" in reads(keys)
+
+
+def needs_reward_model(keys):
+    return "rm_reward" in reads(keys)
 
 
 def arm_names(cfg, setting):
@@ -509,6 +517,11 @@ def main(argv):
     # correct solutions, like the baseline arm (seed 0)
     if any(needs_reference(keys) for keys in arms.values()):
         jobs.append((ref_dir, [train(ref_dir, dict(base, weighting="uniform", train_on="correct", seed=0))], start))
+    # the reward model, where an arm reads one (rm_critic): a critic run (seed 0), whose
+    # value head learned to score correctness from the same data
+    rm_dir = os.path.join(runs_dir, "reward_model")
+    if any(needs_reward_model(keys) for keys in arms.values()):
+        jobs.append((rm_dir, [train(rm_dir, dict(base, **arm("critic"), seed=0))], start))
     runs = []
     for name, keys in arms.items():
         for seed in seeds:
@@ -517,6 +530,9 @@ def main(argv):
             if needs_reference(keys):
                 keys_s["ref_init_from"] = ref_dir
                 needs.append(ref_dir)
+            if needs_reward_model(keys):
+                keys_s["rm_init_from"] = rm_dir
+                needs.append(rm_dir)
             if "_matched" in keys:   # random-matched controls draw from their source run's weights
                 keys_s["control_weights"] = run_dir(cfg, keys["_matched"], seed)
                 needs.append(keys_s["control_weights"])
@@ -524,7 +540,7 @@ def main(argv):
             runs.append((name, seed, d))
     # the base and the reference first, then runs that wait on nothing else, so that they
     # train while the reference does
-    first = 2 if any(d == ref_dir for d, _, _ in jobs) else 1
+    first = 1 + sum(1 for d, _, _ in jobs if d in (ref_dir, rm_dir))
     jobs = jobs[:first] + sorted(jobs[first:], key=lambda j: len(j[2]))
     todo = sum(1 for d, steps, _ in jobs if not all(done(d) for _, done in steps))
     bar = tqdm(total=len(jobs), initial=len(jobs) - todo, desc="experiment: runs (train + eval)",

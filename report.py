@@ -431,7 +431,7 @@ if __name__ == "__main__":
     last = (evals or [(None, "eval", None)])[-1][1]
     runs = []
     for d in sorted(os.listdir(runs_dir)):
-        if d in ("base", "reference") or d.startswith("base_stage") or not os.path.exists(os.path.join(runs_dir, d, last, "summary.json")):
+        if d in ("base", "reference", "reward_model") or d.startswith("base_stage") or not os.path.exists(os.path.join(runs_dir, d, last, "summary.json")):
             continue
         name, seed = d.rsplit("-s", 1)
         runs.append((name, int(seed), os.path.join(runs_dir, d)))

@@ -98,6 +98,8 @@ group_std = False               # divide A = r - mean by the group's std (GRPO);
 group_negative = "signed"       # A < 0: 'signed' (the unlikelihood term) or 'drop' (weight 0)
 # hybrid: critic x Rho-1
 hybrid_mean = "product"         # 'product' of both schemes' weights, or their 'geometric' mean; renormalised
+# rm_critic: the critic with a reward model's score in place of the label
+rm_init_from = ""               # the reward model: a critic run on the same base (its value head scores correctness)
 # Verifiable Critic
 gamma = 1.0                     # discount of the TD errors and GAE
 lam = 0.95                      # GAE lambda, for the value targets
@@ -281,6 +283,7 @@ def setup(cfg):
     r.value_head = "values" in r.scheme.reads
     r.use_ref = "ref_ce" in r.scheme.reads
     r.entropy = "entropy" in r.scheme.reads             # the loss path computes it (mtp_loss.forward)
+    r.reward_model = "rm_reward" in r.scheme.reads      # a frozen reward model scores each sample
     r.signed = r.scheme.is_signed(c)
     # random_matched reads no CE but draws its weights after the forward's dropout masks,
     # as the baseline's masks: it stays on two passes so that the arms draw the same masks
@@ -340,6 +343,13 @@ def load_data(r):
             ref_cache = reference.reference_cache(c, r.train_split, r.ref, ref_hash, r.device, r.master,
                                                   r.ddp, r.ctx, r.rank, r.world_size)
             r.ref = None                                  # not needed in memory any more
+    r.rm = None
+    if r.reward_model:
+        if not c.rm_init_from:
+            raise ValueError(f"weighting={c.weighting!r} reads a reward model's score: set rm_init_from "
+                             f"to a critic run (its value head scores correctness)")
+        r.rm = critic.load_reward_model(c.rm_init_from, r.device, r.tok_id,
+                                        r.ptdtype if r.device_type == "cuda" else torch.float32)
     r.loader = data.Loader(r.train_split, c.batch_size, c.block_size, seed=c.seed,
                            correct_only=c.train_on == "correct", rank=r.rank,
                            world_size=r.world_size, pad_id=r.pad_id, token_fields={"ref_ce": ref_cache},
@@ -659,6 +669,8 @@ def next_micro_batches(r):
         if r.value_head:
             if c.incorrect_mode == "value_only":   # incorrect solutions train only the critic
                 mb["targets"][mb["is_correct"].to(r.device) == 0] = -1
+            if r.rm is not None:   # the reward model's score in place of the label
+                mb["rm_reward"] = critic.reward_model_scores(r.rm, mb, r.ctx)
             mb["states"], mb["rewards"] = critic.critic_inputs(mb, c, r.reward_stats)
     if r.value_memory is not None:   # each micro-batch's remembered values, from their owners
         r.value_memory.recall(micro, r.ddp)

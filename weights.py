@@ -486,6 +486,10 @@ register("group", group, reads=("ce", "is_correct", "group_mean", "group_std"),
          signed={"group_negative": "signed"}, train_on="all", weight_norm="tokens")
 register("dft", dft, reads=("ce",))
 register("gradient", gradient, reads=("ce", "goal_grad"))
+# the reward-model critic (the proposal's sec. 4.2, Exp 2): the critic's function, its
+# rewards from a frozen reward model's score (critic.reward_model_scores) instead of is_correct
+register("rm_critic", critic, reads=("ce", "values", "rewards", "moments", "is_correct", "rm_reward"),
+         signed={"incorrect_mode": "signed"}, train_on="all")
 register("hybrid", hybrid, reads=("ce", "ref_ce", "values", "rewards", "moments"), train_on="all")
 
 

@@ -5,6 +5,7 @@ providers.py: the inputs schemes read, each against an independent computation.
 """
 from types import SimpleNamespace
 
+import pytest
 import torch
 import torch.nn.functional as F
 
@@ -56,3 +57,31 @@ def test_goal_gradient_equals_autograd_through_the_models_own_forward():
     F.cross_entropy(logits.flatten(0, 1), target.flatten(), ignore_index=-1, reduction="sum").backward()
     torch.testing.assert_close(got, kept["h"].grad.abs().sum(-1))
     assert (got[:, 7:] == 0).all() and (got[:, :4] > 0).all()   # causal: after the goal nothing counts
+
+
+def test_the_reward_model_score_replaces_the_label(tmp_path):
+    """rm_critic: critic_inputs puts the reward model's score where the label was, and
+    reward_model_scores is the frozen critic's V(s_{e-1}) clamped to [0, 1]."""
+    import critic
+    import train
+    from test_train import make_toy_data, tiny_cfg
+    toy = make_toy_data(str(tmp_path / "data"))
+    train.train(tiny_cfg(toy, tmp_path / "rm", max_iters=4, eval_interval=4, weighting="critic",
+                         train_on="all", critic_pretrain_epochs=0.05))
+    enc = data.get_tokenizer("bytes")
+    rm = critic.load_reward_model(str(tmp_path / "rm"), "cpu", data.tokenizer_identity(enc))
+    split = data.PreparedSplit(str(tmp_path / "data" / "train"))
+    mb = data.Loader(split, 4, 24, seed=0, correct_only=False, pad_id=data.eot_token(enc)).collate([0, 1, 2, 3])
+    scores = critic.reward_model_scores(rm, mb, torch.autocast("cpu", enabled=False))
+    _, v = rm(mb["tokens"], with_values=True, value_mask=mb["loss_mask"])
+    e = mb["lengths"] - 1
+    torch.testing.assert_close(scores, v[torch.arange(4), e - 1].clamp(0, 1))
+    c = SimpleNamespace(reward="binary")
+    _, rewards = critic.critic_inputs({**mb, "rm_reward": scores}, c, None)
+    _, labels = critic.critic_inputs(mb, c, None)
+    for b in range(4):
+        assert rewards[b, e[b] - 1] == scores[b] and labels[b, e[b] - 1] == mb["is_correct"][b]
+        assert rewards[b].count_nonzero() <= 1
+    train.train(tiny_cfg(toy, tmp_path / "u", max_iters=1))
+    with pytest.raises(ValueError, match="no value head"):
+        critic.load_reward_model(str(tmp_path / "u"), "cpu", data.tokenizer_identity(enc))

@@ -32,6 +32,7 @@ INPUTS = {
     "group_mean": (lambda B, T, H, g: torch.rand(B, generator=g), lambda t: {}),
     "group_std": (lambda B, T, H, g: torch.rand(B, generator=g) + 0.1, lambda t: {}),
     "goal_grad": (lambda B, T, H, g: torch.rand(B, T, generator=g), lambda t: {}),
+    "rm_reward": (lambda B, T, H, g: torch.rand(B, generator=g), lambda t: dict(rm_init_from=t.rm)),
 }
 
 
@@ -139,14 +140,17 @@ def noisy_samples(n, seed):
 
 @pytest.fixture(scope="module")
 def toys(tmp_path_factory):
-    """Toy data, the same with marked noise, and a reference trained on the first."""
+    """Toy data, the same with marked noise, a reference and a reward model trained on the first."""
     root = tmp_path_factory.mktemp("registry")
     enc = data.get_tokenizer("bytes")
-    t = SimpleNamespace(plain=str(root / "plain"), noisy=str(root / "noisy"), ref=str(root / "ref"))
+    t = SimpleNamespace(plain=str(root / "plain"), noisy=str(root / "noisy"), ref=str(root / "ref"),
+                        rm=str(root / "rm"))
     for path, make in ((t.plain, toy_samples), (t.noisy, noisy_samples)):
         for split, n, seed in (("train", 400, 0), ("val", 64, 1)):
             data.write_split(os.path.join(path, split), enc, make(n, seed), [], {"source": "toy"})
     train.train(tiny_cfg(t.plain, t.ref, max_iters=20, eval_interval=20, n_future=1, log_interval=5))
+    train.train(tiny_cfg(t.plain, t.rm, max_iters=10, eval_interval=10, log_interval=5, weighting="critic",
+                         train_on="all", critic_pretrain_epochs=0.05))    # a reward model (rm_critic)
     return t
 
 
