@@ -285,9 +285,9 @@ def setup(cfg):
     r.entropy = "entropy" in r.scheme.reads             # the loss path computes it (mtp_loss.forward)
     r.reward_model = "rm_reward" in r.scheme.reads      # a frozen reward model scores each sample
     r.signed = r.scheme.is_signed(c)
-    # random_matched reads no CE but draws its weights after the forward's dropout masks,
-    # as the baseline's masks: it stays on two passes so that the arms draw the same masks
-    r.before_ce = r.scheme.before_ce and c.weighting != "random_matched"
+    # the controls draw their random numbers after the forward's dropout masks, as the
+    # baseline draws its masks: they stay on two passes so that the arms draw the same masks
+    r.before_ce = r.scheme.before_ce and c.weighting not in weights.CONTROLS
     r.one_pass = c.loss_impl == "chunked" and r.before_ce
     for key, allowed in CHOICES:
         if getattr(c, key) not in allowed:
