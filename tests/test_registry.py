@@ -95,6 +95,21 @@ def test_the_weight_contract(name, norm, signed):
 
 
 @pytest.mark.parametrize("name", sorted(weights.SCHEMES))
+def test_weights_carry_no_gradient_into_the_loss(name):
+    """Even computed from a CE that carries gradient, a scheme's weights do not: the loss's
+    gradient with respect to each CE term is exactly w / N (weighted_loss detaches w)."""
+    scheme = weights.SCHEMES[name]
+    ce, valid, g = case(13)
+    ce = ce.clone().requires_grad_(True)
+    c = config(weight_norm=norms(scheme)[0])
+    w = scheme.fn(None if scheme.before_ce else ce, valid, cfg=c, norm_stats=None,
+                  **inputs_of(scheme, *ce.shape, g))
+    n = valid.sum().float()
+    weights.weighted_loss(ce, w, n).backward()
+    torch.testing.assert_close(ce.grad, (w / n).detach())
+
+
+@pytest.mark.parametrize("name", sorted(weights.SCHEMES))
 def test_weights_are_deterministic_and_use_what_the_scheme_declares(name):
     """The same inputs give the same weights; a scheme reads nothing it did not declare
     (called with only its declared inputs, it runs)."""
