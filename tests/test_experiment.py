@@ -172,8 +172,14 @@ def test_arms_by_name():
     assert experiment.arm("oracle_shuffled") == dict(weighting="shuffled", control_of="oracle", train_on="correct")
     assert experiment.arm("critic_random") == dict(weighting="random_matched", _matched="critic", train_on="all")
     assert experiment.arm("rho1_tokens") == dict(weighting="rho1", train_on="correct", weight_norm="tokens")
+    # a scheme's declared normalisation and data go into its arms and their controls
+    assert experiment.arm("group_shuffled") == dict(weighting="shuffled", control_of="group", train_on="all",
+                                                    weight_norm="tokens")
+    assert experiment.needs_reference(experiment.arm("hybrid_shuffled"))
+    assert experiment.needs_reward_model(experiment.arm("rm_critic"))
+    assert not experiment.needs_reference(experiment.arm("dft")) and not experiment.needs_reward_model(experiment.arm("critic"))
     with pytest.raises(ValueError, match="no scheme"):
-        experiment.arm("entropy_shuffled")
+        experiment.arm("no_such_idea_shuffled")
 
 
 def write_fake_runs(root, arm, per_seed):
