@@ -4,14 +4,19 @@ Checkpoints and what a run records about itself.
     save_checkpoint(path, state)     # atomic: a crash leaves the old file or the new one
     load_checkpoint(run_dir_or_pt)   # a run dir's ckpt.pt or a .pt, checked to be a wmtp checkpoint
 
-train.py assembles the state (model, optimizer, loader cursor, the critic's moments, the
-weight log, ...); eval.py, sample.py, pretrained.py and reference.py read it back.
+save_all(r, loader_state) writes a run's state (model, optimizer, loader cursor, the
+critic's moments and value memory, the weight log, ...; FSDP's and 'dcp''s shards from
+every rank); eval.py, sample.py, pretrained.py and reference.py read it back.
 """
 import os
+import shutil
 import subprocess
+import time
 
 import numpy as np
 import torch
+
+import parallel
 
 
 def save_checkpoint(path, state):
@@ -80,3 +85,43 @@ def environment(device):
     return {"torch": torch.__version__, "threads": torch.get_num_threads(), "cpu": cpu,
             "gpu": torch.cuda.get_device_name(device) if device.startswith("cuda") else None,
             "python": platform.python_version(), "numpy": np.__version__}
+
+
+def checkpoint_state(r, loader_state):
+    c, extra = r.c, {}
+    if c.checkpoint_format == "dcp":   # every rank writes its shards (a collective)
+        # never into the directory ckpt.pt names now (a resumed run saves its first
+        # iteration again): a crash mid-write must leave that pair whole
+        name = f"ckpt_dcp-{r.iter_num}"
+        extra["dcp_dir"] = r.dcp_named = name + "-b" if name == r.dcp_named else name
+        parallel.save_sharded(r.raw_model, r.optimizer, os.path.join(c.out_dir, extra["dcp_dir"]))
+        model_sd = optim_sd = "dcp"
+    elif r.fsdp:   # whole tensors gathered from every rank (a collective: all ranks call this)
+        model_sd, optim_sd = parallel.full_state_dicts(r.raw_model, r.optimizer)
+    else:
+        model_sd, optim_sd = r.raw_model.state_dict(), r.optimizer.state_dict()
+    return {"model": model_sd, "optimizer": optim_sd, **extra,
+            "model_args": r.model_args, "iter_num": r.iter_num, "best_val_loss": r.best_val,
+            "tokens_seen": r.tokens_seen, "moments": r.moments.state_dict(),
+            "wall_s": time.time() - r.t_start, "probe_start": r.probe_start,
+            "config": r.cfg, "loader": loader_state, "tokenizer": r.tok_id,
+            "weight_log": r.wlog.state_dict(), "scaler": r.scaler.state_dict(),
+            "model_source": r.model_source,
+            "data_hash": r.train_split.meta["hash"], "git": git_hash()}
+
+
+def save_all(r, loader_state):
+    """Rank 0 writes ckpt.pt; under collective_save every rank calls this (its shards)."""
+    if not (r.master or r.collective_save):
+        return
+    state = checkpoint_state(r, loader_state)
+    if r.value_memory is not None:   # beside the checkpoint; written first so a checkpoint never lacks it
+        r.value_memory.save(os.path.join(r.c.out_dir, "value_memory.npy"))
+    if not r.master:
+        return
+    save_checkpoint(r.ckpt_path, state)   # the commit point: it names the shards to read
+    if r.c.checkpoint_format == "dcp":     # older shard directories are no longer named
+        for old in os.listdir(r.c.out_dir):
+            if old.startswith("ckpt_dcp-") and old != state["dcp_dir"]:
+                shutil.rmtree(os.path.join(r.c.out_dir, old), ignore_errors=True)
+    r.wlog.save(r.c.out_dir)

@@ -73,3 +73,15 @@ def test_no_function_is_too_long():
                 if n > MAX_FUNCTION_LINES:
                     long.append(f"{m}.py:{node.lineno} {node.name} ({n} lines)")
     assert not long, f"functions over {MAX_FUNCTION_LINES} lines: {long}"
+
+
+def test_the_readmes_code_map_is_a_layering():
+    """README's code map lists every file, each after every project file it imports."""
+    import re
+    part = open(os.path.join(ROOT, "README.md")).read().split("## Code map")[1].split("**Reading order")[0]
+    order = re.findall(r"^\| `([a-z_]+)\.py` \|", part, re.M)
+    mods = modules()
+    assert sorted(order) == sorted(mods), "README's code map must list every .py file once"
+    for i, m in enumerate(order):
+        later = imports(mods[m], set(mods)) - set(order[:i]) - {m}
+        assert not later, f"README's code map lists {m}.py before {sorted(later)}, which it imports"
