@@ -58,15 +58,20 @@ def load_reward_model(path, device, tok_id, dtype=torch.float32):
     return rm.to(device=device, dtype=dtype).eval().requires_grad_(False)
 
 
+def values_and_last(model, mb, ctx, device):
+    """A batch's values V(s_t) (B, T) and V(s_{e-1}) (B,), each sample's value just before
+    its last token: the critic's belief that the solution is correct."""
+    with ctx:
+        _, v = model(mb["tokens"].to(device), with_values=True, value_mask=mb["loss_mask"].to(device))
+    e = mb["lengths"].to(device) - 1
+    return v, v[torch.arange(len(e), device=device), e - 1]
+
+
 @torch.no_grad()
 def reward_model_scores(rm, mb, ctx):
-    """(B,) the reward model's V(s_{e-1}) (its belief just before the last token, as
-    probe_values reads it), clamped to [0, 1], the range of the labels it learned from."""
-    tokens = mb["tokens"]
-    with ctx:
-        _, v = rm(tokens, with_values=True, value_mask=mb["loss_mask"].to(tokens.device))
-    e = mb["lengths"].to(tokens.device) - 1
-    return v[torch.arange(len(e), device=tokens.device), e - 1].float().clamp(0, 1)
+    """(B,) the reward model's V(s_{e-1}) (values_and_last), clamped to [0, 1], the range
+    of the labels it learned from."""
+    return values_and_last(rm, mb, ctx, mb["tokens"].device)[1].float().clamp(0, 1)
 
 
 def state_values(values, mb):
@@ -108,10 +113,9 @@ def probe_values(model, split, ids, c, ctx, device, pad_id):
         mb = loader.collate(ids[i:i + c.batch_size])
         if c.length_buckets:
             mb = data.pad_to_bucket(mb, c.block_size, pad_id)
-        with ctx:
-            _, v = model(mb["tokens"].to(device), with_values=True, value_mask=mb["loss_mask"].to(device))
+        v, last = values_and_last(model, mb, ctx, device)
         e = mb["lengths"] - 1
-        scores += v[torch.arange(len(e)), (e - 1).to(device)].float().cpu().tolist()
+        scores += last.float().cpu().tolist()
         labels += mb["is_correct"].bool().tolist()
         full += [v[b, :e[b]].float().cpu() for b in range(len(e))]
     model.train()

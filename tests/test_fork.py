@@ -29,16 +29,13 @@ HERE = os.path.abspath(__file__)
 def test_the_fork_trains_through_train_py(tmp_path):
     """A few steps with the new scheme: its weights are exp(-CE) normalised per position,
     as a hand computation on the logged step says (mean 1, and more mass where CE is low)."""
-    import json
-
     import train
-    from test_train import make_toy_data, tiny_cfg
+    from test_train import make_toy_data, read_log, tiny_cfg
     toy = make_toy_data(str(tmp_path / "data"))
     summary = train.train(tiny_cfg(toy, tmp_path / "run", weighting="p_weighted", max_iters=4,
                                    eval_interval=4, plugins=HERE))
     assert summary["finished"] and summary["weighting"] == "p_weighted"
-    rows = [json.loads(line) for line in open(tmp_path / "run" / "log.jsonl")]
-    steps = [r for r in rows if "w_step_mean" in r]
+    steps = [r for r in read_log(tmp_path / "run") if "w_step_mean" in r]
     assert len(steps) == 4 and all(abs(r["w_step_mean"] - 1) < 1e-5 for r in steps)
     assert all(r["w_std"] > 0 for r in steps)                     # not the baseline's w = 1
     # the function itself, by hand on one position: p = (0.5, 0.25) -> w = 2 p / sum p
@@ -52,7 +49,6 @@ def test_the_fork_is_an_experiment_arm(tmp_path):
     """One seed of the new arm and its shuffled control beside the baseline, in
     experiment.py, given the file that registers it (--overrides=plugins=...)."""
     import experiment
-    import report  # noqa: F401  (the experiment writes its report through it)
     from test_experiment import argv
     import data
     d = str(tmp_path / "tinycode")

@@ -17,7 +17,7 @@ import torch
 import data
 import train
 import weights
-from test_train import tiny_cfg, toy_samples
+from test_train import read_log, tiny_cfg, toy_samples
 
 # name -> (a value for a unit call: f(B, T, H, generator), train.py keys a run needs for it)
 INPUTS = {
@@ -192,14 +192,8 @@ def test_every_scheme_and_its_control_train(toys, tmp_path, name):
         out = tmp_path / kind
         summary = train.train(dict(keys, out_dir=str(out), **extra))
         assert summary["finished"] and all(map(torch.isfinite, map(torch.tensor, summary["train_losses"])))
-        rows = [r for r in train_rows_full(out) if "w_step_mean" in r]
+        rows = [r for r in read_log(out) if "w_step_mean" in r]
         assert rows and all(abs(r["w_step_mean"] - 1) < 1e-4 for r in rows)
-
-
-def train_rows_full(out_dir):
-    import json
-    with open(os.path.join(out_dir, "log.jsonl")) as f:
-        return [json.loads(line) for line in f]
 
 
 def test_a_scheme_reading_an_unknown_input_is_refused_clearly(toys, tmp_path, monkeypatch):
