@@ -79,7 +79,8 @@ def resume_checkpoint(r, model_args, value_args, host):
 def finetune_weights(r, model_args, value_args, host):
     """init_from another run: its weights (a value head is new), a fresh optimizer, step 0;
     with more heads than it has, the new heads on its trunk (pretrained.add_heads), so
-    n_layer grows by one block per head -> (weights, model_args)."""
+    n_layer grows by one block per head; with fewer, its first n_future heads (n_layer
+    shrinks likewise) -> (weights, model_args)."""
     c = r.c
     init = load_checkpoint(c.init_from, map_location=host, mmap=r.fsdp)
     data.check_tokenizer(init["tokenizer"], r.tok_id, f"init_from checkpoint {c.init_from}")
@@ -87,17 +88,21 @@ def finetune_weights(r, model_args, value_args, host):
     if r.model_source:   # a run that started from a pretrained model: its architecture
         model_args = {**init["model_args"], **value_args, "n_future": c.n_future}
     saved, more = init["model_args"], c.n_future - init["model_args"]["n_future"]
-    if more > 0:
+    if more:   # heads added, or the last ones dropped (H = 1 or 2 from a 4-head base)
         if model_args["n_layer"] != saved["n_layer"] + more:
             raise ValueError(f"init_from={c.init_from!r} has n_layer={saved['n_layer']} with "
                              f"{saved['n_future']} head(s); with n_future={c.n_future} its trunk "
-                             f"and {more} new head(s) make n_layer={saved['n_layer'] + more}: set that")
+                             f"and {c.n_future} head(s) make n_layer={saved['n_layer'] + more}: set that")
         saved = {**saved, "n_layer": model_args["n_layer"], "n_future": c.n_future}
     changed = model_args_changed(saved, model_args, ignore=("value_", "dropout"))
     if changed:
         raise ValueError(f"init_from={c.init_from!r}: model config differs from that "
                          f"checkpoint's (checkpoint, now): {changed}")
     init_weights = {k: v for k, v in init["model"].items() if not k.startswith("value_head.")}
+    if more < 0:   # heads 2..H are extra_heads.0..H-2: keep the first n_future - 1 of them
+        init_weights = {k: v for k, v in init_weights.items()
+                        if not (k.startswith("extra_heads.") and int(k.split(".")[1]) >= c.n_future - 1)}
+        r.say(f"init_from {c.init_from}: {saved['n_future'] - more} head(s), the last {-more} dropped")
     if more > 0:
         old = init["model_args"]
         pretrained.add_heads(init_weights, ModelConfig(**model_args),

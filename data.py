@@ -419,12 +419,16 @@ class Loader:
     (split.sample_fields) and per-token files (split.token_files), and token_fields, a
     dict name -> array aligned with split.tokens ((n_tokens,) or (n_tokens, ...)) that the
     caller gives, e.g. {"ref_ce": reference_cache}; a None value is left out.
+
+    reverse_rows puts each micro-batch's rows in reverse order: the same samples and the
+    same maths, its sums over rows taken in another float order (the reproducibility check).
     """
 
     def __init__(self, split: PreparedSplit, batch_size, block_size, seed, correct_only,
-                 rank=0, world_size=1, pad_id=0, token_fields=None, group_by_length=True):
+                 rank=0, world_size=1, pad_id=0, token_fields=None, group_by_length=True,
+                 reverse_rows=False):
         self.split, self.batch_size, self.block_size = split, batch_size, block_size
-        self.group_by_length = group_by_length
+        self.group_by_length, self.reverse_rows = group_by_length, reverse_rows
         # per-token fields: name -> (array aligned with split.tokens, dtype in the batch);
         # the caller's first (their order in the batch dict), then the split's own files
         given = {k: v for k, v in (token_fields or {}).items() if v is not None}
@@ -491,7 +495,8 @@ class Loader:
         micro = []
         for m in range(grad_accum):
             first = self.cursor + (m * W + self.rank) * B
-            micro.append(self.collate([self._sample_id(first + i) for i in range(B)]))
+            ids = [self._sample_id(first + i) for i in range(B)]
+            micro.append(self.collate(ids[::-1] if self.reverse_rows else ids))
         self.cursor += B * grad_accum * W
         return micro
 

@@ -53,6 +53,8 @@ train_split = "train"           # the split trained on: 'train', or 'pretrain' (
 train_on = "correct"            # 'correct' solutions only, or 'all' (the critic's data)
 block_size = 192                # longest sample (tokens) a row may hold; longer ones are skipped
 group_by_length = True          # batch samples of similar length together: less padding
+row_order = "forward"           # 'reversed': each micro-batch's rows in reverse, the same maths summed in
+                                # another float order (the reproducibility check, docs/reproducibility.md)
 # model (ModelConfig)
 n_layer = 3                     # trunk blocks + one block per head
 n_future = 2                    # H: heads predict tokens t+1 .. t+H
@@ -111,6 +113,7 @@ value_detach = True             # the value loss trains the value head only, not
 value_surprise = True           # the value head also reads the LM's surprise at the solution so far
 critic_pretrain_epochs = 0.5    # value-only stage before main training, in epochs of its data
 incorrect_mode = "weighted"     # incorrect solutions in the LM loss: 'weighted', 'value_only', 'signed'
+critic_temperature = 0.0        # 0: w ∝ |z| (the method); > 0: softmax(|z| / T) per weight_norm group
 # optimizer: AdamW, cosine schedule with linear warmup
 batch_size = 8                  # rows (samples) per micro-batch per process
 gradient_accumulation_steps = 1  # micro-batches per step, over all processes together
@@ -245,7 +248,7 @@ CHOICES = (("train_on", ("correct", "all")), ("weight_norm", ("heads", "tokens")
            ("incorrect_mode", ("weighted", "value_only", "signed")),
            ("ref_ce_mode", ("cache", "online")), ("rho1_ref", ("next_token", "matched")),
            ("entropy_mode", ("top", "soft")), ("group_negative", ("signed", "drop")),
-           ("hybrid_mean", ("product", "geometric")))
+           ("hybrid_mean", ("product", "geometric")), ("row_order", ("forward", "reversed")))
 
 
 def resolve_scheme(c):
@@ -349,7 +352,7 @@ def load_data(r):
     r.loader = data.Loader(r.train_split, c.batch_size, c.block_size, seed=c.seed,
                            correct_only=c.train_on == "correct", rank=r.rank,
                            world_size=r.world_size, pad_id=r.pad_id, token_fields={"ref_ce": ref_cache},
-                           group_by_length=c.group_by_length)
+                           group_by_length=c.group_by_length, reverse_rows=c.row_order == "reversed")
     r.rows_per_step = c.batch_size * c.gradient_accumulation_steps
     # the critic's value pre-training, then max_iters of main training like every arm
     r.pretrain_iters = math.ceil(c.critic_pretrain_epochs * len(r.loader.ids) / r.rows_per_step) \
@@ -589,7 +592,7 @@ def train_step(r):
     step.delta_stats = torch.zeros(3, dtype=torch.float64, device=r.device)   # count, sum, sum of squares
     step.seen, step.bad = [], torch.zeros((), dtype=torch.bool, device=r.device)   # bad: non-finite weights
     step.logs = (r.iter_num + 1) % c.log_interval == 0 or r.iter_num + 1 == r.total_iters
-    step.logged = []   # a log step's (w, valid) of every micro-batch, for WeightLog
+    step.logged = []   # a log step's (w, valid, ref_ce or None) of every micro-batch, for WeightLog
     step.norm = None
     if c.weight_norm == "tokens" and (len(micro) > 1 or r.ddp) and not step.pretraining \
             and c.weighting != "random_matched":
@@ -609,7 +612,7 @@ def train_step(r):
             sums[-2] += mb["lengths"].double().pow(2).sum()
             sums[-1] += w.sum().double()
             if step.logs and not step.pretraining:
-                step.logged.append((w, valid))
+                step.logged.append((w, valid, mb.get("ref_ce")))   # the batch's reference CE, if any
     if r.ddp and not r.wrapped:
         parallel.all_reduce_replicated(r.raw_model, r.world_size)
     all_reduce_sum(sums, r.ddp)
@@ -654,7 +657,8 @@ def log_step(r, step, meter):
     if r.scaler.is_enabled():   # fp16: steps skipped on overflow since the last row
         row.update(skipped_steps=meter.skipped, loss_scale=r.scaler.get_scale())
     if not step.pretraining:
-        row.update(r.wlog.record(step.logged))
+        row.update(r.wlog.record([(w, valid) for w, valid, _ in step.logged],
+                                 ref_ce=[ref for _, _, ref in step.logged]))
         # the step's mean weight over its N terms: 1 for every scheme unless clipping
         # moved it (docs/method.md, stabilisers)
         row["w_step_mean"] = (sums[-1] / step.n_valid).item()

@@ -314,14 +314,15 @@ def critic(ce, valid, values=None, rewards=None, moments=None, is_correct=None, 
     normalisation sigma cancels (in every group, in step_scale's shares, in sparsity's ranks
     and mass shares, and in clipping, which reads the normalised weights), so its only
     effect is the centring, |delta - mu|: a value head biased by mu is not read as surprise.
-    sigma would matter only under a temperature (softmax), which the critic does not use.
+    sigma matters only under a temperature: critic_temperature > 0 gives softmax(|z| / T) per
+    group, as Rho-1's excess gets (the sweep's knob; 0, the method, is proportional).
     incorrect_mode='signed': where an incorrect solution's raw TD error is negative, the
     weight is negative (`signs`): the unlikelihood term pushes that token down."""
     if values is None or rewards is None:
         raise ValueError("weighting='critic' needs values and rewards (model value_head)")
     raw = td_errors(values, rewards, ce.shape[-1], cfg.gamma)
     delta = moments.whiten(raw) if moments is not None and cfg.whiten else raw
-    w = finish(delta.abs(), valid, cfg, temperature=None, stats=norm_stats)
+    w = finish(delta.abs(), valid, cfg, temperature=cfg.critic_temperature or None, stats=norm_stats)
     if cfg.incorrect_mode == "signed":   # an incorrect solution's negative TD errors push down
         w = signs(w, (raw < 0) & (is_correct == 0)[:, None, None])
     return w

@@ -197,6 +197,26 @@ def test_resume_is_exact(toy_data, tmp_path):
         assert a[it] == b[it], (it, a[it], b[it])                  # bit for bit
 
 
+def test_reversed_rows_are_the_same_maths_in_another_float_order(toy_data, tmp_path):
+    """row_order='reversed' (the reproducibility check): every micro-batch holds the same
+    samples in reverse order, so each step's loss and gradient norm equal the forward
+    order's up to float rounding."""
+    train.train(tiny_cfg(toy_data, tmp_path / "fwd", max_iters=6))
+    train.train(tiny_cfg(toy_data, tmp_path / "rev", max_iters=6, row_order="reversed"))
+    a, b = train_rows(tmp_path / "fwd"), train_rows(tmp_path / "rev")
+    assert sorted(a) == sorted(b) == list(range(1, 7))
+    for it in a:
+        assert a[it] == pytest.approx(b[it], rel=1e-4, abs=1e-6), (it, a[it], b[it])
+    split = data.PreparedSplit(os.path.join(toy_data, "train"))
+    fwd = data.Loader(split, 4, 64, seed=0, correct_only=False).next_step(2)
+    rev = data.Loader(split, 4, 64, seed=0, correct_only=False, reverse_rows=True).next_step(2)
+    for f, r in zip(fwd, rev):
+        assert r["sample_ids"].tolist() == f["sample_ids"].tolist()[::-1]
+        assert torch.equal(r["tokens"], f["tokens"].flip(0))
+    with pytest.raises(ValueError, match="row_order"):
+        train.train(tiny_cfg(toy_data, tmp_path / "bad", row_order="sideways"))
+
+
 def test_validation_set_does_not_depend_on_the_batch(toy_data, tmp_path):
     """The same weights give the same validation CE whatever batch size the run uses
     (the old set, the first eval_iters * batch_size samples of a length-grouped order,
@@ -284,6 +304,23 @@ def test_init_from_a_run_with_fewer_heads_adds_copies(toy_data, tmp_path):
     assert out["iter_num"] == 2
     with pytest.raises(ValueError, match="n_layer=4"):
         train.train(tiny_cfg(toy_data, tmp_path / "bad", n_layer=3, n_future=3, init_from=str(tmp_path / "ntp")))
+
+
+def test_init_from_a_run_with_more_heads_keeps_the_first(toy_data, tmp_path):
+    """The H sweep's arms: a 3-head run fine-tuned with n_future=1 (n_layer 2 fewer) keeps
+    its trunk and head 1 exactly (a step at learning rate 0 changes nothing), heads 2 and 3
+    are gone; an n_layer that does not fit is refused, naming the value."""
+    train.train(tiny_cfg(toy_data, tmp_path / "mtp", n_layer=4, n_future=3, max_iters=6))
+    base = torch.load(tmp_path / "mtp" / "ckpt.pt", weights_only=False)["model"]
+    train.train(tiny_cfg(toy_data, tmp_path / "ntp", n_layer=2, n_future=1, max_iters=1, eval_interval=1,
+                         learning_rate=0.0, min_lr=0.0, init_from=str(tmp_path / "mtp")))
+    small = torch.load(tmp_path / "ntp" / "ckpt.pt", weights_only=False)["model"]
+    assert not any(k.startswith("extra_heads.") for k in small)
+    assert set(small) == {k for k in base if not k.startswith("extra_heads.")}
+    for k, v in small.items():
+        assert torch.equal(v, base[k]), k
+    with pytest.raises(ValueError, match="n_layer=3"):
+        train.train(tiny_cfg(toy_data, tmp_path / "bad", n_layer=4, n_future=2, init_from=str(tmp_path / "mtp")))
 
 
 def test_heads_only_trains_the_added_heads_alone(toy_data, tmp_path):

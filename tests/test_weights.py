@@ -19,7 +19,7 @@ def cfg(**kw):
                 rho1_ref="next_token", rho1_top_frac=0.6, weight_top_frac=0.0, weight_top_p=1.0,
                 w_min=0.0, w_max=0.0, gamma=0.9, whiten=False, incorrect_mode="weighted",
                 entropy_mode="top", entropy_top_frac=0.2, group_std=False, group_negative="signed",
-                hybrid_mean="product")
+                hybrid_mean="product", critic_temperature=0.0)
     return SimpleNamespace(**{**base, **kw})
 
 
@@ -461,6 +461,30 @@ def test_critic_whitening_is_centring_only():
     torch.testing.assert_close(weights.critic(ce, valid, values=values, rewards=rewards, moments=m, cfg=c), w1)
     m.mean = 0.4
     assert not torch.allclose(weights.critic(ce, valid, values=values, rewards=rewards, moments=m, cfg=c), w1)
+
+
+def test_critic_temperature_is_a_softmax_of_the_whitened_delta_per_position():
+    """critic_temperature=T > 0: w[t, k] = n_t * softmax_k(|z[t, k]| / T) over the position's
+    valid heads, z the whitened k-step TD error (by loops); 0 keeps w proportional to |z|."""
+    ce, valid, _ = random_case()
+    g = torch.Generator().manual_seed(5)
+    values, rewards = torch.rand(ce.shape[:2], generator=g), torch.zeros(ce.shape[:2])
+    rewards[:, -2] = 1.0
+    m = weights.RunningMoments()
+    m.mean, m.var = 0.05, 4.0
+    T = 0.7
+    w = weights.critic(ce, valid, values=values, rewards=rewards, moments=m, cfg=cfg(whiten=True, critic_temperature=T))
+    z = (weights.td_errors(values, rewards, ce.shape[-1], 0.9) - 0.05) / 2.0
+    B, L, H = ce.shape
+    for b in range(B):
+        for t in range(L):
+            ks = [k for k in range(H) if valid[b, t, k]]
+            e = [math.exp(abs(float(z[b, t, k])) / T) for k in ks]
+            for k, x in zip(ks, e):
+                assert float(w[b, t, k]) == pytest.approx(len(ks) * x / sum(e), rel=1e-4, abs=1e-6)
+    proportional = weights.critic(ce, valid, values=values, rewards=rewards, moments=m, cfg=cfg(whiten=True))
+    assert not torch.allclose(proportional, w)
+    torch.testing.assert_close(proportional, loop_heads(((weights.td_errors(values, rewards, H, 0.9) - 0.05) / 2.0).abs() * valid, valid))
 
 
 # ---- the schemes since Rho-1 (issue 21), each against a plain-loop hand computation ------
