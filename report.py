@@ -11,7 +11,11 @@ hold the seed-to-seed spread; Δ vs baseline has a Wilcoxon signed-rank p paired
 (the test that can support a claim; with 3 seeds it cannot go below 0.25) and one paired
 by problem on seed-averaged pass@1 (which ignores the seed spread). Two more tables: each
 head's top-1 accuracy on the validation split (the base included), and the critic's
-value-head AUC per seed.
+value-head AUC per seed. Every report ends its results with "Stability and convergence"
+(the proposal's Experiment 4, from the runs' log.jsonl: stability_section): gradient norms,
+the weights' entropy over the heads, the critic's value drift, the weights' rank correlation
+with the reference CE, the seed-to-seed spread of validation CE, and the steps each arm needs
+to reach the baseline's final validation CE; three more pictures.
 """
 import json
 import os
@@ -235,7 +239,7 @@ def plots(by_scheme, exp_dir, ks, task="tinycode"):
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
     import stats as st
-    colors = dict(zip(by_scheme, plt.rcParams["axes.prop_cycle"].by_key()["color"] * 3))
+    colors = arm_colors(by_scheme)
     files = {}
 
     # training loss: mean and min-max band over seeds, main stage, by step
@@ -330,11 +334,236 @@ def plots(by_scheme, exp_dir, ks, task="tinycode"):
     return files
 
 
+def arm_colors(names):
+    """{arm: colour}, the same in every picture; past ten arms the 20-colour palette, so
+    that no two arms share one."""
+    import matplotlib
+    import matplotlib.pyplot as plt
+    palette = plt.rcParams["axes.prop_cycle"].by_key()["color"] if len(names) <= 10 else \
+        [matplotlib.colors.to_hex(c) for c in matplotlib.colormaps["tab20"].colors]
+    return dict(zip(names, palette * 3))
+
+
 def save(fig, exp_dir, name):
     import matplotlib.pyplot as plt
     fig.savefig(os.path.join(exp_dir, name), dpi=110, bbox_inches="tight")   # rotated labels stay in
     plt.close(fig)
     return name
+
+
+# ---- stability and convergence (the proposal's Experiment 4) ---------------------------------
+def series(r, key):
+    """{step of main training: value} of a run's log rows that hold key. Steps count from
+    the start of main training, as in the loss picture: the critic's value pre-training
+    comes first, and its LM does not train there (grad_norm 0), so those rows are left out
+    and a validation during it sees the LM of step 0."""
+    p = r["train"].get("pretrain_iters", 0)
+    return {max(x["iter"] - p, 0): x[key] for x in r.get("log", [])
+            if x.get(key) is not None and x.get("stage", "main") == "main"}
+
+
+def over_seeds(runs, key):
+    """(the steps every seed logged key at, its values (seeds, steps)), or None if none did."""
+    got = [s for s in (series(r, key) for r in runs) if s]
+    if not got:
+        return None
+    steps = sorted(set.intersection(*map(set, got)))
+    return steps, np.array([[s[t] for t in steps] for s in got], float)
+
+
+def grad_norm_stats(runs):
+    """The LM's gradient norm before clipping at main training's log steps (each that one
+    step's norm): mean, min and max over seeds per step, and each seed's mean over its log
+    steps (per_seed) -> dict, or None where no run logged it."""
+    got = over_seeds(runs, "grad_norm")
+    if got is None:
+        return None
+    steps, g = got
+    per_seed = [np.mean(list(s.values())) for s in (series(r, "grad_norm") for r in runs) if s]
+    return {"steps": steps, "mean": g.mean(0), "lo": g.min(0), "hi": g.max(0), "per_seed": np.array(per_seed)}
+
+
+def entropy_stats(runs):
+    """w_entropy (a log step's mean over positions of the entropy of the weights' shares
+    over the heads) of every main-training log row of every seed, pooled: its values,
+    median and 10th / 90th percentiles -> dict, or None where no run logged it."""
+    v = np.array([x for r in runs for x in series(r, "w_entropy").values()], float)
+    if not len(v):
+        return None
+    p10, median, p90 = np.percentile(v, [10, 50, 90])
+    return {"values": v, "median": median, "p10": p10, "p90": p90}
+
+
+def per_step_mean(runs, key):
+    """A quantity of main training's log steps (the critic's value_drift, w_ref_spearman)
+    -> (steps, its mean over seeds at each), or None where no run logged it."""
+    got = over_seeds(runs, key)
+    return None if got is None else (got[0], np.nanmean(got[1], 0))
+
+
+def val_ce_stats(runs):
+    """Validation CE (val_loss, the mean over heads) at each validation step every seed
+    reached: mean and sample sd over seeds (nan with one seed) -> dict, or None."""
+    got = over_seeds(runs, "val_loss")
+    if got is None:
+        return None
+    steps, v = got
+    return {"steps": steps, "mean": v.mean(0), "sd": v.std(0, ddof=1) if len(v) > 1 else np.full(len(steps), np.nan)}
+
+
+def steps_to(r, threshold):
+    """The first step of main training at which a run's validation CE is <= threshold,
+    linearly interpolated between the validation points either side, and tokens_seen of the
+    training log row nearest that step -> (step, tokens or None), or None if never reached."""
+    val = sorted(series(r, "val_loss").items())
+    for i, (t, v) in enumerate(val):
+        if v <= threshold:
+            if i > 0:   # val[i - 1] is above the threshold
+                t0, v0 = val[i - 1]
+                t = t0 + (v0 - threshold) / (v0 - v) * (t - t0)
+            tokens = series(r, "tokens_seen")
+            return t, tokens[min(tokens, key=lambda s: abs(s - t))] if tokens else None
+    return None
+
+
+def convergence(by_scheme, baseline="baseline"):
+    """Steps to a fixed validation CE: the baseline's final one (each seed's last
+    validation), mean over its seeds -> (threshold, {arm: [steps_to of each seed]}), or
+    (None, {}) where no baseline run logged validation."""
+    finals = [s[max(s)] for s in (series(r, "val_loss") for r in by_scheme.get(baseline, [])) if s]
+    if not finals:
+        return None, {}
+    threshold = float(np.mean(finals))
+    return threshold, {a: [steps_to(r, threshold) for r in runs] for a, runs in by_scheme.items()}
+
+
+def stability_section(by_scheme, exp_dir, baseline="baseline"):
+    """Markdown lines of the report's "Stability and convergence" section (Experiment 4),
+    from the runs' log.jsonl, and its three pictures; a statistic no run logged reads
+    'not logged'."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    colors = arm_colors(by_scheme)
+    arms = list(by_scheme)
+    grad = {a: grad_norm_stats(rs) for a, rs in by_scheme.items()}
+    ent = {a: entropy_stats(rs) for a, rs in by_scheme.items()}
+    drift = {a: per_step_mean(rs, "value_drift") for a, rs in by_scheme.items()}
+    rho = {a: per_step_mean(rs, "w_ref_spearman") for a, rs in by_scheme.items()}
+    val = {a: val_ce_stats(rs) for a, rs in by_scheme.items()}
+    threshold, reached = convergence(by_scheme, baseline)
+    H = next((len(r["train"]["val_ce_head"]) for rs in by_scheme.values() for r in rs
+              if r["train"].get("val_ce_head")), None)
+    na = "not logged"
+    pm = lambda v, f: f"{v.mean():{f}} ± {v.std(ddof=1):{f}}" if len(v) > 1 else f"{v[0]:{f}}"
+    steps_of = lambda d: ", ".join(f"{t}: {v:.3f}" for t, v in zip(*d))
+    md = ["## Stability and convergence", "",
+          "From each run's log.jsonl; steps count from the start of main training (the critic's "
+          "value pre-training rows are left out: its LM does not train there and logs grad_norm 0). "
+          f"'{na}': no run of the arm logged it (older runs, or arms without weights or a critic).", "",
+          "- **Gradient norm**: the LM's gradient norm before clipping at each log step (that step's "
+          "own, every log_interval-th step); the table gives each seed's mean over its log steps, "
+          "mean ± sd over seeds; the picture, the mean over seeds with the min–max band.",
+          "- **Weight entropy**: w_entropy, a log step's mean over positions of the entropy of the "
+          "weights' shares over the heads; median [10th, 90th percentile] over every log row of "
+          "every seed. Uniform weights have entropy log H"
+          + (f" = {np.log(H):.3f} (H = {H})" if H else "") + " at a position whose H heads all have "
+          "a target, less near a sample's end (fewer heads), so the baseline sits a little below it.",
+          "- **Value drift** (critic arms): mean |V − V at the start of main training| on a probe "
+          "batch, mean over seeds at each log step.",
+          "- **Spearman(w, ref CE)** (arms that read a reference CE): the rank correlation, ties "
+          "averaged, of a log step's weights with the reference's CE of the same (t, k) terms' "
+          "target x_t+k (the reference's own head k at t with rho1_ref='matched'), over the valid "
+          "terms of the step's micro-batches; logged where the batch carries the reference CE "
+          "(ref_ce_mode='cache'); mean over log steps and seeds.", "",
+          "### Training stability", "",
+          "| scheme | seeds | grad norm, mean over training (± sd over seeds) | weight entropy, median "
+          "[p10, p90] | value drift, last log step | Spearman(w, ref CE) |", "|---|---|---|---|---|---|"]
+    for a in arms:
+        g, e, d, s = grad[a], ent[a], drift[a], rho[a]
+        md.append(f"| {a} | {len(by_scheme[a])} | {pm(g['per_seed'], '.3f') if g else na} | "
+                  + (f"{e['median']:.3f} [{e['p10']:.3f}, {e['p90']:.3f}]" if e else na) + " | "
+                  + (f"{d[1][-1]:.4f} (step {d[0][-1]})" if d else na) + " | "
+                  + (f"{np.nanmean(s[1]):+.3f}" if s else na) + " |")
+    per_step = [(a, "value drift", drift[a]) for a in arms if drift[a]] + \
+               [(a, "Spearman(w, ref CE)", rho[a]) for a in arms if rho[a]]
+    if per_step:
+        md += ["", "Per log step (step of main training: mean over seeds):", "",
+               "| scheme | quantity | per log step |", "|---|---|---|",
+               *[f"| {a} | {q} | {steps_of(d)} |" for a, q, d in per_step]]
+    md += ["", "### Convergence", ""]
+    if threshold is None:
+        md += [f"Steps to a fixed validation CE: {na} (no '{baseline}' arm with validation rows).", ""]
+    else:
+        md += [f"Validation CE (val_loss, nats/token, mean over heads) at each validation step, mean ± "
+               f"sd over seeds. Steps to a fixed validation CE: the threshold is the {baseline}'s final "
+               f"validation CE, mean over its {len(by_scheme[baseline])} seeds, **{threshold:.4f}**; for "
+               f"each seed, the first step at which val_loss <= threshold, interpolated linearly between "
+               f"the validation points either side (so only as fine as the validation interval; the "
+               f"{baseline}'s own seeds reach it near their end by construction), mean over the seeds "
+               f"that reach it; tokens seen: tokens_seen of the training log row nearest that step "
+               f"(the critic's include its value pre-training's).", ""]
+    md += ["| scheme | val CE per validation step (mean ± sd over seeds) | steps to val CE <= threshold "
+           "(seeds reaching it) | tokens seen then |", "|---|---|---|---|"]
+    for a in arms:
+        v, hits = val[a], [x for x in reached.get(a, []) if x is not None]
+        cell = na if v is None else ", ".join(
+            f"{t}: {m:.4f}" + ("" if np.isnan(sd) else f" ± {sd:.4f}") for t, m, sd in zip(v["steps"], v["mean"], v["sd"]))
+        if threshold is None or v is None:
+            to, tok = na, na
+        elif not hits:
+            to, tok = f"not reached (0 of {len(by_scheme[a])})", "—"
+        else:
+            to = f"{np.mean([t for t, _ in hits]):.1f} ({len(hits)} of {len(by_scheme[a])})"
+            toks = [n for _, n in hits if n is not None]
+            tok = f"{np.mean(toks) / 1e6:.3f}M" if toks else na
+        md.append(f"| {a} | {cell} | {to} | {tok} |")
+    md.append("")
+
+    # the pictures: gradient norm over training, the weight entropy's spread, validation CE
+    pictures = []
+    if any(grad.values()):
+        fig, ax = plt.subplots(figsize=(8, 4))
+        for a, g in grad.items():
+            if g:
+                ax.plot(g["steps"], g["mean"], label=a, color=colors[a], marker=".")
+                ax.fill_between(g["steps"], g["lo"], g["hi"], alpha=0.15, color=colors[a])
+        ax.set(xlabel="step of main training", ylabel="LM gradient norm (before clipping)", yscale="log",
+               title="Gradient norm at the log steps: mean and range over seeds")
+        for axis in (ax.yaxis.set_major_formatter, ax.yaxis.set_minor_formatter):   # 0.3, not 3x10^-1
+            axis(matplotlib.ticker.FormatStrFormatter("%g"))
+        ax.legend(fontsize=8, ncol=2 if len(arms) > 6 else 1, bbox_to_anchor=(1.01, 1), loc="upper left")
+        pictures.append(("Gradient norm over training", save(fig, exp_dir, "stability_grad_norm.png")))
+    if any(ent.values()):
+        names = [a for a in arms if ent[a]]
+        fig, ax = plt.subplots(figsize=(max(4, 0.6 * len(names) + 2), 3.5))
+        box = ax.boxplot([ent[a]["values"] for a in names], whis=(10, 90), patch_artist=True,
+                         flierprops=dict(markersize=3), medianprops=dict(color="black"))
+        ax.set_xticks(range(1, len(names) + 1), names)
+        for patch, a in zip(box["boxes"], names):
+            patch.set(facecolor=colors[a], alpha=0.6)
+        if H:
+            ax.axhline(np.log(H), color="grey", lw=0.8, ls="--", label=f"uniform over {H} heads: log {H}")
+            ax.legend(fontsize=8)
+        ax.set(ylabel="entropy over heads (nats)", title="Weight entropy per log step (whiskers: 10th-90th pct)")
+        if len(names) > 4:
+            plt.setp(ax.get_xticklabels(), rotation=30, ha="right")
+        pictures.append(("Weight entropy", save(fig, exp_dir, "stability_w_entropy.png")))
+    if any(val.values()):
+        fig, ax = plt.subplots(figsize=(8, 4))
+        for a, v in val.items():
+            if v:
+                ax.errorbar(v["steps"], v["mean"], yerr=np.nan_to_num(v["sd"]), label=a, color=colors[a],
+                            marker="o", capsize=3)
+        if threshold is not None:
+            ax.axhline(threshold, color="grey", lw=0.8, ls="--", label=f"threshold ({baseline} final)")
+        ax.set(xlabel="step of main training", ylabel="validation CE (nats/token)",
+               title="Validation CE: mean ± sd over seeds")
+        ax.legend(fontsize=8, ncol=2 if len(arms) > 6 else 1, bbox_to_anchor=(1.01, 1), loc="upper left")
+        pictures.append(("Validation CE over seeds", save(fig, exp_dir, "stability_val_ce.png")))
+    for caption, f in pictures:
+        md += [f"![{caption}]({f})", ""]
+    return md
 
 
 def eval_heading(name, edir, summary):
@@ -402,6 +631,7 @@ def write(cfg, arms, seeds, runs, ref_dir, wall_s=None, evals=None):
     md += data_section(cfg["exp_dir"])
     md += ["## Results", "", tab, ""]
     md += heads_table({**base_row, **by_scheme}) + head_mass_table(by_scheme) + auc_table(by_scheme)
+    md += stability_section(by_scheme, cfg["exp_dir"])
     md += ["## Pictures", ""]
     captions = {"passk": "pass@k with 95% CIs", "loss": "Training loss over seeds",
                 "val_ce": "Per-head validation CE", "weights": "Weight distributions per scheme and head",

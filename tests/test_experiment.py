@@ -136,7 +136,7 @@ def test_experiment_end_to_end_and_resume(small_tinycode, tmp_path, capsys):
         assert re.search(rf"^\| {scheme} \| 2 \|", report, re.M), scheme
         assert f"| {scheme} | 2 |" in out
     pictures = re.findall(r"!\[[^\]]*\]\(([^)]+)\)", report)
-    assert len(pictures) == 5
+    assert len(pictures) == 5 + 3   # + the stability section's (report.stability_section)
     for p in pictures:
         assert os.path.getsize(os.path.join(exp_dir, p)) > 1000
     check_heads_and_auc(exp_dir, report, ARMS, (0, 1))

@@ -155,7 +155,7 @@ def test_smoke_setting_end_to_end(base, tmp_path, capsys):
         assert f"| {scheme} | 1 |" in out
     check_heads_and_auc(exp_dir, report, ("baseline", "critic", "rho1"), (0,))
     pictures = re.findall(r"!\[[^\]]*\]\(([^)]+)\)", report)
-    assert len(pictures) == 5
+    assert len(pictures) == 5 + 3   # + the stability section's (report.stability_section)
     for p in pictures:
         assert os.path.getsize(os.path.join(exp_dir, p)) > 1000
 
