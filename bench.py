@@ -39,6 +39,8 @@ from contextlib import nullcontext
 
 import torch
 
+HERE = os.path.dirname(os.path.abspath(__file__))
+
 from types import SimpleNamespace
 
 import configurator
@@ -65,6 +67,8 @@ defaults = dict(
     # the schemes part: train.py's tiny default config, this many steps per arm per round
     max_iters=15,
     rounds=2,
+    arms="",                       # experiment arms to compare (experiment.arm names); '' = every scheme
+    out="",                        # also write the schemes part's numbers to this JSON file
     gpu=False,                     # the prepared one-GPU check: sets the keys in GPU below
 )
 GPU = dict(parts="loss,memory,decode", device="cuda", dtype="bfloat16", compile=True, repeats=5,
@@ -234,8 +238,25 @@ def median_step_ms(out_dir):
     return statistics.median(times)
 
 
+def arm_child(cfg):
+    """In a fresh process: one arm's train.py run -> its median step time and the growth of
+    its peak memory over the process before the run (model, optimizer, frozen models, data,
+    activations), printed as JSON."""
+    import train
+    from contextlib import redirect_stdout
+    cuda = cfg["device"].startswith("cuda")
+    before = torch.cuda.memory_allocated() if cuda else proc_status_kb("VmRSS") * 1024
+    with redirect_stdout(open(os.devnull, "w")):
+        train.train(cfg)
+    peak = torch.cuda.max_memory_allocated() if cuda else proc_status_kb("VmHWM") * 1024
+    print(json.dumps({"ms": median_step_ms(cfg["out_dir"]), "peak_mb": (peak - before) / 2**20}))
+
+
 def bench_schemes(c):
-    """train.py's step per scheme against uniform, the arms alternating round by round."""
+    """train.py's step per arm against uniform, each arm a fresh process (its peak memory
+    its own), the arms alternating round by round. arms='' is every registered scheme;
+    else experiment arms by name (the efficiency study's)."""
+    import build
     import data
     import experiment
     import parallel
@@ -245,7 +266,7 @@ def bench_schemes(c):
     tiny = experiment.SETTINGS["tiny"]
     cfg = dict(train.DEFAULTS, max_iters=c["max_iters"], log_interval=3, eval_interval=10**9,
                critic_pretrain_epochs=0.0, device=c["device"], dtype=c["dtype"],
-               data_dir=tiny["train"]["data_dir"])
+               data_dir=os.path.join(HERE, tiny["train"]["data_dir"]))
     if not os.path.exists(os.path.join(cfg["data_dir"], "train", "meta.json")):
         data.prepare_tinycode(cfg["data_dir"], cfg["tokenizer"], **tiny.get("data_args", {}))
     root = tempfile.mkdtemp(prefix="wmtp-bench-")
@@ -256,53 +277,65 @@ def bench_schemes(c):
         with redirect_stdout(quiet()):
             train.train(dict(cfg, out_dir=ref_dir, n_future=1, max_iters=2 * c["max_iters"]))
         ref, _ = reference.load_reference(ref_dir, parallel.resolve_device(c["device"]),
-                                      data.tokenizer_identity(data.get_tokenizer(cfg["tokenizer"])))
+                                          data.tokenizer_identity(data.get_tokenizer(cfg["tokenizer"])))
         split = data.PreparedSplit(os.path.join(cfg["data_dir"], "train"))
         t0 = time.time()
         data.score_reference(ref, split, device=next(ref.parameters()).device, batch_size=cfg["batch_size"])
         score_s = time.time() - t0
         cache = os.path.join(root, "ref_ce.bin")
-        # every registered scheme as the experiment runs its arm (weights.SCHEMES), a
+        # the arms as the experiment runs them (every registered scheme, or --arms=), a
         # reference read from the cache (and online too), plus the simple loss path
-        rm_dir = os.path.join(root, "rm")   # a reward model where a scheme reads one: a critic run
-        if any(experiment.needs_reward_model(experiment.arm(n)) for n in weights.SCHEMES):
+        names = c["arms"].split(",") if c["arms"] else \
+            ["uniform"] + sorted(set(weights.SCHEMES) - {"uniform"}) + ["rho1_shuffled"]
+        rm_dir = os.path.join(root, "rm")   # a reward model where an arm reads one: a critic run
+        if any(experiment.needs_reward_model(experiment.arm(n)) for n in names):
             with redirect_stdout(quiet()):
                 train.train(dict(cfg, out_dir=rm_dir, **experiment.arm("critic")))
         arms = {}
-        for name in ["uniform"] + sorted(set(weights.SCHEMES) - {"uniform"}):
-            keys = experiment.arm(name)
+        for name in names:
+            keys = {k: v for k, v in experiment.arm(name).items() if not k.startswith("_")}
+            label = "uniform" if keys == experiment.arm("baseline") else name
             if experiment.needs_reward_model(keys):
                 keys["rm_init_from"] = rm_dir
             if experiment.needs_reference(keys):
-                arms[f"{name} (cache)"] = dict(keys, ref_init_from=ref_dir, ref_ce_cache=cache)
-                arms[f"{name} (online)"] = dict(keys, ref_init_from=ref_dir, ref_ce_mode="online")
+                arms[f"{label} (cache)"] = dict(keys, ref_init_from=ref_dir, ref_ce_cache=cache)
+                if not c["arms"]:
+                    arms[f"{label} (online)"] = dict(keys, ref_init_from=ref_dir, ref_ce_mode="online")
             else:
-                arms[name] = keys
-        arms["shuffled (rho1)"] = dict(experiment.arm("rho1_shuffled"), ref_init_from=ref_dir, ref_ce_cache=cache)
-        arms["uniform, simple loss"] = dict(loss_impl="simple")
-        ratios = {a: [] for a in arms}
-        ms = {a: [] for a in arms}
+                arms[label] = keys
+        arms.setdefault("uniform", {})
+        if not c["arms"]:
+            arms["uniform, simple loss"] = dict(loss_impl="simple")
+        ms, mb = {a: [] for a in arms}, {a: [] for a in arms}
         for rnd in range(c["rounds"]):
-            this = {}
             for i, (name, extra) in enumerate(arms.items()):
-                out = os.path.join(root, f"r{rnd}a{i}")
-                with redirect_stdout(quiet()):
-                    train.train(dict(cfg, out_dir=out, **extra))
-                this[name] = median_step_ms(out)
-                ms[name].append(this[name])
-            for name in arms:
-                ratios[name].append(this[name] / this["uniform"])
+                run = dict(cfg, out_dir=os.path.join(root, f"r{rnd}a{i}"), **extra)
+                out = subprocess.run([sys.executable, "-c", f"import bench; bench.arm_child({run!r})"],
+                                     capture_output=True, text=True, cwd=HERE)
+                if out.returncode:
+                    raise RuntimeError(f"{name}: {out.stderr[-3000:]}")
+                got = json.loads(out.stdout.strip().splitlines()[-1])
+                ms[name].append(got["ms"])
+                mb[name].append(got["peak_mb"])
+        ratio = lambda d, a: statistics.median(x / u for x, u in zip(d[a], d["uniform"]))
         print(f"\n## schemes: train.py's step, {c['max_iters']} steps per arm per round, "
-              f"{c['rounds']} rounds, batch {cfg['batch_size']}, {c['device']} {c['dtype']}")
-        print("| arm | ms/step | vs uniform (median over rounds) |")
-        print("|---|---|---|")
+              f"{c['rounds']} rounds, batch {cfg['batch_size']}, {c['device']} {c['dtype']}, "
+              f"each arm in its own process")
+        print("| arm | ms/step | vs uniform (median over rounds) | peak memory over the process's start | vs uniform |")
+        print("|---|---|---|---|---|")
         for name in arms:
-            print(f"| {name} | {statistics.median(ms[name]):.1f} | {statistics.median(ratios[name]):.2f}x |")
+            print(f"| {name} | {statistics.median(ms[name]):.1f} | {ratio(ms, name):.2f}x | "
+                  f"{statistics.median(mb[name]):.1f} MB | {ratio(mb, name):.2f}x |")
         drift = max(ms["uniform"]) / min(ms["uniform"]) - 1
         print(f"uniform's own spread over rounds: {drift:.0%} (the machine's drift)")
         print(f"reference scoring of {len(split)} samples ({len(split.tokens):,} tokens): "
               f"{score_s:.1f} s, {len(split.tokens) / score_s:,.0f} tokens/s")
-        return {"ratios": ratios, "ms": ms, "score_tok_s": len(split.tokens) / score_s}
+        result = {"ms": ms, "peak_mb": mb, "score_tok_s": len(split.tokens) / score_s,
+                  "config": {k: cfg[k] for k in build.MODEL_KEYS} | {"batch_size": cfg["batch_size"]}}
+        if c["out"]:
+            with open(c["out"], "w") as f:
+                json.dump(result, f, indent=1)
+        return result
     finally:
         shutil.rmtree(root, ignore_errors=True)
 
