@@ -68,6 +68,7 @@ defaults = dict(
     max_iters=15,
     rounds=2,
     arms="",                       # experiment arms to compare (experiment.arm names); '' = every scheme
+    train_keys="",                 # train.py keys of the schemes part's runs, "key=value,..." (the study's model)
     out="",                        # also write the schemes part's numbers to this JSON file
     gpu=False,                     # the prepared one-GPU check: sets the keys in GPU below
 )
@@ -267,6 +268,10 @@ def bench_schemes(c):
     cfg = dict(train.DEFAULTS, max_iters=c["max_iters"], log_interval=3, eval_interval=10**9,
                critic_pretrain_epochs=0.0, device=c["device"], dtype=c["dtype"],
                data_dir=os.path.join(HERE, tiny["train"]["data_dir"]))
+    for key, value in experiment.parse_overrides(c["train_keys"]).items():
+        if key not in train.DEFAULTS:
+            raise ValueError(f"--train_keys: {key!r} is no train.py key")
+        cfg[key] = type(train.DEFAULTS[key])(value) if not isinstance(train.DEFAULTS[key], bool) else value == "True"
     if not os.path.exists(os.path.join(cfg["data_dir"], "train", "meta.json")):
         data.prepare_tinycode(cfg["data_dir"], cfg["tokenizer"], **tiny.get("data_args", {}))
     root = tempfile.mkdtemp(prefix="wmtp-bench-")

@@ -111,6 +111,11 @@ def arm_names(cfg, setting):
                               + list(ABLATION if cfg["ablation"] else ())))
 
 
+def sweep_key(cfg):
+    """The key a --sweep varies ('' without one)."""
+    return SWEEPS[cfg["sweep"]][0] if cfg["sweep"] in SWEEPS else cfg["sweep"].partition("=")[0]
+
+
 def sweep_points(cfg, setting):
     """[(value, arm name)] of --sweep: a preset's (SWEEPS), or 'KEY=v1,v2,...' for each of
     the --arms= arms (default: the critic) as '<arm>:KEY=v'. A point whose keys are the
@@ -464,6 +469,23 @@ def progress(out_dir):
         return "starting"
 
 
+def measure_efficiency(cfg, names, base):
+    """Experiment 2's measurement: bench.py's schemes part on these arms, each in its own
+    process, interleaved round by round, at the setting's model and batch -> exp_dir/efficiency.json
+    (skipped when there). One thread on CPU, as bench.py's numbers are taken."""
+    path = os.path.join(cfg["exp_dir"], "efficiency.json")
+    if os.path.exists(path):
+        return
+    keys = ",".join(f"{k}={base[k]}" for k in ("n_layer", "n_future", "batch_size", "tokenizer", "d_model",
+                                                  "n_head", "block_size") if k in base)
+    cmd = [sys.executable, os.path.join(HERE, "bench.py"), "--parts=schemes", f"--arms={','.join(names)}",
+           f"--out={path}", "--rounds=3", f"--device={cfg['device'] if cfg['device'] != 'auto' else 'cpu'}",
+           f"--train_keys={keys}"]
+    print("efficiency: " + " ".join(cmd[1:]))
+    subprocess.run(cmd, check=True, cwd=HERE, env={**os.environ, "OMP_NUM_THREADS": "1"},
+                   stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+
+
 # keys in which every run differs from every other by construction: where it writes, and
 # the runs it reads (its reference, reward model, the run a random-matched control draws from)
 RUN_KEYS = ("out_dir", "ref_init_from", "rm_init_from", "control_weights", "ref_ce_cache")
@@ -587,7 +609,8 @@ def main(argv):
     evals = eval_table(cfg, setting)
     with open(os.path.join(cfg["exp_dir"], "experiment.json"), "w") as f:   # report.py rebuilds the report from it
         json.dump({**cfg, "arm_order": names, "evals": evals,
-                   "sweep_points": sweep_points(cfg, setting) if cfg["sweep"] else []}, f, indent=1)
+                   "sweep_points": sweep_points(cfg, setting) if cfg["sweep"] else [],
+                   "sweep_key": sweep_key(cfg)}, f, indent=1)
     # 1. data, once
     import data
     if setting["data"] == "tinycode":
@@ -667,6 +690,8 @@ def main(argv):
     run_all(cfg, jobs, bar)
     bar.close()
     arm_differences(cfg, list(arms), seeds)   # nothing but each arm's own keys differs
+    if cfg["study"] == "efficiency":   # step time and peak memory, the arms interleaved (bench.py)
+        measure_efficiency(cfg, list(arms), base)
     # 6. per-head accuracy on the validation split: the base (as the runs start from it) and every run
     start_keys = json.load(open(os.path.join(run_dir(cfg, "baseline", seeds[0]), "config.json")))
     head_accuracies(cfg, [(base_dir, base["init_from"])] + [(d, d) for _, _, d in runs], base["data_dir"],

@@ -91,12 +91,17 @@ def matrix(runs, k, pids):
     return np.array([[st.pass_at_k(*r["nc"][p], k) for p in pids] for r in runs])
 
 
-def table(by_scheme, ks, baseline="baseline"):
+def common_problems(by_scheme):
+    return sorted(set.intersection(*(set(r["nc"]) for runs in by_scheme.values() for r in runs)))
+
+
+def table(by_scheme, ks, baseline="baseline", pids=None):
     """Markdown table. CIs resample seeds and problems (eval.bootstrap_ci_seeds), so they
     hold the spread between training seeds; p(seeds) pairs the runs by seed, p(problems)
-    pairs seed-averaged pass@1 by problem (Wilcoxon signed-rank, two-sided)."""
+    pairs seed-averaged pass@1 by problem (Wilcoxon signed-rank, two-sided). pids: the
+    problems (default: those every run has)."""
     import stats as st
-    pids = sorted(set.intersection(*(set(r["nc"]) for runs in by_scheme.values() for r in runs)))
+    pids = pids or common_problems(by_scheme)
     head = ["scheme", "seeds", f"pass@{ks[0]} per seed"] + [f"pass@{k} [95% CI]" for k in ks] + \
         [f"Δ pass@{ks[0]} vs {baseline} [95% CI]", "p (seeds)", "p (problems)", "tokens seen",
          "wall / run", "peak mem"]
@@ -566,6 +571,101 @@ def stability_section(by_scheme, exp_dir, baseline="baseline"):
     return md
 
 
+def sweep_section(rows, points, key, exp_dir, ks):
+    """Experiment 5: the sweep's points (experiment.sweep_points: [value, arm name]) as the
+    main table's rows for those runs (the same function on the same problems, so a point's
+    numbers are Experiment 1's), with the value as a column, and pass@k against the value
+    with 95% CIs, one line per swept scheme, the baseline's CI as a band."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    import stats as st
+    pids = common_problems(rows)
+    view = {"baseline": rows["baseline"], **{a: rows[a] for _, a in points}}
+    lines = table(view, ks, pids=pids).splitlines()
+    value_of = {a: v for v, a in points}
+    out = [lines[0].replace("| scheme |", f"| {key} | scheme |", 1), "|---" + lines[1]]
+    for line in lines[2:]:
+        name = line.split("|")[1].strip()
+        out.append(f"| {value_of.get(name, '(the comparison)')} " + line)
+    fig, ax = plt.subplots(figsize=(6, 3.6))
+    b = st.bootstrap_ci_seeds(matrix(rows["baseline"], ks[0], pids))
+    ax.axhspan(100 * b[1], 100 * b[2], color="0.85", label="baseline 95% CI")
+    ax.axhline(100 * b[0], color="0.5", lw=1)
+    schemes = dict.fromkeys(a.split(":")[0] for _, a in points)
+    numeric = all(str(v).replace(".", "", 1).lstrip("-").isdigit() for v, _ in points)
+    xs_all = sorted({float(v) for v, _ in points}) if numeric else list(dict.fromkeys(str(v) for v, _ in points))
+    for scheme in schemes:
+        pts = [(v, a) for v, a in points if a.split(":")[0] == scheme]
+        x = [float(v) if numeric else xs_all.index(str(v)) for v, _ in pts]
+        m = np.array([st.bootstrap_ci_seeds(matrix(rows[a], ks[0], pids)) for _, a in pts]) * 100
+        order = np.argsort(x)
+        x, m = np.array(x)[order], m[order]
+        ax.errorbar(x, m[:, 0], yerr=[m[:, 0] - m[:, 1], m[:, 2] - m[:, 0]], marker="o", capsize=3, label=scheme)
+    if not numeric:
+        ax.set_xticks(range(len(xs_all)), xs_all)
+    ax.set(xlabel=key, ylabel=f"pass@{ks[0]} (%)", title=f"Sweep of {key}: mean and 95% CI over seeds x problems")
+    ax.legend(fontsize=8)
+    path = save(fig, exp_dir, "sweep.png")
+    return ["## Sweep (Experiment 5)", "",
+            f"Each point is one arm that differs from its scheme's in `{key}` only (arm_keys.json); "
+            "the point at the setting's own value is the scheme's arm itself. Its numbers are the "
+            "results table's for the same runs.", "", *out, "", f"![sweep]({path})", ""]
+
+
+# the published sizes of the proposal's models (their config.json), for the memory arithmetic
+PUBLISHED = {"Llama-3.2-1B": 1.236e9, "Llama-2-7B": 6.738e9}
+
+
+def efficiency_section(by_scheme, exp_dir, bench=None):
+    """Experiment 2: per arm, step time and peak memory (bench.py's interleaved measurement
+    of the same arms, each in its own process, where exp_dir/efficiency.json has it; the
+    runs' own otherwise), tokens seen and steps / tokens / wall time to the baseline's final
+    validation CE; then what a reward model costs at the proposal's scale, as arithmetic."""
+    threshold, reached = convergence(by_scheme)
+    lines = ["## Efficiency (Experiment 2)", ""]
+    if bench:
+        lines += [f"Step time and peak memory: `bench.py --parts=schemes --arms=...`, each arm in its own "
+                  f"process, {len(next(iter(bench['ms'].values())))} interleaved rounds of "
+                  f"{bench.get('max_iters', '?')} steps (median; memory: growth of peak RSS over the "
+                  "process's start on CPU, max_memory_allocated on CUDA).", ""]
+    lines += ["| arm | ms / step | vs baseline | peak memory | vs baseline | tokens seen | "
+              "steps to the threshold | tokens to it | wall to it |", "|" + "---|" * 9]
+    label = lambda a: "uniform" if a == "baseline" else (f"{a} (cache)" if bench and f"{a} (cache)" in bench["ms"] else a)
+    for a, runs in by_scheme.items():
+        if bench and label(a) in bench["ms"]:
+            ms, mb = np.median(bench["ms"][label(a)]), np.median(bench["peak_mb"][label(a)])
+            ms0, mb0 = np.median(bench["ms"]["uniform"]), np.median(bench["peak_mb"]["uniform"])
+            mem = f"{mb:.1f} MB"
+        else:   # the runs' own: median step time of their main stage, their peak RSS
+            per = lambda rs: [np.median([x["step_ms"] for x in r["log"] if "step_ms" in x and x.get("stage") == "main"]) for r in rs]
+            ms, ms0 = np.mean(per(runs)), np.mean(per(by_scheme["baseline"]))
+            mb = max(r["train"]["peak_rss_mb"] for r in runs)
+            mb0 = max(r["train"]["peak_rss_mb"] for r in by_scheme["baseline"])
+            mem = f"{mb:.0f} MB (RSS)"
+        hit = [x for x in reached.get(a, []) if x]
+        steps = f"{np.mean([h[0] for h in hit]):.0f} ({len(hit)}/{len(runs)} seeds)" if hit else "not reached"
+        known = [h[1] for h in hit if h[1] is not None]
+        toks = f"{np.mean(known) / 1e6:.3f}M" if known else "—"
+        wall = f"{np.mean([h[0] for h in hit]) * ms / 1000:.0f} s" if hit else "—"
+        lines.append(f"| {a} | {ms:.0f} | {ms / ms0:.2f}x | {mem} | {mb / mb0:.2f}x | "
+                     f"{np.mean([r['train']['tokens_seen'] for r in runs]) / 1e6:.3f}M | {steps} | {toks} | {wall} |")
+    lines += ["", f"The threshold is the baseline's final validation CE ({threshold:.4f})." if threshold else "", ""]
+    if "rm_critic" in by_scheme and "critic" in by_scheme:
+        n = by_scheme["critic"][0]["train"].get("n_params")
+        lines += ["What the reward model costs, as arithmetic: the reward-model critic holds a second "
+                  "model of the policy's size (frozen, forward only) that the verifiable critic does not "
+                  "(its value head is one small MLP on the trunk's state). Its weights alone are "
+                  + ", ".join(f"{name} {p / 1e9:.2f}B params: {2 * p / 2**30:.1f} GiB in bf16, "
+                              f"{4 * p / 2**30:.1f} GiB in fp32" for name, p in PUBLISHED.items())
+                  + " — the proposal's '~28 GB saved' is a 7B reward model held in fp32 (or bf16 weights "
+                  "plus its forward's working memory at long sequences); in bf16 it is ~13 GB per process. "
+                  "At this tiny scale the second model is "
+                  + (f"{n * 4 / 2**20:.1f} MB, " if n else "a few MB, ")
+                  + "below what peak RSS resolves, so the measured ratio above is the step-time one.", ""]
+    return lines
+
+
 def eval_heading(name, edir, summary):
     """One evaluation's title: its name, task, problems and sampling."""
     st = summary["settings"]
@@ -632,6 +732,13 @@ def write(cfg, arms, seeds, runs, ref_dir, wall_s=None, evals=None):
     md += ["## Results", "", tab, ""]
     md += heads_table({**base_row, **by_scheme}) + head_mass_table(by_scheme) + auc_table(by_scheme)
     md += stability_section(by_scheme, cfg["exp_dir"])
+    rows = {s: [dict(r, nc=r["evals"][edirs[0]]["nc"]) for r in rs] for s, rs in by_scheme.items()}
+    if cfg.get("sweep_points"):
+        md += sweep_section(rows, cfg["sweep_points"], cfg.get("sweep_key", "value"), cfg["exp_dir"],
+                            [int(k) for k in first[2]["k"]])
+    if cfg.get("study") == "efficiency":
+        path = os.path.join(cfg["exp_dir"], "efficiency.json")
+        md += efficiency_section(by_scheme, cfg["exp_dir"], json.load(open(path)) if os.path.exists(path) else None)
     md += ["## Pictures", ""]
     captions = {"passk": "pass@k with 95% CIs", "loss": "Training loss over seeds",
                 "val_ce": "Per-head validation CE", "weights": "Weight distributions per scheme and head",

@@ -99,3 +99,52 @@ def test_data_study_arms_differ_only_in_their_keys(small_tinycode, tmp_path):
     json.dump(c, open(os.path.join(experiment.run_dir({"exp_dir": exp_dir}, "critic", 0), "config.json"), "w"))
     with pytest.raises(RuntimeError, match="learning_rate"):
         experiment.arm_differences({"exp_dir": exp_dir}, ["critic"], [0])
+
+
+def test_a_sweep_point_is_experiment_1s_row_for_the_same_runs(tmp_path):
+    """report.sweep_section: each point's row equals the results table's row for the same
+    runs (same problems, CIs, tests), with its value in front; the picture is written."""
+    import numpy as np
+    import report
+    rng = np.random.default_rng(0)
+
+    def runs(p):   # 3 seeds x 40 problems, n = 5 samples each
+        return [{"nc": {f"p{j}": (5, int(rng.binomial(5, p))) for j in range(40)}} for _ in range(3)]
+    rows = {"baseline": runs(0.5), "critic:lam=0.8": runs(0.4), "critic": runs(0.6), "critic:lam=1.0": runs(0.7)}
+    points = [("0.8", "critic:lam=0.8"), ("0.95", "critic"), ("1.0", "critic:lam=1.0")]
+    lines = report.sweep_section(rows, points, "lam", str(tmp_path), [1])
+    main = {line.split("|")[1].strip(): line for line in report.table(rows, [1]).splitlines()[2:]}
+    for value, name in points:
+        row = next(line for line in lines if line.startswith(f"| {value} | {name} |"))
+        assert row == f"| {value} " + main[name]
+    assert any(line.startswith("| (the comparison) | baseline |") for line in lines)
+    assert os.path.getsize(tmp_path / "sweep.png") > 1000
+
+
+def test_efficiency_section_reads_the_interleaved_measurement():
+    """report.efficiency_section: step time and peak memory against the baseline's from
+    bench.py's numbers (medians over rounds), the runs' tokens, steps to the baseline's
+    final validation CE, and the reward model's memory at the published sizes."""
+    import report
+
+    def run(val, tokens):
+        log = [{"iter": 0, "val_loss": val[0]}, {"iter": 10, "loss": 1.0, "step_ms": 5.0, "stage": "main",
+                                                   "tokens_seen": tokens // 2},
+               {"iter": 20, "loss": 1.0, "step_ms": 5.0, "stage": "main", "tokens_seen": tokens},
+               {"iter": 20, "val_loss": val[1]}]
+        return {"log": log, "train": {"tokens_seen": tokens, "peak_rss_mb": 400.0, "pretrain_iters": 0}}
+    by = {"baseline": [run((1.0, 0.5), 1000)], "critic": [run((1.0, 0.25), 1000)],
+          "rm_critic": [run((1.0, 0.75), 1000)]}
+    bench = {"ms": {"uniform": [10.0, 12.0], "critic": [15.0, 15.0], "rm_critic": [20.0, 24.0]},
+             "peak_mb": {"uniform": [100.0, 100.0], "critic": [110.0, 110.0], "rm_critic": [150.0, 150.0]}}
+    lines = report.efficiency_section(by, "/tmp", bench)
+    row = {line.split("|")[1].strip(): [c.strip() for c in line.strip("|").split("|")] for line in lines
+           if line.startswith("| ") and not line.startswith("| arm")}
+    assert row["rm_critic"][1:5] == ["22", "2.00x", "150.0 MB", "1.50x"]
+    assert row["critic"][2] == "1.36x"               # 15 / 11
+    # the threshold is the baseline's final CE 0.5: the critic reaches it at step 13.3
+    # (1.0 -> 0.25 over 0..20), the baseline at 20, the reward-model critic never
+    assert row["critic"][6].startswith("13 ") and row["baseline"][6].startswith("20 ")
+    assert row["rm_critic"][6] == "not reached"
+    text = "\n".join(lines)
+    assert "0.5000" in text and "Llama-2-7B 6.74B params: 12.6 GiB in bf16" in text
