@@ -102,7 +102,7 @@ def arm_names(cfg, setting):
     if cfg["study"]:
         if cfg["study"] not in STUDIES:
             raise ValueError(f"--study={cfg['study']!r}: the studies are {sorted(STUDIES)}")
-        names = list(STUDIES[cfg["study"]])
+        names = list(STUDIES[cfg["study"]]["arms"])
     elif cfg["sweep"]:
         names = ["baseline"] + [a for _, a in sweep_points(cfg, setting)]
     else:
@@ -166,15 +166,16 @@ STUDIES = {
     # Experiment 2, efficiency: the verifiable critic against the reward-model critic, next to
     # the baseline and Rho-1: each arm's peak memory and step time side by side (the report's
     # efficiency section: bench.py's interleaved measurement of the same arms), tokens seen
-    # and wall time to a fixed validation CE
-    "efficiency": ("baseline", "critic", "rm_critic", "rho1"),
+    # and wall time to a fixed validation CE, validated every 30 steps (the setting's 150
+    # would give the final CE only)
+    "efficiency": dict(arms=("baseline", "critic", "rm_critic", "rho1"), train=dict(eval_interval=30)),
     # Experiment 3, data use: correct solutions only against correct + incorrect, in the same
     # budget of steps: the baseline on both; the critic's three uses of the incorrect ones
     # (its default 'weighted', 'value_only': they train the value head only, 'signed': the
     # unlikelihood term where their TD error is negative); the group scheme with its negative
     # advantages as unlikelihood and dropped
-    "data": ("baseline", "baseline:train_on=all", "critic", "critic:incorrect_mode=value_only",
-             "critic:incorrect_mode=signed", "group", "group:group_negative=drop"),
+    "data": dict(arms=("baseline", "baseline:train_on=all", "critic", "critic:incorrect_mode=value_only",
+                       "critic:incorrect_mode=signed", "group", "group:group_negative=drop")),
 }
 # Experiment 5, ablations (--sweep=): a preset is (the key shown, its arms), one arm per
 # value; 'KEY=v1,v2,...' sweeps any train.py key for the --arms= arms
@@ -232,7 +233,7 @@ SETTINGS = {
     # in the first fine-tuning steps.
     "tiny": dict(
         data="tinycode",
-        data_args=dict(families="arithmetic", pretrain_families="arithmetic", noise=0.35, n_test=400),
+        data_args=dict(families="arithmetic", pretrain_families="arithmetic", noise=0.225, n_test=400),
         # every arm and the reference: 150 steps of 16 samples (2,400 samples: 0.8 epoch of
         # the 3,000 correct-labelled ones), H = 4. Batches of 16 rather than 300 steps of 8:
         # the seeds' pass@1 spread ±2 points instead of ±5 (dev/LOG.md, 2026-12-03)
@@ -502,6 +503,8 @@ def arm_differences(cfg, names, seeds):
         allowed = set(arm(name)) | set(RUN_KEYS) | {"control_of"}
         for seed in seeds:
             a, b = (json.load(open(os.path.join(run_dir(cfg, n, seed), "config.json"))) for n in ("baseline", name))
+            for c in (a, b):   # the same base or data by another path (a study linking the experiment's base)
+                c.update({k: os.path.realpath(c[k]) for k in ("init_from", "data_dir") if os.path.exists(c.get(k, ""))})
             diff = {k: [a.get(k), b.get(k)] for k in sorted(set(a) | set(b)) if a.get(k) != b.get(k)}
             extra = sorted(k for k in diff if k not in allowed)
             if extra:
@@ -597,7 +600,8 @@ def main(argv):
             cfg[key] = os.path.abspath(cfg[key])
     os.makedirs(cfg["exp_dir"], exist_ok=True)
     t0 = time.time()
-    overrides = parse_overrides(cfg["overrides"])
+    # a study's own train keys (STUDIES[...]['train']) for every run, then the command line's
+    overrides = {**STUDIES.get(cfg["study"], {}).get("train", {}), **parse_overrides(cfg["overrides"])}
     import weights
     weights.load_plugins(overrides.get("plugins", ""))   # a fork's schemes, before the arms are named
     names = arm_names(cfg, setting)
@@ -619,6 +623,11 @@ def main(argv):
         splits = ("train", "val", "test") + (("pretrain",) if setting.get("base_stages") else ())
         if not all(os.path.exists(os.path.join(base["data_dir"], s, "meta.json")) for s in splits):
             data.prepare_tinycode(base["data_dir"], base["tokenizer"], **setting.get("data_args", {}))
+        meta = json.load(open(os.path.join(base["data_dir"], "train", "meta.json")))
+        want = setting.get("data_args", {}).get("noise", 0.0)
+        if "data_dir" not in overrides and meta.get("noise", 0.0) != want:   # made by an earlier setting
+            raise ValueError(f"{base['data_dir']} was prepared with noise={meta.get('noise')}, the setting's is "
+                             f"{want}: delete it (it is prepared again) or pass --overrides=data_dir=<another dir>")
     else:   # real: the data hang on the base model (its tokenizer, its own samples)
         source = cfg["base_model"] or setting["pretrained"]
         import pretrained
