@@ -53,6 +53,8 @@ train_split = "train"           # the split trained on: 'train', or 'pretrain' (
 train_on = "correct"            # 'correct' solutions only, or 'all' (the critic's data)
 block_size = 192                # longest sample (tokens) a row may hold; longer ones are skipped
 group_by_length = True          # batch samples of similar length together: less padding
+dry_run = False                 # check everything but the weights (plan.py), print the plan, exit; non-zero
+                                # with one line per problem. WORLD_SIZE=N / DEVICE_MEMORY_GB=G: a node's
 row_order = "forward"           # 'reversed': each micro-batch's rows in reverse, the same maths summed in
                                 # another float order (the reproducibility check, docs/reproducibility.md)
 # model (ModelConfig)
@@ -762,6 +764,9 @@ def main(argv=None):
     rank0 = int(os.environ.get("RANK", 0)) == 0
     cfg = configurator.configure(DEFAULTS, sys.argv[1:] if argv is None else argv,
                                  log=print if rank0 else (lambda *a, **k: None))
+    if cfg["dry_run"]:   # everything but the weights, checked; one line per problem
+        import plan
+        sys.exit(plan.report(*plan.check(SimpleNamespace(**cfg))))
     return train(cfg)
 
 

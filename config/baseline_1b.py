@@ -15,15 +15,10 @@
 # The checkpoint's 16 blocks become 15 trunk blocks + head 1; heads 2-4 start as copies of
 # its last block (head_init='copy', pretrained.py). The shape comes from the checkpoint.
 #
-# Memory per GPU (8 x 80 GB, DDP: every GPU holds everything), fp32 weights + bf16 autocast:
-#   params: 19 blocks x (2048 x (2048 + 512 + 512 + 2048) attn + 3 x 2048 x 8192 SwiGLU
-#           = 60.8M) = 1.155B + tied embedding 128256 x 2048 = 0.263B             -> 1.42B
-#   weights 4 B + grads 4 B + AdamW m, v 8 B = 16 B/param x 1.42B            = 22.7 GB
-#   activations, bf16, no recomputation: ~34 x D bytes per token per block (Korthikanti
-#     et al. 2022, flash attention) = 34 x 2048 x 19 = 1.32 MB/token x 2 x 2048 tokens = 5.4 GB
-#   logits (B, T, H, V) on loss_impl='simple': 4096 x 4 x 128256 x (2 B bf16 + 4 B fp32 CE
-#     + 4 B its grad) = 21.0 GB, the reason rows are 2 here, not 4
-#   total ~49 GB of 80 GB; the remainder is headroom for fragmentation and eval.
+# Memory per GPU, from estimate.py (its docstring says how each part is counted); the dry run
+# prints and checks it: WORLD_SIZE=8 DEVICE_MEMORY_GB=80 python train.py config/baseline_1b.py --dry_run=True
+#   parameters: 1.418B (1.156B in 19 blocks, embedding 263M, tied)
+#   memory per GPU, GiB: weights 5.3, grads 5.3, optimizer 10.6, activations 5.0, loss 0.1, frozen 0.0 -> 26.3 (ddp, 8 GPU(s), activation_checkpointing=none)
 # 2 rows x 2048 block x 16 accum x 8 GPUs = 524,288 tokens per step at most (rows are padded
 # samples, so real tokens are fewer)
 out_dir = "out/baseline_1b"

@@ -11,18 +11,12 @@
 #   torchrun --standalone --nproc_per_node=8 train.py config/critic_7b.py
 # The value head is new: 4096 x 4099 + 4096 = 16.8M params, 0.27 GB with grads and AdamW.
 #
-# Memory per GPU (8 x 80 GB), fp32 weights + bf16 autocast:
-#   params: 32 blocks (28 trunk + 4 heads) x (4 x 4096^2 + 3 x 4096 x 11008 = 202.4M) = 6.48B
-#           + embedding and unembedding 2 x 32000 x 4096 = 0.26B                     -> 6.74B
-#   weights 4 B + grads 4 B + AdamW 8 B = 16 B/param x 6.74B = 107.8 GB: DOES NOT FIT under
-#   train.py's DDP (every GPU holds everything). It needs fully sharded data parallelism
-#   (FSDP2 / ZeRO-3, not yet in train.py): 107.8 / 8 = 13.5 GB per GPU, plus one gathered
-#   block in bf16 at a time (0.4 GB).
-#   activations with per-block activation checkpointing: the block inputs, 2 B x D x 32 blocks
-#     = 262 KB/token, x 2 x 2048 tokens = 1.1 GB, plus one block recomputed (34 x D = 139 KB
-#     per token: 0.6 GB); without checkpointing 34 x 4096 x 32 = 4.5 MB/token x 4096 = 18.3 GB.
-#   logits (B, T, H, V): 4096 x 4 x 32000 x (2 + 4 + 4 B) = 5.2 GB
-#   total with FSDP and no checkpointing ~37 GB; with checkpointing ~20 GB.
+# Memory per GPU, from estimate.py (its docstring says how each part is counted); the dry run
+# prints and checks it: WORLD_SIZE=8 DEVICE_MEMORY_GB=80 python train.py config/critic_7b.py --dry_run=True
+#   parameters: 6.755B (6.476B in 32 blocks, embedding 131M, output 131M, value head 16.8M)
+#   memory per GPU, GiB: weights 3.1, grads 3.1, optimizer 6.3, activations 17.0, loss 0.1, frozen 0.0 -> 29.7 (fsdp, 8 GPU(s), activation_checkpointing=none)
+# Under DDP every GPU would hold the weights, grads and AdamW state of 6.74B parameters
+# (16 B each: 100 GiB): FSDP2 shards them over the 8 GPUs (data_parallel below).
 # 2 rows x 2048 block x 8 accum x 8 GPUs = 262,144 tokens per step (at most)
 out_dir = "out/critic_7b"
 init_from = "data_cache/mtp/7B_1T_4"
@@ -36,6 +30,7 @@ value_detach = True
 value_surprise = False             # a pretrained state carries the signal; surprise adds none (docs/method.md)
 n_future = 4                       # = the checkpoint's n_future_tokens (a mismatch is refused)
 block_size = 2048
+data_parallel = "fsdp"               # FSDP2 per block: 6.74B x 16 B does not fit one GPU
 batch_size = 2
 gradient_accumulation_steps = 64   # micro-batches per step over all 8 processes: 8 each
 max_iters = 1000
