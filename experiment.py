@@ -587,6 +587,34 @@ def prepare_real(cfg, setting, source, data_dir):
                     decontam=decontam)
 
 
+def prepare_data(cfg, setting, overrides):
+    """Step 1, once: the setting's data -> the train.py keys every run shares (the setting's,
+    the study's and the command line's, with the data's directory and tokenizer)."""
+    import data
+    if setting["data"] == "tinycode":
+        base = dict(setting["train"], **overrides)
+        base["data_dir"] = os.path.join(HERE, base["data_dir"])   # an override's, or the setting's
+        splits = ("train", "val", "test") + (("pretrain",) if setting.get("base_stages") else ())
+        if not all(os.path.exists(os.path.join(base["data_dir"], s, "meta.json")) for s in splits):
+            data.prepare_tinycode(base["data_dir"], base["tokenizer"], **setting.get("data_args", {}))
+        meta = json.load(open(os.path.join(base["data_dir"], "train", "meta.json")))
+        want = setting.get("data_args", {}).get("noise", 0.0)
+        if "data_dir" not in overrides and meta.get("noise", 0.0) != want:   # made by an earlier setting
+            raise ValueError(f"{base['data_dir']} was prepared with noise={meta.get('noise')}, the setting's is "
+                             f"{want}: delete it (it is prepared again) or pass --overrides=data_dir=<another dir>")
+    else:   # real: the data hang on the base model (its tokenizer, its own samples)
+        source = cfg["base_model"] or setting["pretrained"]
+        import pretrained
+        if not source or not (os.path.exists(source) and pretrained.is_pretrained_source(source)):
+            raise FileNotFoundError(f"setting {cfg['setting']!r} starts from a pretrained model, but "
+                                    f"{source!r} is none (an HF dir, a .gguf file): download it "
+                                    f"(README, 'The comparison on a real model') or pass --base_model=")
+        data_dir = os.path.join(cfg["exp_dir"], "data", "real")
+        prepare_real(cfg, setting, source, data_dir)
+        base = dict(setting["train"], data_dir=data_dir, tokenizer=source, init_from=source, **overrides)
+    return base
+
+
 def main(argv):
     cfg = configurator.configure(defaults, argv)
     from tqdm import tqdm
@@ -615,29 +643,7 @@ def main(argv):
         json.dump({**cfg, "arm_order": names, "evals": evals,
                    "sweep_points": sweep_points(cfg, setting) if cfg["sweep"] else [],
                    "sweep_key": sweep_key(cfg)}, f, indent=1)
-    # 1. data, once
-    import data
-    if setting["data"] == "tinycode":
-        base = dict(setting["train"], **overrides)
-        base["data_dir"] = os.path.join(HERE, base["data_dir"])   # an override's, or the setting's
-        splits = ("train", "val", "test") + (("pretrain",) if setting.get("base_stages") else ())
-        if not all(os.path.exists(os.path.join(base["data_dir"], s, "meta.json")) for s in splits):
-            data.prepare_tinycode(base["data_dir"], base["tokenizer"], **setting.get("data_args", {}))
-        meta = json.load(open(os.path.join(base["data_dir"], "train", "meta.json")))
-        want = setting.get("data_args", {}).get("noise", 0.0)
-        if "data_dir" not in overrides and meta.get("noise", 0.0) != want:   # made by an earlier setting
-            raise ValueError(f"{base['data_dir']} was prepared with noise={meta.get('noise')}, the setting's is "
-                             f"{want}: delete it (it is prepared again) or pass --overrides=data_dir=<another dir>")
-    else:   # real: the data hang on the base model (its tokenizer, its own samples)
-        source = cfg["base_model"] or setting["pretrained"]
-        import pretrained
-        if not source or not (os.path.exists(source) and pretrained.is_pretrained_source(source)):
-            raise FileNotFoundError(f"setting {cfg['setting']!r} starts from a pretrained model, but "
-                                    f"{source!r} is none (an HF dir, a .gguf file): download it "
-                                    f"(README, 'The comparison on a real model') or pass --base_model=")
-        data_dir = os.path.join(cfg["exp_dir"], "data", "real")
-        prepare_real(cfg, setting, source, data_dir)
-        base = dict(setting["train"], data_dir=data_dir, tokenizer=source, init_from=source, **overrides)
+    base = prepare_data(cfg, setting, overrides)   # 1. data, once; base: every run's train.py keys
     # 2.-5. the base, the reference, then every arm and seed, each run evaluated once trained
     ref_dir = os.path.join(runs_dir, "reference")
     seeds = list(range(cfg["seeds"]))

@@ -446,9 +446,6 @@ def stability_section(by_scheme, exp_dir, baseline="baseline"):
     """Markdown lines of the report's "Stability and convergence" section (Experiment 4),
     from the runs' log.jsonl, and its three pictures; a statistic no run logged reads
     'not logged'."""
-    import matplotlib
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
     colors = arm_colors(by_scheme)
     arms = list(by_scheme)
     grad = {a: grad_norm_stats(rs) for a, rs in by_scheme.items()}
@@ -524,8 +521,18 @@ def stability_section(by_scheme, exp_dir, baseline="baseline"):
             tok = f"{np.mean(toks) / 1e6:.3f}M" if toks else na
         md.append(f"| {a} | {cell} | {to} | {tok} |")
     md.append("")
+    for caption, f in stability_pictures(grad, ent, val, threshold, H, exp_dir, colors, baseline):
+        md += [f"![{caption}]({f})", ""]
+    return md
 
-    # the pictures: gradient norm over training, the weight entropy's spread, validation CE
+
+def stability_pictures(grad, ent, val, threshold, H, exp_dir, colors, baseline="baseline"):
+    """The stability section's pictures: gradient norm over training, the weight entropy's
+    spread, validation CE over seeds -> [(caption, file)]."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    arms = list(grad)
     pictures = []
     if any(grad.values()):
         fig, ax = plt.subplots(figsize=(8, 4))
@@ -566,9 +573,7 @@ def stability_section(by_scheme, exp_dir, baseline="baseline"):
                title="Validation CE: mean ± sd over seeds")
         ax.legend(fontsize=8, ncol=2 if len(arms) > 6 else 1, bbox_to_anchor=(1.01, 1), loc="upper left")
         pictures.append(("Validation CE over seeds", save(fig, exp_dir, "stability_val_ce.png")))
-    for caption, f in pictures:
-        md += [f"![{caption}]({f})", ""]
-    return md
+    return pictures
 
 
 def sweep_section(rows, points, key, exp_dir, ks):
