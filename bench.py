@@ -336,6 +336,7 @@ def bench_schemes(c):
         print(f"reference scoring of {len(split)} samples ({len(split.tokens):,} tokens): "
               f"{score_s:.1f} s, {len(split.tokens) / score_s:,.0f} tokens/s")
         result = {"ms": ms, "peak_mb": mb, "score_tok_s": len(split.tokens) / score_s,
+                  "max_iters": c["max_iters"], "rounds": c["rounds"],
                   "config": {k: cfg[k] for k in build.MODEL_KEYS} | {"batch_size": cfg["batch_size"]}}
         if c["out"]:
             with open(c["out"], "w") as f:
