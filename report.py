@@ -144,7 +144,7 @@ def heads_table(by_scheme):
     if not all("heads" in r for runs in by_scheme.values() for r in runs):
         return []
     rows = {s: [r["heads"] for r in runs] for s, runs in by_scheme.items()}
-    H = len(next(iter(rows.values()))[0]["heads"])
+    H = max(len(h["heads"]) for hs in rows.values() for h in hs)   # arms may have fewer heads (the H sweep)
     n_tokens = sorted({h["n_tokens"] for hs in rows.values() for h in hs})
     md = ["### Per-head accuracy", "",
           f"Top-1 accuracy of head k (predicting x_t+k) on the validation split's correct "
@@ -154,7 +154,8 @@ def heads_table(by_scheme):
           "|" + "---|" * (H + 2)]
     for s, hs in rows.items():
         md.append(f"| {s} | {len(hs)} | " + " | ".join(
-            mean_sd([h["heads"][k]["accuracy"] for h in hs]) for k in range(H)) + " |")
+            mean_sd([h["heads"][k]["accuracy"] for h in hs]) if k < len(hs[0]["heads"]) else "—"
+            for k in range(H)) + " |")
     return md + [""]
 
 
@@ -198,12 +199,13 @@ def head_mass_table(by_scheme):
             rows[s] = np.mean(m, axis=0)
     if not rows:
         return []
-    H = len(next(iter(rows.values())))
+    H = max(len(m) for m in rows.values())
     return ["### Weight mass per head", "",
             "The share of each arm's weight on head k's terms (w_head_mass in log.jsonl), mean "
             "over main training's log lines and the seeds.", "",
             "| scheme | " + " | ".join(f"head {k + 1}" for k in range(H)) + " |", "|" + "---|" * (H + 1),
-            *[f"| {s} | " + " | ".join(f"{v:.3f}" for v in m) + " |" for s, m in rows.items()], ""]
+            *[f"| {s} | " + " | ".join([f"{v:.3f}" for v in m] + ["—"] * (H - len(m))) + " |"
+              for s, m in rows.items()], ""]
 
 
 def robustness(dir_a, dir_b, k=1):
@@ -266,11 +268,11 @@ def plots(by_scheme, exp_dir, ks, task="tinycode"):
 
     # per-head validation CE at the end of training, one bar group per head
     fig, ax = plt.subplots(figsize=(7, 4))
-    H = len(next(iter(by_scheme.values()))[0]["train"]["val_ce_head"])
+    H = max(len(r["train"]["val_ce_head"]) for runs in by_scheme.values() for r in runs)
     width = 0.8 / len(by_scheme)
     for i, (s, runs) in enumerate(by_scheme.items()):
-        v = np.array([r["train"]["val_ce_head"] for r in runs])          # (seeds, H)
-        ax.bar(np.arange(H) + i * width, v.mean(0), width, yerr=v.std(0), label=s, color=colors[s])
+        v = np.array([r["train"]["val_ce_head"] for r in runs])          # (seeds, its H: the H sweep's differ)
+        ax.bar(np.arange(v.shape[1]) + i * width, v.mean(0), width, yerr=v.std(0), label=s, color=colors[s])
     ax.set(xticks=np.arange(H) + width * (len(by_scheme) - 1) / 2,
            xticklabels=[f"head {k + 1} (x_t+{k + 1})" for k in range(H)],
            ylabel="validation CE (nats/token)", title="Per-head validation CE (mean ± sd over seeds)")
@@ -289,7 +291,7 @@ def plots(by_scheme, exp_dir, ks, task="tinycode"):
                 bins = h["bins"]
         for k in range(H):
             ax = axes[i, k]
-            if counts is not None and counts[k].sum() > 0:
+            if counts is not None and k < len(counts) and counts[k].sum() > 0:
                 ax.bar(bins[:-1], counts[k] / counts[k].sum(), width=np.diff(bins), align="edge",
                        color=colors[s])
             ax.set_title(f"{s}, head {k + 1}", fontsize=9)

@@ -148,3 +148,16 @@ def test_efficiency_section_reads_the_interleaved_measurement():
     assert row["rm_critic"][6] == "not reached"
     text = "\n".join(lines)
     assert "0.5000" in text and "Llama-2-7B 6.74B params: 12.6 GiB in bf16" in text
+
+
+def test_report_takes_arms_with_fewer_heads(tmp_path):
+    """The H sweep's arms have 1 or 2 heads beside the baseline's 4: the per-head tables
+    and pictures give each arm its own heads ('—' past them) instead of failing."""
+    import report
+    rows = {"baseline": [{"heads": {"heads": [{"accuracy": 0.9}] * 4, "n_tokens": 10}}] * 2,
+            "baseline:n_future=1:n_layer=2": [{"heads": {"heads": [{"accuracy": 0.8}], "n_tokens": 10}}] * 2}
+    lines = report.heads_table(rows)
+    assert "| baseline:n_future=1:n_layer=2 | 2 | 80.0 ± 0.0 | — | — | — |" in lines
+    mass = {"baseline": [{"log": [{"w_head_mass": [0.25] * 4}]}],
+            "baseline:n_future=2:n_layer=3": [{"log": [{"w_head_mass": [0.5, 0.5]}]}]}
+    assert "| baseline:n_future=2:n_layer=3 | 0.500 | 0.500 | — | — |" in report.head_mass_table(mass)
