@@ -581,8 +581,8 @@ def stability_pictures(grad, ent, val, threshold, H, exp_dir, colors, baseline="
 def sweep_section(rows, points, key, exp_dir, ks):
     """Experiment 5: the sweep's points (experiment.sweep_points: [value, arm name]) as the
     main table's rows for those runs (the same function on the same problems, so a point's
-    numbers are Experiment 1's), with the value as a column, and pass@k against the value
-    with 95% CIs, one line per swept scheme, the baseline's CI as a band."""
+    numbers are Experiment 1's), with the value as a column, and a picture of each point's
+    Δ pass@k vs the baseline against the value, with its paired 95% CI, a line per swept scheme."""
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
@@ -595,23 +595,26 @@ def sweep_section(rows, points, key, exp_dir, ks):
     for line in lines[2:]:
         name = line.split("|")[1].strip()
         out.append(f"| {value_of.get(name, '(the comparison)')} " + line)
+    # the picture: each point's difference from the baseline, paired by seed and problem (the
+    # table's Δ column), since two arms' own CIs overlap where their paired difference does not
     fig, ax = plt.subplots(figsize=(6, 3.6))
-    b = st.bootstrap_ci_seeds(matrix(rows["baseline"], ks[0], pids))
-    ax.axhspan(100 * b[1], 100 * b[2], color="0.85", label="baseline 95% CI")
-    ax.axhline(100 * b[0], color="0.5", lw=1)
+    base = matrix(rows["baseline"], ks[0], pids)
+    ax.axhline(0, color="0.5", lw=1, label="the baseline")
     schemes = dict.fromkeys(a.split(":")[0] for _, a in points)
     numeric = all(str(v).replace(".", "", 1).lstrip("-").isdigit() for v, _ in points)
     xs_all = sorted({float(v) for v, _ in points}) if numeric else list(dict.fromkeys(str(v) for v, _ in points))
     for scheme in schemes:
         pts = [(v, a) for v, a in points if a.split(":")[0] == scheme]
         x = [float(v) if numeric else xs_all.index(str(v)) for v, _ in pts]
-        m = np.array([st.bootstrap_ci_seeds(matrix(rows[a], ks[0], pids)) for _, a in pts]) * 100
+        m = np.array([st.bootstrap_ci_seeds(matrix(rows[a], ks[0], pids), base=base) for _, a in pts]) * 100
         order = np.argsort(x)
         x, m = np.array(x)[order], m[order]
-        ax.errorbar(x, m[:, 0], yerr=[m[:, 0] - m[:, 1], m[:, 2] - m[:, 0]], marker="o", capsize=3, label=scheme)
+        ax.errorbar(x, m[:, 0], yerr=[m[:, 0] - m[:, 1], m[:, 2] - m[:, 0]], marker="o", capsize=3,
+                    label=f"{scheme}, {key} varied")
     if not numeric:
         ax.set_xticks(range(len(xs_all)), xs_all)
-    ax.set(xlabel=key, ylabel=f"pass@{ks[0]} (%)", title=f"Sweep of {key}: mean and 95% CI over seeds x problems")
+    ax.set(xlabel=key, ylabel=f"Δ pass@{ks[0]} vs baseline (points)",
+           title=f"Sweep of {key}: Δ vs the baseline, 95% CI (seeds x problems, paired)")
     ax.legend(fontsize=8)
     path = save(fig, exp_dir, "sweep.png")
     return ["## Sweep (Experiment 5)", "",
