@@ -11,8 +11,8 @@ import os
 import pytest
 
 import configurator
-import data
 import experiment
+from test_experiment import small_tinycode  # noqa: F401  (the fixture: a small noisy tinycode)
 
 
 def cfg_of(*argv):
@@ -57,14 +57,6 @@ def test_sweep_points_and_presets():
         experiment.sweep_points(cfg_of("--sweep=no_such_key=1,2"), tiny)
     with pytest.raises(ValueError, match="studies"):
         experiment.arm_names(cfg_of("--study=nothing"), tiny)
-
-
-@pytest.fixture(scope="module")
-def small_tinycode(tmp_path_factory):
-    d = str(tmp_path_factory.mktemp("tinycode"))
-    data.prepare_tinycode(d, "bytes", n_train=120, n_val=20, n_test=10, n_incorrect=1, n_pretrain=60,
-                          families="arithmetic", pretrain_families="arithmetic", noise=0.3)
-    return d
 
 
 def small_argv(exp_dir, data_dir, **kw):
