@@ -15,6 +15,9 @@ arms alternate repeat by repeat and every ratio is taken between neighbours.
            max_memory_allocated on CUDA)
   schemes  train.py's real step for every scheme against uniform, arms alternating in
            rounds, and the one-off cost of scoring the Rho-1 reference
+  weighted Rho-1's step (cached reference CE) by the two passes and by the one pass with its
+           weights inside it (mtp_loss.forward_backward_weighing), against the baseline's one
+           pass, and the peak memory of each (the one pass holds every head's graph at once)
   compile  per-block torch.compile against eager (H=4, both chunked paths)
   decode   greedy tokens/s, one row against batches, eager and with the compiled step
 
@@ -50,7 +53,7 @@ import weights
 from model import ModelConfig, Transformer, mtp_cross_entropy, mtp_targets
 
 defaults = dict(
-    parts="loss,memory,schemes",   # which comparisons to run
+    parts="loss,memory,weighted,schemes",   # which comparisons to run
     device="cpu",
     dtype="float32",               # 'bfloat16' runs the step under autocast
     repeats=7,                     # timed steps per arm, interleaved with the other arms
@@ -72,7 +75,7 @@ defaults = dict(
     out="",                        # also write the schemes part's numbers to this JSON file
     gpu=False,                     # the prepared one-GPU check: sets the keys in GPU below
 )
-GPU = dict(parts="loss,memory,decode", device="cuda", dtype="bfloat16", compile=True, repeats=5,
+GPU = dict(parts="loss,memory,weighted,decode", device="cuda", dtype="bfloat16", compile=True, repeats=5,
            n_layer=16, d_model=2048, batch_size=4, seq_len=2048, vocab_sizes="131072",
            mem_vocab_sizes="32768,131072", mem_batch_size=4)
 
@@ -93,6 +96,9 @@ def model_for(c, V, H, compile=False):
 
 
 IMPLS = ("simple", "two-pass", "one-pass")   # the loss paths compared
+# the weighted part: Rho-1's step (reference CE cached: random here) by the two passes and by
+# the one pass with its weights inside it, against the baseline's one pass
+WEIGHTED = ("uniform one-pass", "rho1 two-pass", "rho1 one-pass")
 
 
 def make_step(model, impl, B, T, c):
@@ -108,8 +114,27 @@ def make_step(model, impl, B, T, c):
     ctx = nullcontext() if c["dtype"] == "float32" else \
         torch.autocast(dev.type, dtype=getattr(torch, c["dtype"]))
 
+    if impl.startswith("rho1"):
+        import train
+        cfg = SimpleNamespace(**{**train.DEFAULTS, "weighting": "rho1"})
+        ref = (torch.rand(B, T, generator=g) * 4).to(c["device"])
+        make = weights.rho1_local(cfg)
+
     def step():
         model.zero_grad(set_to_none=True)
+        if impl == "rho1 two-pass":
+            with ctx:
+                p = mtp_loss.forward(model, tokens, targets, c["loss_chunk"])
+            mtp_loss.backward(p, model, weights.rho1(p.ce, valid, ref_ce=ref, cfg=cfg), n, ctx=ctx)
+        elif impl == "rho1 one-pass":
+            mtp_loss.forward_backward_weighing(model, tokens, targets, make(valid, ref_ce=ref), n,
+                                               c["loss_chunk"], ctx=ctx)
+        elif impl == "uniform one-pass":
+            mtp_loss.forward_backward(model, tokens, targets, w, n, c["loss_chunk"], ctx=ctx)
+        if impl in WEIGHTED:
+            if dev.type == "cuda":
+                torch.cuda.synchronize(dev)
+            return
         with ctx:
             if impl == "simple":
                 loss = weights.weighted_loss(mtp_cross_entropy(model(tokens), targets), w, n)
@@ -177,6 +202,42 @@ def bench_loss(c):
     for r in rows:
         print(f"V={r['V']:,} tokens/s: " + ", ".join(f"{a} {v:,.0f}" for a, v in r["tok_s"].items())
               + ("; MFU: " + ", ".join(f"{a} {v:.1%}" for a, v in r["mfu"].items()) if r["mfu"] else ""))
+    return rows
+
+
+def bench_weighted(c):
+    """Rho-1's step (H=4) by the two passes and by the one pass with its weights inside it,
+    against the baseline's one pass, interleaved; then each one's peak memory, and H=1's
+    one pass, each in its own process."""
+    B, T = c["batch_size"], c["seq_len"]
+    rows = []
+    for V in [int(v) for v in c["vocab_sizes"].split(",")]:
+        model = model_for(c, V, 4, c["compile"])
+        arms = {i: make_step(model, i, B, T, c) for i in WEIGHTED}
+        for step in arms.values():
+            step()
+        times = interleaved(arms, c["repeats"])
+        mb = {}
+        for H, impl in [(1, "uniform one-pass")] + [(4, i) for i in WEIGHTED]:
+            code = f"import bench; bench.memory_child({c!r}, {V}, {H}, {impl!r})"
+            out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=HERE)
+            if out.returncode:
+                raise RuntimeError(out.stderr)
+            mb[(H, impl)] = json.loads(out.stdout.strip().splitlines()[-1])["peak_mb"]
+        rows.append(dict(V=V, vs_uniform={i: paired_ratio(times, i, "uniform one-pass") for i in WEIGHTED},
+                         ms={i: 1000 * statistics.median(t) for i, t in times.items()}, mb=mb))
+    print(f"\n## weighted step: Rho-1 (cached reference CE) against the baseline, H=4, B={B}, T={T}, "
+          f"d={c['d_model']}, {c['n_layer']} blocks, {c['device']} {c['dtype']}, median of "
+          f"{c['repeats']} paired repeats; peak memory at B={c['mem_batch_size']} (MB over the model)")
+    print("| V | rho1 two-pass / uniform | rho1 one-pass / uniform (target <= 1.03) | "
+          "memory H1 uniform | H4 uniform | H4 rho1 two-pass | H4 rho1 one-pass | rho1 one-pass / H1 |")
+    print("|---|---|---|---|---|---|---|---|")
+    for r in rows:
+        m = r["mb"]
+        print(f"| {r['V']:,} | {r['vs_uniform']['rho1 two-pass']:.2f} | {r['vs_uniform']['rho1 one-pass']:.2f} | "
+              f"{m[(1, 'uniform one-pass')]:.0f} | {m[(4, 'uniform one-pass')]:.0f} | "
+              f"{m[(4, 'rho1 two-pass')]:.0f} | {m[(4, 'rho1 one-pass')]:.0f} | "
+              f"{m[(4, 'rho1 one-pass')] / m[(1, 'uniform one-pass')]:.2f} |")
     return rows
 
 
@@ -402,6 +463,8 @@ def main(argv):
         bench_loss(c)
     if "memory" in parts:
         bench_memory(c)
+    if "weighted" in parts:
+        bench_weighted(c)
     if "schemes" in parts:
         bench_schemes(c)
     if "compile" in parts:

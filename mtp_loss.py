@@ -37,6 +37,14 @@ CE and both gradients from the same logits (Liger's fused linear CE does the sam
 vocabulary projections per head, as in 'simple' (forward, d/dh, d/dW), and no head block
 twice. train.py takes this path for the schemes whose weights do not read the CE.
 
+One pass with the weights inside it, `forward_backward_weighing`, for a scheme whose
+weights at position t read only the CE of t's own heads (weights.Scheme.local: Rho-1 and
+DFT under 'heads', no sparsity): the loop runs over chunks of positions and, in each, over
+every head: the chunk's logits give every head's CE there, the scheme's weights from them,
+and the gradients from the same logits. Nothing is recomputed; every head's block graph is
+held at once instead of one at a time (bench.py's weighted part measures both). train.py
+takes it where it applies (weights_in_pass).
+
 Dropout: pass 2 restores the random state each head had in pass 1, so it draws the same
 masks and the gradients are those of the CE the weights were computed from.
 
@@ -368,6 +376,58 @@ def forward_backward(model, idx, targets, w, n_valid, chunk=0, kernel="torch", s
     if x.grad is not None:
         trunk.backward(x.grad)          # Gloeckle et al. sec. 2: the trunk last
     return ce
+
+
+def forward_backward_weighing(model, idx, targets, weigh, n_valid, chunk=0, scale=None, ctx=None):
+    """One pass for a scheme whose weights at a position read only that position's CE
+    (weights.Scheme.local, e.g. Rho-1 softmax(|CE_ref - CE| / T) over the heads of t): the
+    gradient of sum_{t,k} w[t, k] * CE[t, k] / n_valid with w = weigh(CE) computed inside
+    the pass. -> (ce, w) (B, T, H) fp32 detached.
+
+    weigh(ce_rows (n, H), rows slice) -> w_rows (n, H): the weights of rows `rows` of the
+    flattened (B*T) positions from their own CE, detached. The loop runs over chunks of
+    positions and, in each, every head at once: the chunk's logits of every head give
+    their CE, weigh gives the weights, and the weights give the gradients from the same
+    logits, so no logits are recomputed and no head block runs twice (pass 2 of the
+    two-pass path recomputes both). The price: every head's graph is held at once (the
+    two-pass path holds one at a time); bench.py measures both. A chunk holds as many
+    logits as one of the other paths (chunk_rows / H positions x H heads). Dropout draws
+    the two-pass path's masks in its order: the trunk's, then each head's."""
+    B, T, H = targets.shape
+    W = model.output.weight
+    dev = idx.device
+    rows = max(1, chunk_rows(chunk, W.shape[0]) // H)
+    dtype = compute_dtype(dev.type, W.dtype)
+    acc = torch.promote_types(dtype, torch.float32)
+    with ctx or nullcontext():
+        trunk, cos, sin = model.trunk_forward(idx)               # (B, T, D), with graph
+        x = trunk.detach().requires_grad_()
+        hs = [model.head_hidden(k, x, cos, sin).flatten(0, 1) for k in range(H)]   # H x (B*T, D)
+    factor = scale(torch.ones((), device=dev)) if scale else torch.ones((), device=dev)
+    t = targets.flatten(0, 1)                                    # (B*T, H)
+    ce = torch.zeros(B * T, H, dtype=acc, device=dev)
+    w = torch.zeros_like(ce)
+    grad_w = torch.zeros(W.shape, dtype=acc, device=dev)
+    grad_hs = [torch.empty_like(h) for h in hs]
+    w_c = W.detach().to(dtype)
+    with torch.no_grad():
+        for s in range(0, B * T, rows):
+            sl = slice(s, s + rows)
+            softmax = []
+            for k in range(H):
+                logits = chunk_logits(hs[k][sl], W.detach(), dtype)          # (n, V) fp32
+                ce[sl, k], lse = chunk_ce_lse(logits, t[sl, k])
+                softmax.append(logits.sub_(lse[:, None]).exp_())              # in place
+            w[sl] = weigh(ce[sl], sl).to(acc)
+            g = w[sl] * (factor / n_valid)                                   # d loss / d ce
+            for k in range(H):
+                grad_hs[k][sl] = chunk_grads(softmax[k], t[sl, k], g[:, k], hs[k][sl], w_c,
+                                             grad_w, dtype).to(hs[k].dtype)
+    torch.autograd.backward(hs, grad_hs)        # the head blocks and the norm
+    W.grad = grad_w.to(W.dtype) if W.grad is None else W.grad + grad_w.to(W.dtype)
+    if x.grad is not None:
+        trunk.backward(x.grad)                  # the trunk last
+    return ce.float().view(B, T, H), w.float().view(B, T, H)
 
 
 def backward(p, model, w, n_valid, term=None, extra_loss=None, scale=None, heads=True, ctx=None):

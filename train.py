@@ -139,6 +139,9 @@ length_buckets = False          # pad T up to a power of two (>= 64, <= block_si
 loss_impl = "chunked"           # 'chunked': heads in turn, vocabulary in chunks; 'simple': (B, T, H, V) logits
 loss_chunk = 0                  # rows per vocabulary chunk of the 'chunked' loss; 0 = 2**24 logits a chunk
 loss_kernel = "torch"           # 'torch' chunks; fused linear CE (CUDA only): 'cce' (cut-cross-entropy), 'liger' (>= 0.8.2)
+weights_in_pass = True          # 'chunked' + 'torch': a scheme whose weights are position-local (Scheme.local:
+                                # rho1, dft under 'heads', no sparsity) gets them inside one pass, every head's
+                                # graph held at once (faster, more memory: bench.py); False: two passes
 # scale (parallel.py)
 data_parallel = "ddp"           # with several processes: 'ddp' (replicas, small models) or 'fsdp' (FSDP2 per block)
 activation_checkpointing = "none"  # per block: 'none', 'selective' (keep matmul/attention outputs), 'full'
@@ -290,6 +293,11 @@ def setup(cfg):
     # baseline draws its masks: they stay on two passes so that the arms draw the same masks
     r.before_ce = r.scheme.before_ce and c.weighting not in weights.CONTROLS
     r.one_pass = c.loss_impl == "chunked" and r.before_ce
+    # weights inside the one pass (mtp_loss.forward_backward_weighing): a position-local
+    # scheme's make(valid, **inputs), or None (two passes)
+    r.weighing = (r.scheme.local(c) if c.weights_in_pass and r.scheme.local and c.loss_impl == "chunked"
+                  and c.loss_kernel == "torch" and c.weighting not in weights.CONTROLS and not r.signed
+                  and not r.value_head else None)
     for key, allowed in CHOICES:
         if getattr(c, key) not in allowed:
             raise ValueError(f"{key} must be one of {allowed}, got {getattr(c, key)!r}")
@@ -511,6 +519,15 @@ def micro_step(r, mb, step):
         ce = mtp_loss.forward_backward(r.raw_model, mb["tokens"], mb["targets"], w, step.n_valid,
                                        c.loss_chunk, c.loss_kernel, scale=scale, ctx=r.ctx)
         return weights.weighted_loss(ce, w, step.n_valid), ce, valid, w   # the loss: its value only
+    if r.weighing is not None:   # w from each position's CE, inside the one pass
+        with torch.no_grad():
+            fwd = SimpleNamespace(ce=None, values=None, state=None)
+            weigh = r.weighing(valid, **{name: providers.provide(name, r, mb, fwd)
+                                         for name in r.scheme.reads if name != "ce"})
+        ce, w = mtp_loss.forward_backward_weighing(r.raw_model, mb["tokens"], mb["targets"], weigh,
+                                                   step.n_valid, c.loss_chunk, scale=scale, ctx=r.ctx)
+        step.bad |= ~torch.isfinite(w).all()
+        return weights.weighted_loss(ce, w, step.n_valid), ce, valid, w
     ce, values, state = forward(r, r.model, mb)
     heads = state if c.loss_impl == "chunked" else None   # pass 1, for the head-by-head backward
     with torch.no_grad():

@@ -176,17 +176,22 @@ def rho1_excess(ce, ref_ce, mode):
     k tokens ahead, and a softmax over the heads moves weight to the far heads for that.
     ref_ce (B, T, Hr), Hr >= H, rho1_ref='matched': the reference's own head-k CE at t of
     x_{t+k}, aligned as ce[t, k]: the same prediction problem, so only the models differ."""
-    H = ce.shape[-1]
-    if ref_ce.dim() == 2:
-        ref = future(ref_ce, H)                         # (B, T, H): ref CE of x_{t+k} from x_<t+k
-    elif ref_ce.shape[-1] < H:
-        raise ValueError(f"horizon-matched reference CE has {ref_ce.shape[-1]} heads, the model "
-                         f"{H}: score it with a reference of >= {H} heads, or use rho1_ref='next_token'")
-    else:
-        ref = ref_ce[..., :H]                           # (B, T, H): ref head k at t, x_{t+k}
+    ref = rho1_reference(ref_ce, ce.shape[-1])
     if mode == "abs":        # the method: any disagreement with the reference matters
         return (ref - ce).abs()
     return ce - ref          # 'signed' / 'topk': tokens the model finds harder than the reference
+
+
+def rho1_reference(ref_ce, H):
+    """The reference's CE of each (t, k) term's target, (B, T, H): from next-token CE (B, T),
+    ref[t, k] = ref_ce[t + k] (x_{t+k} from x_<t+k); from the reference's own heads
+    (B, T, Hr), its first H."""
+    if ref_ce.dim() == 2:
+        return future(ref_ce, H)                        # (B, T, H): ref CE of x_{t+k} from x_<t+k
+    if ref_ce.shape[-1] < H:
+        raise ValueError(f"horizon-matched reference CE has {ref_ce.shape[-1]} heads, the model "
+                         f"{H}: score it with a reference of >= {H} heads, or use rho1_ref='next_token'")
+    return ref_ce[..., :H]                              # (B, T, H): ref head k at t, x_{t+k}
 
 
 def noise_filter(excess, valid, min_ce_diff, weight_norm):
@@ -423,6 +428,42 @@ def gradient(ce, valid, goal_grad=None, cfg=None, norm_stats=None, **_):
     return finish(future(goal_grad, ce.shape[-1]), valid, cfg, temperature=None, stats=norm_stats)
 
 
+# ---- one pass: weights from each position's own terms ------------------------------------
+def position_local(cfg):
+    """Whether `finish` makes the weights at position t from t's own terms only: groups of
+    one position ('heads'), no per-sequence sparsity. Clipping is per term."""
+    return cfg.weight_norm == "heads" and cfg.weight_top_frac == 0 and cfg.weight_top_p >= 1.0
+
+
+def rows_weigher(fn, valid, cfg, **aligned):
+    """weigh(ce_rows (n, H), rows) -> w_rows (n, H) for mtp_loss.forward_backward_weighing:
+    the scheme `fn` itself, called on rows of the flattened (B*T) positions as a (1, n, H)
+    batch, with its inputs already aligned per term (B, T, H) and sliced alike. Equal to
+    fn on the whole batch wherever the scheme is position-local (tests/test_weights.py)."""
+    ok = valid.flatten(0, 1)
+    flat = {name: x.flatten(0, 1) for name, x in aligned.items()}
+    return lambda ce, rows: fn(ce[None], ok[rows][None], cfg=cfg,
+                               **{name: x[rows][None] for name, x in flat.items()})[0]
+
+
+def rho1_local(cfg):
+    """Rho-1 in one pass (Scheme.local): under a position-local config, softmax over the
+    heads of each position of the excess, whose reference CE is aligned per term first
+    (rho1_reference). None for 'topk' and min_ce_diff, which read whole sequences."""
+    if not position_local(cfg) or cfg.rho1_mode == "topk" or cfg.min_ce_diff > 0:
+        return None
+    aligned = SimpleNamespace(**{**vars(cfg), "rho1_ref": "matched"})   # ref_ce (B, T, H) from here on
+    return lambda valid, ref_ce=None, **_: rows_weigher(
+        rho1, valid, aligned, ref_ce=rho1_reference(ref_ce, valid.shape[-1]))
+
+
+def dft_local(cfg):
+    """DFT in one pass (Scheme.local): exp(-CE) normalised over the heads of each position."""
+    if not position_local(cfg):
+        return None
+    return lambda valid, **_: rows_weigher(dft, valid, cfg)
+
+
 class Scheme(NamedTuple):
     """A registered weighting: its function and what train.py must give it."""
     fn: Callable
@@ -432,6 +473,9 @@ class Scheme(NamedTuple):
                                     # (the unlikelihood term where w < 0); None: never
     train_on: str = "correct"       # the data its method names: 'correct' solutions, or 'all' (experiment.py)
     weight_norm: str = None         # the normalisation its weights need ('tokens'); None: either
+    local: Callable = None          # local(cfg) -> None, or make(valid, **inputs) -> weigh(ce_rows, rows):
+                                    # its weights inside the one pass (mtp_loss.forward_backward_weighing)
+                                    # where each position's weights read that position's CE only
 
     def is_signed(self, cfg):
         return bool(self.signed) and all(getattr(cfg, k) == v for k, v in self.signed.items())
@@ -440,12 +484,14 @@ class Scheme(NamedTuple):
 SCHEMES = {}
 
 
-def register(name, fn, reads=("ce",), before_ce=False, signed=None, train_on="correct", weight_norm=None):
+def register(name, fn, reads=("ce",), before_ce=False, signed=None, train_on="correct", weight_norm=None,
+             local=None):
     """Add a scheme: `weighting=name` then runs it. -> fn. reads: the inputs it takes by
     name ('ce', and those of providers.PROVIDERS or the batch's fields); signed: the
     config keys under which its weights may be negative ({'incorrect_mode': 'signed'});
     train_on: 'correct' or 'all' samples, what an experiment's arm of it trains on;
-    weight_norm: the normalisation it needs, set in its arms (None: the run's).
+    weight_norm: the normalisation it needs, set in its arms (None: the run's); local: its
+    one-pass form (Scheme.local), optional: a speed-up, never a change of the weights.
     The same function registered again (its file imported twice: by pytest and as a
     plugin) replaces its entry; another function under a taken name is an error."""
     old = SCHEMES.get(name)
@@ -458,7 +504,7 @@ def register(name, fn, reads=("ce",), before_ce=False, signed=None, train_on="co
                          f"read 'ce' nor be signed (the unlikelihood term needs two passes)")
     if train_on not in ("correct", "all"):
         raise ValueError(f"scheme {name!r}: train_on must be 'correct' or 'all', got {train_on!r}")
-    SCHEMES[name] = Scheme(fn, tuple(reads), before_ce, signed, train_on, weight_norm)
+    SCHEMES[name] = Scheme(fn, tuple(reads), before_ce, signed, train_on, weight_norm, local)
     return fn
 
 
@@ -477,7 +523,7 @@ def load_plugins(paths):
 
 CONTROLS = ("shuffled", "random_matched")    # weighting=<control>, control_of=<scheme> (below)
 register("uniform", uniform, reads=(), before_ce=True)
-register("rho1", rho1, reads=("ce", "ref_ce"))
+register("rho1", rho1, reads=("ce", "ref_ce"), local=rho1_local)
 register("critic", critic, reads=("ce", "values", "rewards", "moments", "is_correct"),
          signed={"incorrect_mode": "signed"}, train_on="all")
 # the oracle reads no CE and could run in one pass; it stays on two, as when its arm was measured
@@ -485,7 +531,7 @@ register("oracle", oracle, reads=("noise",))
 register("entropy", entropy, reads=("ce", "entropy"))
 register("group", group, reads=("ce", "is_correct", "group_mean", "group_std"),
          signed={"group_negative": "signed"}, train_on="all", weight_norm="tokens")
-register("dft", dft, reads=("ce",))
+register("dft", dft, reads=("ce",), local=dft_local)
 register("gradient", gradient, reads=("ce", "goal_grad"))
 # the reward-model critic (the proposal's sec. 4.2, Exp 2): the critic's function, its
 # rewards from a frozen reward model's score (critic.reward_model_scores) instead of is_correct

@@ -5,6 +5,8 @@ gradients for every scheme's ingredients, and the training loop's same steps.
 
     OMP_NUM_THREADS=1 python -m pytest tests/test_mtp_loss.py -q
 """
+from types import SimpleNamespace
+
 import pytest
 import torch
 
@@ -202,6 +204,46 @@ def test_one_pass_adds_to_existing_gradients():
     assert_same_grads(grads(m), want, rtol=1e-5)
 
 
+# ---- one pass, the weights from each position's CE inside it -------------------------------
+def rho1_weigher(valid, ref, T=0.7):
+    """Rho-1's one-pass form (weights.rho1_local) at temperature T, and its plain function."""
+    c = SimpleNamespace(**{**train.DEFAULTS, "weighting": "rho1", "temperature": T})
+    return weights.rho1_local(c)(valid, ref_ce=ref), lambda ce: weights.rho1(ce, valid, ref_ce=ref, cfg=c)
+
+
+@pytest.mark.parametrize("case", ["rho1", "untied", "dropout", "float32", "scaled", "chunk_1"])
+def test_weighing_pass_gradients_equal_the_simple_path(case):
+    """forward_backward_weighing (every head's CE per chunk of positions, the weights from
+    them, the gradients from the same logits) gives the CE, the weights and the gradients
+    of the simple path that computes the weights from (B, T, H, V) logits first: tied or
+    untied, dropout (the same masks), float32 at a larger V, a loss scale, chunks of one."""
+    kw = {"untied": dict(tie_embeddings=False), "dropout": dict(dropout=0.3),
+          "float32": dict(vocab_size=512)}.get(case, {})
+    m = tiny_model(**kw)
+    V = m.config.vocab_size
+    if case == "float32":
+        m = m.float()
+    tokens, mask, targets = batch(V=V)
+    valid = targets >= 0
+    n = valid.sum().float()
+    ref = torch.rand(tokens.shape, generator=torch.Generator().manual_seed(3)) * 4
+    weigh, plain = rho1_weigher(valid, ref)
+    factor = 3.0 if case == "scaled" else 1.0
+    torch.manual_seed(5)
+    with torch.no_grad():
+        w_a = plain(mtp_cross_entropy(m(tokens), targets).float())
+    torch.manual_seed(5)
+    ce_a, g_a = simple_step(m, tokens, targets, w_a.to(next(m.parameters()).dtype) * factor, n)
+    m.zero_grad(set_to_none=True)
+    torch.manual_seed(5)
+    ce_b, w_b = mtp_loss.forward_backward_weighing(m, tokens, targets, weigh, n,
+                                                   chunk=1 if case == "chunk_1" else 7,
+                                                   scale=lambda loss: loss * factor)
+    torch.testing.assert_close(ce_b, ce_a.float(), rtol=1e-6, atol=1e-6)
+    torch.testing.assert_close(w_b, w_a.float(), rtol=1e-5, atol=1e-6)
+    assert_same_grads(grads(m), g_a, rtol=1e-5)
+
+
 # ---- the training loop: 'chunked' trains as 'simple' does ------------------------------
 from test_registry import run_keys, toys  # noqa: E402,F401  (toy data, noisy data, a reference)
 from test_schemes import toy  # noqa: E402,F401  (the module fixture: toy data + a reference)
@@ -275,6 +317,31 @@ def test_baseline_one_pass_takes_the_two_pass_steps(toy, tmp_path, monkeypatch):
     wa = checkpoint.load_checkpoint(str(tmp_path / "two"))["model"]
     wb = checkpoint.load_checkpoint(str(tmp_path / "one"))["model"]
     assert wa.keys() == wb.keys() and all(torch.equal(wa[k], wb[k]) for k in wa)
+
+
+@pytest.mark.parametrize("keys,takes", [(dict(), True), (dict(weight_norm="tokens"), False),
+                                        (dict(rho1_mode="topk"), False), (dict(weights_in_pass=False), False),
+                                        (dict(loss_impl="simple"), False)])
+def test_rho1_takes_the_weighing_pass_where_it_is_position_local(toy, tmp_path, monkeypatch, keys, takes):
+    """Rho-1 (cached reference CE) under 'heads' trains through the one pass with its
+    weights inside it, and takes the same steps as through the two passes (losses and
+    gradient norms to float rounding); 'tokens', 'topk', weights_in_pass=False and the
+    simple path do not take it."""
+    toy_data, ref = toy
+    base = dict(weighting="rho1", ref_init_from=ref, max_iters=3, eval_interval=3, loss_chunk=7, dropout=0.1)
+    calls = []
+    weighing = mtp_loss.forward_backward_weighing
+    monkeypatch.setattr(mtp_loss, "forward_backward_weighing",
+                        lambda *a, **k: calls.append(1) or weighing(*a, **k))
+    train.train(tiny_cfg(toy_data, tmp_path / "a", **base, **keys))
+    assert len(calls) == (3 * 2 if takes else 0)
+    if takes:
+        train.train(tiny_cfg(toy_data, tmp_path / "b", **base, weights_in_pass=False))
+        a, b = train_rows(tmp_path / "b"), train_rows(tmp_path / "a")
+        assert sorted(a) == sorted(b) == [1, 2, 3]
+        for it in a:
+            assert b[it][0] == pytest.approx(a[it][0], rel=1e-5)
+            assert b[it][1] == pytest.approx(a[it][1], rel=1e-4)
 
 
 # ---- optional fused kernels: refused clearly where they cannot run ----------------------

@@ -139,6 +139,40 @@ def test_every_schemes_shuffled_control_keeps_its_groups(name, norm):
         assert torch.equal(a[ok].sort().values, b[ok].sort().values)
 
 
+# configs under which a scheme's one-pass form (Scheme.local) is asked for: it must either
+# decline (None) or give, chunk by chunk of positions, the weights of the scheme itself
+LOCAL_CONFIGS = [dict(), dict(w_max=1.5, w_min=0.2), dict(temperature=0.5), dict(weight_norm="tokens"),
+                 dict(weight_top_frac=0.5), dict(weight_top_p=0.8), dict(min_ce_diff=1.5),
+                 dict(rho1_mode="signed"), dict(rho1_mode="topk"), dict(rho1_ref="matched")]
+LOCAL = [(n, i) for n in sorted(weights.SCHEMES) if weights.SCHEMES[n].local for i in range(len(LOCAL_CONFIGS))]
+
+
+@pytest.mark.parametrize("name,i", LOCAL)
+def test_a_schemes_one_pass_form_gives_its_weights(name, i):
+    """Scheme.local, where a scheme has one: under each config it declines (None) or its
+    weigh(ce_rows, rows), called on chunks of the flattened positions as the one pass calls
+    it (sizes that do not divide B*T), gives exactly the scheme's weights on the whole batch.
+    It must decline where the weights read more than one position ('tokens', sparsity)."""
+    scheme, keys = weights.SCHEMES[name], LOCAL_CONFIGS[i]
+    c = config(**keys)
+    make = scheme.local(c)
+    if c.weight_norm != "heads" or c.weight_top_frac > 0 or c.weight_top_p < 1:
+        assert make is None
+    if make is None:
+        return
+    for seed in range(3):
+        ce, valid, g = case(seed)
+        ins = inputs_of(scheme, *ce.shape, g)
+        if "ref_ce" in ins and c.rho1_ref == "matched":   # the reference's own heads (B, T, Hr)
+            ins["ref_ce"] = torch.rand(*ce.shape[:2], ce.shape[-1] + 1, generator=g) * 4
+        want = scheme.fn(ce, valid, cfg=c, norm_stats=None, **ins)
+        weigh = make(valid, **ins)
+        flat, got, n = ce.flatten(0, 1), [], 5
+        for s in range(0, flat.shape[0], n):
+            got.append(weigh(flat[s:s + n], slice(s, s + n)))
+        torch.testing.assert_close(torch.cat(got).view_as(want), want, rtol=1e-6, atol=1e-7)
+
+
 # ---- through train.py ---------------------------------------------------------------------
 def noisy_samples(n, seed):
     """toy_samples where a third of the correct ones have their last digit corrupted and marked."""
