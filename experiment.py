@@ -241,12 +241,15 @@ SETTINGS = {
                    log_interval=30, eval_interval=150, batch_size=16, max_iters=150, lr_decay_iters=150,
                    learning_rate=1.5e-3, min_lr=1.5e-4, critic_pretrain_epochs=0.25),
         # the base in two stages, each a train.py run on the 'pretrain' split (4,000
-        # canonical solutions, disjoint from the others): 1,000 steps of 16 with 2 heads
+        # canonical solutions, disjoint from the others): 2,000 steps of 16 with 2 heads
         # (1 trunk block + 2 head blocks), then 150 steps of the 2 added heads alone. At 600
-        # steps the base had not yet learned to copy constants (3.5% pass@1: dev/LOG.md)
+        # steps the base had not yet learned to copy constants (3.5% pass@1); at 1,000 it
+        # sat in that transition: the same recipe with its rows summed in another order
+        # gave 65% and 44%; at 2,000 both give 95% on the templates it was pretrained on
+        # (dev/LOG.md, 2026-12-03)
         base_stages=(dict(train_split="pretrain", train_on="correct", n_future=2, n_layer=3, batch_size=16,
-                          max_iters=1000, lr_decay_iters=1000, learning_rate=4e-3, min_lr=3e-4, seed=1337,
-                          eval_interval=1000),
+                          max_iters=2000, lr_decay_iters=2000, learning_rate=4e-3, min_lr=3e-4, seed=1337,
+                          eval_interval=2000),
                      dict(train_split="pretrain", train_on="correct", heads_only=True, batch_size=16,
                           max_iters=150, lr_decay_iters=150, warmup_iters=10, learning_rate=4e-3,
                           min_lr=3e-4, seed=1337, eval_interval=150)),
