@@ -74,6 +74,7 @@ defaults = dict(
     train_keys="",                 # train.py keys of the schemes part's runs, "key=value,..." (the study's model)
     out="",                        # also write the schemes part's numbers to this JSON file
     gpu=False,                     # the prepared one-GPU check: sets the keys in GPU below
+    report="",                     # also write everything printed (the tables) to this file
 )
 GPU = dict(parts="loss,memory,weighted,decode", device="cuda", dtype="bfloat16", compile=True, repeats=5,
            n_layer=16, d_model=2048, batch_size=4, seq_len=2048, vocab_sizes="131072",
@@ -99,6 +100,10 @@ IMPLS = ("simple", "two-pass", "one-pass")   # the loss paths compared
 # the weighted part: Rho-1's step (reference CE cached: random here) by the two passes and by
 # the one pass with its weights inside it, against the baseline's one pass
 WEIGHTED = ("uniform one-pass", "rho1 two-pass", "rho1 one-pass")
+# the keys weights.rho1 reads, at train.py's defaults (tests/test_bench.py checks): bench's
+# GPU parts import nothing beyond torch (the GPU machine has torch alone)
+RHO1 = dict(weighting="rho1", weight_norm="heads", temperature=1.0, rho1_mode="abs", rho1_ref="next_token",
+            min_ce_diff=0.0, rho1_top_frac=0.6, weight_top_frac=0.0, weight_top_p=1.0, w_max=0.0, w_min=0.0)
 
 
 def make_step(model, impl, B, T, c):
@@ -115,8 +120,7 @@ def make_step(model, impl, B, T, c):
         torch.autocast(dev.type, dtype=getattr(torch, c["dtype"]))
 
     if impl.startswith("rho1"):
-        import train
-        cfg = SimpleNamespace(**{**train.DEFAULTS, "weighting": "rho1"})
+        cfg = SimpleNamespace(**RHO1)
         ref = (torch.rand(B, T, generator=g) * 4).to(c["device"])
         make = weights.rho1_local(cfg)
 
@@ -242,9 +246,8 @@ def bench_weighted(c):
 
 
 def train_peak_flops(device):
-    """The device's dense bf16 peak (diagnostics.py's table), None on CPU: no MFU there."""
-    import diagnostics
-    return diagnostics.guess_peak_flops(device)
+    """The device's dense bf16 peak (parallel.py's table), None on CPU: no MFU there."""
+    return parallel.guess_peak_flops(device)
 
 
 def memory_child(c, V, H, impl):
@@ -456,6 +459,32 @@ def main(argv):
     c = configurator.configure(defaults, argv)
     if c["gpu"]:   # the preset, then the command line again so its keys still win
         c = configurator.configure({**defaults, **GPU}, argv)
+    if c["report"]:   # the tables to a file as well as the screen
+        sys.stdout = Tee(sys.stdout, open(c["report"], "w"))
+    try:
+        run_parts(c)
+    finally:
+        if c["report"]:
+            sys.stdout.files[1].close()
+            sys.stdout = sys.stdout.files[0]
+
+
+class Tee:
+    """A stream that writes to several."""
+    def __init__(self, *files):
+        self.files = files
+
+    def write(self, text):
+        for f in self.files:
+            f.write(text)
+            f.flush()
+
+    def flush(self):
+        for f in self.files:
+            f.flush()
+
+
+def run_parts(c):
     print(f"torch {torch.__version__}, {torch.get_num_threads()} thread(s), {c['device']}, "
           f"{time.strftime('%Y-%m-%d')}")
     parts = c["parts"].split(",")

@@ -1,10 +1,10 @@
 """
-What a run reports about its weights and its speed.
+What a run reports about its weights.
 
 WeightLog: per-log statistics of the weights (mean, spread, entropy over the heads, each
 head's share of the mass, and, where the batch has a reference CE, the weights' Spearman
 correlation with it), per-head histograms, and a sample of weight values, which the
-'random_matched' control of this run draws from. guess_peak_flops: the device's peak for MFU.
+'random_matched' control of this run draws from.
 """
 import os
 
@@ -91,15 +91,3 @@ def spearman(x, y):
     rx, ry = rx - rx.mean(), ry - ry.mean()
     den = (rx.square().sum() * ry.square().sum()).sqrt()
     return (rx * ry).sum().div(den).item() if den > 0 else float("nan")
-
-
-def guess_peak_flops(device):
-    """Dense bf16 peak of common GPUs, for MFU; None where unknown (CPUs)."""
-    if not device.startswith("cuda"):
-        return None
-    name = torch.cuda.get_device_name(device)
-    for key, flops in (("H200", 989e12), ("H100", 989e12), ("A100", 312e12), ("L40", 181e12),
-                       ("4090", 165e12), ("A10", 125e12)):
-        if key in name:
-            return flops
-    return None

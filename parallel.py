@@ -236,3 +236,15 @@ def all_reduce_sum(t, ddp):
     if ddp:
         dist.all_reduce(t, op=dist.ReduceOp.SUM)
     return t
+
+
+def guess_peak_flops(device):
+    """Dense bf16 peak of common GPUs, for MFU; None where unknown (CPUs)."""
+    if not device.startswith("cuda"):
+        return None
+    name = torch.cuda.get_device_name(device)
+    for key, flops in (("H200", 989e12), ("H100", 989e12), ("A100", 312e12), ("L40", 181e12),
+                       ("4090", 165e12), ("A10", 125e12)):
+        if key in name:
+            return flops
+    return None

@@ -33,7 +33,7 @@ import providers
 import reference
 import weights
 from checkpoint import environment, git_hash, save_all
-from diagnostics import WeightLog, guess_peak_flops
+from diagnostics import WeightLog
 from model import mtp_cross_entropy, mtp_entropy, mtp_targets
 from parallel import all_reduce_sum
 
@@ -388,7 +388,7 @@ def prepare_run(r, resumed):
             raise FileNotFoundError(f"weighting='random_matched' draws from {src}: set "
                                     f"control_weights to a finished weighted run's out_dir")
         r.matched = torch.from_numpy(np.load(src))
-    r.peak = c.peak_flops or guess_peak_flops(r.device)
+    r.peak = c.peak_flops or parallel.guess_peak_flops(r.device)
     r.wlog = WeightLog(c.n_future, c.seed)
     if "weight_log" in resumed:
         r.wlog.load_state_dict(resumed["weight_log"])

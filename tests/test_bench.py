@@ -3,6 +3,7 @@
 
     OMP_NUM_THREADS=1 python -m pytest tests/test_bench.py -q
 """
+import pytest
 import torch
 
 import bench
@@ -33,3 +34,38 @@ def test_the_weighted_parts_two_rho1_paths_compute_the_same_gradients():
     for n, g in got["rho1 two-pass"].items():
         torch.testing.assert_close(got["rho1 one-pass"][n], g, rtol=1e-5, atol=1e-6, msg=n)
     assert any(not torch.allclose(got["uniform one-pass"][n], g) for n, g in got["rho1 two-pass"].items())
+
+
+def test_rho1_keys_are_train_defaults():
+    """The weighted part's Rho-1 is the default Rho-1 (bench.py keeps its own copy of the
+    keys so that the GPU check imports nothing beyond torch)."""
+    import train
+    assert {k: train.DEFAULTS[k] for k in bench.RHO1 if k != "weighting"} == \
+        {k: v for k, v in bench.RHO1.items() if k != "weighting"}
+
+
+@pytest.mark.slow
+def test_the_gpu_parts_run_with_torch_alone_and_write_their_tables(tmp_path):
+    """The GPU check's parts (loss, weighted with its memory children, decode; the memory
+    part's children are the weighted part's), at toy shapes on the CPU, in
+    a Python where numpy, tiktoken, datasets, scipy, matplotlib and tqdm cannot be imported
+    (the GPU machine has torch alone), its child processes too; --report gets the tables."""
+    import os
+    import subprocess
+    import sys
+    (tmp_path / "sitecustomize.py").write_text(
+        "import sys\nfor m in ('numpy', 'tiktoken', 'datasets', 'scipy', 'matplotlib', 'tqdm'):\n"
+        "    sys.modules[m] = None\n")
+    here = os.path.dirname(os.path.abspath(bench.__file__))
+    env = dict(os.environ, PYTHONPATH=f"{tmp_path}{os.pathsep}{here}", PYTHONWARNINGS="ignore")
+    report = tmp_path / "gpu.md"
+    args = ["--parts=loss,weighted,decode", "--n_layer=5", "--d_model=32", "--seq_len=16",
+            "--vocab_sizes=96", "--mem_vocab_sizes=96", "--repeats=1", "--batch_size=2",
+            "--mem_batch_size=1", f"--report={report}"]
+    out = subprocess.run([sys.executable, os.path.join(here, "bench.py"), *args], env=env, cwd=here,
+                         capture_output=True, text=True, timeout=600)
+    assert out.returncode == 0, out.stderr[-3000:]
+    text = report.read_text()
+    for title in ("## loss path", "## weighted step", "decode (eager)", "decode (compiled)"):
+        assert title in text, title
+    assert text.strip() and out.stdout.strip().endswith(text.strip())   # after the configurator's lines
