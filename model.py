@@ -416,6 +416,71 @@ class Transformer(nn.Module):
                     return (out[:-1] if tok == eos_id else out), self._rates(accepted, proposed)
         return out, self._rates(accepted, proposed)
 
+    @torch.no_grad()
+    def generate_speculative_batch(self, prompts, max_new_tokens, eos_id=None, stop=None, n_vocab=None):
+        """generate_speculative for many prompts at once: each step every row drafts H
+        tokens (head 1's greedy token, then heads 2..H's guesses), one forward over all rows'
+        drafts lets head 1 verify them, and each row keeps its own agreeing prefix. Rows
+        accept different numbers of drafts, so nothing is rolled back: every step writes H
+        cache slots for every row, a row's rejected slots are marked invalid (attention
+        masks them, rotary positions count only valid ones). Heads 2..H are projected to the
+        vocabulary at each row's last accepted position only. Output is token for token
+        greedy decoding's (up to the float rounding batching changes). prompts: lists of
+        token ids of any lengths (left-padded). Returns (per prompt its new tokens, accepted
+        drafts per head)."""
+        c, dev = self.config, self.tok_embeddings.weight.device
+        H, B, L = c.n_future, len(prompts), max(map(len, prompts))
+        max_new_tokens = max(0, min(max_new_tokens, c.max_seq_len - L))
+        n_trunk = len(self.layers) - 1
+        blocks = list(self.layers[:-1]) + list(self.heads)              # trunk, then heads 1..H
+        caches = self.new_caches(B, L + H * max_new_tokens + 1)         # <= max_new_tokens steps
+        pad = torch.tensor([L - len(p) for p in prompts], device=dev)
+        idx = torch.tensor([[0] * (L - len(p)) + p for p in prompts], device=dev)   # (B, L)
+        valid = torch.zeros(B, caches[0].k.shape[2], dtype=torch.bool, device=dev)  # (B, slots)
+        valid[:, :L] = torch.arange(L, device=dev)[None] >= pad[:, None]
+        length = L - pad                                                 # each row's valid tokens
+        rows = torch.arange(B, device=dev)
+
+        def run(x, cos, sin, mask):   # -> each head's normalised states (B, T, H, D)
+            x = self.tok_embeddings(x)
+            for block, cache in zip(blocks[:n_trunk], caches):
+                x = block(x, cos, sin, cache, mask)
+            return torch.stack([self.norm(head(x, cos, sin, cache, mask))
+                                for head, cache in zip(blocks[n_trunk:], caches[n_trunk:])], dim=2)
+
+        cos, sin, mask = self.decode_inputs(0, L, pad)
+        logits = self.output(run(idx, cos, sin, mask)[:, -1])[..., :n_vocab]   # (B, H, V)
+        out, done = [[] for _ in range(B)], [max_new_tokens == 0] * B
+        accepted, proposed = [0] * H, [0] * H
+        causal = torch.ones(H, H, dtype=torch.bool, device=dev).tril()
+        while not all(done):
+            draft = logits.argmax(-1)                                    # (B, H)
+            P = caches[0].pos
+            pos = (length[:, None] + torch.arange(H, device=dev)).clamp(max=c.max_seq_len - 1)
+            mask = torch.cat([valid[:, None, :P].expand(B, H, P), causal.expand(B, H, H)], -1)[:, None]
+            h = run(draft, self.rope_cos[pos], self.rope_sin[pos], mask)   # (B, H positions, H heads, D)
+            verified = self.output(h[:, :, 0])[..., :n_vocab].argmax(-1)   # (B, H): head 1 after each draft
+            n_ok = 1 + (draft[:, 1:] == verified[:, :-1]).long().cumprod(1).sum(1)   # (B,)
+            valid[:, P:P + H] = torch.arange(H, device=dev)[None] < n_ok[:, None]
+            length = length + n_ok
+            logits = self.output(h[rows, n_ok - 1])[..., :n_vocab]      # (B, H, V) at the last kept
+            for b, (d, n) in enumerate(zip(draft.tolist(), n_ok.tolist())):
+                if done[b]:
+                    continue
+                room = max_new_tokens - len(out[b])
+                for k in range(1, min(H, room)):
+                    proposed[k] += 1
+                    accepted[k] += k < n
+                for tok in d[:min(n, room)]:
+                    out[b].append(tok)
+                    if (eos_id is not None and tok == eos_id) or (stop and stop(out[b])):
+                        done[b] = True
+                        if tok == eos_id:
+                            out[b].pop()
+                        break
+                done[b] = done[b] or len(out[b]) >= max_new_tokens
+        return out, self._rates(accepted, proposed)
+
     def next_logits(self, idx, caches, pad=None):
         """Head 1's logits at the last position only (B, V), advancing the caches by the T
         tokens of idx (B, T): the trunk and head 1, nothing of the other heads, and the

@@ -73,8 +73,8 @@ def make_generate(model, enc, seed=0, speculative=False, max_rows=None):
     more than max_rows samples is decoded in slices. Each prompt's draws come from a
     generator seeded by (seed, prompt), one row of uniforms per sample, so a resumed or
     differently batched evaluation draws what an uninterrupted one would. Greedy decodes a
-    prompt once for all n samples; speculative=True decodes greedy prompts one at a time
-    with the MTP heads drafting (model.generate_speculative: the same tokens)."""
+    prompt once for all n samples; speculative=True decodes greedy prompts max_rows at a
+    time with the MTP heads drafting (model.generate_speculative_batch: the same tokens)."""
     eot = data.eot_token(enc)
     max_rows = max_rows or default_max_rows(model)
 
@@ -88,9 +88,13 @@ def make_generate(model, enc, seed=0, speculative=False, max_rows=None):
         greedy = temperature == 0
         rows = {i: [] for i in range(len(prompts))}
         if greedy and speculative and model.config.n_future > 1:
-            for i, x in enumerate(ids):
-                rows[i] = [model.generate_speculative(x, max_new_tokens, eos_id=eot, stop=stopped,
-                                                      n_vocab=enc.n_vocab)[0]]
+            order = sorted(range(len(prompts)), key=lambda i: len(ids[i]))
+            for s in range(0, len(order), max_rows):
+                group = order[s:s + max_rows]
+                got, _ = model.generate_speculative_batch([ids[i] for i in group], max_new_tokens,
+                                                          eos_id=eot, stop=stopped, n_vocab=enc.n_vocab)
+                for i, r in zip(group, got):
+                    rows[i] = [r]
         else:
             per = 1 if greedy else n                 # rows decoded per prompt
             uniforms = {}
@@ -160,6 +164,14 @@ def bench_decoding(model, enc, prompts, max_new_tokens, max_rows=32, compile=Fal
         rates = [[r[1][k] for r in spec if r[1][k] is not None] for k in range(model.config.n_future)]
         out.update(spec_tok_s=n_tok / t_spec, spec_identical=[r for r, _ in spec] == plain,
                    acceptance=[sum(r) / len(r) if r else None for r in rates])
+        t0 = time.time()   # speculative, max_rows prompts at a time
+        spec_b, rates_b = [], []
+        for s in range(0, len(ids), max_rows):
+            got, rates_s = model.generate_speculative_batch(ids[s:s + max_rows], max_new_tokens, **kw)
+            spec_b += got
+            rates_b.append(rates_s)
+        out.update(spec_batched_tok_s=n_tok / (time.time() - t0), spec_batched_identical=spec_b == plain,
+                   acceptance_batched=[None if None in r else sum(r) / len(r) for r in zip(*rates_b)])   # mean over batches
     return out
 
 
@@ -201,6 +213,9 @@ if __name__ == "__main__":
             print(f"speculative {r['spec_tok_s']:.0f} tok/s (identical: {r['spec_identical']}), "
                   "draft acceptance per head: " + ", ".join(
                       f"head {k + 1}: {a:.2f}" for k, a in enumerate(r["acceptance"]) if a is not None))
+            print(f"speculative, {r['batched_rows']} rows batched {r['spec_batched_tok_s']:.0f} tok/s "
+                  f"(identical: {r['spec_batched_identical']}; "
+                  f"{r['spec_batched_tok_s'] / r['batched_tok_s']:.2f}x batched greedy)")
         sys.exit(0)
     if cfg["compile"]:
         model.compile_decode()

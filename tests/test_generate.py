@@ -75,6 +75,40 @@ def test_speculative_equals_greedy_on_a_trained_model(tmp_path):
     assert accepted     # the trained heads proposed drafts
 
 
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_batched_speculative_equals_greedy(seed):
+    """generate_speculative_batch: prompts of different lengths (left-padded), each row
+    accepting its own number of drafts a step, give each prompt's greedy tokens; with an
+    eos and a stop rule too; its acceptance rates are rates (head 1 drafts nothing)."""
+    m = random_model(seed, n_future=4, scale=4.0).double()
+    g = torch.Generator().manual_seed(seed)
+    prompts = [torch.randint(0, 64, (n,), generator=g).tolist() for n in (5, 1, 9, 3)]
+    out, rates = m.generate_speculative_batch(prompts, 40)
+    assert out == [m.generate(p, 40)[0] for p in prompts]
+    assert rates[0] is None and all(0 <= r <= 1 for r in rates[1:])
+    stop = lambda row: len(row) >= 3 and row[-1] == row[-3]
+    out, _ = m.generate_speculative_batch(prompts, 40, eos_id=7, stop=stop)
+    assert out == [m.generate(p, 40, eos_id=7, stop=stop)[0] for p in prompts]
+    assert m.generate_speculative_batch(prompts, 0)[0] == [[]] * 4
+
+
+def test_batched_speculative_on_a_trained_model_accepts_what_one_row_does(tmp_path):
+    """On trained heads the batched decoder gives greedy's tokens, as the one-row
+    speculative decoder does, and some of the heads' drafts are accepted."""
+    toy = make_toy_data(str(tmp_path / "data"))
+    train.train(tiny_cfg(toy, tmp_path / "run", max_iters=80, n_future=3, n_layer=4,
+                         eval_interval=80, block_size=24))
+    ckpt = torch.load(tmp_path / "run" / "ckpt.pt", weights_only=False)
+    m = Transformer(ModelConfig(**ckpt["model_args"]))
+    m.load_state_dict(ckpt["model"])
+    m = m.eval().double()
+    prompts = [list(p.encode()) for p in ("12+30=", "7+7=", "49+1=", "3+18=")]
+    out, rates = m.generate_speculative_batch(prompts, 10, eos_id=256)
+    one = [m.generate_speculative(p, 10, eos_id=256) for p in prompts]
+    assert out == [r for r, _ in one] == [m.generate(p, 10, eos_id=256)[0] for p in prompts]
+    assert any(r for r in rates[1:])   # the trained heads' drafts were accepted
+
+
 def test_eos_and_stop_end_rows():
     m = random_model(5, scale=4.0)
     prompt = [1, 2, 3]
@@ -212,7 +246,7 @@ def test_bench_decoding_compares_like_with_like():
                 p.mul_(4.0)
     enc = data.get_tokenizer("bytes")
     r = sample.bench_decoding(m.eval(), enc, ["ab", "hello", "x = 1\n"], 20, max_rows=2)
-    assert r["batched_identical"] and r["spec_identical"] and r["tokens"] > 20
+    assert r["batched_identical"] and r["spec_identical"] and r["spec_batched_identical"] and r["tokens"] > 20
 
 
 def test_next_logits_is_head_one_at_the_last_position():
