@@ -67,16 +67,25 @@ VARIANTS = [(name, norm, signed) for name in sorted(weights.SCHEMES) for norm in
             for signed in ((False, True) if weights.SCHEMES[name].signed else (False,))]
 
 
+# the options of the schemes (train.py keys), each applied to every scheme in turn: a scheme
+# that does not read one runs as by default; a new option gets the contract by a line here
+OPTIONS = [dict(), dict(temperature=0.5), dict(critic_temperature=0.5), dict(weight_top_frac=0.5),
+           dict(weight_top_p=0.8), dict(min_ce_diff=1.5), dict(rho1_mode="signed"), dict(rho1_mode="topk"),
+           dict(entropy_mode="soft"), dict(entropy_top_frac=0.5), dict(group_std=True),
+           dict(group_negative="drop"), dict(hybrid_mean="geometric"), dict(whiten=False)]
+
+
 @pytest.mark.parametrize("name,norm,signed", VARIANTS)
 def test_the_weight_contract(name, norm, signed):
     """Shape, finite, zero on ignored terms, non-negative unless the config makes the
     scheme signed, and mean |w| = 1 over each normalisation group's valid terms: the batch
     ('tokens'); a position's heads ('heads'), or the sequence where the scheme drops
-    terms (their weight goes to the sequence's kept terms: weights.keep_mass)."""
+    terms (their weight goes to the sequence's kept terms: weights.keep_mass). Under the
+    defaults and under each of OPTIONS."""
     scheme = weights.SCHEMES[name]
-    for seed in range(3):
+    for seed, option in [(s, o) for o in OPTIONS for s in range(3)]:
         ce, valid, g = case(seed)
-        c = config(weight_norm=norm, **(scheme.signed if signed else {}))
+        c = config(**{"weight_norm": norm, **option, **(scheme.signed if signed else {})})
         w = scheme.fn(None if scheme.before_ce else ce, valid, cfg=c, norm_stats=None,
                       **inputs_of(scheme, *ce.shape, g))
         assert w.shape == ce.shape and w.dtype == torch.float32 and torch.isfinite(w).all()
