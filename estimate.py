@@ -23,6 +23,7 @@ Memory per GPU, in bytes:
   frozen models    a reference scored online (ref_ce_mode='online') or a reward model: their
                    bf16 weights (2 B / parameter), resident for the whole run; a cached
                    reference scores the data once before training and is freed
+GPU-hours (gpu_hours): FLOPs over MFU x peak, both stated (40% of an H100's 989 TFLOP/s).
 FLOPs per step: 6 per parameter a token passes through (every block: trunk and heads) plus
 the unembedding once per head, plus attention (12 x n_layer x heads x head_dim x T per
 token), as model.Transformer.flops_per_token; a frozen model's forward is 2 per parameter.
@@ -56,6 +57,15 @@ def params(a):
         out["value_head"] = d + (d + extra) * d + d + d + 1      # norm, fc (+ bias), out (+ bias)
     out["total"] = sum(out.values())
     return out
+
+
+H100_BF16 = 989e12   # dense bf16 FLOP/s of an H100 SXM (NVIDIA's datasheet, no sparsity)
+MFU = 0.4            # the utilisation GPU-hours assume: a stated guess, not a measurement here
+
+
+def gpu_hours(flops, peak=H100_BF16, mfu=MFU):
+    """GPU-hours of `flops` at `mfu` of `peak` FLOP/s per GPU."""
+    return flops / (peak * mfu) / 3600
 
 
 def flops_per_token(a, seq_len):

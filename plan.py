@@ -68,6 +68,22 @@ def identity_of(source, problems, what):
         return None
 
 
+def budget(c, meta, value_head):
+    """The run's budget from its split's meta.json: steps (max_iters, or max_epochs of the
+    samples train_on reads), rows per step, epochs, the critic's value pre-training steps,
+    as train.py derives them -> (the plan's line, tokens in all at the split's mean sample)."""
+    import math
+    n = meta["n_correct"] if c.train_on == "correct" else meta["n_samples"]
+    rows = c.batch_size * c.gradient_accumulation_steps
+    steps = math.ceil(c.max_epochs * n / rows) if c.max_epochs > 0 else c.max_iters
+    pre = math.ceil(c.critic_pretrain_epochs * n / rows) if value_head else 0
+    tokens = (steps + pre) * rows * meta["n_tokens"] / max(meta["n_samples"], 1)   # the split's mean sample
+    return (f"budget: {steps:,} steps of {rows:,} rows = {steps * rows / max(n, 1):.2f} epochs of {n:,} "
+            f"{c.train_on} samples"
+            + (f"; value pre-training {pre:,} steps ({c.critic_pretrain_epochs} epoch)" if value_head else "")
+            + f"; ~{tokens / 1e6:,.1f}M tokens in all"), tokens
+
+
 def check(c, world_size=None, device_memory_gb=None):
     """(lines of the plan, problems) for train.py's config namespace c; the world size and
     the device's memory default to WORLD_SIZE and DEVICE_MEMORY_GB (else the visible GPU's)."""
@@ -75,6 +91,7 @@ def check(c, world_size=None, device_memory_gb=None):
     world_size = world_size or int(os.environ.get("WORLD_SIZE", 1))
     device_memory_gb = device_memory_gb or float(os.environ.get("DEVICE_MEMORY_GB", 0))
     problems, lines = [], [f"dry run: {c.weighting} on {c.data_dir}, {world_size} process(es)"]
+    train_tokens = None
     a, where = model_shape(c, problems)
     ours = identity_of(c.tokenizer, problems, "tokenizer")
     if ours:
@@ -92,6 +109,11 @@ def check(c, world_size=None, device_memory_gb=None):
             continue
         m = json.load(open(meta))
         lines.append(f"data {split}: {m['n_samples']:,} samples ({m['n_correct']:,} correct), {m['n_tokens']:,} tokens")
+        if split == c.train_split:
+            value_head = "values" in weights.SCHEMES.get(c.control_of if c.weighting == "shuffled"
+                                                         else c.weighting, weights.SCHEMES["uniform"]).reads
+            line, train_tokens = budget(c, m, value_head)
+            lines.append(line)
         if ours and m["tokenizer"]["sha256"] != ours["sha256"]:
             problems.append(f"data_dir={c.data_dir!r} ({split}) was made with tokenizer {m['tokenizer']['name']!r} "
                             f"(hash {m['tokenizer']['sha256']}), the run uses {ours['name']!r} (hash "
@@ -130,6 +152,12 @@ def check(c, world_size=None, device_memory_gb=None):
                    loss_chunk=c.loss_chunk, gradient_accumulation_steps=c.gradient_accumulation_steps // world_size)
         lines.append(f"model: from {where}, {a['n_layer']} blocks ({c.n_future} heads), d_model {a['d_model']}")
         lines += estimate.describe(a, run, world_size, frozen)
+        if train_tokens:   # the budget's FLOPs at a stated MFU: GPU-hours, arithmetic
+            flops = estimate.flops_per_token(a, c.block_size) * train_tokens
+            lines.append(f"compute: {flops:.3g} training FLOPs (uniform loss; weighted schemes cost more: "
+                         f"bench.py) = {estimate.gpu_hours(flops):.1f} GPU-hours at {estimate.MFU:.0%} MFU of "
+                         f"{estimate.H100_BF16 / 1e12:.0f} TFLOP/s (an H100's dense bf16), "
+                         f"{estimate.gpu_hours(flops) / world_size:.2f} h on {world_size} GPU(s)")
         need = estimate.gib(estimate.memory(a, run, world_size, frozen)["total"])
         have = device_memory_gb or device_memory(c.device)
         if have and need > have:

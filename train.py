@@ -120,6 +120,8 @@ critic_temperature = 0.0        # 0: w ∝ |z| (the method); > 0: softmax(|z| / 
 batch_size = 8                  # rows (samples) per micro-batch per process
 gradient_accumulation_steps = 1  # micro-batches per step, over all processes together
 max_iters = 1200
+max_epochs = 0.0                # > 0: main training lasts this many epochs of the run's samples (train_on):
+                                # max_iters and lr_decay_iters become ceil(epochs x samples / rows per step)
 learning_rate = 4e-3
 min_lr = 3e-4
 warmup_iters = 30
@@ -364,6 +366,9 @@ def load_data(r):
                            world_size=r.world_size, pad_id=r.pad_id, token_fields={"ref_ce": ref_cache},
                            group_by_length=c.group_by_length, reverse_rows=c.row_order == "reversed")
     r.rows_per_step = c.batch_size * c.gradient_accumulation_steps
+    if c.max_epochs > 0:   # the budget in epochs of the prepared data, as the proposal states it
+        c.max_iters = c.lr_decay_iters = math.ceil(c.max_epochs * len(r.loader.ids) / r.rows_per_step)
+        r.cfg.update(max_iters=c.max_iters, lr_decay_iters=c.lr_decay_iters)
     # the critic's value pre-training, then max_iters of main training like every arm
     r.pretrain_iters = math.ceil(c.critic_pretrain_epochs * len(r.loader.ids) / r.rows_per_step) \
         if r.value_head else 0

@@ -10,10 +10,20 @@
 # Commands, in order (an online machine with the licence accepted fetches the weights once):
 #   huggingface-cli download meta-llama/Llama-3.2-1B --local-dir data_cache/Llama-3.2-1B
 #   python pretrained.py info data_cache/Llama-3.2-1B
-#   python prepare.py --tokenizer=data_cache/Llama-3.2-1B --data_dir=data_cache/tinycode-llama3
+#   python prepare.py --dataset=code_contests --n_samples=100000 --tokenizer=data_cache/Llama-3.2-1B \
+#       --data_dir=data_cache/code_contests-llama3
 #   torchrun --standalone --nproc_per_node=8 train.py config/baseline_1b.py
 # The checkpoint's 16 blocks become 15 trunk blocks + head 1; heads 2-4 start as copies of
 # its last block (head_init='copy', pretrained.py). The shape comes from the checkpoint.
+# Data and budget, the proposal's (sec. 5.1-5.2): CodeContests train, Python 3 solutions,
+# 100,000 samples (prepare.py --n_samples; at most 10 correct + 10 incorrect per problem),
+# decontaminated against HumanEval, MBPP, GSM8K, MATH and CodeContests valid/test (sources.py's
+# content-word 3-gram rule); this arm reads its correct solutions (train_on='correct'), 3 epochs.
+# Steps = ceil(epochs x samples / 256 rows a step), derived at start (max_epochs); the dry run
+# prints them and the tokens from the prepared split. For scale: at a 50% correct share and
+# ~600 tokens a sample, 3 epochs of 50,000 correct samples = 586 steps, ~90M tokens;
+# the critic's 0.5 + 2.5 epochs of 100,000 = 196 + 977 steps, ~180M tokens.
+# Evaluation: MBPP, HumanEval and CodeContests test (eval.py's harness-parity presets).
 #
 # Memory per GPU, from estimate.py (its docstring says how each part is counted); the dry run
 # prints and checks it: WORLD_SIZE=8 DEVICE_MEMORY_GB=80 python train.py config/baseline_1b.py --dry_run=True
@@ -24,15 +34,15 @@
 out_dir = "out/baseline_1b"
 init_from = "data_cache/Llama-3.2-1B"
 tokenizer = "data_cache/Llama-3.2-1B"
-data_dir = "data_cache/tinycode-llama3"
+data_dir = "data_cache/code_contests-llama3"
 weighting = "uniform"
+train_on = "correct"
 n_future = 4
 head_init = "copy"
 block_size = 2048
 batch_size = 2
 gradient_accumulation_steps = 128  # micro-batches per step over all 8 processes: 16 each
-max_iters = 2000
-lr_decay_iters = 2000
+max_epochs = 3.0                   # the proposal's budget (header): steps from the prepared split
 warmup_iters = 100
 learning_rate = 2e-5               # fine-tuning a pretrained model: ~1/10 of pre-training's peak
 min_lr = 2e-6

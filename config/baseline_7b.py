@@ -7,8 +7,18 @@
 #   huggingface-cli download facebook/multi-token-prediction --include "7B_1T_4/*" "tokenizer.model" \
 #       --local-dir data_cache/mtp
 #   python pretrained.py info data_cache/mtp/7B_1T_4
-#   python prepare.py --tokenizer=data_cache/mtp/tokenizer.model --data_dir=data_cache/tinycode-llama2
+#   python prepare.py --dataset=code_contests --n_samples=100000 --tokenizer=data_cache/mtp/tokenizer.model \
+#       --data_dir=data_cache/code_contests-llama2
 #   torchrun --standalone --nproc_per_node=8 train.py config/baseline_7b.py
+# Data and budget, the proposal's (sec. 5.1-5.2): CodeContests train, Python 3 solutions,
+# 100,000 samples (prepare.py --n_samples; at most 10 correct + 10 incorrect per problem),
+# decontaminated against HumanEval, MBPP, GSM8K, MATH and CodeContests valid/test (sources.py's
+# content-word 3-gram rule); this arm reads its correct solutions (train_on='correct'), 3 epochs.
+# Steps = ceil(epochs x samples / 128 rows a step), derived at start (max_epochs); the dry run
+# prints them and the tokens from the prepared split. For scale: at a 50% correct share and
+# ~600 tokens a sample, 3 epochs of 50,000 correct samples = 1,172 steps, ~90M tokens;
+# the critic's 0.5 + 2.5 epochs of 100,000 = 391 + 1,954 steps, ~180M tokens.
+# Evaluation: MBPP, HumanEval and CodeContests test (eval.py's harness-parity presets).
 #
 # Memory per GPU, from estimate.py (its docstring says how each part is counted); the dry run
 # prints and checks it: WORLD_SIZE=8 DEVICE_MEMORY_GB=80 python train.py config/baseline_7b.py --dry_run=True
@@ -20,15 +30,15 @@
 out_dir = "out/baseline_7b"
 init_from = "data_cache/mtp/7B_1T_4"
 tokenizer = "data_cache/mtp/tokenizer.model"
-data_dir = "data_cache/tinycode-llama2"
+data_dir = "data_cache/code_contests-llama2"
 weighting = "uniform"
+train_on = "correct"
 n_future = 4                       # = the checkpoint's n_future_tokens (a mismatch is refused)
 block_size = 2048
 data_parallel = "fsdp"               # FSDP2 per block: 6.74B x 16 B does not fit one GPU
 batch_size = 2
 gradient_accumulation_steps = 64   # micro-batches per step over all 8 processes: 8 each
-max_iters = 1000
-lr_decay_iters = 1000
+max_epochs = 3.0                   # the proposal's budget (header): steps from the prepared split
 warmup_iters = 50
 learning_rate = 1e-5
 min_lr = 1e-6

@@ -10,13 +10,24 @@
 # Commands, in order (an online machine with the licence accepted fetches the weights once):
 #   huggingface-cli download meta-llama/Llama-3.2-1B --local-dir data_cache/Llama-3.2-1B
 #   python pretrained.py info data_cache/Llama-3.2-1B
-#   python prepare.py --tokenizer=data_cache/Llama-3.2-1B --data_dir=data_cache/tinycode-llama3
+#   python prepare.py --dataset=code_contests --n_samples=100000 --tokenizer=data_cache/Llama-3.2-1B \
+#       --data_dir=data_cache/code_contests-llama3
 #   torchrun --standalone --nproc_per_node=8 train.py config/critic_1b.py
 # The checkpoint's 16 blocks become 15 trunk blocks + head 1; heads 2-4 start as copies of
 # its last block (head_init='copy', pretrained.py). The shape comes from the checkpoint.
 # The value head is new (model.py's init); with value_detach it trains on the frozen trunk's
 # state for critic_pretrain_epochs before the LM moves: 2048 x 2051 + 2048 + 2049 = 4.2M
 # params, 67 MB with grads and AdamW, negligible below.
+# Data and budget, the proposal's (sec. 5.1-5.2): CodeContests train, Python 3 solutions,
+# 100,000 samples (prepare.py --n_samples; at most 10 correct + 10 incorrect per problem),
+# decontaminated against HumanEval, MBPP, GSM8K, MATH and CodeContests valid/test (sources.py's
+# content-word 3-gram rule); this arm reads correct and incorrect solutions (train_on='all'):
+# 0.5 epoch of value pre-training (critic_pretrain_epochs), then 2.5 epochs of main training.
+# Steps = ceil(epochs x samples / 256 rows a step), derived at start (max_epochs); the dry run
+# prints them and the tokens from the prepared split. For scale: at a 50% correct share and
+# ~600 tokens a sample, 3 epochs of 50,000 correct samples = 586 steps, ~90M tokens;
+# the critic's 0.5 + 2.5 epochs of 100,000 = 196 + 977 steps, ~180M tokens.
+# Evaluation: MBPP, HumanEval and CodeContests test (eval.py's harness-parity presets).
 #
 # Memory per GPU, from estimate.py (its docstring says how each part is counted); the dry run
 # prints and checks it: WORLD_SIZE=8 DEVICE_MEMORY_GB=80 python train.py config/critic_1b.py --dry_run=True
@@ -27,7 +38,7 @@
 out_dir = "out/critic_1b"
 init_from = "data_cache/Llama-3.2-1B"
 tokenizer = "data_cache/Llama-3.2-1B"
-data_dir = "data_cache/tinycode-llama3"
+data_dir = "data_cache/code_contests-llama3"
 weighting = "critic"
 train_on = "all"                   # the critic learns from incorrect solutions too
 critic_pretrain_epochs = 0.5
@@ -39,8 +50,7 @@ head_init = "copy"
 block_size = 2048
 batch_size = 2
 gradient_accumulation_steps = 128  # micro-batches per step over all 8 processes: 16 each
-max_iters = 2000
-lr_decay_iters = 2000
+max_epochs = 2.5                   # the proposal's budget (header): steps from the prepared split
 warmup_iters = 100
 learning_rate = 2e-5               # fine-tuning a pretrained model: ~1/10 of pre-training's peak
 min_lr = 2e-6

@@ -139,3 +139,25 @@ def test_train_dry_run_exits_with_the_problems(node, tmp_path):
     good = subprocess.run(args + [f"--data_dir={node['data']}"], capture_output=True, text=True, env=env, cwd=ROOT)
     assert good.returncode == 0 and "dry run: ready" in good.stdout, good.stdout + good.stderr
     assert not os.path.exists(tmp_path / "ckpt.pt")
+
+
+def test_max_epochs_sets_the_steps_from_the_prepared_split(node, tmp_path):
+    """max_epochs: the dry run's budget line and train.py's run derive the same steps,
+    ceil(epochs x samples of train_on / rows a step), from the split's meta.json; the
+    critic's line adds its value pre-training (0.5 epoch)."""
+    import math
+    meta = json.load(open(os.path.join(node["data"], "train", "meta.json")))
+    lines, problems = plan.check(rho1_1b(node, max_epochs=3.0), world_size=8, device_memory_gb=80)
+    want = math.ceil(3.0 * meta["n_correct"] / (2 * 128))
+    assert problems == [] and f"budget: {want:,} steps of 256 rows" in "\n".join(lines)
+    critic = rho1_1b(node, weighting="critic", train_on="all", max_epochs=2.5, critic_pretrain_epochs=0.5)
+    text = "\n".join(plan.check(critic, world_size=8, device_memory_gb=80)[0])
+    assert f"budget: {math.ceil(2.5 * meta['n_samples'] / 256):,} steps" in text
+    assert f"value pre-training {math.ceil(0.5 * meta['n_samples'] / 256):,} steps" in text
+    from test_train import tiny_cfg
+    train.train(tiny_cfg(node["data"], tmp_path / "run", max_epochs=2.0, batch_size=4, eval_interval=1000,
+                         block_size=128, tokenizer=node["model"]))
+    cfg = json.load(open(tmp_path / "run" / "config.json"))
+    rows = cfg["batch_size"] * cfg["gradient_accumulation_steps"]
+    assert cfg["max_iters"] == cfg["lr_decay_iters"] == math.ceil(2.0 * meta["n_correct"] / rows)
+    assert json.load(open(tmp_path / "run" / "summary.json"))["iter_num"] == cfg["max_iters"]
