@@ -3,7 +3,7 @@ The experiment: does weighting help, and which scheme? One command compares the 
 schemes, and a positive control that shows the setting can see a weighting effect, under
 one training budget, over seeds, with statistics and pictures.
 
-    python experiment.py                          # tiny tinycode setting, CPU, 4 seeds, <= 15 min on 2 cores
+    python experiment.py                          # tiny tinycode setting, CPU, 4 seeds, ~20 min on 2 cores
     python experiment.py --seeds=5 --controls=True --ablation=True
     python experiment.py --threads=2 --jobs=1 --exp_dir=out/exp-t2   # another float order; then
     python report.py --compare out/experiment out/exp-t2             # did it reproduce?
@@ -309,7 +309,7 @@ SETTINGS = {
 defaults = dict(
     exp_dir="out/experiment",   # everything the experiment writes
     setting="tiny",             # a key of SETTINGS
-    seeds=4,                    # seeds per arm (what fits 15 minutes on 2 cores); a Wilcoxon test over seeds: p >= 0.125 with 4
+    seeds=4,                    # seeds per arm (~20 minutes on 2 cores); a Wilcoxon test over seeds: p >= 0.125 with 4
     arms="",                    # the arms to run (see arm()), comma-separated: schemes and '<scheme>_shuffled' /
                                 # '_random' / '_tokens'; '' = the setting's (tiny: ARMS; real data: no oracle)
     study="",                   # 'efficiency' (Experiment 2) or 'data' (Experiment 3): STUDIES' arms instead of --arms=
