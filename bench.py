@@ -24,7 +24,8 @@ arms alternate repeat by repeat and every ratio is taken between neighbours.
     OMP_NUM_THREADS=1 python bench.py                       # all parts, minutes on one core
     python bench.py --gpu=True                              # the prepared GPU check (below)
 
---gpu=True is the check for one H200 (~8 minutes, not yet run): a ~1B shape (16 blocks,
+--gpu=True is the check for one H200 (~8 minutes, not yet run; `python bench.py --gpu=True
+--report=gpu.md` writes its tables to gpu.md too, and needs nothing beyond torch): a ~1B shape (16 blocks,
 d=2048, V=128K, 4 x 2048 tokens a step) in bf16 with per-block torch.compile: H=1 and
 H=4 by each loss path, tokens/s, MFU against the device's dense bf16 peak, and peak
 memory (the memory part runs eager: each measurement is a fresh process); decoding speed,
@@ -75,6 +76,7 @@ defaults = dict(
     out="",                        # also write the schemes part's numbers to this JSON file
     gpu=False,                     # the prepared one-GPU check: sets the keys in GPU below
     report="",                     # also write everything printed (the tables) to this file
+    peak_flops=0.0,                # the device's peak FLOP/s for MFU; 0 = parallel.py's table (GPUs; none on CPU)
 )
 GPU = dict(parts="loss,memory,weighted,decode", device="cuda", dtype="bfloat16", compile=True, repeats=5,
            n_layer=16, d_model=2048, batch_size=4, seq_len=2048, vocab_sizes="131072",
@@ -122,7 +124,7 @@ def make_step(model, impl, B, T, c):
     if impl.startswith("rho1"):
         cfg = SimpleNamespace(**RHO1)
         ref = (torch.rand(B, T, generator=g) * 4).to(c["device"])
-        make = weights.rho1_local(cfg)
+        make = weights.local_weigher(weights.SCHEMES["rho1"], cfg)
 
     def step():
         model.zero_grad(set_to_none=True)
@@ -186,7 +188,7 @@ def bench_loss(c):
         # ratios between neighbours: repeat r of one arm against repeat r of the other
         ratio = lambda a, b: paired_ratio(times, a, b)
         med = {a: statistics.median(t) for a, t in times.items()}
-        peak = train_peak_flops(c["device"])
+        peak = c["peak_flops"] or train_peak_flops(c["device"])
         rows.append(dict(V=V, flop_ratio=flops[1] / flops[0],
                          h4_h1={i: ratio((4, i), (1, i)) for i in IMPLS},
                          vs_simple={(H, i): ratio((H, i), (H, "simple")) for H in (1, 4) for i in IMPLS},

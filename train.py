@@ -296,8 +296,8 @@ def setup(cfg):
     r.before_ce = r.scheme.before_ce and c.weighting not in weights.CONTROLS
     r.one_pass = c.loss_impl == "chunked" and r.before_ce
     # weights inside the one pass (mtp_loss.forward_backward_weighing): a position-local
-    # scheme's make(valid, **inputs), or None (two passes)
-    r.weighing = (r.scheme.local(c) if c.weights_in_pass and r.scheme.local and c.loss_impl == "chunked"
+    # scheme's make(valid, **inputs) -> weigh (weights.local_weigher), or None (two passes)
+    r.weighing = (weights.local_weigher(r.scheme, c) if c.weights_in_pass and c.loss_impl == "chunked"
                   and c.loss_kernel == "torch" and c.weighting not in weights.CONTROLS and not r.signed
                   and not r.value_head else None)
     for key, allowed in CHOICES:

@@ -439,29 +439,41 @@ def rows_weigher(fn, valid, cfg, **aligned):
     """weigh(ce_rows (n, H), rows) -> w_rows (n, H) for mtp_loss.forward_backward_weighing:
     the scheme `fn` itself, called on rows of the flattened (B*T) positions as a (1, n, H)
     batch, with its inputs already aligned per term (B, T, H) and sliced alike. Equal to
-    fn on the whole batch wherever the scheme is position-local (tests/test_weights.py)."""
+    fn on the whole batch wherever the scheme is position-local (tests/test_registry.py)."""
     ok = valid.flatten(0, 1)
     flat = {name: x.flatten(0, 1) for name, x in aligned.items()}
     return lambda ce, rows: fn(ce[None], ok[rows][None], cfg=cfg,
                                **{name: x[rows][None] for name, x in flat.items()})[0]
 
 
+def local_weigher(scheme, cfg):
+    """The one-pass form of a registered scheme under cfg: None (two passes), or
+    make(valid, **inputs) -> weigh for mtp_loss.forward_backward_weighing, which calls the
+    scheme's own registered function (scheme.fn) on rows, its inputs aligned per term by
+    the scheme's `local` declaration: local(cfg) -> None or (the config the rows are
+    weighed under, align(valid, **inputs) -> {name: (B, T, H) tensor})."""
+    form = scheme.local(cfg) if scheme.local else None
+    if form is None:
+        return None
+    rows_cfg, align = form
+    return lambda valid, **inputs: rows_weigher(scheme.fn, valid, rows_cfg, **align(valid, **inputs))
+
+
 def rho1_local(cfg):
     """Rho-1 in one pass (Scheme.local): under a position-local config, softmax over the
-    heads of each position of the excess, whose reference CE is aligned per term first
-    (rho1_reference). None for 'topk' and min_ce_diff, which read whole sequences."""
+    heads of each position of the excess, its reference CE aligned per term first
+    (rho1_reference, then read as rho1_ref='matched'). None for 'topk' and min_ce_diff,
+    which read whole sequences."""
     if not position_local(cfg) or cfg.rho1_mode == "topk" or cfg.min_ce_diff > 0:
         return None
     aligned = SimpleNamespace(**{**vars(cfg), "rho1_ref": "matched"})   # ref_ce (B, T, H) from here on
-    return lambda valid, ref_ce=None, **_: rows_weigher(
-        rho1, valid, aligned, ref_ce=rho1_reference(ref_ce, valid.shape[-1]))
+    return aligned, lambda valid, ref_ce=None, **_: {"ref_ce": rho1_reference(ref_ce, valid.shape[-1])}
 
 
 def dft_local(cfg):
-    """DFT in one pass (Scheme.local): exp(-CE) normalised over the heads of each position."""
-    if not position_local(cfg):
-        return None
-    return lambda valid, **_: rows_weigher(dft, valid, cfg)
+    """DFT in one pass (Scheme.local): exp(-CE) normalised over the heads of each position;
+    it reads nothing to align."""
+    return (cfg, lambda valid, **_: {}) if position_local(cfg) else None
 
 
 class Scheme(NamedTuple):
@@ -473,9 +485,9 @@ class Scheme(NamedTuple):
                                     # (the unlikelihood term where w < 0); None: never
     train_on: str = "correct"       # the data its method names: 'correct' solutions, or 'all' (experiment.py)
     weight_norm: str = None         # the normalisation its weights need ('tokens'); None: either
-    local: Callable = None          # local(cfg) -> None, or make(valid, **inputs) -> weigh(ce_rows, rows):
-                                    # its weights inside the one pass (mtp_loss.forward_backward_weighing)
-                                    # where each position's weights read that position's CE only
+    local: Callable = None          # local(cfg) -> None, or (cfg for rows, align(valid, **inputs)): its
+                                    # weights inside the one pass (local_weigher) where each position's
+                                    # weights read that position's CE and aligned inputs only
 
     def is_signed(self, cfg):
         return bool(self.signed) and all(getattr(cfg, k) == v for k, v in self.signed.items())

@@ -206,9 +206,10 @@ def test_one_pass_adds_to_existing_gradients():
 
 # ---- one pass, the weights from each position's CE inside it -------------------------------
 def rho1_weigher(valid, ref, T=0.7):
-    """Rho-1's one-pass form (weights.rho1_local) at temperature T, and its plain function."""
+    """Rho-1's one-pass form (weights.local_weigher) at temperature T, and its plain function."""
     c = SimpleNamespace(**{**train.DEFAULTS, "weighting": "rho1", "temperature": T})
-    return weights.rho1_local(c)(valid, ref_ce=ref), lambda ce: weights.rho1(ce, valid, ref_ce=ref, cfg=c)
+    make = weights.local_weigher(weights.SCHEMES["rho1"], c)
+    return make(valid, ref_ce=ref), lambda ce: weights.rho1(ce, valid, ref_ce=ref, cfg=c)
 
 
 @pytest.mark.parametrize("case", ["rho1", "untied", "dropout", "float32", "scaled", "chunk_1"])

@@ -164,7 +164,7 @@ def test_a_schemes_one_pass_form_gives_its_weights(name, i):
     It must decline where the weights read more than one position ('tokens', sparsity)."""
     scheme, keys = weights.SCHEMES[name], LOCAL_CONFIGS[i]
     c = config(**keys)
-    make = scheme.local(c)
+    make = weights.local_weigher(scheme, c)
     if c.weight_norm != "heads" or c.weight_top_frac > 0 or c.weight_top_p < 1:
         assert make is None
     if make is None:

@@ -45,8 +45,13 @@ def test_uniform_weights_through_every_path_reproduce_the_baseline(toy, tmp_path
     flat = lambda ce, valid, **kw: valid.float()
     for name in ("rho1", "critic"):   # each still reads its inputs: only its function is flat
         monkeypatch.setitem(weights.SCHEMES, name, weights.SCHEMES[name]._replace(fn=flat))
-    train.train(tiny_cfg(toy_data, tmp_path / "rho1", weighting="rho1", ref_init_from=ref_dir))
+    train.train(tiny_cfg(toy_data, tmp_path / "rho1", weighting="rho1", ref_init_from=ref_dir,
+                         weights_in_pass=False))
     same_losses(tmp_path / "base", tmp_path / "rho1")
+    # rho1's one pass with its weights inside it (the registered function, flat here, called
+    # on rows): the same numbers up to float rounding (its sums run in another order)
+    train.train(tiny_cfg(toy_data, tmp_path / "rho1_one", weighting="rho1", ref_init_from=ref_dir))
+    same_losses(tmp_path / "base", tmp_path / "rho1_one", rel=1e-6)
     # the critic's extra value loss switched off and no pre-training: the same numbers, up
     # to float rounding (the value head's zero gradients join the clipping norm's sum)
     train.train(tiny_cfg(toy_data, tmp_path / "critic", weighting="critic", value_coef=0.0,
