@@ -642,10 +642,10 @@ def main(argv):
     runs_dir = os.path.join(cfg["exp_dir"], "runs")
     base_dir = os.path.join(runs_dir, "base")
     evals = eval_table(cfg, setting)
+    # the sweep's points, for the report written below and for report.py rebuilding it
+    cfg.update(sweep_points=sweep_points(cfg, setting) if cfg["sweep"] else [], sweep_key=sweep_key(cfg))
     with open(os.path.join(cfg["exp_dir"], "experiment.json"), "w") as f:   # report.py rebuilds the report from it
-        json.dump({**cfg, "arm_order": names, "evals": evals,
-                   "sweep_points": sweep_points(cfg, setting) if cfg["sweep"] else [],
-                   "sweep_key": sweep_key(cfg)}, f, indent=1)
+        json.dump({**cfg, "arm_order": names, "evals": evals}, f, indent=1)
     base = prepare_data(cfg, setting, overrides)   # 1. data, once; base: every run's train.py keys
     # 2.-5. the base, the reference, then every arm and seed, each run evaluated once trained
     ref_dir = os.path.join(runs_dir, "reference")

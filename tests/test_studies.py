@@ -93,6 +93,17 @@ def test_study_arms_differ_only_in_their_keys(small_tinycode, tmp_path, monkeypa
         experiment.arm_differences({"exp_dir": exp_dir}, ["critic"], [0])
 
 
+@pytest.mark.slow
+def test_a_sweep_run_writes_its_section_and_picture(small_tinycode, tmp_path):
+    """`python experiment.py --sweep=...` end to end: the report it writes itself (not only
+    report.py's rebuild from experiment.json) has the sweep's section and picture."""
+    exp_dir = str(tmp_path / "sweep")
+    experiment.main(small_argv(exp_dir, small_tinycode, sweep="lam=0.8", arms="critic"))
+    text = open(os.path.join(exp_dir, "report.md")).read()
+    assert "## Sweep (Experiment 5)" in text and "| 0.8 | critic:lam=0.8 |" in text
+    assert os.path.getsize(os.path.join(exp_dir, "sweep.png")) > 1000
+
+
 def test_a_sweep_point_is_experiment_1s_row_for_the_same_runs(tmp_path):
     """report.sweep_section: each point's row equals the results table's row for the same
     runs (same problems, CIs, tests), with its value in front; the picture is written."""
