@@ -47,7 +47,8 @@ def test_rho1_keys_are_train_defaults():
 @pytest.mark.slow
 def test_the_gpu_parts_run_with_torch_alone_and_write_their_tables(tmp_path):
     """The GPU check's parts (loss, weighted with its memory children, decode; the memory
-    part's children are the weighted part's), at toy shapes on the CPU, in
+    part's children are the weighted part's), at toy shapes on the CPU with a fake device
+    peak (the MFU columns), in
     a Python where numpy, tiktoken, datasets, scipy, matplotlib and tqdm cannot be imported
     (the GPU machine has torch alone), its child processes too; --report gets the tables."""
     import os
@@ -61,11 +62,11 @@ def test_the_gpu_parts_run_with_torch_alone_and_write_their_tables(tmp_path):
     report = tmp_path / "gpu.md"
     args = ["--parts=loss,weighted,decode", "--n_layer=5", "--d_model=32", "--seq_len=16",
             "--vocab_sizes=96", "--mem_vocab_sizes=96", "--repeats=1", "--batch_size=2",
-            "--mem_batch_size=1", f"--report={report}"]
+            "--mem_batch_size=1", "--peak_flops=1e12", f"--report={report}"]   # a fake peak: the MFU path
     out = subprocess.run([sys.executable, os.path.join(here, "bench.py"), *args], env=env, cwd=here,
                          capture_output=True, text=True, timeout=600)
     assert out.returncode == 0, out.stderr[-3000:]
     text = report.read_text()
-    for title in ("## loss path", "## weighted step", "decode (eager)", "decode (compiled)"):
+    for title in ("## loss path", "; MFU: H1 simple", "## weighted step", "decode (eager)", "decode (compiled)"):
         assert title in text, title
     assert text.strip() and out.stdout.strip().endswith(text.strip())   # after the configurator's lines
