@@ -57,14 +57,21 @@ def test_speculative_equals_greedy_on_random_models(seed):
     assert len(rates) == 4 and rates[0] is None
 
 
-def test_speculative_equals_greedy_on_a_trained_model(tmp_path):
-    toy = make_toy_data(str(tmp_path / "data"))
-    train.train(tiny_cfg(toy, tmp_path / "run", max_iters=80, n_future=3, n_layer=4,
+@pytest.fixture(scope="module")
+def trained_heads(tmp_path_factory):
+    """A tiny 3-head model trained 80 steps on the toy sums (its heads draft real guesses)."""
+    root = tmp_path_factory.mktemp("trained")
+    toy = make_toy_data(str(root / "data"))
+    train.train(tiny_cfg(toy, root / "run", max_iters=80, n_future=3, n_layer=4,
                          eval_interval=80, block_size=24))
-    ckpt = torch.load(tmp_path / "run" / "ckpt.pt", weights_only=False)
+    ckpt = torch.load(root / "run" / "ckpt.pt", weights_only=False)
     m = Transformer(ModelConfig(**ckpt["model_args"]))
     m.load_state_dict(ckpt["model"])
-    m.eval()
+    return m.eval()
+
+
+def test_speculative_equals_greedy_on_a_trained_model(trained_heads):
+    m = trained_heads
     accepted = []
     for prompt in ("12+30=", "7+7=", "49+1="):
         p = list(prompt.encode())
@@ -92,16 +99,11 @@ def test_batched_speculative_equals_greedy(seed):
     assert m.generate_speculative_batch(prompts, 0)[0] == [[]] * 4
 
 
-def test_batched_speculative_on_a_trained_model_accepts_what_one_row_does(tmp_path):
+def test_batched_speculative_on_a_trained_model_accepts_what_one_row_does(trained_heads):
     """On trained heads the batched decoder gives greedy's tokens, as the one-row
     speculative decoder does, and some of the heads' drafts are accepted."""
-    toy = make_toy_data(str(tmp_path / "data"))
-    train.train(tiny_cfg(toy, tmp_path / "run", max_iters=80, n_future=3, n_layer=4,
-                         eval_interval=80, block_size=24))
-    ckpt = torch.load(tmp_path / "run" / "ckpt.pt", weights_only=False)
-    m = Transformer(ModelConfig(**ckpt["model_args"]))
-    m.load_state_dict(ckpt["model"])
-    m = m.eval().double()
+    import copy
+    m = copy.deepcopy(trained_heads).double()
     prompts = [list(p.encode()) for p in ("12+30=", "7+7=", "49+1=", "3+18=")]
     out, rates = m.generate_speculative_batch(prompts, 10, eos_id=256)
     one = [m.generate_speculative(p, 10, eos_id=256) for p in prompts]

@@ -162,20 +162,26 @@ def test_float32_gradients_within_1e_5():
 
 
 # ---- one pass: the weights known before the CE ------------------------------------------
+def path_case(case):
+    """The model and batch of a loss-path parity case: 'untied', 'dropout', 'float32' (at
+    V = 512) or the plain tiny model -> model, tokens, targets, valid, n_valid."""
+    kw = {"untied": dict(tie_embeddings=False), "dropout": dict(dropout=0.3),
+          "float32": dict(vocab_size=512)}.get(case, {})
+    m = tiny_model(**kw)
+    if case == "float32":
+        m = m.float()
+    tokens, mask, targets = batch(V=m.config.vocab_size)
+    valid = targets >= 0
+    return m, tokens, targets, valid, valid.sum().float()
+
+
+
 @pytest.mark.parametrize("case", ["uniform", "random_w", "untied", "dropout", "float32", "scaled"])
 def test_one_pass_gradients_equal_the_simple_path(case):
     """forward_backward (each head's forward and backward at once, no pass 1) gives the
     simple path's CE and gradients: every head, tied or untied unembedding, dropout (the
     same masks), chunks that do not divide B*T, float32 at a larger V, and a loss scale."""
-    kw = {"untied": dict(tie_embeddings=False), "dropout": dict(dropout=0.3),
-          "float32": dict(vocab_size=512)}.get(case, {})
-    m = tiny_model(**kw)
-    V = m.config.vocab_size
-    if case == "float32":
-        m = m.float()
-    tokens, mask, targets = batch(V=V)
-    valid = targets >= 0
-    n = valid.sum().float()
+    m, tokens, targets, valid, n = path_case(case)
     dt = next(m.parameters()).dtype
     w = valid.to(dt) if case in ("uniform", "dropout") else torch.rand(targets.shape, dtype=dt) * valid
     factor = 3.0 if case == "scaled" else 1.0     # train.py's world size / GradScaler's scale
@@ -218,15 +224,7 @@ def test_weighing_pass_gradients_equal_the_simple_path(case):
     them, the gradients from the same logits) gives the CE, the weights and the gradients
     of the simple path that computes the weights from (B, T, H, V) logits first: tied or
     untied, dropout (the same masks), float32 at a larger V, a loss scale, chunks of one."""
-    kw = {"untied": dict(tie_embeddings=False), "dropout": dict(dropout=0.3),
-          "float32": dict(vocab_size=512)}.get(case, {})
-    m = tiny_model(**kw)
-    V = m.config.vocab_size
-    if case == "float32":
-        m = m.float()
-    tokens, mask, targets = batch(V=V)
-    valid = targets >= 0
-    n = valid.sum().float()
+    m, tokens, targets, valid, n = path_case(case)
     ref = torch.rand(tokens.shape, generator=torch.Generator().manual_seed(3)) * 4
     weigh, plain = rho1_weigher(valid, ref)
     factor = 3.0 if case == "scaled" else 1.0
